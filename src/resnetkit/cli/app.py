@@ -1,0 +1,33 @@
+"""The Typer application object and the options shared by several commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="resnetkit",
+    help="Choose, run, serve, shrink and adapt pretrained ResNet-family image classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+ModelArg = Annotated[str, typer.Argument(help="Zoo name (see 'resnetkit models') or path of a model file written by resnetkit.")]
+WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Weights tag of the zoo model (e.g. IMAGENET1K_V2) or a checkpoint file.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="Inference backend (see 'resnetkit backends').")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def print_json(data: Any) -> None:
+    """JSON to stdout (never through rich, so it stays parseable)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
