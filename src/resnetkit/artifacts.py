@@ -21,7 +21,7 @@ from torch import nn
 from .errors import UnknownModelError, WeightsError
 from .fileio import atomic_write
 from .models import Classifier, register_artifact_loader
-from .runners import make_runner
+from .runners import RunnerOptions, make_runner
 from .spec import ModelMeta
 from .weights import safe_load
 from .zoo import get_spec, is_zoo_name
@@ -89,10 +89,10 @@ def _resized_layer(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
     raise WeightsError(f"Cannot resize layer {type(layer).__name__} to the saved shape {tuple(weight.shape)}.")
 
 
-def _load_torch_artifact(path: Path, backend: str, batch_size: int) -> Classifier:
+def _load_torch_artifact(path: Path, backend: str, options: RunnerOptions) -> Classifier:
     meta, state = read_artifact(path)
     module = build_from_artifact(meta, state)
-    return Classifier(meta, make_runner(module, meta, backend, batch_size), module)
+    return Classifier(meta, make_runner(module, meta, backend, options), module)
 
 
 register_artifact_loader((".pt", ".pth"), _load_torch_artifact)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .errors import UnknownModelError, WeightsError
-from .runners import Runner, make_runner
+from .runners import Runner, RunnerOptions, make_runner
 from .spec import ModelMeta, ModelSpec
 from .weights import extract_state_dict, load_published, safe_load
 from .zoo import get_spec, is_zoo_name
@@ -36,8 +36,8 @@ class Classifier:
         return torch.softmax(self.runner(batch).float(), dim=1)
 
 
-# An artifact loader: (path, backend, batch_size) -> Classifier. Registered by suffix.
-ArtifactLoader = Callable[[Path, str, int], Classifier]
+# An artifact loader: (path, backend, options) -> Classifier. Registered by suffix.
+ArtifactLoader = Callable[[Path, str, RunnerOptions], Classifier]
 _ARTIFACT_LOADERS: dict[str, ArtifactLoader] = {}
 
 
@@ -81,19 +81,21 @@ def load_model(
     weights: str | None = None,
     pretrained: bool = True,
     backend: str = "eager",
-    batch_size: int = 1,
+    options: RunnerOptions | None = None,
     progress: bool | None = None,
 ) -> Classifier:
     """Load a model reference: a zoo name (with published, chosen or no weights) or an artifact path.
 
     ``weights`` is a weights tag of the zoo model (e.g. ``IMAGENET1K_V2``) or a checkpoint
-    file; ``pretrained=False`` gives random weights (enough to measure cost).
+    file; ``pretrained=False`` gives random weights (enough to measure cost). ``backend``
+    and ``options`` (precision, batch-size hint...) choose how the model runs.
     """
     ref = str(ref)
+    options = options or RunnerOptions()
     if is_zoo_name(ref):
         spec = get_spec(ref)
         module, meta = _zoo_module(spec, weights, pretrained, progress)
-        return Classifier(meta, make_runner(module, meta, backend, batch_size), module)
+        return Classifier(meta, make_runner(module, meta, backend, options), module)
     path = Path(ref)
     if path.exists():
         if weights:
@@ -102,7 +104,7 @@ def load_model(
         if loader is None:
             known = ", ".join(sorted(_ARTIFACT_LOADERS))
             raise UnknownModelError(f"{ref} is not a model file resnetkit can read (known suffixes: {known}).")
-        return loader(path, backend, batch_size)
+        return loader(path, backend, options)
     get_spec(ref)  # raises UnknownModelError with suggestions
     raise AssertionError("unreachable")
 

@@ -7,8 +7,8 @@ adding one is one ``register_backend`` call in the module that implements it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -24,28 +24,42 @@ class Runner(Protocol):
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
 
 
+FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """What a backend needs besides the module. ``None`` means "the backend's default"."""
+
+    batch_size: int = 1  # a hint for backends that compile for a shape
+    precision: str | None = None  # fp32 | fp16 | bf16 | int8 ...
+    device: str = "cpu"
+    calibration: Sequence[torch.Tensor] | None = None  # preprocessed batches, for int8
+
+
 @dataclass
 class EagerRunner:
-    """Plain PyTorch eager execution in inference mode."""
+    """Plain PyTorch eager execution in inference mode, in fp32, fp16 or bf16 weights."""
 
     module: nn.Module
+    precision: str = "fp32"
     device: str = "cpu"
     backend: str = "eager"
-    precision: str = field(default="fp32")
 
     def __post_init__(self) -> None:
-        self.module = self.module.to(self.device).eval()
-        dtype = next(iter(self.module.parameters()), torch.empty(0)).dtype
-        self.precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, self.precision)
+        if self.precision not in FLOAT_DTYPES:
+            raise BackendUnavailableError(
+                f"The eager backend runs {', '.join(FLOAT_DTYPES)}; for '{self.precision}' use 'resnetkit quantize'."
+            )
+        self.dtype = FLOAT_DTYPES[self.precision]
+        self.module = self.module.to(self.device, self.dtype).eval()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, batch.dtype)
-            return self.module(batch.to(self.device, dtype)).float().cpu()
+            return self.module(batch.to(self.device, self.dtype)).float().cpu()
 
 
-# factory(module, meta, batch_size) -> Runner; batch_size is a hint for backends that compile.
-BackendFactory = Callable[[nn.Module, ModelMeta, int], Runner]
+BackendFactory = Callable[[nn.Module, ModelMeta, RunnerOptions], Runner]
 
 
 @dataclass(frozen=True)
@@ -83,9 +97,9 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-def make_runner(module: nn.Module, meta: ModelMeta, backend: str = "eager", batch_size: int = 1) -> Runner:
+def make_runner(module: nn.Module, meta: ModelMeta, backend: str = "eager", options: RunnerOptions | None = None) -> Runner:
     """A runner for ``module`` on ``backend``."""
-    return get_backend(backend).factory(module, meta, batch_size)
+    return get_backend(backend).factory(module, meta, options or RunnerOptions())
 
 
-register_backend("eager", lambda module, meta, batch_size: EagerRunner(module))
+register_backend("eager", lambda module, meta, options: EagerRunner(module, options.precision or "fp32", options.device))
