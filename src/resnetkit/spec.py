@@ -20,6 +20,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class _Contiguous(nn.Module):
+    """PILToTensor yields an HWC-strided view; convolutions on it take a slower path."""
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.contiguous()
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Eval-time preprocessing: resize the shorter side, center-crop, scale, normalize."""
@@ -41,6 +48,7 @@ class Preprocessing:
                 v2.PILToTensor(),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(list(self.mean), list(self.std)),
+                _Contiguous(),
             ]
         )
 

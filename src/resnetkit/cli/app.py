@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Any
 
@@ -18,8 +19,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+def _width(stream) -> int | None:
+    """Terminal width on a terminal; wide enough for tables when piped or captured."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 200
+
+
+console = Console(soft_wrap=True, width=_width(sys.stdout))
+err_console = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr))
 
 ModelArg = Annotated[str, typer.Argument(help="Zoo name (see 'resnetkit models') or path of a model file written by resnetkit.")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Weights tag of the zoo model (e.g. IMAGENET1K_V2) or a checkpoint file.")]

@@ -1,0 +1,91 @@
+"""``resnetkit classify`` and ``resnetkit evaluate``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..evaluate import evaluate
+from ..models import load_model
+from ..predict import classify
+from ..runners import RunnerOptions
+from .app import BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json
+
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16, bf16 (backend permitting); default: the backend's.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Image decoding workers.")]
+
+
+@app.command("classify")
+def classify_command(
+    model: ModelArg,
+    paths: Annotated[list[str], typer.Argument(help="Image files and/or folders (walked recursively).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per image.")] = 5,
+    batch_size: BatchSizeOpt = 16,
+    weights: WeightsOpt = None,
+    backend: BackendOpt = "eager",
+    precision: PrecisionOpt = None,
+    workers: WorkersOpt = 2,
+    json_output: JsonFlag = False,
+) -> None:
+    """Top-k labels with probabilities for each image. Unreadable files get an error; the rest are still classified."""
+    classifier = load_model(model, weights=weights, backend=backend, options=RunnerOptions(batch_size=batch_size, precision=precision))
+    results = classify(classifier, paths, top_k=top_k, batch_size=batch_size, workers=workers)
+    if not results:
+        err_console.print("error: no image files found in the given paths.")
+        raise typer.Exit(2)
+    failed = sum(r.error is not None for r in results)
+    if json_output:
+        print_json({"model": classifier.meta.name, "backend": classifier.runner.backend,
+                    "precision": classifier.runner.precision, "results": [r.to_dict() for r in results]})
+    else:
+        for result in results:
+            if result.error:
+                console.print(f"{result.source}: [red]error:[/] {result.error}", highlight=False)
+            else:
+                labels = ", ".join(f"{p.label} {100 * p.score:.2f}%" for p in result.predictions)
+                console.print(f"{result.source}: {labels}", highlight=False)
+        if failed:
+            err_console.print(f"{failed} of {len(results)} file(s) could not be classified.")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: ModelArg,
+    data_dir: Annotated[str, typer.Argument(help="Folder with one sub-folder of images per class (class name or WordNet id).")],
+    batch_size: BatchSizeOpt = 64,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate a fixed random subset of N images.")] = None,
+    weights: WeightsOpt = None,
+    backend: BackendOpt = "eager",
+    precision: PrecisionOpt = None,
+    workers: WorkersOpt = 2,
+    plot: Annotated[str | None, typer.Option("--plot", help="Write the confusion matrix as a PNG file.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Top-1/top-5 accuracy, per-class accuracy, confusion matrix and images/s on a labelled folder."""
+    classifier = load_model(model, weights=weights, backend=backend, options=RunnerOptions(batch_size=batch_size, precision=precision))
+    report = evaluate(classifier, data_dir, batch_size=batch_size, limit=limit, workers=workers)
+    if plot:
+        from ..plots import plot_confusion
+
+        plot_confusion(report.confusion, report.classes, plot, f"{report.model} on {data_dir}: top-1 {report.top1:.2f}%")
+    if json_output:
+        print_json(report.to_dict())
+        return
+    console.print(f"{report.model} on {data_dir}: top-1 {report.top1:.2f} %, top-5 {report.top5:.2f} % "
+                  f"({report.n_images} images, {report.n_skipped} unreadable skipped)", highlight=False)
+    console.print(f"{report.images_per_s:.1f} images/s end to end (decode + preprocess + forward; "
+                  f"{report.backend}/{report.precision}, batch {batch_size}, {workers} decode workers)", highlight=False)
+    table = Table("class", "top-1 %", "images")
+    for name, row in zip(report.classes, report.confusion):
+        table.add_row(name, f"{report.per_class[name]:.2f}", str(sum(row)))
+    console.print(table)
+    if plot:
+        console.print(f"confusion matrix written to {plot}")
+    for path in report.skipped_files[:10]:
+        err_console.print(f"skipped unreadable file: {path}", highlight=False)
+    if report.n_skipped > 10:
+        err_console.print(f"... and {report.n_skipped - 10} more")
