@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,14 +30,20 @@ from .zoo import get_spec, is_zoo_name
 ARTIFACT_VERSION = 1
 
 
-def save_artifact(path: str | os.PathLike[str], module: nn.Module, meta: ModelMeta) -> Path:
-    """Write ``module``'s weights and ``meta`` atomically to ``path``."""
+def save_artifact(path: str | os.PathLike[str], module: nn.Module, meta: ModelMeta,
+                  additional: dict[str, Any] | None = None) -> Path:
+    """Write ``module``'s weights and ``meta`` atomically to ``path``.
+
+    ``additional`` top-level entries (plain types and tensors, e.g. a training run's resumable
+    state) are stored alongside; readers of the artifact ignore them.
+    """
     if not is_zoo_name(meta.arch):
         raise UnknownModelError(f"Cannot save an artifact for architecture '{meta.arch}': not in the zoo.")
     payload = {
         "resnetkit": ARTIFACT_VERSION,
         "meta": meta.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+        **(additional or {}),
     }
     with atomic_write(path) as handle:
         torch.save(payload, handle)

@@ -1,0 +1,141 @@
+"""Entry points: start or resume a run from a :class:`TrainConfig`, and ``finetune_module``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..artifacts import build_from_artifact
+from ..fileio import write_text_atomic
+from ..models import Classifier, load_model
+from ..spec import ModelMeta, PublishedMetrics
+from ..zoo import get_spec, is_zoo_name
+from . import checkpoint as ckpt
+from . import distributed
+from .config import TrainConfig, TrainingError
+from .data import DataSplits, load_splits
+from .distributed import Dist
+from .engine import Objective, Trainer
+from .objectives import CrossEntropyObjective, DistillationObjective
+from .reporting import Log, stderr_log
+
+
+def run(config: TrainConfig, *, log: Log = stderr_log, progress_bar: bool | None = None) -> dict[str, Any]:
+    """Start a run: finetune (new head), train (random init) or distill; returns the summary."""
+    if not config.out_dir:
+        raise TrainingError("A run needs an output folder (-o RUN_DIR).")
+    run_dir = Path(config.out_dir)
+    if (run_dir / ckpt.LAST).exists():
+        raise TrainingError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, or pick another -o.")
+    ctx = distributed.setup(config.device)
+    try:
+        teacher = _load_teacher(config)
+        splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed,
+                             teacher.meta.categories if teacher else None)
+        torch.manual_seed(config.seed)
+        module, meta = initial_model(config.model, splits.classes, config.pretrained, run_dir)
+        if teacher:
+            check_same_input(teacher.meta, meta)
+        _announce(config, splits, meta, ctx, log)
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        trainer = Trainer(module, meta, config, splits, _objective(config, teacher, ctx), ctx, run_dir, log,
+                          progress_bar=progress_bar)
+        return trainer.fit()
+    finally:
+        distributed.teardown(ctx)
+
+
+def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None, log: Log = stderr_log,
+           progress_bar: bool | None = None) -> dict[str, Any]:
+    """Continue the run saved in ``run_dir`` exactly where it stopped (optionally for more ``epochs``)."""
+    state = ckpt.load_resumable(run_dir)
+    config = state.config.replace(out_dir=str(run_dir), **({"epochs": epochs} if epochs else {}))
+    ctx = distributed.setup(config.device)
+    try:
+        teacher = _load_teacher(config)
+        splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed, state.meta.categories)
+        module = build_from_artifact(state.meta, state.model_state)
+        log(f"resuming {run_dir} after epoch {state.progress.epoch}"
+            + (f", batch {state.progress.step}" if state.progress.step else "") + f" of {config.epochs}")
+        trainer = Trainer(module, state.meta, config, splits, _objective(config, teacher, ctx), ctx, Path(run_dir), log,
+                          resume=state, progress_bar=progress_bar)
+        return trainer.fit()
+    finally:
+        distributed.teardown(ctx)
+
+
+def finetune_module(module: nn.Module, meta: ModelMeta, train_dir: str | Path, *, epochs: int, lr: float = 0.01,
+                    batch_size: int = 64, val_dir: str | Path | None = None, workers: int = 0, seed: int = 0) -> dict:
+    """Train all parameters of ``module`` in place (no new head) on folders named like ``meta.categories``.
+
+    Uses the model's augmentation and preprocessing; writes nothing. Returns the last epoch's
+    metrics (``train_loss``, ``train_top1``, ``val_loss``, ``val_top1`` (None without ``val_dir``), ...).
+    """
+    config = TrainConfig(task="finetune", model=meta.name, data_dir=str(train_dir), val_dir=str(val_dir) if val_dir else None,
+                         val_split=0.0, mode="full", epochs=epochs, lr=lr, head_lr=lr, batch_size=batch_size,
+                         workers=workers, seed=seed)
+    splits = load_splits(config.data_dir, config.val_dir, 0.0, seed, meta.categories)
+    torch.manual_seed(seed)
+    device = next(module.parameters()).device
+    summary = Trainer(module, meta, config, splits, CrossEntropyObjective(), Dist(device=device), None, stderr_log).fit()
+    module.eval()
+    return summary["final"]
+
+
+def initial_model(ref: str, classes: list[str], pretrained: bool, run_dir: Path) -> tuple[nn.Module, ModelMeta]:
+    """The starting module and its metadata: loaded weights with a head for ``classes``, or random init."""
+    if pretrained:
+        classifier = load_model(ref)
+        module, meta = classifier.module, classifier.meta
+        if list(meta.categories) != list(classes):
+            replace_head(module, get_spec(meta.arch).head, len(classes))
+    else:
+        arch = ref if is_zoo_name(ref) else load_model(ref).meta.arch
+        module, meta = get_spec(arch).build(len(classes)), get_spec(arch).meta()
+    meta = meta.replace(name=run_dir.name, categories=tuple(classes), metrics=PublishedMetrics(),
+                        weights=str(run_dir / ckpt.BEST), extra={})
+    return module, meta
+
+
+def replace_head(module: nn.Module, head: str, num_classes: int) -> None:
+    """A new, randomly initialised classifier layer for ``num_classes``."""
+    old = module.get_submodule(head)
+    if not isinstance(old, nn.Linear):
+        raise TrainingError(f"The classifier '{head}' is a {type(old).__name__}, not a Linear layer.")
+    module.set_submodule(head, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+
+
+def _load_teacher(config: TrainConfig) -> Classifier | None:
+    return load_model(config.teacher) if config.task == "distill" and config.teacher else None
+
+
+def check_same_input(teacher: ModelMeta, student: ModelMeta) -> None:
+    """The teacher sees the student's batches, so both need the same input size and normalization."""
+    t, s = teacher.preprocessing, student.preprocessing
+    if (t.crop_size, t.mean, t.std) != (s.crop_size, s.mean, s.std):
+        raise TrainingError(f"Teacher {teacher.name} expects {t.describe()} but student {student.name} expects "
+                            f"{s.describe()}; pick a teacher and a student with the same input size and normalization.")
+
+
+def _objective(config: TrainConfig, teacher: Classifier | None, ctx: Dist) -> Objective:
+    if teacher is None:
+        return CrossEntropyObjective(config.label_smoothing)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    return DistillationObjective(teacher.module.to(ctx.device, memory_format=memory_format), config.temperature,
+                                 config.alpha, config.label_smoothing)
+
+
+def _announce(config: TrainConfig, splits: DataSplits, meta: ModelMeta, ctx: Dist, log: Log) -> None:
+    if not ctx.is_main:
+        return
+    log(f"{config.task} {config.model} -> {config.out_dir}: {len(splits.classes)} classes, "
+        f"{len(splits.train)} train images ({splits.train_dir}), {len(splits.val)} val images ({splits.val_source}), "
+        f"input {meta.preprocessing.crop_size}px, mode {config.mode}, device {ctx.device}"
+        + (f", {ctx.world} processes" if ctx.enabled else ""))

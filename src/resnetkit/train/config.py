@@ -1,0 +1,98 @@
+"""The settings of one training run, stored in every checkpoint so a run can be resumed."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ResnetkitError
+
+TASKS = ("finetune", "train", "distill")
+MODES = ("head", "last-stage", "full")
+SCHEDULES = ("cosine", "onecycle")
+OPTIMIZERS = ("sgd", "adamw")
+AUGMENTS = ("standard", "none")
+
+
+class TrainingError(ResnetkitError):
+    """Training cannot start or continue (bad settings, diverged loss, memory...)."""
+
+
+class TrainingInterrupted(ResnetkitError):
+    """Ctrl-C: a resumable checkpoint was saved."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. ``None`` means "the task's default" (see :meth:`resolved`)."""
+
+    task: str = "finetune"
+    model: str = ""
+    data_dir: str = ""
+    out_dir: str | None = None
+    val_dir: str | None = None
+    val_split: float | None = None  # fraction held out when there is no validation folder
+    mode: str = "full"  # finetune: head | last-stage | full
+    epochs: int = 10
+    lr: float = 0.01  # backbone (and, in head mode, head) learning rate
+    head_lr: float | None = None  # default: lr in head mode / from scratch, 10 x lr otherwise
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    batch_size: int = 64  # per process
+    accum_steps: int = 1
+    clip_grad: float | None = None  # max global gradient norm
+    amp: bool = False  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    channels_last: bool = False
+    augment: str = "standard"
+    early_stop: int | None = None  # patience in epochs
+    workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    pretrained: bool = True  # start from the model's weights (False: random init)
+    teacher: str | None = None
+    temperature: float = 4.0
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        choices = {"task": TASKS, "mode": MODES, "schedule": SCHEDULES, "optimizer": OPTIMIZERS, "augment": AUGMENTS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise TrainingError(f"--{name} must be one of {', '.join(allowed)}, not '{getattr(self, name)}'.")
+        positive = {"epochs": self.epochs, "lr": self.lr, "batch-size": self.batch_size, "accum-steps": self.accum_steps,
+                    "temperature": self.temperature}
+        for name, value in positive.items():
+            if value <= 0:
+                raise TrainingError(f"--{name} must be positive, got {value}.")
+        if self.val_split is not None and not 0 <= self.val_split < 1:
+            raise TrainingError(f"--val-split must be in [0, 1), got {self.val_split}.")
+        if not 0 <= self.alpha <= 1:
+            raise TrainingError(f"--alpha must be in [0, 1], got {self.alpha}.")
+        if self.task == "distill" and not self.teacher:
+            raise TrainingError("distill needs a --teacher model.")
+
+    @property
+    def effective_head_lr(self) -> float:
+        if self.head_lr is not None:
+            return self.head_lr
+        return self.lr if self.mode == "head" or not self.pretrained else 10 * self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
