@@ -1,0 +1,5 @@
+"""``python -m resnetkit`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,126 @@
+"""classify and evaluate on real weights and data, plus artifacts as model references."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from resnetkit import classify, evaluate, load_model
+from resnetkit.artifacts import save_artifact
+from resnetkit.data import imagenet_wnids, match_folders_to_categories
+from resnetkit.errors import DatasetError, UnknownModelError
+from resnetkit.zoo import CIFAR10_CLASSES, get_spec
+
+from conftest import make_image
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "resnetkit", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, expected", [("cifar_resnet20", 81.03), ("cifar_resnet32", 82.56)])
+def test_cifar_accuracy_matches_reference(cifar_weights, cifar_test_dir, model, expected):
+    report = evaluate(model, cifar_test_dir, batch_size=250, progress=False)
+    assert report.n_images == 10_000 and report.n_skipped == 0
+    assert report.top1 == pytest.approx(expected, abs=0.2)
+    assert report.top5 > report.top1 and len(report.per_class) == 10
+    assert sum(map(sum, report.confusion)) == 10_000
+
+
+def test_classify_real_images_with_a_bad_file_among_them(cifar_weights, cifar_test_dir, tmp_path):
+    cats = sorted((cifar_test_dir / "ship").glob("*.jpg"))[:4]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    results = classify("cifar_resnet20", [*cats, bad], top_k=3, batch_size=2)
+    assert [r.source for r in results] == [str(p) for p in [*cats, bad]]
+    good = results[:4]
+    assert all(r.error is None and len(r.predictions) == 3 for r in good)
+    assert sum(r.predictions[0].label == "ship" for r in good) >= 3
+    assert all(abs(sum(p.score for p in r.predictions)) <= 1.0 + 1e-5 for r in good)
+    assert results[4].error and "could not be decoded" in results[4].error and results[4].predictions == []
+
+
+def test_batched_classify_equals_one_by_one(tmp_path):
+    model = load_model("cifar_resnet20", pretrained=False)
+    paths = [make_image(tmp_path / f"{i}.png", size=(40 + i, 30), seed=i) for i in range(5)]
+    together = classify(model, paths, batch_size=5)
+    alone = [classify(model, [p], batch_size=1)[0] for p in paths]
+    for a, b in zip(together, alone):
+        assert [p.index for p in a.predictions] == [p.index for p in b.predictions]
+        assert [p.score for p in a.predictions] == pytest.approx([p.score for p in b.predictions], abs=1e-5)
+
+
+def test_artifact_is_a_model_reference_everywhere(tmp_path):
+    model = load_model("cifar_resnet20", pretrained=False)
+    meta = model.meta.replace(name="my-cifar", categories=tuple(c.upper() for c in CIFAR10_CLASSES))
+    path = save_artifact(tmp_path / "mine.pt", model.module, meta)
+    loaded = load_model(path)
+    assert loaded.meta.name == "my-cifar" and loaded.meta.categories[0] == "AIRPLANE"
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded.logits(x), model.logits(x), atol=1e-6)
+    image = make_image(tmp_path / "x.png")
+    assert classify(path, [image])[0].predictions[0].label.isupper()
+    with pytest.raises(UnknownModelError, match="--weights only applies"):
+        load_model(path, weights="x")
+
+
+def test_non_artifact_files_are_explained(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save(get_spec("cifar_resnet20").build().state_dict(), plain)
+    with pytest.raises(UnknownModelError, match="not a resnetkit artifact"):
+        load_model(plain)
+    other = tmp_path / "notes.txt"
+    other.write_text("hi")
+    with pytest.raises(UnknownModelError, match="not a model file resnetkit can read"):
+        load_model(other)
+
+
+def test_folder_matching_by_name_and_wordnet_id():
+    categories = get_spec("resnet18").default_weights.categories
+    mapping = match_folders_to_categories(["Great_White_Shark", imagenet_wnids()[0], "goldfish"], categories)
+    assert mapping == {"Great_White_Shark": 2, imagenet_wnids()[0]: 0, "goldfish": 1}
+    with pytest.raises(DatasetError, match="'unicorn'"):
+        match_folders_to_categories(["goldfish", "unicorn"], categories)
+
+
+def test_evaluate_on_generated_folder_counts_skipped_files(tmp_path):
+    for name in ("Cat", "dog"):
+        for i in range(3):
+            make_image(tmp_path / "data" / name / f"{i}.png", size=(32, 32), seed=i)
+    (tmp_path / "data" / "dog" / "junk.jpg").write_bytes(b"junk")
+    report = evaluate(load_model("cifar_resnet20", pretrained=False), tmp_path / "data", batch_size=4, workers=0)
+    assert report.n_images == 6 and report.n_skipped == 1 and report.skipped_files[0].endswith("junk.jpg")
+    assert report.classes == ["cat", "dog"] and len(report.confusion) == 2
+    with pytest.raises(DatasetError, match="No such folder"):
+        evaluate("cifar_resnet20", tmp_path / "nowhere")
+
+
+def test_cli_classify_json_and_exit_codes(cifar_weights, cifar_test_dir, tmp_path):
+    folder = tmp_path / "imgs"
+    shutil.copytree(cifar_test_dir / "horse", folder, ignore=lambda d, names: sorted(names)[3:])
+    ok = _cli("classify", "cifar_resnet20", str(folder), "--json", "--top-k", "2")
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(ok.stdout)
+    assert data["model"] == "cifar_resnet20" and len(data["results"]) == 3
+    assert all(len(r["predictions"]) == 2 and r["error"] is None for r in data["results"])
+    (folder / "zz_bad.png").write_bytes(b"nope")
+    partial = _cli("classify", "cifar_resnet20", str(folder))
+    assert partial.returncode == 1 and "zz_bad.png: error:" in partial.stdout and partial.stdout.count("%") >= 3
+
+
+def test_cli_evaluate_json_and_plot(cifar_weights, cifar_test_dir, tmp_path):
+    plot = tmp_path / "cm.png"
+    result = _cli("evaluate", "cifar_resnet32", str(cifar_test_dir), "--limit", "200", "--json", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {"model", "top1", "top5", "n_images"} <= set(data) and data["n_images"] == 200
+    assert 60 < data["top1"] <= 100
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
