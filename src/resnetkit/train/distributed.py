@@ -63,13 +63,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def launched_rank() -> int:
+    """This process's rank as set by ``torchrun`` (0 when not launched by it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device_name: str) -> Dist:
     """Join the ``torchrun`` process group if ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on GPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(device_name)
     if world == 1:
         return Dist(device=device)
-    rank = int(os.environ["RANK"])
+    rank = launched_rank()
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
