@@ -1,0 +1,72 @@
+"""Helpers shared by the backends: artifact metadata, precision checks, calibration input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from ..errors import BackendUnavailableError
+from ..runners import RunnerOptions
+from ..spec import ModelMeta
+
+META_KEY = "resnetkit"  # key under which artifacts store ModelMeta.to_dict() as JSON
+GENERATED_CALIBRATION_IMAGES = 32
+
+
+def meta_to_json(meta: ModelMeta) -> str:
+    return json.dumps(meta.to_dict(), sort_keys=True)
+
+
+def meta_from_json(text: str, path: Path) -> ModelMeta:
+    from ..errors import UnknownModelError
+
+    try:
+        return ModelMeta.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UnknownModelError(f"{path}: the resnetkit metadata is unreadable ({exc}).") from None
+
+
+def check_precision(backend: str, precision: str, supported: Sequence[str]) -> None:
+    if precision not in supported:
+        raise BackendUnavailableError(
+            f"The {backend} backend runs {', '.join(supported)}, not '{precision}'. "
+            "See 'resnetkit backends' and 'resnetkit quantize'."
+        )
+
+
+def calibration_batches(meta: ModelMeta, options: RunnerOptions) -> Sequence[torch.Tensor]:
+    """The caller's calibration batches, or generated images (good for timing, not accuracy)."""
+    if options.calibration:
+        return options.calibration
+    from ..compare import generated_batches
+
+    warnings.warn(
+        f"int8 without calibration data: calibrating {meta.name} on {GENERATED_CALIBRATION_IMAGES} generated images. "
+        "Speed is representative, accuracy is not; use 'resnetkit quantize --calib DIR' for a usable model.",
+        stacklevel=3,
+    )
+    return generated_batches(meta, count=GENERATED_CALIBRATION_IMAGES, batch_size=8)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """True if the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+@contextlib.contextmanager
+def progress_to_stderr() -> Iterator[None]:
+    """Send the chatter quantization tools print to stdout to stderr (stdout may be JSON)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

@@ -1,0 +1,211 @@
+"""ONNX: export with torch.onnx (dynamo exporter), run with ONNX Runtime, quantize to QDQ int8.
+
+Static int8 follows ONNX Runtime's CPU guidance: QDQ format (QOperator with signed
+activations lost all accuracy on x86 in a maintainer-confirmed report), uint8 activations,
+per-channel int8 weights, ``reduce_range`` on CPUs without VNNI, percentile calibration.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import BackendUnavailableError, UnknownModelError
+from ..fileio import atomic_write
+from ..models import Classifier, register_artifact_loader
+from ..runners import RunnerOptions, register_backend
+from ..spec import ModelMeta
+from .common import (META_KEY, calibration_batches, check_precision, cpu_has_vnni, meta_from_json, meta_to_json,
+                     progress_to_stderr)
+
+if TYPE_CHECKING:
+    import onnx
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul")
+
+
+def to_onnx(module: nn.Module, meta: ModelMeta, *, dynamic_batch: bool = True, batch_size: int = 1,
+            opset: int | None = None) -> onnx.ModelProto:
+    """``module`` as an ONNX graph (input ``input`` NCHW float32, output ``logits``) with ``meta`` attached;
+    the batch dimension is dynamic or fixed to ``batch_size``."""
+    import onnxscript  # noqa: F401  (the dynamo exporter needs it; fail here with its own message)
+    example = torch.zeros(2 if dynamic_batch else batch_size, *meta.preprocessing.input_shape)
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    program = torch.onnx.export(module.float().eval(), (example,), dynamo=True, opset_version=opset or DEFAULT_OPSET,
+                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
+                                verbose=False)
+    model = program.model_proto
+    # The exporter's intermediate shape annotations can disagree with ONNX shape inference
+    # (seen on Gemm); they are optional, so drop them and let consumers infer shapes.
+    del model.graph.value_info[:]
+    set_meta(model, meta)
+    return model
+
+
+def set_meta(model: onnx.ModelProto, meta: ModelMeta) -> None:
+    import onnx
+
+    onnx.helper.set_model_props(model, {META_KEY: meta_to_json(meta)})
+
+
+def read_meta(model: onnx.ModelProto, path: Path) -> ModelMeta:
+    props = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in props:
+        raise UnknownModelError(f"{path} is an ONNX model without resnetkit metadata (class names, preprocessing); "
+                                "export it with 'resnetkit export'.")
+    return meta_from_json(props[META_KEY], path)
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Check the graph with ``onnx.checker`` and write it as one self-contained file."""
+    import onnx
+
+    onnx.checker.check_model(model)
+    with atomic_write(path) as handle:
+        handle.write(model.SerializeToString())
+    return Path(path)
+
+
+@dataclass
+class OnnxRuntimeRunner:
+    """An ONNX Runtime CPU session; ``precision`` is what the graph computes in."""
+
+    model: onnx.ModelProto
+    precision: str = "fp32"
+    backend: str = "onnxruntime"
+    session: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().to(torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]).float()
+
+
+class _Images:
+    """ONNX Runtime's CalibrationDataReader protocol, one image at a time (its histogram
+    collectors cannot merge batches of different sizes)."""
+
+    def __init__(self, batches: Sequence[torch.Tensor], input_name: str) -> None:
+        self.items = iter([{input_name: image[None].float().contiguous().numpy()} for b in batches for image in b])
+
+    def get_next(self) -> dict | None:
+        return next(self.items, None)
+
+
+CALIBRATION_METHODS = {"percentile": "Percentile", "histogram": "Entropy", "minmax": "MinMax"}
+
+
+def quantize_static(model: onnx.ModelProto, batches: Sequence[torch.Tensor], method: str = "percentile") -> onnx.ModelProto:
+    """Static int8 QDQ: uint8 activations, per-channel int8 weights, calibrated on ``batches``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static as ort_quantize
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, prepared, target = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+        onnx.save(model, source)
+        quant_pre_process(str(source), str(prepared))
+        with progress_to_stderr():
+            ort_quantize(str(prepared), str(target), _Images(batches, model.graph.input[0].name),
+                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                         per_channel=True, reduce_range=not cpu_has_vnni(),
+                         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]))
+        quantized = onnx.load(str(target))
+    _copy_meta(model, quantized)
+    return quantized
+
+
+def quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Dynamic int8: int8 weights, activations quantized per call; ONNX Runtime does this
+    for MatMul/Gemm only, so a conv net gets just its final Linear layer quantized."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, source)
+        ort_quantize(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        quantized = onnx.load(str(target))
+    _copy_meta(model, quantized)
+    return quantized
+
+
+def _copy_meta(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
+    import onnx
+
+    props = {p.key: p.value for p in source.metadata_props}
+    if META_KEY in props:
+        onnx.helper.set_model_props(target, {META_KEY: props[META_KEY]})
+
+
+def int8_kernels(model: onnx.ModelProto) -> dict[str, int]:
+    """Integer kernels left in the graph after ONNX Runtime's own optimizations (op -> count).
+
+    QDQ graphs only prove their worth once ORT fuses them into integer kernels; this reads
+    the graph ORT actually runs."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized)
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
+    return {op: ops.count(op) for op in sorted(set(ops)) if op in INT8_KERNELS}
+
+
+def graph_precision(model: onnx.ModelProto) -> str:
+    return "int8" if any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node) else "fp32"
+
+
+def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> OnnxRuntimeRunner:
+    precision = options.precision or "fp32"
+    check_precision("onnxruntime", precision, ("fp32", "int8"))
+    model = to_onnx(module, meta)
+    if precision == "int8":
+        model = quantize_static(model, calibration_batches(meta, options))
+    return OnnxRuntimeRunner(model, precision)
+
+
+def _load_onnx(path: Path, backend: str, options: RunnerOptions) -> Classifier:
+    import onnx
+
+    model = onnx.load(str(path))
+    meta = read_meta(model, path)
+    if backend in ("eager", "onnxruntime"):
+        return Classifier(meta, OnnxRuntimeRunner(model, graph_precision(model)))
+    if backend in ("openvino", "auto"):
+        from . import auto, openvino
+
+        builders = {"onnxruntime": lambda: OnnxRuntimeRunner(model, graph_precision(model)),
+                    "openvino": lambda: openvino.runner_from_file(path, meta, options)}
+        if backend == "openvino":
+            return Classifier(meta, builders["openvino"]())
+        return Classifier(meta, auto.fastest(builders, meta, options.batch_size))
+    raise BackendUnavailableError(f"{path.name} is an ONNX file: run it with --backend onnxruntime, openvino or auto.")
+
+
+def is_available() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime", "onnxscript"))
+
+
+register_backend("onnxruntime", _factory, is_available, install_hint="Install it with: pip install onnx onnxscript onnxruntime")
+register_artifact_loader((".onnx",), _load_onnx)

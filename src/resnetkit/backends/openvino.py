@@ -1,0 +1,178 @@
+"""OpenVINO: convert a torch module or read an ONNX / IR file, compile for the CPU, quantize with NNCF.
+
+OpenVINO chooses its own inference precision (bf16 on CPUs with AVX512-BF16 or AMX, even
+for an fp32 model); runners read back what the compiled model actually uses and report it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import BackendUnavailableError, UnknownModelError
+from ..models import Classifier, register_artifact_loader
+from ..runners import RunnerOptions, register_backend
+from ..spec import ModelMeta
+from .common import META_KEY, calibration_batches, check_precision, meta_from_json, meta_to_json, progress_to_stderr
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+META_PATH = [META_KEY, "meta"]
+# resnetkit precision -> OpenVINO INFERENCE_PRECISION_HINT, and back
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+FROM_HINT = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+INT8_TYPES = ("i8", "u8")
+
+
+def to_openvino(module: nn.Module, meta: ModelMeta) -> ov.Model:
+    """``module`` as an OpenVINO model with a dynamic batch dimension and ``meta`` attached."""
+    import openvino as ov
+
+    shape = meta.preprocessing.input_shape
+    model = ov.convert_model(module.float().eval(), example_input=torch.zeros(1, *shape), input=[(-1, *shape)])
+    set_meta(model, meta)
+    return model
+
+
+def set_meta(model: ov.Model, meta: ModelMeta) -> None:
+    model.set_rt_info(meta_to_json(meta), META_PATH)
+
+
+def read_meta(model: ov.Model, path: Path) -> ModelMeta:
+    if not model.has_rt_info(META_PATH):
+        raise UnknownModelError(f"{path} is an OpenVINO model without resnetkit metadata (class names, "
+                                "preprocessing); export it with 'resnetkit export'.")
+    return meta_from_json(model.get_rt_info(META_PATH).astype(str), path)
+
+
+def save_openvino(model: ov.Model, path: str | Path, *, compress_to_fp16: bool = False) -> Path:
+    """Write ``path`` (.xml) and its .bin; both appear only when complete (temp dir + rename)."""
+    import openvino as ov
+
+    target = Path(path)
+    if target.suffix.lower() != ".xml":
+        raise UnknownModelError(f"OpenVINO models are saved as .xml (+ .bin), not {target.suffix or 'no suffix'}.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        staged = Path(tmp) / target.name
+        ov.save_model(model, str(staged), compress_to_fp16=compress_to_fp16)
+        os.replace(staged.with_suffix(".bin"), target.with_suffix(".bin"))
+        os.replace(staged, target)
+    return target
+
+
+def quantize_static(model: ov.Model, batches: Sequence[torch.Tensor], method: str = "histogram") -> ov.Model:
+    """Static int8 with NNCF post-training quantization on ``batches``.
+
+    Activation ranges come from ``method``: histogram (default) or percentile estimators
+    keep outliers from stretching the int8 range; minmax is there for comparison."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    estimators = {"histogram": RangeEstimatorParametersSet.HISTOGRAM,
+                  "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+                  "minmax": RangeEstimatorParametersSet.MINMAX}
+    data = [b.float().contiguous().numpy() for b in batches]
+    advanced = AdvancedQuantizationParameters(activations_range_estimator_params=estimators[method])
+    with progress_to_stderr():
+        quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), advanced_parameters=advanced)
+    if model.has_rt_info(META_PATH):
+        quantized.set_rt_info(model.get_rt_info(META_PATH).astype(str), META_PATH)
+    return quantized
+
+
+class OpenVinoRunner:
+    """An OpenVINO CPU model compiled once per batch size (static shapes run fastest)."""
+
+    backend = "openvino"
+
+    def __init__(self, model: ov.Model, precision: str | None = None) -> None:
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.model = model
+        self.config = {"INFERENCE_PRECISION_HINT": HINTS[precision]} if precision else {}
+        self._requests: dict[int, Any] = {}
+        self.precision = self._actual_precision(self._request(1))
+
+    def _request(self, batch_size: int) -> Any:
+        if batch_size not in self._requests:
+            model = self.model.clone()
+            model.reshape([batch_size, *self.model.inputs[0].partial_shape[1:].to_shape()])
+            self._requests[batch_size] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        return self._requests[batch_size]
+
+    def _actual_precision(self, request: Any) -> str:
+        compiled = request.get_compiled_model()
+        floating = FROM_HINT.get(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
+        return "int8" if int8_layers(compiled) else floating
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        request = self._request(len(batch))
+        request.infer([batch.detach().to(torch.float32).contiguous().numpy()])
+        return torch.from_numpy(request.get_output_tensor(0).data.copy()).float()
+
+
+def int8_layers(compiled: Any) -> dict[str, int]:
+    """Layers of the compiled (runtime) graph that execute in int8: layer type -> count."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str)
+        if info["runtimePrecision"].astype(str).lower() in INT8_TYPES and layer not in ("Input", "Reorder", "Const"):
+            counts[layer] = counts.get(layer, 0) + 1
+    return counts
+
+
+def runner_int8_layers(runner: OpenVinoRunner) -> dict[str, int]:
+    return int8_layers(runner._request(1).get_compiled_model())
+
+
+def runner_from_file(path: Path, meta: ModelMeta, options: RunnerOptions) -> OpenVinoRunner:
+    import openvino as ov
+
+    return OpenVinoRunner(ov.Core().read_model(str(path)), _float_hint(options, meta))
+
+
+def _float_hint(options: RunnerOptions, meta: ModelMeta) -> str | None:
+    """The float precision asked for, else the one the artifact was made for, else None
+    (OpenVINO's own choice; for int8 models that is the precision of the non-int8 layers)."""
+    for precision in (options.precision, meta.extra.get("precision")):
+        if precision in HINTS:
+            return precision
+    return None
+
+
+def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> OpenVinoRunner:
+    precision = options.precision
+    check_precision("openvino", precision or "fp32", (*HINTS, "int8"))
+    model = to_openvino(module, meta)
+    if precision == "int8":
+        model = quantize_static(model, calibration_batches(meta, options))
+    return OpenVinoRunner(model, _float_hint(options, meta))
+
+
+def _load_ir(path: Path, backend: str, options: RunnerOptions) -> Classifier:
+    import openvino as ov
+
+    if backend not in ("eager", "openvino", "auto"):
+        raise BackendUnavailableError(f"{path.name} is an OpenVINO model: run it with --backend openvino.")
+    model = ov.Core().read_model(str(path))
+    meta = read_meta(model, path)
+    return Classifier(meta, OpenVinoRunner(model, _float_hint(options, meta)))
+
+
+def is_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+register_backend("openvino", _factory, is_available, install_hint="Install it with: pip install openvino nncf")
+register_artifact_loader((".xml",), _load_ir)

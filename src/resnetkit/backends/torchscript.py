@@ -1,0 +1,62 @@
+"""TorchScript artifacts (``.torchscript``): a traced module with the metadata in ``_extra_files``.
+
+TorchScript is in maintenance mode in PyTorch; it is offered for runtimes that still load
+it (LibTorch in C++, older mobile stacks). Loading runs it with the eager runner's rules.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import BackendUnavailableError
+from ..fileio import atomic_write
+from ..models import Classifier, register_artifact_loader
+from ..runners import RunnerOptions
+from ..spec import ModelMeta
+from .common import meta_from_json, meta_to_json
+
+SUFFIX = ".torchscript"
+META_FILE = "resnetkit_meta.json"
+
+
+def save_torchscript(module: nn.Module, meta: ModelMeta, path: str | Path) -> Path:
+    """Trace ``module`` at batch 1 and write it with ``meta``; traced convnets accept any batch size."""
+    example = torch.zeros(1, *meta.preprocessing.input_shape)
+    with torch.no_grad():
+        traced = torch.jit.trace(module.float().eval(), example)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={META_FILE: meta_to_json(meta)})
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+    return Path(path)
+
+
+@dataclass
+class TorchScriptRunner:
+    module: torch.jit.ScriptModule
+    precision: str = "fp32"
+    backend: str = "torchscript"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch.float()).float()
+
+
+def _load(path: Path, backend: str, options: RunnerOptions) -> Classifier:
+    if backend not in ("eager", "auto"):
+        raise BackendUnavailableError(f"{path.name} is a TorchScript file: it runs with the default backend only.")
+    extra = {META_FILE: ""}
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    if not extra[META_FILE]:
+        from ..errors import UnknownModelError
+
+        raise UnknownModelError(f"{path} is a TorchScript file without resnetkit metadata; export it with 'resnetkit export'.")
+    return Classifier(meta_from_json(extra[META_FILE], path), TorchScriptRunner(module.eval()))
+
+
+register_artifact_loader((SUFFIX,), _load)

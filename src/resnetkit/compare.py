@@ -1,0 +1,111 @@
+"""Before/after evidence for export, quantization and pruning.
+
+Every optimization command reports how much smaller and faster its result is and how much
+its predictions changed. The pieces live here so the three commands measure the same way:
+input samples (real images or generated ones), logit agreement with the reference, latency
+side by side, and accuracy on a labelled folder.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import DatasetError
+from .images import decode_image, iter_image_paths
+from .measure import Timing, time_calls
+from .models import Classifier
+from .spec import ModelMeta
+
+
+def image_batches(data_dir: str | os.PathLike[str], meta: ModelMeta, *, limit: int, batch_size: int = 32,
+                  seed: int = 0) -> list[torch.Tensor]:
+    """Up to ``limit`` images of ``data_dir`` (walked recursively, a fixed random subset),
+    preprocessed for ``meta``, in batches. Raises :class:`DatasetError` if there are none."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DatasetError(f"No such folder: {root}.")
+    paths = list(iter_image_paths([root]))
+    if not paths:
+        raise DatasetError(f"{root} contains no image files (looked for .jpg, .png, ... in all sub-folders).")
+    random.Random(seed).shuffle(paths)
+    transform = meta.preprocessing.transform()
+    tensors = [transform(decode_image(p)) for p in paths[:limit]]
+    return [torch.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
+
+
+def generated_batches(meta: ModelMeta, *, count: int, batch_size: int = 32, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` random-pixel images through the model's own preprocessing (no data needed)."""
+    rng = np.random.default_rng(seed)
+    transform = meta.preprocessing.transform()
+    size = meta.preprocessing.resize_size
+    tensors = [transform(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB"))
+               for _ in range(count)]
+    return [torch.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
+
+
+def sample_batches(meta: ModelMeta, data_dir: str | os.PathLike[str] | None, *, count: int,
+                   batch_size: int = 32, seed: int = 0) -> tuple[list[torch.Tensor], str]:
+    """Real images from ``data_dir`` if given, else generated ones; and a description."""
+    if data_dir is not None:
+        batches = image_batches(data_dir, meta, limit=count, batch_size=batch_size, seed=seed)
+        return batches, f"{sum(len(b) for b in batches)} images from {data_dir}"
+    return generated_batches(meta, count=count, batch_size=batch_size, seed=seed), f"{count} generated random-pixel images"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How far a candidate's logits are from the reference's on the same inputs."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float  # percent of inputs with the same top-1 class
+    n_inputs: int
+    inputs: str  # what the inputs were
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (f"top-1 agreement {self.top1_agreement:.2f} % on {self.inputs}; "
+                f"max |logit diff| {self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g}")
+
+
+def agreement(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Callable[[torch.Tensor], torch.Tensor],
+              batches: Sequence[torch.Tensor], inputs: str) -> Agreement:
+    """Compare the logits of two runners over ``batches``."""
+    max_diff, sum_diff, same, total, elements = 0.0, 0.0, 0, 0, 0
+    for batch in batches:
+        ref, cand = reference(batch).float(), candidate(batch).float()
+        diff = (ref - cand).abs()
+        max_diff = max(max_diff, float(diff.max()))
+        sum_diff += float(diff.sum())
+        elements += diff.numel()
+        same += int((ref.argmax(1) == cand.argmax(1)).sum())
+        total += len(batch)
+    return Agreement(max_diff, sum_diff / max(elements, 1), 100.0 * same / max(total, 1), total, inputs)
+
+
+def latency(classifier: Classifier, batch_size: int = 1, *, min_seconds: float = 2.0) -> Timing:
+    """Wall-clock latency of one forward pass at ``batch_size`` (generated input)."""
+    batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape)
+    return time_calls(lambda: classifier.logits(batch), warmup=3, min_runs=10, min_seconds=min_seconds)
+
+
+def top1_accuracy(classifier: Classifier, data_dir: str | os.PathLike[str], limit: int | None = None) -> float:
+    """Top-1 percent on a class-per-folder dataset, via :func:`resnetkit.evaluate.evaluate`."""
+    from .evaluate import evaluate
+
+    return evaluate(classifier, data_dir, batch_size=64, limit=limit, workers=2, progress=None).top1
+
+
+def ratio(before: float, after: float) -> str:
+    """'2.04x smaller'-style factor of ``before`` over ``after``."""
+    return f"{before / after:.2f}x" if after else "inf"

@@ -1,0 +1,127 @@
+"""Export a model to ONNX, TorchScript or OpenVINO IR, and prove the artifact matches.
+
+The artifact carries the model's metadata (class names, preprocessing), so every command
+accepts it as a model reference. After writing, the artifact is loaded back the way a user
+would load it and compared with the eager model on the same inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .backends import onnxruntime as onnx_backend
+from .backends import openvino as openvino_backend
+from .backends import torchscript as torchscript_backend
+from .compare import Agreement, agreement, latency, sample_batches
+from .errors import ResnetkitError, UnknownModelError
+from .measure import serialized_size_bytes
+from .models import Classifier, load_model
+from .spec import ModelMeta
+
+FORMATS = {"onnx": ".onnx", "torchscript": torchscript_backend.SUFFIX, "openvino": ".xml"}
+CHECK_IMAGES = 64
+
+
+@dataclass
+class ExportReport:
+    """What was written and how closely it reproduces the eager model."""
+
+    model: str
+    format: str
+    path: str
+    size_bytes: int
+    eager_size_bytes: int  # fp32 state dict, for comparison
+    backend: str  # how the artifact ran in the check
+    precision: str
+    agreement: Agreement
+    eager_latency_ms: float
+    latency_ms: float
+    batch_size: int
+    onnx_checker: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["agreement"] = self.agreement.to_dict()
+        return data
+
+
+def artifact_size(path: Path) -> int:
+    """Bytes on disk, including an OpenVINO .xml's .bin."""
+    extra = path.with_suffix(".bin") if path.suffix.lower() == ".xml" else None
+    return path.stat().st_size + (extra.stat().st_size if extra and extra.exists() else 0)
+
+
+def check_output_path(output: str | os.PathLike[str], suffix: str, what: str) -> Path:
+    path = Path(output)
+    if path.suffix.lower() != suffix:
+        raise ResnetkitError(f"{what} files end in {suffix}: use -o {path.with_suffix(suffix)}.")
+    return path
+
+
+def write_artifact(source: Classifier, fmt: str, output: Path, *, dynamic_batch: bool, batch_size: int,
+                   opset: int | None) -> str | None:
+    """Write ``source`` in ``fmt``; returns the onnx.checker verdict for ONNX."""
+    module, meta = source.module, exported_meta(source.meta, fmt)
+    if module is None:
+        raise ResnetkitError(f"{source.meta.name} is already an exported artifact; export from the zoo model or a .pt file.")
+    if fmt == "onnx":
+        onnx_backend.save_onnx(onnx_backend.to_onnx(module, meta, dynamic_batch=dynamic_batch, batch_size=batch_size,
+                                                       opset=opset), output)
+        return "passed"
+    if fmt == "openvino":
+        openvino_backend.save_openvino(openvino_backend.to_openvino(module, meta), output)
+    else:
+        torchscript_backend.save_torchscript(module, meta, output)
+    return None
+
+
+def exported_meta(meta: ModelMeta, fmt: str) -> ModelMeta:
+    return meta.replace(extra={**meta.extra, "format": fmt, "precision": "fp32"})
+
+
+def export_model(
+    model: str | os.PathLike[str],
+    fmt: str,
+    output: str | os.PathLike[str],
+    *,
+    weights: str | None = None,
+    pretrained: bool = True,
+    dynamic_batch: bool = False,
+    opset: int | None = None,
+    check_dir: str | os.PathLike[str] | None = None,
+    check_images: int = CHECK_IMAGES,
+    batch_size: int = 1,
+) -> ExportReport:
+    """Export ``model`` to ``output`` in ``fmt`` (onnx | torchscript | openvino) and check it.
+
+    Without ``dynamic_batch`` an ONNX graph has a fixed batch of ``batch_size``; OpenVINO
+    and TorchScript artifacts accept any batch size. The check runs ``check_images``
+    images from ``check_dir`` (or generated ones) through both models."""
+    if fmt not in FORMATS:
+        raise UnknownModelError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
+    path = check_output_path(output, FORMATS[fmt], fmt)
+    source = load_model(model, weights=weights, pretrained=pretrained)
+    checker = write_artifact(source, fmt, path, dynamic_batch=dynamic_batch, batch_size=batch_size, opset=opset)
+    exported = load_model(path)
+    fixed_batch = fmt == "onnx" and not dynamic_batch
+    batches, inputs = sample_batches(source.meta, check_dir, count=check_images,
+                                     batch_size=batch_size if fixed_batch else 32)
+    if fixed_batch:
+        batches = [b for b in batches if len(b) == batch_size]
+    return ExportReport(
+        model=source.meta.name,
+        format=fmt,
+        path=str(path),
+        size_bytes=artifact_size(path),
+        eager_size_bytes=serialized_size_bytes(source.module),
+        backend=exported.runner.backend,
+        precision=exported.runner.precision,
+        agreement=agreement(source.logits, exported.logits, batches, inputs),
+        eager_latency_ms=latency(source, batch_size).p50_ms,
+        latency_ms=latency(exported, batch_size).p50_ms,
+        batch_size=batch_size,
+        onnx_checker=checker,
+    )

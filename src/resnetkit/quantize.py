@@ -1,0 +1,241 @@
+"""Post-training quantization: fp16 | bf16 | dynamic-int8 | static-int8, with proof.
+
+Each method writes an artifact for one backend and reports size, latency and predictions
+against the fp32 eager model. Static int8 defaults to OpenVINO + NNCF because it was the
+fastest at equal accuracy on the machines measured (see docs/optimize.md and
+benchmarks/optimize_int8_paths.py); ONNX Runtime QDQ is the alternative.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .artifacts import save_artifact
+from .backends import onnxruntime as onnx_backend
+from .backends import openvino as openvino_backend
+from .compare import Agreement, agreement, image_batches, latency, sample_batches, top1_accuracy
+from .errors import ResnetkitError
+from .export import artifact_size, check_output_path
+from .measure import serialized_size_bytes
+from .models import Classifier, load_model
+from .runners import FLOAT_DTYPES, RunnerOptions
+from .spec import ModelMeta
+
+# method -> backends that can produce it; the first is the default
+BACKENDS = {
+    "fp16": ("openvino", "eager"),
+    "bf16": ("openvino", "eager"),
+    "dynamic-int8": ("onnxruntime",),
+    "static-int8": ("openvino", "onnxruntime"),
+}
+SUFFIXES = {"eager": ".pt", "openvino": ".xml", "onnxruntime": ".onnx"}
+CALIBRATION_METHODS = ("histogram", "percentile", "minmax")
+DEFAULT_CALIBRATION = {"openvino": "histogram", "onnxruntime": "percentile"}
+CHECK_IMAGES = 256
+
+
+class QuantizationError(ResnetkitError):
+    """A quantization request that cannot be carried out as asked."""
+
+
+@dataclass
+class QuantizeReport:
+    """Before (fp32 eager) and after numbers of one quantization."""
+
+    model: str
+    method: str
+    backend: str
+    path: str
+    precision: str  # what the quantized model actually runs at
+    size_bytes: int
+    fp32_size_bytes: int
+    batch_size: int
+    fp32_latency_ms: float  # eager fp32
+    fp32_backend_latency_ms: float  # the same backend at fp32
+    latency_ms: float
+    agreement: Agreement
+    int8_kernels: dict[str, int] = field(default_factory=dict)
+    calibration: str | None = None
+    eval_dir: str | None = None
+    fp32_top1: float | None = None
+    top1: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["agreement"] = self.agreement.to_dict()
+        return data
+
+
+@dataclass(frozen=True)
+class QuantizeRequest:
+    method: str
+    backend: str
+    output: Path
+    calib_dir: str | None
+    calib_size: int
+    calibration_method: str
+
+
+def resolve_request(method: str, backend: str | None, output: str | os.PathLike[str], calib_dir: str | None,
+                    calib_size: int, calibration_method: str | None) -> QuantizeRequest:
+    """Validate the combination of options before any model is loaded."""
+    if method not in BACKENDS:
+        raise QuantizationError(f"Unknown quantization method '{method}'. Choose one of: {', '.join(BACKENDS)}.")
+    backend = backend or BACKENDS[method][0]
+    if backend not in BACKENDS[method]:
+        raise QuantizationError(f"{method} is available with --backend {' or '.join(BACKENDS[method])}, not '{backend}'.")
+    if method == "static-int8" and not calib_dir:
+        raise QuantizationError("static-int8 needs calibration images: --calib DIR (a few hundred representative "
+                                "images, e.g. part of the training set; class sub-folders are fine).")
+    if calib_size < 1:
+        raise QuantizationError("--calib-size must be at least 1.")
+    calibration_method = calibration_method or DEFAULT_CALIBRATION.get(backend, "histogram")
+    if calibration_method not in CALIBRATION_METHODS:
+        raise QuantizationError(f"Unknown calibration '{calibration_method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
+    path = check_output_path(output, SUFFIXES[backend], f"{backend} {method}")
+    return QuantizeRequest(method, backend, path, calib_dir, calib_size, calibration_method)
+
+
+def quantize(
+    model: str | os.PathLike[str],
+    method: str,
+    output: str | os.PathLike[str],
+    *,
+    backend: str | None = None,
+    weights: str | None = None,
+    pretrained: bool = True,
+    calib_dir: str | None = None,
+    calib_size: int = 300,
+    calibration_method: str | None = None,
+    eval_dir: str | None = None,
+    eval_limit: int | None = None,
+    batch_size: int = 1,
+) -> QuantizeReport:
+    """Quantize ``model`` with ``method``, write the artifact to ``output`` and measure it."""
+    request = resolve_request(method, backend, output, calib_dir, calib_size, calibration_method)
+    source = load_model(model, weights=weights, pretrained=pretrained)
+    if source.module is None:
+        raise QuantizationError(f"{model} is an exported graph; quantize the zoo model or a .pt artifact instead.")
+    calibration = _calibration(source.meta, request)
+    meta = source.meta.replace(extra={**source.meta.extra, "precision": _stored_precision(method),
+                                      "quantization": {"method": method, "backend": request.backend,
+                                                       "calibration": calibration[1] if calibration else None}})
+    WRITERS[(method, request.backend)](copy.deepcopy(source.module), meta, request, calibration[0] if calibration else [])
+    quantized = load_model(request.output)
+    kernels = int8_kernels(quantized, request)
+    check, inputs = sample_batches(source.meta, eval_dir or calib_dir, count=CHECK_IMAGES, seed=1)
+    report = QuantizeReport(
+        model=source.meta.name, method=method, backend=request.backend, path=str(request.output),
+        precision=quantized.runner.precision,
+        size_bytes=artifact_size(request.output), fp32_size_bytes=serialized_size_bytes(source.module),
+        batch_size=batch_size,
+        fp32_latency_ms=latency(source, batch_size).p50_ms,
+        fp32_backend_latency_ms=_fp32_backend_latency(model, weights, pretrained, request.backend, batch_size),
+        latency_ms=latency(quantized, batch_size).p50_ms,
+        agreement=agreement(source.logits, quantized.logits, check, inputs),
+        int8_kernels=kernels, calibration=calibration[1] if calibration else None,
+        notes=_notes(source, quantized, request, eval_dir),
+    )
+    if eval_dir:
+        report.eval_dir = str(eval_dir)
+        report.fp32_top1 = top1_accuracy(source, eval_dir, eval_limit)
+        report.top1 = top1_accuracy(quantized, eval_dir, eval_limit)
+    return report
+
+
+def _stored_precision(method: str) -> str:
+    return method if method in FLOAT_DTYPES else "int8"
+
+
+def _calibration(meta: ModelMeta, request: QuantizeRequest) -> tuple[list[torch.Tensor], str] | None:
+    if request.method != "static-int8":
+        return None
+    batches = image_batches(request.calib_dir, meta, limit=request.calib_size, batch_size=16)  # type: ignore[arg-type]
+    count = sum(len(b) for b in batches)
+    return batches, f"{count} images from {request.calib_dir}, {request.calibration_method} ranges"
+
+
+def _fp32_backend_latency(model: str | os.PathLike[str], weights: str | None, pretrained: bool, backend: str,
+                          batch_size: int) -> float:
+    fp32 = load_model(model, weights=weights, pretrained=pretrained, backend=backend,
+                      options=RunnerOptions(batch_size=batch_size, precision="fp32"))
+    return latency(fp32, batch_size).p50_ms
+
+
+def int8_kernels(quantized: Classifier, request: QuantizeRequest) -> dict[str, int]:
+    """The int8 kernels the runtime really executes; an int8 method without any is an error."""
+    if "int8" not in request.method:
+        return {}
+    if request.backend == "openvino":
+        kernels = openvino_backend.runner_int8_layers(quantized.runner)  # type: ignore[arg-type]
+    else:
+        import onnx
+
+        kernels = onnx_backend.int8_kernels(onnx.load(str(request.output)))
+    if not kernels:
+        raise QuantizationError(f"{request.output} contains no int8 kernels after the runtime's optimizations: the "
+                                "quantization did not take effect, so no speed is reported.")
+    return kernels
+
+
+def _notes(source: Classifier, quantized: Classifier, request: QuantizeRequest, eval_dir: str | None) -> list[str]:
+    notes, method = [], request.method
+    if method == "dynamic-int8":
+        linear = sum(p.numel() for m in source.module.modules() if isinstance(m, nn.Linear) for p in m.parameters())
+        total = sum(p.numel() for p in source.module.parameters())
+        notes.append(f"dynamic int8 quantizes only Linear/MatMul layers: here the final classifier ({linear:,} of "
+                     f"{total:,} weights, {100 * linear / total:.1f} %). The convolutions stay fp32, so do not expect "
+                     "a speed-up; use static-int8 for that.")
+    ran = quantized.runner.precision
+    if method in FLOAT_DTYPES and ran != method:
+        notes.append(f"weights are stored in {method}, but {request.backend} computes in {ran} on this CPU "
+                     f"(no native {method} arithmetic).")
+    if request.calib_dir and not eval_dir:
+        notes.append("agreement was measured on images of the calibration folder (give --eval DIR for held-out data).")
+    return notes
+
+
+Writer = Callable[[nn.Module, ModelMeta, QuantizeRequest, list[torch.Tensor]], None]
+
+
+def _write_eager(module: nn.Module, meta: ModelMeta, request: QuantizeRequest, _: list[torch.Tensor]) -> None:
+    save_artifact(request.output, module.to(FLOAT_DTYPES[request.method]), meta)
+
+
+def _write_openvino_float(module: nn.Module, meta: ModelMeta, request: QuantizeRequest, _: list[torch.Tensor]) -> None:
+    openvino_backend.save_openvino(openvino_backend.to_openvino(module, meta), request.output, compress_to_fp16=True)
+
+
+def _write_openvino_int8(module: nn.Module, meta: ModelMeta, request: QuantizeRequest,
+                         batches: list[torch.Tensor]) -> None:
+    model = openvino_backend.to_openvino(module, meta)
+    openvino_backend.save_openvino(openvino_backend.quantize_static(model, batches, request.calibration_method),
+                                   request.output)
+
+
+def _write_onnx_static(module: nn.Module, meta: ModelMeta, request: QuantizeRequest, batches: list[torch.Tensor]) -> None:
+    model = onnx_backend.to_onnx(module, meta)
+    onnx_backend.save_onnx(onnx_backend.quantize_static(model, batches, request.calibration_method), request.output)
+
+
+def _write_onnx_dynamic(module: nn.Module, meta: ModelMeta, request: QuantizeRequest, _: list[torch.Tensor]) -> None:
+    onnx_backend.save_onnx(onnx_backend.quantize_dynamic(onnx_backend.to_onnx(module, meta)), request.output)
+
+
+WRITERS: dict[tuple[str, str], Writer] = {
+    ("fp16", "eager"): _write_eager,
+    ("bf16", "eager"): _write_eager,
+    ("fp16", "openvino"): _write_openvino_float,
+    ("bf16", "openvino"): _write_openvino_float,
+    ("static-int8", "openvino"): _write_openvino_int8,
+    ("static-int8", "onnxruntime"): _write_onnx_static,
+    ("dynamic-int8", "onnxruntime"): _write_onnx_dynamic,
+}
