@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import artifacts as _artifacts  # noqa: F401  (registers the .pt artifact loader)
+from . import backends as _backends  # noqa: F401  (registers onnxruntime, openvino, compile, auto and their file loaders)
 from .bench import BenchConfig, BenchRecord, bench
 from .errors import ResnetkitError
 from .evaluate import EvalReport, evaluate

@@ -12,6 +12,7 @@ so pruned models reload without pickling code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 from .errors import UnknownModelError, WeightsError
 from .fileio import atomic_write
 from .models import Classifier, register_artifact_loader
-from .runners import RunnerOptions, make_runner
+from .runners import FLOAT_DTYPES, RunnerOptions, make_runner
 from .spec import ModelMeta
 from .weights import safe_load
 from .zoo import get_spec, is_zoo_name
@@ -99,6 +100,9 @@ def _resized_layer(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
 def _load_torch_artifact(path: Path, backend: str, options: RunnerOptions) -> Classifier:
     meta, state = read_artifact(path)
     module = build_from_artifact(meta, state)
+    stored = meta.extra.get("precision")  # e.g. "fp16" for weights quantized to fp16: run them as stored
+    if options.precision is None and stored in FLOAT_DTYPES:
+        options = dataclasses.replace(options, precision=stored)
     return Classifier(meta, make_runner(module, meta, backend, options), module)
 
 
