@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from resnetkit import load_model
 from resnetkit.errors import DatasetError
 from resnetkit.train import TrainConfig, TrainingInterrupted, finetune_module, resume, run
+from resnetkit.train.data import load_splits, rare_format_files
 from resnetkit.train.distill import distill_with_baseline
 from resnetkit.train.objectives import CrossEntropyObjective, DistillationObjective
 from resnetkit.train.optim import lr_factor
@@ -205,6 +206,12 @@ def test_unreadable_files_are_skipped_and_counted(shapes: Path, tmp_path: Path) 
     summary = run(scratch(data, tmp_path / "out", epochs=1, val_split=0.0), log=lines.append, progress_bar=False)
     assert summary["final"]["skipped"] == 2 and summary["final"]["images"] == 72
     assert sum("skipped unreadable file" in line for line in lines) == 2
+
+
+def test_placeholder_gif_of_hymenoptera_is_flagged(hymenoptera_dir: Path) -> None:
+    splits = load_splits(str(hymenoptera_dir), None, None, seed=0)
+    assert splits.val_source == str(hymenoptera_dir / "val") and splits.classes == ["ants", "bees"]
+    assert [p.name for p in rare_format_files(splits.train + splits.val)] == ["imageNotFound.gif"]
 
 
 @pytest.mark.parametrize("layout, message", [

@@ -39,7 +39,7 @@ MODEL = _param("model", Annotated[str | None, typer.Argument(
 DATA = _param("data_dir", Annotated[str | None, typer.Argument(
     help="Folder with one sub-folder of images per class, or with train/ and val/ such folders.", show_default=False)])
 MODE = _param("mode", _opt(str | None, "--mode", help="What trains: head | last-stage | full. (default: last-stage)"))
-HEAD_LR = _param("head_lr", _opt(float | None, "--head-lr", help="Learning rate of the new head. (default: --lr in head mode, else 10 x --lr)"))
+HEAD_LR = _param("head_lr", _opt(float | None, "--head-lr", help="Peak learning rate of the classifier layer. (default: 10 x --lr)"))
 TEACHER = _param("teacher", _opt(str | None, "--teacher", help="Teacher model reference (frozen, eval mode)."))
 STUDENT = _param("model", _opt(str | None, "--student", help="Student model reference."))
 DISTILL_OPTIONS = [
@@ -51,7 +51,7 @@ DISTILL_OPTIONS = [
 COMMON = [
     _param("out_dir", _opt(str | None, "-o", "--output", help="Run folder: best.pt, last.pt, metrics.csv/json, curves.png.")),
     _param("epochs", _opt(int | None, "--epochs", min=1, help="Epochs to train (default: 10 finetune, 30 train/distill). With --resume: extend the run to this many.")),
-    _param("lr", _opt(float | None, "--lr", help="Peak learning rate (default: 0.01 finetune, 0.1 train/distill).")),
+    _param("lr", _opt(float | None, "--lr", help="Peak learning rate; when fine-tuning, of the pretrained layers that train (default: 0.01 finetune, 0.1 train/distill).")),
     _param("batch_size", _opt(int, "--batch-size", min=1, help="Images per step and process."), 64),
     _param("accum_steps", _opt(int, "--accum-steps", min=1, help="Batches per optimizer step (gradient accumulation)."), 1),
     _param("optimizer", _opt(str, "--optimizer", help="sgd (Nesterov momentum 0.9) | adamw."), "sgd"),

@@ -18,7 +18,7 @@ from ..zoo import get_spec, is_zoo_name
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig, TrainingError
-from .data import DataSplits, load_splits
+from .data import DataSplits, load_splits, rare_format_files
 from .distributed import Dist
 from .engine import Objective, Trainer
 from .objectives import CrossEntropyObjective, DistillationObjective
@@ -139,3 +139,6 @@ def _announce(config: TrainConfig, splits: DataSplits, meta: ModelMeta, ctx: Dis
         f"{len(splits.train)} train images ({splits.train_dir}), {len(splits.val)} val images ({splits.val_source}), "
         f"input {meta.preprocessing.crop_size}px, mode {config.mode}, device {ctx.device}"
         + (f", {ctx.world} processes" if ctx.enabled else ""))
+    for path in rare_format_files(splits.train + splits.val):
+        log(f"note: {path} has a format that is rare in its class folder; it decodes and is used, but check it is "
+            "a real example (placeholders and icons often look like this)")

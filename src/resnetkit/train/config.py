@@ -37,8 +37,8 @@ class TrainConfig:
     val_split: float | None = None  # fraction held out when there is no validation folder
     mode: str = "full"  # finetune: head | last-stage | full
     epochs: int = 10
-    lr: float = 0.01  # backbone (and, in head mode, head) learning rate
-    head_lr: float | None = None  # default: lr in head mode / from scratch, 10 x lr otherwise
+    lr: float = 0.01  # peak learning rate of the layers that train, except a new head
+    head_lr: float | None = None  # default: 10 x lr when fine-tuning pretrained weights, else lr
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -84,7 +84,7 @@ class TrainConfig:
     def effective_head_lr(self) -> float:
         if self.head_lr is not None:
             return self.head_lr
-        return self.lr if self.mode == "head" or not self.pretrained else 10 * self.lr
+        return 10 * self.lr if self.pretrained else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

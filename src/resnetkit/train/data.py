@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from ..spec import Preprocessing
 
 SMALL_INPUT = 64  # inputs up to this size get CIFAR-style pad-and-crop instead of random-resized-crop
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
+SAME_FORMAT = {".jpeg": ".jpg", ".tif": ".tiff"}
 
 
 @dataclass
@@ -29,6 +31,26 @@ class DataSplits:
     val: list[Sample]
     train_dir: str
     val_source: str  # a folder, "split 0.1 of ...", or "none"
+
+
+def rare_format_files(samples: Sequence[Sample], share: float = 0.02) -> list[Path]:
+    """Files whose format is rare in their class (under ``share``), such as a GIF placeholder among JPEGs.
+
+    They decode, so they train; they are worth a look because such files are often junk.
+    """
+    by_label: dict[int, list[Path]] = {}
+    for sample in samples:
+        by_label.setdefault(sample.label, []).append(sample.path)
+    rare: list[Path] = []
+    for paths in by_label.values():
+        counts = Counter(_format(p) for p in paths)
+        rare += [p for p in paths if counts[_format(p)] < share * len(paths)]
+    return rare
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return SAME_FORMAT.get(suffix, suffix)
 
 
 def train_transform(pre: Preprocessing, augment: str) -> Callable[[Any], torch.Tensor]:

@@ -264,6 +264,5 @@ class Trainer:
             "train_images": len(self.splits.train), "val_images": len(self.splits.val), "val_source": self.splits.val_source,
             "epochs_run": len(history), "stopped_early": self.progress.stopped_early, "best_epoch": self.progress.best_epoch,
             "best": best, "final": history[-1] if history else None, "world_size": self.ctx.world,
-            "skipped_files_per_epoch": history[-1]["skipped"] if history else 0,
             "seconds": round(seconds, 2) if seconds is not None else None,
         }
