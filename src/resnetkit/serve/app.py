@@ -1,0 +1,75 @@
+"""The application factory: routers, error handlers, metrics, and the models' lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+
+from .. import __version__
+from .hub import ModelHub, ServeError
+from .metrics import MetricsMiddleware, ServeMetrics
+from .routers import api, health, torchserve, web
+from .settings import ServeSettings
+
+DESCRIPTION = """Image classification with pretrained ResNet-family models, batched dynamically.
+
+* `POST /v1/models/{model}/classify` — one or several images (multipart field `file`) or one raw image body.
+* `POST /predictions/{model}` and `GET /ping` — TorchServe-compatible.
+* `GET /healthz`, `GET /readyz`, `GET /metrics` — operations.
+
+Models are chosen when the server starts; no endpoint loads a model from a client-given path or URL."""
+
+
+def create_app(settings: ServeSettings, *, on_load_error: Callable[[str], None] | None = None) -> FastAPI:
+    """A new app serving ``settings.models``; they load in the background once the app starts.
+
+    ``on_load_error`` is called with the message if a model cannot be loaded (the CLI stops the server).
+    """
+    metrics = ServeMetrics()
+    hub = ModelHub(settings, metrics, on_load_error)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(hub.start())
+        yield
+        if not loading.done():  # stopped while still loading: abandon the load
+            loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        await hub.close()
+
+    app = FastAPIOffline(title="resnetkit serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.hub = hub
+    for module in (api, torchserve, health, web):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    app.add_exception_handler(ServeError, _serve_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For ``uvicorn --factory resnetkit.serve.app:create_app_from_env`` (settings from RESNETKIT_*)."""
+    return create_app(ServeSettings.from_env())
+
+
+async def _serve_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServeError)
+    headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}.get(exc.status)
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 as one readable sentence, e.g. "top_k: Input should be greater than or equal to 1 (got '0')"."""
+    assert isinstance(exc, RequestValidationError)
+    messages = [f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
+    return JSONResponse({"detail": "; ".join(messages)}, status_code=422)

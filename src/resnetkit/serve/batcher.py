@@ -1,0 +1,183 @@
+"""Dynamic batching for one model, pipelined with image decoding.
+
+Each image goes through two stages:
+
+1. *prepare* (decode + preprocess) in a worker pool shared by all models, many at a time;
+2. a batched forward pass in the model's own single inference thread.
+
+A collector task on the event loop forms batches while the previous one runs. A batch is
+dispatched as soon as the model is free and one of these holds: it is full
+(``max_batch_size``), no more images for this model are being prepared (so an idle model
+starts at once), or its oldest image has waited ``max_wait_ms``. Images whose client went
+away are dropped before they reach the model; a bad image fails only its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import ImageError, ResnetkitError
+from ..models import Classifier
+from ..predict import Prediction, top_k
+from .metrics import ServeMetrics
+
+Prepare = Callable[[bytes], torch.Tensor]
+
+
+class ServerBusyError(ResnetkitError):
+    """The model's queue is full, or the server is shutting down: retry later (HTTP 503)."""
+
+
+@dataclass
+class _Item:
+    tensor: torch.Tensor
+    k: int
+    future: asyncio.Future[list[Prediction]]
+    enqueued: float
+
+
+class DynamicBatcher:
+    """Groups concurrent images for ``classifier`` into batched forward passes."""
+
+    def __init__(self, name: str, classifier: Classifier, prepare: Prepare, decode_pool: Executor,
+                 metrics: ServeMetrics, *, max_batch_size: int, max_wait_ms: float, max_queue: int,
+                 threads: int | None = None) -> None:
+        self.name = name
+        self.classifier = classifier
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._prepare = prepare
+        self._decode_pool = decode_pool
+        self._metrics = metrics
+        initializer = (lambda: torch.set_num_threads(threads)) if threads else None
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}", initializer=initializer)
+        self._queue: deque[_Item] = deque()
+        self._preparing = 0  # images in the worker pool
+        self._outstanding = 0  # images admitted and not finished
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._collect(), name=f"batcher-{self.name}")
+
+    async def close(self) -> None:
+        """Refuse new images, finish every admitted one, then stop the inference thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._inference.shutdown(wait=True)
+
+    async def classify(self, images: Sequence[bytes], k: int) -> list[list[Prediction] | ImageError]:
+        """Top-``k`` predictions of each image, or the :class:`ImageError` that refused it."""
+        self._admit(len(images))
+        try:
+            return list(await asyncio.gather(*(self._classify_one(data, k) for data in images)))
+        finally:
+            self._outstanding -= len(images)
+            self._changed()
+
+    def _admit(self, count: int) -> None:
+        if self._closing:
+            raise ServerBusyError("The server is shutting down; retry on another instance.")
+        if self._outstanding + count > self.max_queue:
+            self._metrics.images.labels(self.name, "rejected").inc(count)
+            raise ServerBusyError(
+                f"Model '{self.name}' has {self._outstanding} images in flight (limit {self.max_queue}); retry shortly."
+            )
+        self._outstanding += count
+
+    async def _classify_one(self, data: bytes, k: int) -> list[Prediction] | ImageError:
+        tensor = await self._prepare_in_pool(data)
+        if isinstance(tensor, ImageError):
+            self._metrics.images.labels(self.name, "invalid").inc()
+            return tensor
+        future: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(tensor, k, future, time.monotonic()))
+        self._changed()
+        return await future
+
+    async def _prepare_in_pool(self, data: bytes) -> torch.Tensor | ImageError:
+        self._preparing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._prepare_or_error, data)
+        finally:
+            self._preparing -= 1
+            self._changed()
+
+    def _prepare_or_error(self, data: bytes) -> torch.Tensor | ImageError:
+        try:
+            return self._prepare(data)
+        except ImageError as exc:
+            return exc
+
+    def _changed(self) -> None:
+        self._metrics.queue_depth.labels(self.name).set(self._preparing + len(self._queue))
+        self._wakeup.set()
+
+    async def _collect(self) -> None:
+        while (batch := await self._next_batch()) is not None:
+            await self._run(batch)
+
+    async def _next_batch(self) -> list[_Item] | None:
+        """Wait until a batch should go (see the module docstring); ``None`` once closed and drained."""
+        while True:
+            self._drop_cancelled()
+            timeout = None
+            if self._queue:
+                waited = time.monotonic() - self._queue[0].enqueued
+                if len(self._queue) >= self.max_batch_size or self._preparing == 0 or waited >= self.max_wait:
+                    return self._take()
+                timeout = self.max_wait - waited
+            elif self._closing and self._outstanding == 0:
+                return None
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _drop_cancelled(self) -> None:
+        live = [item for item in self._queue if not item.future.cancelled()]
+        if len(live) != len(self._queue):
+            self._metrics.images.labels(self.name, "cancelled").inc(len(self._queue) - len(live))
+            self._queue = deque(live)
+            self._changed()
+
+    def _take(self) -> list[_Item]:
+        batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+        self._changed()
+        return batch
+
+    async def _run(self, batch: list[_Item]) -> None:
+        self._metrics.batch_size.labels(self.name).observe(len(batch))
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._inference, self._infer, [i.tensor for i in batch],
+                                                 [i.k for i in batch])
+        except Exception as exc:  # a backend failure fails this batch, never the collector
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, predictions in zip(batch, results):
+            if not item.future.done():
+                item.future.set_result(predictions)
+        self._metrics.images.labels(self.name, "ok").inc(len(batch))
+
+    def _infer(self, tensors: list[torch.Tensor], ks: list[int]) -> list[list[Prediction]]:
+        """One forward pass (inference thread); each row keeps its own top-k."""
+        start = time.perf_counter()
+        probabilities = self.classifier.probabilities(torch.stack(tensors))
+        rows = top_k(probabilities, self.classifier.meta.categories, max(ks))
+        self._metrics.inference.labels(self.name).observe(time.perf_counter() - start)
+        return [row[:k] for row, k in zip(rows, ks)]

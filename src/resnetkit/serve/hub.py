@@ -1,0 +1,128 @@
+"""The served models: loaded and warmed in the background, each behind its own batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import ResnetkitError
+from ..images import decode_image
+from ..models import Classifier, load_model
+from ..runners import RunnerOptions
+from .batcher import DynamicBatcher
+from .metrics import ServeMetrics
+from .schemas import ModelDetail, ModelInfo
+from .settings import ModelEntry, ServeSettings
+
+log = logging.getLogger("uvicorn.error")
+
+
+class ServeError(ResnetkitError):
+    """An error answered to the client with ``status`` and a one-paragraph message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ServedModel:
+    name: str
+    classifier: Classifier
+    batcher: DynamicBatcher
+
+    def info(self, detail: bool = False) -> ModelInfo:
+        meta, runner = self.classifier.meta, self.classifier.runner
+        fields = dict(
+            name=self.name, arch=meta.arch, weights=meta.weights, backend=runner.backend, precision=runner.precision,
+            num_classes=meta.num_classes, input_size=meta.preprocessing.crop_size,
+            preprocessing=meta.preprocessing.describe(), published_top1=meta.metrics.top1,
+            dataset=meta.metrics.dataset, max_batch_size=self.batcher.max_batch_size,
+        )
+        return ModelDetail(**fields, categories=list(meta.categories)) if detail else ModelInfo(**fields)
+
+
+class ModelHub:
+    """Loads the configured models off the event loop, then serves them until closed."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServeMetrics,
+                 on_load_error: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, ServedModel] = {}
+        self.ready = False
+        self.load_error: str | None = None
+        self._on_load_error = on_load_error
+        self._decode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="decode")
+
+    async def start(self) -> None:
+        """Load and warm every model, then start their batchers; a failure is reported, not raised."""
+        try:
+            if self.settings.threads:
+                torch.set_num_threads(self.settings.threads)
+            loaded = [await asyncio.to_thread(self._load, entry) for entry in self.settings.entries]
+            _check_unique([name for name, _ in loaded])
+        except Exception as exc:  # noqa: BLE001 - any load failure stops the server with its message
+            self._fail(str(exc) if isinstance(exc, ResnetkitError) else f"{type(exc).__name__}: {exc}")
+            return
+        for name, classifier in loaded:
+            self.models[name] = ServedModel(name, classifier, self._batcher(name, classifier))
+            self.models[name].batcher.start()
+        self.ready = True
+        log.info("ready: %s", ", ".join(f"{m.name} ({m.classifier.runner.backend}/{m.classifier.runner.precision})"
+                                         for m in self.models.values()))
+
+    def _fail(self, message: str) -> None:
+        self.load_error = f"Could not load the models: {message}"
+        log.error(self.load_error)
+        if self._on_load_error:
+            self._on_load_error(self.load_error)
+
+    async def close(self) -> None:
+        """Finish the admitted images of every model, then stop the workers."""
+        self.ready = False
+        await asyncio.gather(*(m.batcher.close() for m in self.models.values()))
+        self._decode_pool.shutdown(wait=True)
+
+    def get(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is not None:
+            return model
+        if not self.ready:
+            raise ServeError(503, self.load_error or "The models are still loading; retry in a few seconds.")
+        served = ", ".join(self.models)
+        raise ServeError(404, f"Model '{name}' is not served here. Served models: {served}. "
+                              "Models are chosen when the server starts, never by clients.")
+
+    def _load(self, entry: ModelEntry) -> tuple[str, Classifier]:
+        """Load one model (worker thread) and run it once at batch 1 and at the maximum batch size."""
+        options = RunnerOptions(batch_size=self.settings.max_batch_size, precision=self.settings.precision)
+        classifier = load_model(entry.ref, backend=self.settings.backend, options=options)
+        shape = classifier.meta.preprocessing.input_shape
+        for size in sorted({1, self.settings.max_batch_size}):
+            classifier.probabilities(torch.zeros(size, *shape))
+        return entry.name or classifier.meta.name, classifier
+
+    def _batcher(self, name: str, classifier: Classifier) -> DynamicBatcher:
+        transform, max_pixels = classifier.transform, self.settings.max_pixels
+
+        def prepare(data: bytes) -> torch.Tensor:
+            return transform(decode_image(data, max_pixels=max_pixels, allow_multi_frame=False))
+
+        s = self.settings
+        return DynamicBatcher(name, classifier, prepare, self._decode_pool, self.metrics,
+                              max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
+                              threads=s.threads)
+
+
+def _check_unique(names: list[str]) -> None:
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        name = duplicates[0]
+        raise ResnetkitError(f"two models would be served as '{name}'. Name them with NAME=REF, "
+                             f"e.g. '{name}-a=path/a.pt,{name}-b=path/b.pt'.")

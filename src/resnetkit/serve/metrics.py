@@ -1,0 +1,73 @@
+"""Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection before the response"
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ServeMetrics:
+    """Requests and errors by route and status, latencies, batch sizes, queue depth, image outcomes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("resnetkit_http_requests", "HTTP requests by route and status.",
+                                ["method", "route", "status"], registry=r)
+        self.errors = Counter("resnetkit_http_errors", "HTTP responses with status >= 400 by route and status.",
+                              ["method", "route", "status"], registry=r)
+        self.latency = Histogram("resnetkit_http_request_duration_seconds", "Time from request to response.",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("resnetkit_batch_size", "Images per forward pass.", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.inference = Histogram("resnetkit_inference_duration_seconds", "Time of one batched forward pass.",
+                                   ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("resnetkit_queue_depth", "Images admitted and waiting for a forward pass "
+                                 "(being decoded or queued).", ["model"], registry=r)
+        self.images = Counter("resnetkit_images", "Images by outcome: ok, invalid, cancelled (client gone), "
+                              "rejected (queue full).", ["model", "outcome"], registry=r)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no body buffering) recording each HTTP request under its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = CLIENT_CLOSED
+
+        async def send_and_record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record_status)
+        except Exception:
+            status = 500
+            raise
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(scope["method"], route, status, time.perf_counter() - start)

@@ -1,0 +1,1 @@
+"""One router per area: the JSON API, TorchServe compatibility, health and metrics, the web page."""

@@ -1,0 +1,77 @@
+"""Read uploaded images into memory, within the byte and file-count limits; never onto disk.
+
+The body is read as a stream and refused (413) as soon as it passes the limit, before it
+is parsed; a too-large ``Content-Length`` is refused without reading at all. Multipart
+bodies are then parsed from memory with spooled files that are larger than the whole body,
+so python-multipart never rolls a part over to a temporary file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+
+from .hub import ServeError
+from .metrics import CLIENT_CLOSED
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+async def read_uploads(request: Request, *, max_bytes: int, max_files: int, field: str | None = "file") -> list[Upload]:
+    """The images of ``request``: multipart parts named ``field`` (any file part if ``None``), or the raw body."""
+    body = await read_body(request, max_bytes)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return [Upload(None, body)]
+    uploads = await _parse_multipart(request, body, field)
+    if not uploads:
+        wanted = f"a file field named '{field}'" if field else "a file field"
+        raise ServeError(422, f"The multipart request has no {wanted}. Send e.g. curl -F {field or 'data'}=@photo.jpg.")
+    if len(uploads) > max_files:
+        raise ServeError(413, f"{len(uploads)} files in one request; the limit is {max_files}. "
+                              "Split them over several requests.")
+    return uploads
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 once it passes ``max_bytes`` (checked before and while reading)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise _too_large(len(body), max_bytes, at_least=True)
+    except ClientDisconnect:
+        raise ServeError(CLIENT_CLOSED, "The client closed the connection during the upload.") from None
+    return bytes(body)
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> ServeError:
+    more = "more than " if at_least else ""
+    return ServeError(413, f"The request is {more}{size / 1048576:.2f} MB; the limit is {limit / 1048576:.2f} MB "
+                           "(--max-upload-mb). Send smaller or fewer images per request.")
+
+
+async def _parse_multipart(request: Request, body: bytes, field: str | None) -> list[Upload]:
+    async def once() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(request.headers, once())
+    parser.spool_max_size = len(body) + 1  # every part fits in memory: no temporary file is ever created
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ServeError(422, f"The multipart body could not be parsed: {exc.message}") from None
+    files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
+    return [Upload(value.filename, await value.read()) for name, value in files if field is None or name == field]

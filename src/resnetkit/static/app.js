@@ -1,0 +1,134 @@
+// resnetkit serve web page: pick a model, drop images, see top-k bars. No external resources.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let models = [];
+
+function authHeaders() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+function showBanner(message) {
+  $("banner").textContent = message;
+  $("banner").hidden = !message;
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (typeof body.detail === "string") return body.detail;
+    const failed = (body.results || []).find((r) => r.error);
+    if (failed) return failed.error;
+  } catch (e) { /* not JSON */ }
+  return `HTTP ${response.status} ${response.statusText}`;
+}
+
+async function loadModels() {
+  const response = await fetch("/v1/models", { headers: authHeaders() });
+  if (response.status === 401) {
+    $("token-field").hidden = false;
+    showBanner("This server requires a token: enter it above.");
+    return;
+  }
+  if (!response.ok) {
+    showBanner(await errorMessage(response));
+    return;
+  }
+  models = (await response.json()).models;
+  if (!models.length) {
+    showBanner("The models are still loading; reload the page in a few seconds.");
+    return;
+  }
+  showBanner("");
+  $("model").replaceChildren(...models.map((m) => new Option(m.name, m.name)));
+  describeModel();
+}
+
+function describeModel() {
+  const m = models.find((x) => x.name === $("model").value);
+  if (!m) return;
+  const top1 = m.published_top1 == null ? "" : `, published top-1 ${m.published_top1} % on ${m.dataset}`;
+  $("model-info").textContent =
+    `${m.arch} · weights ${m.weights} · ${m.num_classes} classes · input ${m.input_size}px · ${m.backend}/${m.precision}${top1}`;
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function bar(prediction, first) {
+  const row = element("div", first ? "bar top" : "bar");
+  const fill = element("div", "fill");
+  fill.style.width = `${(prediction.score * 100).toFixed(1)}%`;
+  const text = element("div", "text");
+  text.append(element("span", "label", prediction.label), element("span", "pct", `${(prediction.score * 100).toFixed(1)} %`));
+  row.append(fill, text);
+  return row;
+}
+
+function newCard(file) {
+  const card = element("article", "card");
+  const img = element("img");
+  img.alt = file.name;
+  img.src = URL.createObjectURL(file);
+  img.onload = () => URL.revokeObjectURL(img.src);
+  const body = element("div", "body");
+  body.append(element("div", "name", file.name), element("div", "latency", "classifying…"));
+  card.append(img, body);
+  $("results").prepend(card);
+  return body;
+}
+
+function fillCard(body, result, latencyMs) {
+  body.querySelector(".latency").remove();
+  if (result.error) {
+    body.append(element("div", "error", result.error));
+    return;
+  }
+  result.predictions.forEach((p, i) => body.append(bar(p, i === 0)));
+  body.append(element("div", "latency", `server ${latencyMs.toFixed(1)} ms`));
+}
+
+async function classify(file) {
+  const body = newCard(file);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const url = `/v1/models/${encodeURIComponent($("model").value)}/classify?top_k=${$("topk").value}`;
+  try {
+    const response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
+    const json = response.headers.get("content-type")?.includes("json") ? await response.clone().json() : null;
+    if (json && json.results) {
+      fillCard(body, json.results[0], json.latency_ms);
+    } else {
+      fillCard(body, { error: await errorMessage(response) }, 0);
+    }
+  } catch (e) {
+    fillCard(body, { error: "The server could not be reached: " + e.message }, 0);
+  }
+}
+
+function handleFiles(fileList) {
+  if (!$("model").value) {
+    showBanner("No model is available yet.");
+    return;
+  }
+  [...fileList].forEach(classify);  // one request per image: the server batches them together
+}
+
+function setUp() {
+  const drop = $("drop");
+  $("files").addEventListener("change", (e) => { handleFiles(e.target.files); e.target.value = ""; });
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); handleFiles(e.dataTransfer.files); });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("files").click(); });
+  $("model").addEventListener("change", describeModel);
+  $("token").addEventListener("change", loadModels);
+  loadModels();
+}
+
+document.addEventListener("DOMContentLoaded", setUp);
