@@ -93,10 +93,14 @@ def agreement(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Call
     return Agreement(max_diff, sum_diff / max(elements, 1), 100.0 * same / max(total, 1), total, inputs)
 
 
-def latency(classifier: Classifier, batch_size: int = 1, *, min_seconds: float = 2.0) -> Timing:
-    """Wall-clock latency of one forward pass at ``batch_size`` (generated input)."""
+LATENCY_SECONDS = 2.0  # minimum timed wall-clock per measurement
+
+
+def latency(classifier: Classifier, batch_size: int = 1) -> Timing:
+    """Wall-clock latency of one forward pass at ``batch_size`` (generated input), median of
+    at least 10 calls and ``LATENCY_SECONDS`` seconds after 3 warm-up calls."""
     batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape)
-    return time_calls(lambda: classifier.logits(batch), warmup=3, min_runs=10, min_seconds=min_seconds)
+    return time_calls(lambda: classifier.logits(batch), warmup=3, min_runs=10, min_seconds=LATENCY_SECONDS)
 
 
 def top1_accuracy(classifier: Classifier, data_dir: str | os.PathLike[str], limit: int | None = None) -> float:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import BackendUnavailableError, UnknownModelError
+from ..errors import BackendUnavailableError, ResnetkitError, UnknownModelError
 from ..fileio import atomic_write
 from ..models import Classifier, register_artifact_loader
 from ..runners import RunnerOptions, register_backend
@@ -44,11 +44,20 @@ def to_onnx(module: nn.Module, meta: ModelMeta, *, dynamic_batch: bool = True, b
                                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
                                 verbose=False)
     model = program.model_proto
+    _check_opset(model, opset or DEFAULT_OPSET)
     # The exporter's intermediate shape annotations can disagree with ONNX shape inference
     # (seen on Gemm); they are optional, so drop them and let consumers infer shapes.
     del model.graph.value_info[:]
     set_meta(model, meta)
     return model
+
+
+def _check_opset(model: onnx.ModelProto, wanted: int) -> None:
+    """torch.onnx falls back to its own opset (with only a warning) when it cannot convert."""
+    actual = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if actual != wanted:
+        raise ResnetkitError(f"torch.onnx could not produce opset {wanted} for this model (it produced {actual}). "
+                             f"Use --opset {actual} or higher.")
 
 
 def set_meta(model: onnx.ModelProto, meta: ModelMeta) -> None:

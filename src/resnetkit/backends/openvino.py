@@ -170,6 +170,13 @@ def _load_ir(path: Path, backend: str, options: RunnerOptions) -> Classifier:
     return Classifier(meta, OpenVinoRunner(model, _float_hint(options, meta)))
 
 
+def default_precision() -> str:
+    """The float precision OpenVINO picks on this CPU when not told (bf16 where the CPU has it)."""
+    import openvino as ov
+
+    return FROM_HINT.get(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
+
+
 def is_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 

@@ -1,0 +1,198 @@
+"""``resnetkit export | quantize | prune | backends``: make models smaller and faster, with proof.
+
+Each command prints a before/after table (size, latency, and what it changed in the
+predictions) so no optimization is reported without its cost.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..backends import describe
+from ..compare import Agreement, ratio
+from ..export import FORMATS, export_model
+from ..prune import METHODS as PRUNE_METHODS
+from ..prune import PruneReport, prune
+from ..quantize import BACKENDS as QUANTIZE_BACKENDS
+from ..quantize import CALIBRATION_METHODS, QuantizeReport, quantize
+from .app import BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, print_json
+
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="File to write.")]
+RandomWeightsFlag = Annotated[bool, typer.Option("--random-weights", help="Random weights (offline; cost and speed only).")]
+EvalOpt = Annotated[str | None, typer.Option("--eval", help="Labelled class-per-folder images: report top-1 before and after.")]
+EvalLimitOpt = Annotated[int | None, typer.Option("--eval-limit", min=1, help="Evaluate a fixed random subset of N images.")]
+LatencyBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Batch size of the latency measurement.")]
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def _table(title: str, rows: list[tuple[str, ...]], columns: tuple[str, ...], numeric: bool = True) -> Table:
+    """A table whose first column is a label and, if ``numeric``, the others right-aligned numbers."""
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="right" if numeric and i else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_agreement(agreement: Agreement, against: str) -> None:
+    console.print(f"predictions vs {against}: {agreement.describe()}", highlight=False)
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+@app.command("export")
+def export_command(
+    model: ModelArg,
+    fmt: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(FORMATS)}.")],
+    output: OutputOpt,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="ONNX: any batch size (default: fixed).")] = False,
+    opset: Annotated[int | None, typer.Option("--opset", min=7, help="ONNX opset (default 18).")] = None,
+    check_data: Annotated[str | None, typer.Option("--check-data", help="Images for the check (default: generated).")] = None,
+    weights: WeightsOpt = None,
+    random_weights: RandomWeightsFlag = False,
+    batch_size: LatencyBatchOpt = 1,
+    json_output: JsonFlag = False,
+) -> None:
+    """Export to ONNX, TorchScript or OpenVINO IR with the class names and preprocessing, then check it against eager."""
+    report = export_model(model, fmt, output, weights=weights, pretrained=not random_weights, dynamic_batch=dynamic_batch,
+                          opset=opset, check_dir=check_data, batch_size=batch_size)
+    if json_output:
+        print_json(report.to_dict())
+        return
+    rows = [("eager (fp32)", _mb(report.eager_size_bytes), f"{report.eager_latency_ms:.2f}", ""),
+            (f"{fmt} on {report.backend} ({report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
+             f"{ratio(report.eager_latency_ms, report.latency_ms)} faster")]
+    console.print(_table(f"{report.model} -> {report.path}", rows,
+                         ("", "size (MB)", f"latency p50 (ms, batch {batch_size})", "vs eager")))
+    if report.onnx_checker:
+        console.print(f"onnx.checker: {report.onnx_checker}")
+    _print_agreement(report.agreement, "eager")
+
+
+@app.command("quantize")
+def quantize_command(
+    model: ModelArg,
+    method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(QUANTIZE_BACKENDS)}.")],
+    output: OutputOpt,
+    backend: Annotated[str | None, typer.Option("--backend", help="openvino (default; .xml), onnxruntime (.onnx) or eager (.pt, fp16/bf16).")] = None,
+    calib: Annotated[str | None, typer.Option("--calib", help="Calibration images (static-int8), any folder layout.")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", min=1, help="Calibration images to use.")] = 300,
+    calibration: Annotated[str | None, typer.Option("--calibration", help=f"Activation ranges: {', '.join(CALIBRATION_METHODS)} (default: histogram on openvino, percentile on onnxruntime).")] = None,
+    eval_dir: EvalOpt = None,
+    eval_limit: EvalLimitOpt = None,
+    weights: WeightsOpt = None,
+    random_weights: RandomWeightsFlag = False,
+    batch_size: LatencyBatchOpt = 1,
+    json_output: JsonFlag = False,
+) -> None:
+    """Quantize to fp16, bf16, dynamic int8 or static int8; report size, latency and prediction changes vs fp32."""
+    report = quantize(model, method, output, backend=backend, weights=weights, pretrained=not random_weights,
+                      calib_dir=calib, calib_size=calib_size, calibration_method=calibration, eval_dir=eval_dir,
+                      eval_limit=eval_limit, batch_size=batch_size)
+    if json_output:
+        print_json(report.to_dict())
+        return
+    _print_quantize(report)
+
+
+def _print_quantize(report: QuantizeReport) -> None:
+    top1 = report.top1 is not None
+    rows = [
+        ("fp32 eager", _mb(report.fp32_size_bytes), f"{report.fp32_latency_ms:.2f}", "1.00x",
+         f"{report.fp32_top1:.2f}" if top1 else "-"),
+        (f"fp32 {report.backend}", "", f"{report.fp32_backend_latency_ms:.2f}",
+         ratio(report.fp32_latency_ms, report.fp32_backend_latency_ms), "-"),
+        (f"{report.method} {report.backend} (ran {report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
+         ratio(report.fp32_latency_ms, report.latency_ms), f"{report.top1:.2f}" if top1 else "-"),
+    ]
+    columns = ("", "size (MB)", f"latency p50 (ms, batch {report.batch_size})", "speed-up vs eager", "top-1 %")
+    console.print(_table(f"{report.model} {report.method} -> {report.path}", rows, columns))
+    console.print(f"size: {ratio(report.fp32_size_bytes, report.size_bytes)} smaller than the fp32 weights", highlight=False)
+    if report.int8_kernels:
+        kernels = ", ".join(f"{op} x{n}" for op, n in report.int8_kernels.items())
+        console.print(f"int8 kernels in the runtime graph: {kernels}", highlight=False)
+    if report.calibration:
+        console.print(f"calibration: {report.calibration}", highlight=False)
+    if top1:
+        console.print(f"top-1 on {report.eval_dir}: {report.fp32_top1:.2f} % -> {report.top1:.2f} % "
+                      f"({report.top1 - report.fp32_top1:+.2f} points)", highlight=False)
+    _print_agreement(report.agreement, "fp32 eager")
+    _print_notes(report.notes)
+
+
+@app.command("prune")
+def prune_command(
+    model: ModelArg,
+    method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(PRUNE_METHODS)}.")],
+    output: OutputOpt,
+    amount: Annotated[float, typer.Option("--amount", help="Fraction of weights (l1-unstructured) or channels (channel) to remove.")] = 0.3,
+    round_to: Annotated[int | None, typer.Option("--round-to", min=1, help="Channel counts kept as multiples of N (default 8; 4 for CIFAR ResNets).")] = None,
+    finetune_dir: Annotated[str | None, typer.Option("--finetune", help="Class-per-folder training images for a short recovery fine-tune.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Fine-tune epochs.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="Fine-tune learning rate.")] = 0.01,
+    eval_dir: EvalOpt = None,
+    eval_limit: EvalLimitOpt = None,
+    weights: WeightsOpt = None,
+    random_weights: RandomWeightsFlag = False,
+    batch_size: LatencyBatchOpt = 1,
+    json_output: JsonFlag = False,
+) -> None:
+    """Prune weights (global L1) or whole channels (dependency-aware); report params, MACs, latency and accuracy."""
+    report = prune(model, method, output, amount=amount, weights=weights, pretrained=not random_weights, round_to=round_to,
+                   finetune_dir=finetune_dir, epochs=epochs, lr=lr, eval_dir=eval_dir, eval_limit=eval_limit,
+                   batch_size=batch_size)
+    if json_output:
+        print_json(report.to_dict())
+        return
+    _print_prune(report)
+
+
+def _print_prune(report: PruneReport) -> None:
+    params = "non-zero params (M)" if report.method == "l1-unstructured" else "params (M)"
+    rows = [("before", f"{report.params_before / 1e6:.3f}", f"{report.macs_before / 1e9:.3f}", _mb(report.size_bytes_before),
+             f"{report.latency_ms_before:.2f}"),
+            ("after", f"{report.params_after / 1e6:.3f}", f"{report.macs_after / 1e9:.3f}", _mb(report.size_bytes_after),
+             f"{report.latency_ms_after:.2f}"),
+            ("change", _pct(report.params_before, report.params_after), _pct(report.macs_before, report.macs_after),
+             _pct(report.size_bytes_before, report.size_bytes_after), _pct(report.latency_ms_before, report.latency_ms_after))]
+    columns = ("", params, "GMACs", "size (MB)", f"latency p50 (ms, batch {report.batch_size}, eager)")
+    console.print(_table(f"{report.model} {report.method} {report.amount:g} -> {report.path}", rows, columns))
+    if report.sparsity is not None:
+        console.print(f"sparsity of conv/linear weights: {100 * report.sparsity:.1f} %", highlight=False)
+    if report.widths:
+        shown = ", ".join(f"{name} {a}->{b}" for name, (a, b) in list(report.widths.items())[:6])
+        more = f" (+{len(report.widths) - 6} more)" if len(report.widths) > 6 else ""
+        console.print(f"channels (multiples of {report.round_to}): {shown}{more}", highlight=False)
+    if report.top1_before is not None:
+        finetuned = f" -> {report.top1_finetuned:.2f} % after fine-tuning" if report.top1_finetuned is not None else ""
+        console.print(f"top-1 on {report.eval_dir}: {report.top1_before:.2f} % -> {report.top1_pruned:.2f} % pruned"
+                      f"{finetuned}", highlight=False)
+    _print_agreement(report.agreement, "the unpruned model")
+    _print_notes(report.notes)
+
+
+def _pct(before: float, after: float) -> str:
+    return f"{100 * (after - before) / before:+.1f} %" if before else "-"
+
+
+@app.command("backends")
+def backends_command(json_output: JsonFlag = False) -> None:
+    """List inference backends: available on this machine, version, precisions."""
+    rows = describe()
+    if json_output:
+        print_json(rows)
+        return
+    table_rows = [(r["backend"], "yes" if r["available"] else "no", r["version"] or "-", r["precisions"], r["remark"])
+                  for r in rows]
+    console.print(_table("inference backends", table_rows, ("backend", "available", "version", "precisions", "remark"),
+                         numeric=False))

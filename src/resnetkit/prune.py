@@ -1,0 +1,224 @@
+"""Pruning: global L1 unstructured (sparsity only) or dependency-aware channel pruning.
+
+Channel pruning uses torch-pruning's dependency graph, so layers joined by residual adds
+lose the same channels and the network stays consistent; the result is a smaller dense
+network saved as a ``.pt`` artifact whose layer shapes rebuild the architecture on load.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from .artifacts import save_artifact
+from .compare import Agreement, agreement, latency, sample_batches, top1_accuracy
+from .errors import ResnetkitError
+from .export import check_output_path
+from .measure import count_macs, count_params, serialized_size_bytes
+from .models import Classifier, load_model
+from .runners import make_runner
+from .spec import ModelMeta
+from .zoo import get_spec
+
+METHODS = ("l1-unstructured", "channel")
+# families whose graphs torch-pruning cannot follow, and why
+UNSUPPORTED_CHANNEL = {
+    "shufflenet": "its channel shuffle (reshape-transpose-reshape) interleaves channels of two branches, "
+                  "which the dependency graph cannot map back to prunable layers",
+}
+CHECK_IMAGES = 256
+
+
+class PruningError(ResnetkitError):
+    """A pruning request that cannot be carried out."""
+
+
+@dataclass
+class PruneReport:
+    """Before/after cost and predictions of one pruning run."""
+
+    model: str
+    method: str
+    amount: float
+    path: str
+    params_before: int
+    params_after: int  # non-zero parameters for l1-unstructured
+    macs_before: int
+    macs_after: int
+    size_bytes_before: int
+    size_bytes_after: int
+    batch_size: int
+    latency_ms_before: float
+    latency_ms_after: float
+    agreement: Agreement
+    sparsity: float | None = None  # fraction of zero weights in conv/linear layers
+    round_to: int | None = None
+    widths: dict[str, list[int]] = field(default_factory=dict)  # layer -> [before, after] out channels
+    eval_dir: str | None = None
+    top1_before: float | None = None
+    top1_pruned: float | None = None
+    top1_finetuned: float | None = None
+    finetune: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["agreement"] = self.agreement.to_dict()
+        return data
+
+
+def weight_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def l1_unstructured(module: nn.Module, amount: float) -> float:
+    """Zero the ``amount`` smallest-magnitude conv/linear weights network-wide, make it
+    permanent (no masks left) and return the resulting sparsity."""
+    targets = [(layer, "weight") for layer in weight_layers(module)]
+    torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=amount)
+    for layer, name in targets:
+        torch_prune.remove(layer, name)
+    return sparsity(module)
+
+
+def sparsity(module: nn.Module) -> float:
+    weights = [layer.weight for layer in weight_layers(module)]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return zeros / sum(w.numel() for w in weights)
+
+
+def channel_prune(module: nn.Module, meta: ModelMeta, amount: float, round_to: int) -> None:
+    """Remove ``amount`` of the output channels of every prunable conv (L1 norm of each
+    coupled group), keeping remaining counts multiples of ``round_to``. The classifier
+    keeps its outputs. CIFAR ResNets: option-A shortcuts pin each block's output width,
+    so only the first conv of each BasicBlock is pruned."""
+    import torch_pruning as tp
+
+    spec = get_spec(meta.arch)
+    if spec.family in UNSUPPORTED_CHANNEL:
+        raise PruningError(f"Channel pruning is unsupported for {meta.arch}: {UNSUPPORTED_CHANNEL[spec.family]}. "
+                           "Use --method l1-unstructured, or a ResNet.")
+    head = module.get_submodule(spec.head)
+    ignored = _pinned_layers(module, spec.family) + [head]
+    example = torch.zeros(1, *meta.preprocessing.input_shape)
+    try:
+        pruner = tp.pruner.MetaPruner(module, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                      pruning_ratio=amount, ignored_layers=ignored, round_to=round_to)
+        pruner.step()
+    except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot follow
+        raise PruningError(f"Channel pruning is unsupported for {meta.arch}: torch-pruning failed ({exc}).") from None
+
+
+def _pinned_layers(module: nn.Module, family: str) -> list[nn.Module]:
+    if family != "cifar_resnet":
+        return []
+    from .cifar_resnet import BasicBlock
+
+    inner = {block.conv1 for block in module.modules() if isinstance(block, BasicBlock)}
+    return [layer for layer in weight_layers(module) if layer not in inner]
+
+
+def default_round_to(meta: ModelMeta) -> int:
+    """8 keeps SIMD-friendly widths; CIFAR ResNets start at 16 channels, where 8 would mean halving."""
+    return 4 if get_spec(meta.arch).family == "cifar_resnet" else 8
+
+
+def conv_widths(module: nn.Module) -> dict[str, int]:
+    return {name: layer.out_channels for name, layer in module.named_modules() if isinstance(layer, nn.Conv2d)}
+
+
+def prune(
+    model: str | os.PathLike[str],
+    method: str,
+    output: str | os.PathLike[str],
+    *,
+    amount: float = 0.3,
+    weights: str | None = None,
+    pretrained: bool = True,
+    round_to: int | None = None,
+    finetune_dir: str | None = None,
+    epochs: int = 1,
+    lr: float = 0.01,
+    eval_dir: str | None = None,
+    eval_limit: int | None = None,
+    batch_size: int = 1,
+    workers: int = 2,
+) -> PruneReport:
+    """Prune ``model`` with ``method``, optionally fine-tune, save to ``output`` (.pt) and measure."""
+    if method not in METHODS:
+        raise PruningError(f"Unknown pruning method '{method}'. Choose one of: {', '.join(METHODS)}.")
+    if not 0.0 < amount < 1.0:
+        raise PruningError(f"--amount must be between 0 and 1 (a fraction), got {amount}.")
+    path = check_output_path(output, ".pt", "Pruned models")
+    source = load_model(model, weights=weights, pretrained=pretrained)
+    if source.module is None:
+        raise PruningError(f"{model} is an exported graph; prune the zoo model or a .pt artifact instead.")
+    meta, shape = source.meta, source.meta.preprocessing.input_shape
+    module = copy.deepcopy(source.module).float().eval()
+    round_to = round_to or default_round_to(meta)
+    report_sparsity = l1_unstructured(module, amount) if method == "l1-unstructured" else None
+    if method == "channel":
+        channel_prune(module, meta, amount, round_to)
+    pruned = Classifier(meta, make_runner(module, meta), module)
+    before, after = conv_widths(source.module), conv_widths(module)
+    check, inputs = sample_batches(meta, eval_dir or finetune_dir, count=CHECK_IMAGES, seed=1)
+    report = PruneReport(
+        model=meta.name, method=method, amount=amount, path=str(path),
+        params_before=count_params(source.module),
+        params_after=count_params(module) if method == "channel" else _nonzero_params(module),
+        macs_before=count_macs(source.module, shape), macs_after=count_macs(module, shape),
+        size_bytes_before=serialized_size_bytes(source.module), size_bytes_after=0,
+        batch_size=batch_size,
+        latency_ms_before=latency(source, batch_size).p50_ms, latency_ms_after=latency(pruned, batch_size).p50_ms,
+        agreement=agreement(source.logits, pruned.logits, check, inputs),
+        sparsity=report_sparsity, round_to=round_to if method == "channel" else None,
+        widths={name: [before[name], after[name]] for name in before if before[name] != after[name]},
+        notes=_notes(method),
+    )
+    if eval_dir:
+        report.eval_dir = str(eval_dir)
+        report.top1_before = top1_accuracy(source, eval_dir, eval_limit)
+        report.top1_pruned = top1_accuracy(pruned, eval_dir, eval_limit)
+    if finetune_dir:
+        report.finetune = finetune(module, meta, finetune_dir, epochs=epochs, lr=lr, workers=workers)
+        if eval_dir:
+            report.top1_finetuned = top1_accuracy(pruned, eval_dir, eval_limit)
+    pruned_meta = meta.replace(extra={**meta.extra, "pruning": {"method": method, "amount": amount,
+                                                                "round_to": report.round_to,
+                                                                "finetune_epochs": epochs if finetune_dir else 0}})
+    save_artifact(path, module, pruned_meta)
+    report.size_bytes_after = path.stat().st_size
+    return report
+
+
+def _nonzero_params(module: nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in module.parameters())
+
+
+def _notes(method: str) -> list[str]:
+    if method == "l1-unstructured":
+        return ["unstructured zeros do not make dense kernels faster and the file keeps its size (zeros are "
+                "stored); latency is unchanged by design. Use --method channel for a smaller, faster network."]
+    return ["fewer MACs do not translate one-to-one into latency (memory traffic, per-layer overheads)."]
+
+
+def finetune(module: nn.Module, meta: ModelMeta, train_dir: str, *, epochs: int, lr: float, workers: int) -> dict[str, Any]:
+    """Short recovery training of the pruned module in place, with the training engine.
+    Zero weights are masked during training so unstructured sparsity survives it."""
+    from .train import finetune_module
+
+    layers = weight_layers(module)
+    for layer in layers:
+        torch_prune.custom_from_mask(layer, "weight", mask=layer.weight != 0)
+    try:
+        return finetune_module(module, meta, train_dir, epochs=epochs, lr=lr, workers=workers)
+    finally:
+        for layer in layers:
+            torch_prune.remove(layer, "weight")
+        module.eval()

@@ -1,0 +1,96 @@
+"""Backends: same logits as eager, honest precision, auto's choice, clear errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from resnetkit import load_model, runners
+from resnetkit.cli import app
+from resnetkit.errors import BackendUnavailableError
+from resnetkit.runners import RunnerOptions
+
+FP32 = RunnerOptions(precision="fp32")
+
+
+@pytest.fixture(autouse=True)
+def short_auto_trials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.backends import auto
+
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.05)
+
+
+@pytest.fixture(scope="module")
+def eager():
+    torch.manual_seed(0)
+    return load_model("cifar_resnet20", pretrained=False)
+
+
+def _same_weights(backend: str, options: RunnerOptions, eager):
+    """A runner of ``backend`` for the very weights of ``eager``."""
+    return runners.make_runner(copy.deepcopy(eager.module), eager.meta, backend, options)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_fp32_backends_match_eager(backend: str, eager) -> None:
+    runner = _same_weights(backend, FP32, eager)
+    assert runner.precision == "fp32"
+    for batch_size in (1, 3):  # openvino compiles per batch size
+        batch = torch.randn(batch_size, 3, 32, 32)
+        assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
+
+
+def test_compile_backend_matches_eager(eager) -> None:
+    runner = _same_weights("compile", FP32, eager)
+    batch = torch.randn(2, 3, 32, 32)
+    assert runner.backend == "compile"
+    assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
+
+
+def test_openvino_reports_the_precision_it_chose(eager) -> None:
+    from resnetkit.backends.openvino import default_precision
+
+    runner = _same_weights("openvino", RunnerOptions(), eager)
+    assert runner.precision == default_precision()  # bf16 on CPUs with AVX512-BF16/AMX, else fp32
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_backends_run_int8_and_stay_close(backend: str, eager) -> None:
+    batch = torch.randn(4, 3, 32, 32)
+    calibration = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    runner = _same_weights(backend, RunnerOptions(precision="int8", calibration=calibration), eager)
+    assert runner.precision == "int8"
+    assert runner(batch).shape == (4, 10)
+
+
+def test_auto_says_what_it_picked(eager) -> None:
+    runner = _same_weights("auto", FP32, eager)
+    name = runner.backend.removesuffix(" (auto)")
+    assert runner.backend.endswith(" (auto)") and name in runner.timings_ms
+    assert runner.timings_ms[name] == min(runner.timings_ms.values())
+    batch = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
+
+
+def test_backend_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(BackendUnavailableError, match="Unknown backend 'tensorrt'"):
+        load_model("cifar_resnet20", pretrained=False, backend="tensorrt")
+    with pytest.raises(BackendUnavailableError, match="runs fp32, int8, not 'bf16'"):
+        load_model("cifar_resnet20", pretrained=False, backend="onnxruntime", options=RunnerOptions(precision="bf16"))
+    backend = runners.get_backend("openvino")
+    monkeypatch.setitem(runners._BACKENDS, "openvino", runners.Backend("openvino", backend.factory, lambda: False,
+                                                                       backend.install_hint))
+    with pytest.raises(BackendUnavailableError, match="not available on this machine.*pip install openvino"):
+        load_model("cifar_resnet20", pretrained=False, backend="openvino")
+
+
+def test_backends_command_lists_versions() -> None:
+    result = CliRunner().invoke(app, ["backends", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(result.stdout)}
+    assert {"eager", "compile", "onnxruntime", "openvino", "auto"} <= set(rows)
+    assert rows["openvino"]["available"] and rows["openvino"]["version"]

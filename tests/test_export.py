@@ -1,0 +1,83 @@
+"""Export formats: numerical agreement with eager, metadata round-trip, onnx.checker, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetkit import compare, load_model
+from resnetkit.errors import ResnetkitError, UnknownModelError
+from resnetkit.export import export_model
+from resnetkit.predict import classify
+
+from conftest import make_image
+
+
+@pytest.fixture(autouse=True)
+def fast_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.backends import auto
+
+    monkeypatch.setattr(compare, "LATENCY_SECONDS", 0.05)
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.05)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("openvino", ".xml"), ("torchscript", ".torchscript")])
+def test_export_matches_eager_and_keeps_metadata(tmp_path: Path, fmt: str, suffix: str) -> None:
+    report = export_model("cifar_resnet20", fmt, tmp_path / f"m{suffix}", pretrained=False, dynamic_batch=True,
+                          check_images=16)
+    assert report.agreement.top1_agreement == 100.0
+    assert report.agreement.max_abs_diff < 1e-3
+    assert report.precision == "fp32" and report.size_bytes > 0
+    loaded = load_model(report.path)
+    eager = load_model("cifar_resnet20", pretrained=False)
+    assert loaded.meta.categories == eager.meta.categories
+    assert loaded.meta.preprocessing == eager.meta.preprocessing
+    image = make_image(tmp_path / "img.png", size=(40, 40))
+    [result] = classify(loaded, [image], top_k=3)
+    assert result.error is None and result.predictions[0].label in eager.meta.categories
+
+
+def test_onnx_passes_checker_and_fixed_batch(tmp_path: Path) -> None:
+    import onnx
+
+    report = export_model("cifar_resnet20", "onnx", tmp_path / "m.onnx", pretrained=False, batch_size=2,
+                          check_images=8, opset=20)
+    assert report.onnx_checker == "passed"
+    model = onnx.load(report.path)
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    assert any(o.version == 20 for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert report.agreement.n_inputs == 8
+
+
+def test_onnx_artifact_runs_on_openvino_and_auto(tmp_path: Path) -> None:
+    path = export_model("cifar_resnet20", "onnx", tmp_path / "m.onnx", pretrained=False, dynamic_batch=True,
+                        check_images=4).path
+    batch = torch.randn(3, 3, 32, 32)
+    expected = load_model(path).logits(batch)
+    openvino = load_model(path, backend="openvino")
+    assert openvino.runner.precision == "fp32"  # the export records fp32; OpenVINO is told so
+    assert torch.allclose(openvino.logits(batch), expected, atol=1e-3)
+    auto = load_model(path, backend="auto")
+    assert auto.runner.backend.endswith("(auto)")
+
+
+def test_bad_export_requests(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError, match="Unknown export format"):
+        export_model("cifar_resnet20", "tflite", tmp_path / "m.tflite", pretrained=False)
+    with pytest.raises(ResnetkitError, match="could not produce opset 11"):
+        export_model("cifar_resnet20", "onnx", tmp_path / "m.onnx", pretrained=False, opset=11)
+    with pytest.raises(ResnetkitError, match=r"\.xml"):
+        export_model("cifar_resnet20", "openvino", tmp_path / "m.onnx", pretrained=False)
+
+
+def test_onnx_without_metadata_is_refused(tmp_path: Path) -> None:
+    from resnetkit.zoo import get_spec
+
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(get_spec("cifar_resnet20").build().eval(), (torch.zeros(1, 3, 32, 32),), str(path),
+                      dynamo=True, external_data=False)
+    with pytest.raises(UnknownModelError, match="without resnetkit metadata"):
+        load_model(path)
