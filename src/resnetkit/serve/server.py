@@ -47,28 +47,29 @@ class ServerThread:
         self.load_error: str | None = None
         self.app = create_app(settings, on_load_error=self._stop_on_load_error)
         self.socket = bind_socket(settings.host, settings.port)
+        host, port = self.socket.getsockname()[:2]
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         config = uvicorn.Config(self.app, log_level="info", access_log=settings.access_log,
                                 timeout_graceful_shutdown=30)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        host, port = self.socket.getsockname()[:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
     def run(self) -> None:
+        """Serve until SIGINT/SIGTERM or :meth:`stop`; raise the load error if a model could not be loaded."""
+        self._serve()
+        if self.load_error:
+            raise ResnetkitError(self.load_error)
+
+    def _serve(self) -> None:
         log.info("resnetkit serve on %s: page /, API docs /docs, metrics /metrics; /readyz is 200 once the models "
                  "are loaded", self.url)
         try:
             self.server.run(sockets=[self.socket])
         finally:
             self.socket.close()
-        if self.load_error:
-            raise ResnetkitError(self.load_error)
 
     def start(self) -> "ServerThread":
-        self._thread = threading.Thread(target=self.run, name="resnetkit-serve", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="resnetkit-serve", daemon=True)
         self._thread.start()
         return self
 

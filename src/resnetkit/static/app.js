@@ -72,10 +72,11 @@ function bar(prediction, first) {
 
 function newCard(file) {
   const card = element("article", "card");
-  const img = element("img");
+  const img = element("img", "thumb");
   img.alt = file.name;
   img.src = URL.createObjectURL(file);
   img.onload = () => URL.revokeObjectURL(img.src);
+  img.onerror = () => img.replaceWith(element("div", "thumb"));  // not an image: a grey placeholder
   const body = element("div", "body");
   body.append(element("div", "name", file.name), element("div", "latency", "classifying…"));
   card.append(img, body);
@@ -86,7 +87,7 @@ function newCard(file) {
 function fillCard(body, result, latencyMs) {
   body.querySelector(".latency").remove();
   if (result.error) {
-    body.append(element("div", "error", result.error));
+    body.append(element("div", "error", result.error.charAt(0).toUpperCase() + result.error.slice(1)));
     return;
   }
   result.predictions.forEach((p, i) => body.append(bar(p, i === 0)));

@@ -22,9 +22,6 @@ async def ping(hub: Hub) -> JSONResponse:
     return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"}, status_code=200 if healthy else 503)
 
 
-@router.api_route("/predictions/{model}", methods=["POST", "PUT"], dependencies=[Depends(require_token)],
-                  response_model=dict[str, float], responses={code: {"model": TorchServeError} for code in ERROR_TYPES},
-                  summary="TorchServe-style prediction: {label: probability} of the top 5")
 async def predictions(model: str, request: Request, hub: Hub) -> JSONResponse:
     """One image as the raw body (``curl -T img.jpg``) or as any multipart file field (``-F data=@img.jpg``)."""
     try:
@@ -36,3 +33,10 @@ async def predictions(model: str, request: Request, hub: Hub) -> JSONResponse:
                                message=str(exc))
         return JSONResponse(body.model_dump(), status_code=exc.status)
     return JSONResponse({p.label: p.score for p in outcome})
+
+
+for _method in ("POST", "PUT"):  # curl -T sends PUT; TorchServe accepts both
+    router.add_api_route("/predictions/{model}", predictions, methods=[_method], dependencies=[Depends(require_token)],
+                         response_model=dict[str, float], operation_id=f"torchserve_predictions_{_method.lower()}",
+                         responses={code: {"model": TorchServeError} for code in ERROR_TYPES},
+                         summary="TorchServe-style prediction: {label: probability} of the top 5")

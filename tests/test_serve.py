@@ -1,0 +1,413 @@
+"""`resnetkit serve` against a real uvicorn on 127.0.0.1 (free port, in a thread of this process).
+
+Batching, client disconnects, a full queue and draining on shutdown are made deterministic with a
+test backend whose forward pass waits at a gate the test opens; no assertion depends on timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import make_image
+from resnetkit.artifacts import save_artifact
+from resnetkit.models import load_model
+from resnetkit.predict import classify
+from resnetkit.runners import EagerRunner, backend_names, register_backend
+from resnetkit.serve import ServerThread, ServeSettings
+from resnetkit.zoo import get_spec
+
+CLASSIFY = "/v1/models/cifar_resnet20/classify"
+
+
+# --- a backend whose forward pass waits until the test opens the gate -----------------------------
+
+class Gate:
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.entered = threading.Event()
+        self.opened.set()
+
+    @contextlib.contextmanager
+    def closed(self) -> Iterator["Gate"]:
+        self.entered.clear()
+        self.opened.clear()
+        try:
+            yield self
+        finally:
+            self.opened.set()
+
+
+GATE = Gate()
+
+
+@dataclass
+class GatedRunner:
+    inner: EagerRunner
+    backend: str = "test-gated"
+    precision: str = "fp32"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        GATE.entered.set()
+        assert GATE.opened.wait(60), "the test never opened the gate"
+        return self.inner(batch)
+
+
+if "test-gated" not in backend_names():
+    register_backend("test-gated", lambda module, meta, options: GatedRunner(EagerRunner(module)))
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def running(**settings) -> Iterator[ServerThread]:
+    """A ready server on a free loopback port, stopped (gracefully) at the end."""
+    server = ServerThread(ServeSettings(**{"port": 0, "access_log": False, **settings})).start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        GATE.opened.set()
+        server.stop()
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The value of one sample of the server's /metrics (0 if absent)."""
+    text = httpx.get(f"{url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def jpeg_bytes(size: tuple[int, int] = (64, 48), seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise(size, 40 + seed).convert("RGB").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's shape)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    chunk = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = chunk
+    data[29:33] = struct.pack(">I", zlib.crc32(chunk))
+    return bytes(data)
+
+
+def animated_gif() -> bytes:
+    buffer = io.BytesIO()
+    frames = [Image.new("RGB", (16, 16), color) for color in ("red", "blue")]
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    return buffer.getvalue()
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cifar_resnet20 with random weights as a resnetkit artifact (no ../shared needed)."""
+    spec = get_spec("cifar_resnet20")
+    torch.manual_seed(0)
+    return save_artifact(tmp_path_factory.mktemp("serve") / "random20.pt", spec.build().eval(),
+                         spec.meta().replace(weights="random"))
+
+
+@pytest.fixture(scope="module")
+def server(random_model: Path) -> Iterator[str]:
+    """One server for the API and bad-input tests: 4 MB uploads, 4 files, 1 Mpixel per image."""
+    with running(models=(str(random_model),), max_upload_mb=4, max_files=4, max_pixels=1_000_000) as running_server:
+        yield running_server.url
+
+
+@pytest.fixture(scope="module")
+def cifar_images(cifar_test_dir: Path) -> list[Path]:
+    """Two test images of each CIFAR-10 class."""
+    return [path for folder in sorted(cifar_test_dir.iterdir()) for path in sorted(folder.glob("*.jpg"))[:2]]
+
+
+# --- API ------------------------------------------------------------------------------------------
+
+def test_health_readiness_and_model_listing(server):
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server}/readyz").json()["ready"] is True
+    assert httpx.get(f"{server}/ping").json() == {"status": "Healthy"}
+    [model] = httpx.get(f"{server}/v1/models").json()["models"]
+    assert model["name"] == "cifar_resnet20" and model["num_classes"] == 10 and model["weights"] == "random"
+    assert model["input_size"] == 32 and model["backend"] == "eager"
+    assert httpx.get(f"{server}/v1/models/cifar_resnet20").json()["categories"][3] == "cat"
+
+
+def test_multipart_and_raw_body_give_the_same_answers_as_classify(server, random_model, tmp_path):
+    paths = [make_image(tmp_path / f"{i}.png", (40 + 10 * i, 30), seed=i) for i in range(3)]
+    expected = classify(load_model(random_model), paths, top_k=3)
+    files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    response = httpx.post(f"{server}{CLASSIFY}?top_k=3", files=files)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == "cifar_resnet20" and body["latency_ms"] > 0
+    assert [r["filename"] for r in body["results"]] == [p.name for p in paths]
+    for got, want in zip(body["results"], expected):
+        assert got["error"] is None
+        assert [p["index"] for p in got["predictions"]] == [p.index for p in want.predictions]
+        assert [p["score"] for p in got["predictions"]] == pytest.approx([p.score for p in want.predictions], abs=1e-5)
+    raw = httpx.post(f"{server}{CLASSIFY}?top_k=3", content=paths[0].read_bytes()).json()
+    assert raw["results"][0]["filename"] is None
+    assert raw["results"][0]["predictions"] == body["results"][0]["predictions"]
+
+
+def test_top_k_larger_than_the_classes_returns_every_class(server):
+    result = httpx.post(f"{server}{CLASSIFY}?top_k=50", content=jpeg_bytes()).json()["results"][0]
+    assert sorted(p["index"] for p in result["predictions"]) == list(range(10))
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"this is not an image", "not an image format"),
+    (b"", "empty"),
+    (jpeg_bytes((200, 200))[:300], "truncated"),
+    (png_header_claiming(0, 5), "not an image format"),
+    (png_header_claiming(100_000, 100_000), "decompression bomb"),
+    (png_header_claiming(2000, 1000), "above the limit of 1,000,000"),
+    (animated_gif(), "animated or multi-frame"),
+], ids=["not-image", "empty", "truncated", "zero-size", "bomb", "pixel-cap", "animated"])
+def test_bad_images_get_a_clear_422_and_the_server_keeps_serving(server, data, message):
+    response = httpx.post(f"{server}{CLASSIFY}", content=data)
+    assert response.status_code == 422
+    [result] = response.json()["results"]
+    assert message in result["error"] and result["predictions"] == []
+    assert httpx.post(f"{server}{CLASSIFY}", content=jpeg_bytes()).status_code == 200
+
+
+def test_one_bad_file_does_not_fail_the_others(server):
+    files = [("file", ("good.jpg", jpeg_bytes(), "image/jpeg")), ("file", ("bad.jpg", b"garbage", "image/jpeg")),
+             ("file", ("good2.jpg", jpeg_bytes(seed=1), "image/jpeg"))]
+    response = httpx.post(f"{server}{CLASSIFY}", files=files)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["error"] is None for r in results] == [True, False, True]
+    assert "not an image format" in results[1]["error"] and len(results[0]["predictions"]) == 5
+
+
+@pytest.mark.parametrize("query", ["top_k=0", "top_k=-3", "top_k=abc", "top_k=1001"])
+def test_bad_top_k_is_422_with_a_readable_message(server, query):
+    response = httpx.post(f"{server}{CLASSIFY}?{query}", content=jpeg_bytes())
+    assert response.status_code == 422 and response.json()["detail"].startswith("top_k: ")
+
+
+def test_unknown_model_is_404_and_names_the_served_ones(server):
+    response = httpx.post(f"{server}/v1/models/resnet50/classify", content=jpeg_bytes())
+    assert response.status_code == 404 and "cifar_resnet20" in response.json()["detail"]
+    assert httpx.get(f"{server}/v1/models/../../etc/passwd").status_code == 404
+
+
+def test_upload_above_the_limit_is_413_with_or_without_content_length(server):
+    big = b"\xff" * (5 * 1024 * 1024)
+    declared = httpx.post(f"{server}{CLASSIFY}", content=big)
+    assert declared.status_code == 413 and "limit is 4.00 MB" in declared.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        for _ in range(5):
+            yield b"\xff" * (1024 * 1024)
+
+    streamed = httpx.post(f"{server}{CLASSIFY}", content=chunks())
+    assert streamed.status_code == 413 and "more than" in streamed.json()["detail"]
+    assert httpx.get(f"{server}/healthz").status_code == 200
+
+
+def test_too_many_files_is_413(server):
+    files = [("file", (f"{i}.jpg", jpeg_bytes(seed=i), "image/jpeg")) for i in range(5)]
+    response = httpx.post(f"{server}{CLASSIFY}", files=files)
+    assert response.status_code == 413 and "limit is 4" in response.json()["detail"]
+
+
+def test_multipart_without_a_file_field_is_422(server):
+    response = httpx.post(f"{server}{CLASSIFY}", files=[("image", ("a.jpg", jpeg_bytes(), "image/jpeg"))])
+    assert response.status_code == 422 and "field named 'file'" in response.json()["detail"]
+
+
+def test_uploads_are_never_spooled_to_disk(server, monkeypatch, tmp_path):
+    """A 3 MB part is above Starlette's 1 MB spooling threshold: it must still stay in memory."""
+    import tempfile
+
+    rollovers = []
+    original = tempfile.SpooledTemporaryFile.rollover
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover",
+                        lambda self: rollovers.append(1) or original(self))
+    photo = make_image(tmp_path / "noise.png", (1000, 1000))
+    assert photo.stat().st_size > 2 * 1024 * 1024
+    response = httpx.post(f"{server}{CLASSIFY}", files=[("file", ("noise.png", photo.read_bytes(), "image/png"))])
+    assert response.status_code == 200 and rollovers == []
+
+
+def test_torchserve_compatible_endpoints(server):
+    image = jpeg_bytes()
+    put = httpx.put(f"{server}/predictions/cifar_resnet20", content=image)
+    post = httpx.post(f"{server}/predictions/cifar_resnet20", files={"data": ("x.jpg", image, "image/jpeg")})
+    assert put.status_code == post.status_code == 200
+    assert put.json() == post.json() and len(put.json()) == 5
+    assert sum(put.json().values()) <= 1.0 and all(isinstance(v, float) for v in put.json().values())
+    missing = httpx.post(f"{server}/predictions/nope", content=image)
+    assert missing.status_code == 404 and missing.json()["type"] == "ModelNotFoundException"
+    bad = httpx.post(f"{server}/predictions/cifar_resnet20", content=b"junk")
+    assert bad.status_code == 422 and "not an image" in bad.json()["message"]
+
+
+def test_metrics_count_requests_by_route_and_status(server):
+    httpx.post(f"{server}/v1/models/nope/classify", content=b"x")
+    text = httpx.get(f"{server}/metrics").text
+    assert 'resnetkit_http_requests_total{method="POST",route="/v1/models/{model}/classify",status="404"}' in text
+    assert 'resnetkit_http_errors_total{method="POST",route="/v1/models/{model}/classify",status="413"}' in text
+    for name in ("resnetkit_http_request_duration_seconds_bucket", "resnetkit_batch_size_bucket",
+                 "resnetkit_queue_depth", 'resnetkit_images_total{model="cifar_resnet20",outcome="invalid"}'):
+        assert name in text
+
+
+def test_openapi_docs_and_page_work_offline(server):
+    schema = httpx.get(f"{server}/openapi.json").json()
+    assert {"/v1/models/{model}/classify", "/predictions/{model}", "/v1/models", "/readyz"} <= set(schema["paths"])
+    assert "multipart/form-data" in schema["paths"]["/v1/models/{model}/classify"]["post"]["requestBody"]["content"]
+    docs = httpx.get(f"{server}/docs").text
+    assert "swagger-ui-bundle.js" in docs and "cdn" not in docs
+    page = httpx.get(f"{server}/").text
+    assert 'id="files"' in page
+    for asset in ("/static/app.js", "/static/style.css"):
+        response = httpx.get(f"{server}{asset}")
+        assert response.status_code == 200 and "http://" not in response.text and "https://" not in response.text
+
+
+def test_bearer_token_protects_the_api_but_not_the_probes(random_model):
+    with running(models=(str(random_model),), token="s3cret") as srv:
+        url = srv.url
+        assert httpx.post(f"{url}{CLASSIFY}", content=jpeg_bytes()).status_code == 401
+        wrong = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        assert httpx.put(f"{url}/predictions/cifar_resnet20", content=jpeg_bytes()).status_code == 401
+        ok = httpx.post(f"{url}{CLASSIFY}", content=jpeg_bytes(), headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{url}/healthz").status_code == httpx.get(f"{url}/readyz").status_code == 200
+
+
+# --- batching and concurrency ---------------------------------------------------------------------
+
+def test_many_simultaneous_requests_each_get_their_own_answer(cifar_weights, cifar_images):
+    expected = dict(zip(cifar_images, classify(load_model("cifar_resnet20"), cifar_images, top_k=3, batch_size=1)))
+    with running(models=("cifar_resnet20",), max_batch_size=16) as srv, httpx.Client() as client:
+        def ask(path: Path) -> tuple[Path, list[dict]]:
+            response = client.post(f"{srv.url}{CLASSIFY}?top_k=3", files={"file": (path.name, path.read_bytes())})
+            return path, response.json()["results"][0]["predictions"]
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, cifar_images * 3))
+    for path, got in answers:
+        want = expected[path].predictions
+        assert [p["label"] for p in got] == [p.label for p in want]
+        assert [p["score"] for p in got] == pytest.approx([p.score for p in want], abs=1e-5)
+    correct = sum(got[0]["label"] == path.parent.name for path, got in answers)
+    assert correct >= len(answers) // 2  # real weights: most CIFAR test images are right
+
+
+def test_requests_arriving_while_the_model_is_busy_form_one_batch(cifar_weights, cifar_images):
+    images = cifar_images[:12]
+    expected = classify(load_model("cifar_resnet20"), images, top_k=2, batch_size=1)
+    with running(models=("cifar_resnet20",), backend="test-gated", max_batch_size=32) as srv:
+        with GATE.closed(), ThreadPoolExecutor(len(images)) as pool:
+            ask = lambda p: httpx.post(f"{srv.url}{CLASSIFY}?top_k=2", content=p.read_bytes(), timeout=60)  # noqa: E731
+            first = pool.submit(ask, images[0])
+            assert GATE.entered.wait(30)  # the first image is in the forward pass, alone
+            rest = [pool.submit(ask, p) for p in images[1:]]
+            wait_until(lambda: metric(srv.url, "resnetkit_queue_depth", model="cifar_resnet20") == len(rest),
+                       "the other requests to queue")
+            GATE.opened.set()
+            responses = [first.result()] + [f.result() for f in rest]
+        assert metric(srv.url, "resnetkit_batch_size_count", model="cifar_resnet20") == 2
+        assert metric(srv.url, "resnetkit_batch_size_sum", model="cifar_resnet20") == len(images)
+        assert metric(srv.url, "resnetkit_batch_size_bucket", model="cifar_resnet20", le="1.0") == 1
+    for response, want in zip(responses, expected):
+        got = response.json()["results"][0]["predictions"]
+        assert [p["label"] for p in got] == [p.label for p in want.predictions]
+        assert [p["score"] for p in got] == pytest.approx([p.score for p in want.predictions], abs=1e-5)
+
+
+def _send_raw_request(url: str, body: bytes) -> socket.socket:
+    """Send a complete classify request on a raw socket and return it without reading the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(f"POST {CLASSIFY} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def test_client_disconnects_drop_queued_work(random_model):
+    with running(models=(str(random_model),), backend="test-gated") as srv, ThreadPoolExecutor(1) as pool:
+        with GATE.closed():
+            busy = pool.submit(httpx.post, f"{srv.url}{CLASSIFY}", content=jpeg_bytes(), timeout=60)
+            assert GATE.entered.wait(30)
+            leaving = [_send_raw_request(srv.url, jpeg_bytes(seed=i)) for i in range(3)]
+            wait_until(lambda: metric(srv.url, "resnetkit_queue_depth", model="cifar_resnet20") == 3, "queued")
+            for sock in leaving:
+                sock.close()
+            wait_until(lambda: metric(srv.url, "resnetkit_http_requests_total", status="499") == 3, "disconnects seen")
+        assert busy.result().status_code == 200
+        wait_until(lambda: metric(srv.url, "resnetkit_images_total", outcome="cancelled") == 3, "dropped images")
+        assert metric(srv.url, "resnetkit_batch_size_sum", model="cifar_resnet20") == 1  # none reached the model
+        assert metric(srv.url, "resnetkit_queue_depth", model="cifar_resnet20") == 0
+        assert httpx.post(f"{srv.url}{CLASSIFY}", content=jpeg_bytes()).status_code == 200
+
+
+def test_full_queue_answers_503_with_retry_after(random_model):
+    with running(models=(str(random_model),), backend="test-gated", max_queue=2) as srv, ThreadPoolExecutor(2) as pool:
+        with GATE.closed():
+            admitted = [pool.submit(httpx.post, f"{srv.url}{CLASSIFY}", content=jpeg_bytes(), timeout=60)]
+            assert GATE.entered.wait(30)
+            admitted.append(pool.submit(httpx.post, f"{srv.url}{CLASSIFY}", content=jpeg_bytes(), timeout=60))
+            wait_until(lambda: metric(srv.url, "resnetkit_queue_depth", model="cifar_resnet20") == 1, "queued")
+            refused = httpx.post(f"{srv.url}{CLASSIFY}", content=jpeg_bytes())
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "limit 2" in refused.json()["detail"]
+        assert [f.result().status_code for f in admitted] == [200, 200]
+
+
+def test_shutdown_drains_in_flight_requests(random_model):
+    with running(models=(str(random_model),), backend="test-gated") as srv, ThreadPoolExecutor(2) as pool:
+        with GATE.closed():
+            in_flight = pool.submit(httpx.post, f"{srv.url}{CLASSIFY}", content=jpeg_bytes(), timeout=60)
+            assert GATE.entered.wait(30)
+            stopping = pool.submit(srv.stop)  # what SIGTERM / Ctrl-C do
+            wait_until(lambda: srv.server.should_exit, "shutdown to start")
+        assert in_flight.result().status_code == 200
+        stopping.result()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{srv.url}/healthz")
+
+
+def test_a_model_that_cannot_be_loaded_stops_the_server_with_its_message(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    server = ServerThread(ServeSettings(models=(str(broken),), port=0)).start()
+    with pytest.raises(Exception, match="Could not load the models"):
+        server.wait_ready()
+    server.stop()

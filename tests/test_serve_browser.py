@@ -1,0 +1,56 @@
+"""End to end in a real browser: headless Chromium loads the page, uploads a CIFAR-10 test image
+and shows the predicted label (as `resnetkit classify` gives it) with bars and the server latency."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from resnetkit.models import load_model
+from resnetkit.predict import classify
+from resnetkit.serve import ServerThread, ServeSettings
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists() and not shutil.which("chromium"):
+        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver; scripts/test.sh does it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_upload_an_image_and_see_its_label(browser, cifar_weights, cifar_test_dir, tmp_path):
+    images = [sorted((cifar_test_dir / name).glob("*.jpg"))[i] for i, name in enumerate(("cat", "ship"))]
+    expected = [r.predictions[0].label for r in classify(load_model("cifar_resnet20"), images, top_k=3)]
+    server = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False)).start()
+    try:
+        server.wait_ready()
+        page = browser.new_page(viewport={"width": 1000, "height": 640})
+        page.goto(server.url)
+        page.wait_for_selector("#model option[value='cifar_resnet20']", state="attached")
+        page.select_option("#topk", "3")
+        page.set_input_files("#files", [str(p) for p in images])
+        page.wait_for_function("document.querySelectorAll('.card .bar.top').length === 2")
+        page.set_input_files("#files", {"name": "notes.txt", "mimeType": "image/png", "buffer": b"not an image"})
+        page.wait_for_selector(".card .error")
+        cards = page.locator(".card")
+        shown = {cards.nth(i).locator(".name").inner_text(): cards.nth(i) for i in range(3)}
+        for path, label in zip(images, expected):
+            card = shown[path.name]
+            assert card.locator(".bar.top .label").inner_text() == label
+            assert card.locator(".bar").count() == 3 and "%" in card.locator(".bar.top .pct").inner_text()
+            assert "server" in card.locator(".latency").inner_text()
+        assert "not an image format" in shown["notes.txt"].locator(".error").inner_text()
+        assert page.locator("#token-field").is_hidden() and page.locator("#banner").is_hidden()
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    finally:
+        server.stop()

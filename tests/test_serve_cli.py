@@ -1,0 +1,113 @@
+"""`resnetkit serve` from the command line: settings from options and RESNETKIT_* variables,
+clear errors for user mistakes, and a real process that serves and exits on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from conftest import make_image
+from resnetkit.artifacts import save_artifact
+from resnetkit.cli import main
+from resnetkit.errors import ResnetkitError
+from resnetkit.serve import ServeSettings
+from resnetkit.zoo import get_spec
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    """Run the resnetkit entry point in this process; (exit code, stderr)."""
+    old = sys.argv
+    sys.argv = ["resnetkit", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
+
+
+def test_settings_come_from_defaults_then_environment_then_options():
+    env = {"RESNETKIT_MODELS": "resnet18, cifar_resnet20", "RESNETKIT_PORT": "9000", "RESNETKIT_TOKEN": "t",
+           "RESNETKIT_MAX_WAIT_MS": "2.5", "RESNETKIT_ACCESS_LOG": "false"}
+    settings = ServeSettings.from_env(env, port=9100, max_batch_size=None)
+    assert settings.models == ("resnet18", "cifar_resnet20") and settings.port == 9100
+    assert settings.token == "t" and settings.max_wait_ms == 2.5 and settings.access_log is False
+    assert settings.host == "127.0.0.1" and settings.max_batch_size == 32
+
+
+def test_bad_settings_explain_themselves():
+    with pytest.raises(ResnetkitError, match="RESNETKIT_PORT='eighty' is not a valid int"):
+        ServeSettings.from_env({"RESNETKIT_PORT": "eighty"})
+    with pytest.raises(ResnetkitError, match="--max-upload-mb must be positive"):
+        ServeSettings(max_upload_mb=0)
+    with pytest.raises(ResnetkitError, match="may only use letters"):
+        ServeSettings(models=("my model=resnet18",)).entries
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "resnet5O"], "Unknown model 'resnet5O'. Did you mean: resnet50"),
+    (["serve"], "Name at least one model"),
+    (["serve", "resnet18", "--backend", "tpu"], "Unknown backend 'tpu'"),
+    (["serve", "resnet18", "--port", "70000"], "--port must be between 0 and 65535"),
+])
+def test_user_mistakes_exit_2_with_a_message_and_no_traceback(capsys, monkeypatch, args, message):
+    monkeypatch.delenv("RESNETKIT_MODELS", raising=False)
+    code, err = run_cli(capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_port_in_use_is_a_clear_error(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = run_cli(capsys, "serve", "cifar_resnet20", "--port", str(port))
+    assert code == 2 and f"Cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_serve_process_answers_and_exits_cleanly_on_sigterm(tmp_path):
+    spec = get_spec("cifar_resnet20")
+    model = save_artifact(tmp_path / "mine.pt", spec.build().eval(), spec.meta().replace(weights="random"))
+    env = {**os.environ, "RESNETKIT_TOKEN": "abc", "RESNETKIT_MODELS": f"mine={model}"}
+    process = subprocess.Popen([sys.executable, "-m", "resnetkit", "serve", "--port", "0", "--threads", "1"],
+                               env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = _wait_for_url(process)
+        _wait_ready(url)
+        image = make_image(tmp_path / "x.png").read_bytes()
+        assert httpx.post(f"{url}/v1/models/mine/classify", content=image).status_code == 401
+        answer = httpx.post(f"{url}/v1/models/mine/classify", content=image, headers={"Authorization": "Bearer abc"})
+        assert answer.status_code == 200 and answer.json()["model"] == "mine"
+        process.send_signal(signal.SIGTERM)
+        log = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    assert "Finished server process" in log and "Traceback" not in log
+    assert process.returncode == -signal.SIGTERM  # uvicorn re-raises the signal after its graceful shutdown
+
+
+def _wait_for_url(process: subprocess.Popen) -> str:
+    assert process.stderr is not None
+    for line in process.stderr:
+        if match := re.search(r"resnetkit serve on (http://\S+):", line):
+            return match.group(1)
+    raise AssertionError("the server exited before listening")
+
+
+def _wait_ready(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{url}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "not ready in time"
+        time.sleep(0.1)
