@@ -1,0 +1,61 @@
+"""The naive baseline of the serve load benchmark: the classic Flask demo.
+
+One request -> decode -> preprocess -> one forward pass at batch 1 -> top-5, no batching, Flask's
+own threaded server. It reuses resnetkit's loader and image pipeline so that only the serving
+strategy differs from ``resnetkit serve``.
+
+    python benchmarks/serve_flask_baseline.py MODEL_REF --port 8001 [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+from flask import Flask, jsonify, request
+
+from resnetkit.errors import ImageError
+from resnetkit.images import decode_image
+from resnetkit.models import load_model
+from resnetkit.predict import predict_tensors
+
+
+def create_app(ref: str) -> Flask:
+    classifier = load_model(ref)
+    transform = classifier.transform
+    app = Flask(__name__)
+
+    @app.get("/ping")
+    def ping():
+        return jsonify(status="Healthy")
+
+    @app.post("/predict")
+    def predict():
+        upload = request.files.get("file")
+        if upload is None:
+            return jsonify(error="send the image as multipart field 'file'"), 422
+        try:
+            tensor = transform(decode_image(upload.read()))
+        except ImageError as exc:
+            return jsonify(error=str(exc)), 422
+        [predictions] = predict_tensors(classifier, tensor.unsqueeze(0), 5)
+        return jsonify(predictions=[vars(p) for p in predictions])
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="zoo name or resnetkit model file")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request log line, as for resnetkit serve
+    create_app(args.model).run(host="127.0.0.1", port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Closed-loop load on `resnetkit serve` and on the naive Flask baseline, in one run.
+
+N concurrent clients each send one image (multipart field ``file``), wait for the answer and
+send the next, for T seconds (loopback only; bounded in time and request count). For each
+server and client count: throughput, p50/p90/p99 latency, errors, and for resnetkit serve the
+mean batch size it formed. Then the ratio of the two servers, and resnetkit serve's best
+throughput as a fraction of the offline throughput of the same model at the same batch size
+(``resnetkit bench``'s number: forward passes only, the ceiling).
+
+Weights are random by default (costs do not depend on weight values; no download needed).
+The load generator runs on the same machine and takes CPU from the servers; both servers
+pay that cost alike.
+
+    python benchmarks/serve_load.py --model resnet50 --clients 1,8,32 --seconds 15
+    python benchmarks/serve_load.py --model cifar_resnet20 --clients 1,32,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from resnetkit.artifacts import save_artifact
+from resnetkit.bench import BenchConfig, bench, environment, synthetic_photo_jpeg
+from resnetkit.measure import percentile
+from resnetkit.zoo import get_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+HOST = "127.0.0.1"
+MAX_SECONDS = 300
+BOUNDARY = "resnetkit-load-boundary"
+
+
+@dataclass
+class Run:
+    """One closed-loop run against one server."""
+
+    server: str
+    clients: int
+    seconds: float
+    requests: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    mean_batch: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies_ms) or [float("nan")]
+        return {"server": self.server, "clients": self.clients, "seconds": round(self.seconds, 2),
+                "requests": self.requests, "errors": self.errors, "throughput_rps": round(self.throughput, 1),
+                "p50_ms": round(statistics.median(ordered), 2), "p90_ms": round(percentile(ordered, 90), 2),
+                "p99_ms": round(percentile(ordered, 99), 2), "mean_batch": self.mean_batch}
+
+
+# --- the load generator: raw HTTP/1.1 keep-alive connections, light enough to leave CPU to the servers ---
+
+def multipart_request(path: str, port: int, image: bytes) -> bytes:
+    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="image.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n")
+    return head.encode() + body
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
+    """Send one request, read the whole response; (status, connection still usable)."""
+    writer.write(request)
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    length = re.search(r"(?im)^content-length:\s*(\d+)", head)
+    await reader.readexactly(int(length.group(1)) if length else 0)
+    keep_alive = head.startswith("HTTP/1.1") and not re.search(r"(?im)^connection:\s*close", head)
+    return int(head.split(" ", 2)[1]), keep_alive
+
+
+async def client(port: int, requests: list[bytes], offset: int, stop_at: float, budget: list[int], run: Run) -> None:
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    index = offset
+    while time.perf_counter() < stop_at and budget[0] > 0:
+        budget[0] -= 1
+        start = time.perf_counter()
+        try:
+            connection = connection or await asyncio.open_connection(HOST, port)
+            status, keep_alive = await exchange(*connection, requests[index % len(requests)])
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            status, keep_alive = 0, False
+        if status == 200:
+            run.requests += 1
+            run.latencies_ms.append((time.perf_counter() - start) * 1000.0)
+        else:
+            run.errors += 1
+        if not keep_alive and connection:
+            connection[1].close()
+            connection = None
+        index += 1
+    if connection:
+        connection[1].close()
+
+
+async def closed_loop(name: str, port: int, requests: list[bytes], clients: int, seconds: float,
+                      max_requests: int) -> Run:
+    run = Run(name, clients, seconds)
+    start = time.perf_counter()
+    budget = [max_requests]
+    await asyncio.gather(*(client(port, requests, i, start + seconds, budget, run) for i in range(clients)))
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+# --- servers ---------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    ready_path: str
+    classify_path: str
+    port: int = field(default_factory=free_port)
+
+    def url(self, path: str = "") -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+
+def start(server: Server, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(server.command + ["--port", str(server.port)], stdout=log.open("w"),
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not _answers(server.url(server.ready_path)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit(f"{server.name} did not start; its log:\n{log.read_text()}")
+        time.sleep(0.2)
+    return process
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def batch_totals(server: Server) -> tuple[float, float]:
+    """(images, batches) formed so far by resnetkit serve, from its /metrics."""
+    totals = {"resnetkit_batch_size_sum": 0.0, "resnetkit_batch_size_count": 0.0}
+    for family in text_string_to_metric_families(httpx.get(server.url("/metrics")).text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals["resnetkit_batch_size_sum"], totals["resnetkit_batch_size_count"]
+
+
+# --- inputs ----------------------------------------------------------------------------------------------
+
+def model_ref(model: str, real_weights: bool, workdir: Path) -> str:
+    """The zoo name (real weights), or an artifact of the architecture with random weights."""
+    if real_weights:
+        return model
+    spec = get_spec(model)
+    return str(save_artifact(workdir / f"{model}-random.pt", spec.build().eval(), spec.meta().replace(weights="random")))
+
+
+def sample_images(model: str, folder: str | None, count: int = 64) -> list[bytes]:
+    """Real JPEGs of the right kind from ../shared (CIFAR test images for 32 px models, photos otherwise),
+    or synthetic 640x480 photos when ../shared is absent."""
+    small = get_spec(model).default_weights.preprocessing.crop_size <= 64
+    default = SHARED_DATA / ("cifar10/test" if small else "hymenoptera/val")
+    root = Path(folder) if folder else default
+    paths = sorted(root.rglob("*.jpg")) if root.is_dir() else []
+    if paths:
+        return [p.read_bytes() for p in paths[:: max(1, len(paths) // count)][:count]]
+    return [synthetic_photo_jpeg(seed=i) for i in range(8)]
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+def servers(model: str, ref: str, args: argparse.Namespace) -> Iterator[Server]:
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    yield Server("resnetkit serve", [sys.executable, "-m", "resnetkit", "serve", f"{model}={ref}", "--no-access-log",
+                                     "--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
+                                     str(args.max_wait_ms), *threads], "/readyz", f"/v1/models/{model}/classify")
+    if not args.skip_flask:
+        yield Server("flask (naive)", [sys.executable, str(Path(__file__).with_name("serve_flask_baseline.py")), ref,
+                                       *threads], "/ping", "/predict")
+
+
+def measure_server(server: Server, images: list[bytes], args: argparse.Namespace, workdir: Path) -> list[Run]:
+    process = start(server, workdir / f"{server.port}.log")
+    try:
+        requests = [multipart_request(server.classify_path, server.port, image) for image in images]
+        asyncio.run(closed_loop(server.name, server.port, requests, max(args.clients), args.warmup, args.max_requests))
+        runs = []
+        for clients in args.clients:
+            before = batch_totals(server) if server.ready_path == "/readyz" else None
+            run = asyncio.run(closed_loop(server.name, server.port, requests, clients, args.seconds, args.max_requests))
+            if before:
+                images_done, batches = (a - b for a, b in zip(batch_totals(server), before))
+                run.mean_batch = round(images_done / batches, 2) if batches else None
+            print(_row(run.summary()), flush=True)
+            runs.append(run)
+        return runs
+    finally:
+        stop(process)
+
+
+def offline_throughput(ref: str, args: argparse.Namespace) -> float:
+    """``resnetkit bench``'s throughput (forward only, images/s) at the server's max batch size."""
+    config = BenchConfig(batch_size=args.max_batch_size, threads=args.threads, min_seconds=3.0)
+    return bench([ref], config)[0].throughput_ips
+
+
+COLUMNS = ("server", "clients", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "errors", "mean_batch")
+
+
+def _row(summary: dict[str, Any]) -> str:
+    return "  ".join(f"{str(summary[c]):>15}" if i else f"{summary[c]:<16}" for i, c in enumerate(COLUMNS))
+
+
+def report(runs: list[Run], offline_ips: float | None, args: argparse.Namespace) -> dict[str, Any]:
+    ours = {r.clients: r for r in runs if r.server == "resnetkit serve"}
+    naive = {r.clients: r for r in runs if r.server != "resnetkit serve"}
+    ratios = {c: round(ours[c].throughput / naive[c].throughput, 2) for c in ours if c in naive and naive[c].throughput}
+    best = max(r.throughput for r in ours.values())
+    result = {"model": args.model, "weights": "real" if args.real_weights else "random",
+              "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "threads": args.threads,
+              "images": args.image_count, "runs": [r.summary() for r in runs],
+              "throughput_ratio_serve_over_flask": ratios, "serve_best_rps": round(best, 1),
+              "offline_throughput_ips": round(offline_ips, 1) if offline_ips else None,
+              "serve_fraction_of_offline": round(best / offline_ips, 3) if offline_ips else None,
+              "environment": environment()}
+    for clients, ratio in ratios.items():
+        print(f"{clients} clients: resnetkit serve / flask throughput = {ratio}x")
+    if offline_ips:
+        print(f"resnetkit serve best {best:.1f} img/s = {100 * best / offline_ips:.1f} % of offline forward-only "
+              f"throughput {offline_ips:.1f} img/s (resnetkit bench, batch {args.max_batch_size})")
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cifar_resnet20", help="zoo architecture")
+    parser.add_argument("--real-weights", action="store_true", help="serve the zoo weights (cached or downloaded)")
+    parser.add_argument("--images", help="folder of JPEGs to send (default: from ../shared, else synthetic)")
+    parser.add_argument("--clients", default="1,8,32", help="comma-separated concurrent client counts")
+    parser.add_argument("--seconds", type=float, default=15.0, help=f"length of each run (at most {MAX_SECONDS})")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded load first")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="cap on the requests of one run")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of both servers and of the offline run")
+    parser.add_argument("--skip-flask", action="store_true")
+    parser.add_argument("--skip-offline", action="store_true")
+    parser.add_argument("--json", help="output file (default: results/serve_load_MODEL.json)")
+    args = parser.parse_args(argv)
+    args.clients = [int(c) for c in args.clients.split(",")]
+    if not 0 < args.seconds <= MAX_SECONDS or not 0 <= args.warmup <= MAX_SECONDS:
+        parser.error(f"--seconds and --warmup must be at most {MAX_SECONDS}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        workdir = Path(tmp)
+        ref = model_ref(args.model, args.real_weights, workdir)
+        images = sample_images(args.model, args.images)
+        args.image_count = len(images)
+        print(f"{args.model} ({'real' if args.real_weights else 'random'} weights), {len(images)} images, "
+              f"{args.seconds:.0f} s per run, torch threads {args.threads or torch.get_num_threads()}")
+        print(_row({c: c for c in COLUMNS}))
+        runs = [run for server in servers(args.model, ref, args) for run in measure_server(server, images, args, workdir)]
+        offline = None if args.skip_offline else offline_throughput(ref, args)
+    result = report(runs, offline, args)
+    out = Path(args.json or ROOT / "results" / f"serve_load_{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
