@@ -11,11 +11,11 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from ..train import TrainConfig, resume, run
+from ..train import TrainConfig, TrainingInterrupted, resume, run
 from ..train.checkpoint import load_resumable
 from ..train.distill import distill_with_baseline
 from ..train.distributed import launched_rank
-from .app import app, console, print_json
+from .app import app, console, err_console, print_json
 
 # Task defaults where they differ from TrainConfig's: training from random weights needs a higher
 # learning rate, more epochs and more weight decay than fine-tuning.
@@ -87,6 +87,14 @@ def _config(task: str, options: dict[str, Any]) -> TrainConfig:
 
 
 def _launch(task: str, options: dict[str, Any]) -> None:
+    try:
+        _start(task, options)
+    except TrainingInterrupted as exc:
+        err_console.print(str(exc), highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _start(task: str, options: dict[str, Any]) -> None:
     run_dir, json_output, with_baseline = options.pop("resume"), options.pop("json_output"), options.pop("baseline", False)
     if task == "distill" and with_baseline:
         config = load_resumable(run_dir).config.replace(out_dir=run_dir) if run_dir else _config(task, options)

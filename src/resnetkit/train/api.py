@@ -62,8 +62,8 @@ def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None, log: L
         teacher = _load_teacher(config)
         splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed, state.meta.categories)
         module = build_from_artifact(state.meta, state.model_state)
-        log(f"resuming {run_dir} after epoch {state.progress.epoch}"
-            + (f", batch {state.progress.step}" if state.progress.step else "") + f" of {config.epochs}")
+        where = f", inside epoch {state.progress.epoch + 1} after batch {state.progress.step}" if state.progress.step else ""
+        log(f"resuming {run_dir}: {state.progress.epoch} of {config.epochs} epochs done{where}")
         trainer = Trainer(module, state.meta, config, splits, _objective(config, teacher, ctx), ctx, Path(run_dir), log,
                           resume=state, progress_bar=progress_bar)
         return trainer.fit()

@@ -82,6 +82,7 @@ def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -91,6 +92,7 @@ def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
         loss_ax.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
         acc_ax.plot(epochs, [row[f"{split}_top1"] for row in history], marker="o", label=split)
     for ax, title in ((loss_ax, "loss"), (acc_ax, "top-1 accuracy (%)")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
