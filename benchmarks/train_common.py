@@ -52,6 +52,12 @@ def save(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def finish(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Save ``result`` as ``results/<name>.json``, say where, and return it."""
+    print(f"wrote {save(name, result)}")
+    return result
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain-text table of ``columns`` of ``rows``."""
     cells = [[_fmt(row.get(c)) for c in columns] for row in rows]

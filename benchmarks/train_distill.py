@@ -20,7 +20,7 @@ from resnetkit.evaluate import evaluate
 from resnetkit.train import TrainConfig
 from resnetkit.train.distill import BASELINE_DIR, distill_with_baseline
 
-from train_common import RESULTS, SHARED, add_threads_option, apply_threads, import_shared_weights, save, subset, table
+from train_common import RESULTS, SHARED, add_threads_option, apply_threads, finish, import_shared_weights, subset, table
 
 CIFAR = SHARED / "data" / "cifar10"
 
@@ -49,8 +49,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               "alpha": args.alpha, "batch_size": 128, "amp": "bf16", "train_seconds_both_runs": round(train_seconds, 1),
               "rows": rows, "distilled_beats_baseline": rows[1]["test_top1"] > rows[2]["test_top1"]}
     print(f"distilled beats baseline: {result['distilled_beats_baseline']} ({train_seconds:.0f} s of training)")
-    print(f"wrote {save('train_distill', result)}")
-    return result
+    return finish("train_distill", result)
 
 
 if __name__ == "__main__":

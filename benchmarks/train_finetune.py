@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from train_common import RESULTS, SHARED, add_threads_option, import_shared_weights, save, table
+from train_common import RESULTS, SHARED, add_threads_option, finish, import_shared_weights, table
 
 RESNETKIT = str(Path(sys.executable).with_name("resnetkit"))
 DATA = SHARED / "data" / "hymenoptera"
@@ -58,8 +58,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result = {"data": str(DATA), "rows": rows,
               "finetuned_better": all(r["final_val_top1"] > scratch for r in rows[:-1])}
     print(f"fine-tuned better than scratch (final epoch): {result['finetuned_better']}")
-    print(f"wrote {save('train_finetune', result)}")
-    return result
+    return finish("train_finetune", result)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from train_common import RESULTS, SHARED, add_threads_option, save, subset, table
+from train_common import RESULTS, SHARED, add_threads_option, finish, subset, table
 
 RESNETKIT = str(Path(sys.executable).with_name("resnetkit"))
 KEYS = ("train_loss", "train_top1", "val_loss", "val_top1", "lr")
@@ -75,8 +75,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               "uninterrupted_final": {k: final[k] for k in KEYS}, "rows": rows,
               "compared": list(KEYS), "reproduced": all(r["max_abs_difference"] < 1e-4 for r in rows)}
     print(f"uninterrupted final: {result['uninterrupted_final']}\nreproduced: {result['reproduced']}")
-    print(f"wrote {save('train_resume', result)}")
-    return result
+    return finish("train_resume", result)
 
 
 if __name__ == "__main__":

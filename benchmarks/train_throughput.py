@@ -23,7 +23,7 @@ from resnetkit.train.objectives import CrossEntropyObjective
 from resnetkit.train.optim import make_optimizer, param_groups
 from resnetkit.zoo import get_spec
 
-from train_common import add_threads_option, apply_threads, save, table
+from train_common import add_threads_option, apply_threads, finish, table
 
 CASES = [("cifar_resnet20", 32, 128), ("resnet18", 224, 32)]
 VARIANTS = {"fp32": {}, "bf16 autocast": {"amp": True}, "channels_last": {"channels_last": True},
@@ -71,10 +71,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(table(rows, ["model", "input", "batch", "variant", "step_ms", "img_per_s", "speedup"]))
     load = {"load_avg_1min_before": load_before, "load_avg_1min_after": os.getloadavg()[0]}
     print(f"load average (1 min) before/after: {load['load_avg_1min_before']:.2f} / {load['load_avg_1min_after']:.2f}")
-    path = save("train_throughput", {"data": "synthetic tensors, random weights, SGD step", "rounds": args.rounds,
-                                     "steps_per_round": args.steps, **load, "rows": rows})
-    print(f"wrote {path}")
-    return {"rows": rows}
+    return finish("train_throughput", {"data": "synthetic tensors, random weights, SGD step", "rounds": args.rounds,
+                                       "steps_per_round": args.steps, **load, "rows": rows})
 
 
 if __name__ == "__main__":
