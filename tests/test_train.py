@@ -18,9 +18,10 @@ from PIL import Image, ImageDraw
 
 from resnetkit import load_model
 from resnetkit.errors import DatasetError
-from resnetkit.train import TrainConfig, TrainingInterrupted, finetune_module, resume, run
+from resnetkit.train import TrainConfig, TrainingError, TrainingInterrupted, finetune_module, resume, run
 from resnetkit.train.data import load_splits, rare_format_files
 from resnetkit.train.distill import distill_with_baseline
+from resnetkit.train.engine import out_of_memory_advice
 from resnetkit.train.objectives import CrossEntropyObjective, DistillationObjective
 from resnetkit.train.optim import lr_factor
 
@@ -124,6 +125,7 @@ def test_finetune_modes_replace_head_and_freeze(trained_run: tuple[Path, dict], 
     tuned = load_model(tmp_path / "ft" / "best.pt")
     state = tuned.module.state_dict()
     assert tuned.meta.categories == ("cyan", "yellow") and state["linear.weight"].shape == (2, 64)
+    assert tuned.meta.extra["train"]["head_lr"] == pytest.approx(10 * tuned.meta.extra["train"]["lr"])  # new head
     assert torch.equal(state[frozen], start[frozen])
     assert torch.equal(state["bn1.running_mean"], start["bn1.running_mean"])  # frozen norms keep their statistics
     if trained != "linear.weight":
@@ -136,6 +138,12 @@ def test_mixed_precision_accumulation_clipping_onecycle(shapes: Path, tmp_path: 
     rows = epoch_metrics(tmp_path / "amp")
     assert all(np.isfinite(r["train_loss"]) for r in rows) and rows[1]["train_loss"] < rows[0]["train_loss"]
     assert summary["final"]["lr"] == pytest.approx(0.05 / 1e4, rel=0.01)
+
+
+def test_out_of_memory_becomes_advice() -> None:
+    with pytest.raises(TrainingError, match="--accum-steps"):
+        with out_of_memory_advice(256):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
 
 def test_early_stopping(shapes: Path, tmp_path: Path) -> None:

@@ -17,13 +17,11 @@ from ..train.distill import distill_with_baseline
 from ..train.distributed import launched_rank
 from .app import app, console, err_console, print_json
 
-# Task defaults where they differ from TrainConfig's: training from random weights needs a higher
-# learning rate, more epochs and more weight decay than fine-tuning.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "finetune": {"mode": "last-stage", "epochs": 10, "lr": 0.01},
-    "train": {"mode": "full", "epochs": 30, "lr": 0.1, "weight_decay": 5e-4, "pretrained": False},
-    "distill": {"mode": "full", "epochs": 30, "lr": 0.1, "weight_decay": 5e-4},
-}
+# Defaults where they differ from TrainConfig's: training from random weights needs a higher learning
+# rate, more epochs and more weight decay than fine-tuning. A distilled student takes the defaults
+# of how it starts (--scratch or not) and trains all its layers.
+FROM_WEIGHTS = {"mode": "last-stage", "epochs": 10, "lr": 0.01}
+FROM_SCRATCH = {"mode": "full", "epochs": 30, "lr": 0.1, "weight_decay": 5e-4, "pretrained": False}
 
 
 def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
@@ -39,7 +37,7 @@ MODEL = _param("model", Annotated[str | None, typer.Argument(
 DATA = _param("data_dir", Annotated[str | None, typer.Argument(
     help="Folder with one sub-folder of images per class, or with train/ and val/ such folders.", show_default=False)])
 MODE = _param("mode", _opt(str | None, "--mode", help="What trains: head | last-stage | full. (default: last-stage)"))
-HEAD_LR = _param("head_lr", _opt(float | None, "--head-lr", help="Peak learning rate of the classifier layer. (default: 10 x --lr)"))
+HEAD_LR = _param("head_lr", _opt(float | None, "--head-lr", help="Peak learning rate of the classifier layer. (default: 10 x --lr for a new head, else --lr)"))
 TEACHER = _param("teacher", _opt(str | None, "--teacher", help="Teacher model reference (frozen, eval mode)."))
 STUDENT = _param("model", _opt(str | None, "--student", help="Student model reference."))
 DISTILL_OPTIONS = [
@@ -50,12 +48,12 @@ DISTILL_OPTIONS = [
 ]
 COMMON = [
     _param("out_dir", _opt(str | None, "-o", "--output", help="Run folder: best.pt, last.pt, metrics.csv/json, curves.png.")),
-    _param("epochs", _opt(int | None, "--epochs", min=1, help="Epochs to train (default: 10 finetune, 30 train/distill). With --resume: extend the run to this many.")),
-    _param("lr", _opt(float | None, "--lr", help="Peak learning rate; when fine-tuning, of the pretrained layers that train (default: 0.01 finetune, 0.1 train/distill).")),
+    _param("epochs", _opt(int | None, "--epochs", min=1, help="Epochs to train (default: 10 from weights, 30 from scratch). With --resume: extend the run to this many.")),
+    _param("lr", _opt(float | None, "--lr", help="Peak learning rate; when fine-tuning, of the pretrained layers that train (default: 0.01 from weights, 0.1 from scratch).")),
     _param("batch_size", _opt(int, "--batch-size", min=1, help="Images per step and process."), 64),
     _param("accum_steps", _opt(int, "--accum-steps", min=1, help="Batches per optimizer step (gradient accumulation)."), 1),
     _param("optimizer", _opt(str, "--optimizer", help="sgd (Nesterov momentum 0.9) | adamw."), "sgd"),
-    _param("weight_decay", _opt(float | None, "--weight-decay", help="Weight decay (not on biases/norms) (default: 1e-4 finetune, 5e-4 train/distill).")),
+    _param("weight_decay", _opt(float | None, "--weight-decay", help="Weight decay (not on biases/norms) (default: 1e-4 from weights, 5e-4 from scratch).")),
     _param("label_smoothing", _opt(float, "--label-smoothing", help="Label smoothing of the cross-entropy."), 0.0),
     _param("schedule", _opt(str, "--schedule", help="cosine | onecycle (30 % warm-up from lr/25)."), "cosine"),
     _param("warmup_epochs", _opt(float, "--warmup-epochs", help="Linear warm-up length in epochs (overrides the schedule's)."), 0.0),
@@ -80,10 +78,10 @@ def _config(task: str, options: dict[str, Any]) -> TrainConfig:
         what = "--teacher, --student, DATA_DIR" if task == "distill" else "MODEL, DATA_DIR"
         raise typer.BadParameter(f"{task} needs {what} and -o RUN_DIR (or --resume RUN_DIR).")
     options = dict(options)
-    if options.pop("scratch", False):
-        options["pretrained"] = False
+    scratch = task == "train" or options.pop("scratch", False)
+    defaults = {**(FROM_SCRATCH if scratch else FROM_WEIGHTS), **({"mode": "full"} if task == "distill" else {})}
     given = {k: v for k, v in options.items() if v is not None}
-    return TrainConfig(task=task, **{**TASK_DEFAULTS[task], **given})
+    return TrainConfig(task=task, **{**defaults, **given})
 
 
 def _launch(task: str, options: dict[str, Any]) -> None:
@@ -97,20 +95,23 @@ def _launch(task: str, options: dict[str, Any]) -> None:
 def _start(task: str, options: dict[str, Any]) -> None:
     run_dir, json_output, with_baseline = options.pop("resume"), options.pop("json_output"), options.pop("baseline", False)
     if task == "distill" and with_baseline:
-        config = load_resumable(run_dir).config.replace(out_dir=run_dir) if run_dir else _config(task, options)
-        report = distill_with_baseline(config, resuming=bool(run_dir))
-        if json_output:
-            print_json(report)
-        else:
-            _print_comparison(report)
-        return
-    summary = resume(run_dir, epochs=options["epochs"]) if run_dir else run(_config(task, options))
+        config = _saved_config(run_dir, options["epochs"]) if run_dir else _config(task, options)
+        result = distill_with_baseline(config, resuming=bool(run_dir))
+    else:
+        result = resume(run_dir, epochs=options["epochs"]) if run_dir else run(_config(task, options))
     if launched_rank() != 0:
         return
     if json_output:
-        print_json(summary)
+        print_json(result)
+    elif "distilled" in result:
+        _print_comparison(result)
     else:
-        _print_summary(summary, run_dir or options["out_dir"])
+        _print_summary(result, run_dir or options["out_dir"])
+
+
+def _saved_config(run_dir: str, epochs: int | None) -> TrainConfig:
+    config = load_resumable(run_dir).config.replace(out_dir=run_dir)
+    return config.replace(epochs=epochs) if epochs else config
 
 
 def _print_summary(summary: dict[str, Any], run_dir: str) -> None:

@@ -38,7 +38,9 @@ def run(config: TrainConfig, *, log: Log = stderr_log, progress_bar: bool | None
         splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed,
                              teacher.meta.categories if teacher else None)
         torch.manual_seed(config.seed)
-        module, meta = initial_model(config.model, splits.classes, config.pretrained, run_dir)
+        module, meta, new_head = initial_model(config.model, splits.classes, config.pretrained, run_dir)
+        if config.head_lr is None:  # a new head on pretrained features learns faster than the features
+            config = config.replace(head_lr=10 * config.lr if new_head and config.pretrained else config.lr)
         if teacher:
             check_same_input(teacher.meta, meta)
         _announce(config, splits, meta, ctx, log)
@@ -89,19 +91,22 @@ def finetune_module(module: nn.Module, meta: ModelMeta, train_dir: str | Path, *
     return summary["final"]
 
 
-def initial_model(ref: str, classes: list[str], pretrained: bool, run_dir: Path) -> tuple[nn.Module, ModelMeta]:
-    """The starting module and its metadata: loaded weights with a head for ``classes``, or random init."""
+def initial_model(ref: str, classes: list[str], pretrained: bool, run_dir: Path) -> tuple[nn.Module, ModelMeta, bool]:
+    """The starting module, its metadata, and whether its head is new: loaded weights with a head
+    for ``classes`` (kept if the model already has exactly these classes), or random init."""
+    new_head = True
     if pretrained:
         classifier = load_model(ref)
         module, meta = classifier.module, classifier.meta
-        if list(meta.categories) != list(classes):
+        new_head = list(meta.categories) != list(classes)
+        if new_head:
             replace_head(module, get_spec(meta.arch).head, len(classes))
     else:
         arch = ref if is_zoo_name(ref) else load_model(ref).meta.arch
         module, meta = get_spec(arch).build(len(classes)), get_spec(arch).meta()
     meta = meta.replace(name=run_dir.name, categories=tuple(classes), metrics=PublishedMetrics(),
                         weights=str(run_dir / ckpt.BEST), extra={})
-    return module, meta
+    return module, meta, new_head
 
 
 def replace_head(module: nn.Module, head: str, num_classes: int) -> None:

@@ -38,7 +38,7 @@ class TrainConfig:
     mode: str = "full"  # finetune: head | last-stage | full
     epochs: int = 10
     lr: float = 0.01  # peak learning rate of the layers that train, except a new head
-    head_lr: float | None = None  # default: 10 x lr when fine-tuning pretrained weights, else lr
+    head_lr: float | None = None  # None: 10 x lr for a new head on pretrained weights, else lr (set at start)
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -79,12 +79,6 @@ class TrainConfig:
             raise TrainingError(f"--alpha must be in [0, 1], got {self.alpha}.")
         if self.task == "distill" and not self.teacher:
             raise TrainingError("distill needs a --teacher model.")
-
-    @property
-    def effective_head_lr(self) -> float:
-        if self.head_lr is not None:
-            return self.head_lr
-        return 10 * self.lr if self.pretrained else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -45,7 +45,7 @@ def param_groups(module: nn.Module, head: str, config: TrainConfig) -> list[dict
     if not groups:
         raise TrainingError("No parameter is trainable in this mode.")
     return [
-        {"params": params, "lr": config.effective_head_lr if is_head else config.lr,
+        {"params": params, "lr": (config.head_lr or config.lr) if is_head else config.lr,
          "weight_decay": config.weight_decay if decays else 0.0, "name": ("head" if is_head else "backbone")}
         for (is_head, decays), params in sorted(groups.items())
     ]
