@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -59,6 +60,7 @@ class Run:
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     mean_batch: float | None = None
+    load_average: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))  # other jobs on the machine
 
     @property
     def throughput(self) -> float:
@@ -69,7 +71,8 @@ class Run:
         return {"server": self.server, "clients": self.clients, "seconds": round(self.seconds, 2),
                 "requests": self.requests, "errors": self.errors, "throughput_rps": round(self.throughput, 1),
                 "p50_ms": round(statistics.median(ordered), 2), "p90_ms": round(percentile(ordered, 90), 2),
-                "p99_ms": round(percentile(ordered, 99), 2), "mean_batch": self.mean_batch}
+                "p99_ms": round(percentile(ordered, 99), 2), "mean_batch": self.mean_batch,
+                "load_average_1min": self.load_average}
 
 
 # --- the load generator: raw HTTP/1.1 keep-alive connections, light enough to leave CPU to the servers ---
@@ -240,10 +243,14 @@ def measure_server(server: Server, images: list[bytes], args: argparse.Namespace
 def offline_throughput(ref: str, args: argparse.Namespace) -> float:
     """``resnetkit bench``'s throughput (forward only, images/s) at the server's max batch size."""
     config = BenchConfig(batch_size=args.max_batch_size, threads=args.threads, min_seconds=3.0)
-    return bench([ref], config)[0].throughput_ips
+    ips = bench([ref], config)[0].throughput_ips
+    print(f"offline (resnetkit bench, forward only, batch {args.max_batch_size}): {ips:.1f} img/s, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    return ips
 
 
-COLUMNS = ("server", "clients", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "errors", "mean_batch")
+COLUMNS = ("server", "clients", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "errors", "mean_batch",
+           "load_average_1min")
 
 
 def _row(summary: dict[str, Any]) -> str:
@@ -302,8 +309,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{args.model} ({'real' if args.real_weights else 'random'} weights), {len(images)} images, "
               f"{args.seconds:.0f} s per run, torch threads {args.threads or torch.get_num_threads()}")
         print(_row({c: c for c in COLUMNS}))
-        runs = [run for server in servers(args.model, ref, args) for run in measure_server(server, images, args, workdir)]
         offline = None if args.skip_offline else offline_throughput(ref, args)
+        runs = [run for server in servers(args.model, ref, args) for run in measure_server(server, images, args, workdir)]
     result = report(runs, offline, args)
     out = Path(args.json or ROOT / "results" / f"serve_load_{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -228,7 +228,7 @@ def test_unknown_model_is_404_and_names_the_served_ones(server):
 def test_upload_above_the_limit_is_413_with_or_without_content_length(server):
     big = b"\xff" * (5 * 1024 * 1024)
     declared = httpx.post(f"{server}{CLASSIFY}", content=big)
-    assert declared.status_code == 413 and "limit is 4.00 MB" in declared.json()["detail"]
+    assert declared.status_code == 413 and "limit is 4.00 MiB" in declared.json()["detail"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
         for _ in range(5):

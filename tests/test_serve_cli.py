@@ -77,6 +77,13 @@ def test_a_port_in_use_is_a_clear_error(capsys):
     assert code == 2 and f"Cannot listen on 127.0.0.1:{port}" in err
 
 
+def test_a_model_that_fails_to_load_ends_the_command_with_its_reason(capsys, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    code, err = run_cli(capsys, "serve", str(broken), "--port", "0")
+    assert code == 2 and "Could not load the models" in err and "Traceback" not in err
+
+
 def test_serve_process_answers_and_exits_cleanly_on_sigterm(tmp_path):
     spec = get_spec("cifar_resnet20")
     model = save_artifact(tmp_path / "mine.pt", spec.build().eval(), spec.meta().replace(weights="random"))

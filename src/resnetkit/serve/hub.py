@@ -36,15 +36,17 @@ class ServedModel:
     classifier: Classifier
     batcher: DynamicBatcher
 
-    def info(self, detail: bool = False) -> ModelInfo:
+    def info(self) -> ModelInfo:
         meta, runner = self.classifier.meta, self.classifier.runner
-        fields = dict(
+        return ModelInfo(
             name=self.name, arch=meta.arch, weights=meta.weights, backend=runner.backend, precision=runner.precision,
             num_classes=meta.num_classes, input_size=meta.preprocessing.crop_size,
             preprocessing=meta.preprocessing.describe(), published_top1=meta.metrics.top1,
             dataset=meta.metrics.dataset, max_batch_size=self.batcher.max_batch_size,
         )
-        return ModelDetail(**fields, categories=list(meta.categories)) if detail else ModelInfo(**fields)
+
+    def detail(self) -> ModelDetail:
+        return ModelDetail(**self.info().model_dump(), categories=list(self.classifier.meta.categories))
 
 
 class ModelHub:

@@ -59,7 +59,8 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> ServeError:
     more = "more than " if at_least else ""
-    return ServeError(413, f"The request is {more}{size / 1048576:.2f} MB; the limit is {limit / 1048576:.2f} MB "
+    mib = 1024 * 1024
+    return ServeError(413, f"The request is {more}{size / mib:.2f} MiB; the limit is {limit / mib:.2f} MiB "
                            "(--max-upload-mb). Send smaller or fewer images per request.")
 
 

@@ -42,7 +42,7 @@ async def list_models(hub: Hub) -> ModelList:
 @router.get("/models/{model}", response_model=ModelDetail, responses={404: ERRORS[404]},
             summary="One served model, with its class labels")
 async def model_detail(model: str, hub: Hub) -> ModelDetail:
-    return hub.get(model).info(detail=True)  # type: ignore[return-value]
+    return hub.get(model).detail()
 
 
 @router.post("/models/{model}/classify", response_model=ClassifyResponse, responses=ERRORS,
