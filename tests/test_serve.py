@@ -379,7 +379,7 @@ def test_client_disconnects_drop_queued_work(random_model):
 
 
 def test_full_queue_answers_503_with_retry_after(random_model):
-    with running(models=(str(random_model),), backend="test-gated", max_queue=2) as srv, ThreadPoolExecutor(2) as pool:
+    with running(models=(str(random_model),), backend="test-gated", max_queue=2, max_files=2) as srv, ThreadPoolExecutor(2) as pool:
         with GATE.closed():
             admitted = [pool.submit(httpx.post, f"{srv.url}{CLASSIFY}", content=jpeg_bytes(), timeout=60)]
             assert GATE.entered.wait(30)

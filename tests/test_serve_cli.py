@@ -52,6 +52,8 @@ def test_bad_settings_explain_themselves():
         ServeSettings.from_env({"RESNETKIT_PORT": "eighty"})
     with pytest.raises(ResnetkitError, match="--max-upload-mb must be positive"):
         ServeSettings(max_upload_mb=0)
+    with pytest.raises(ResnetkitError, match=r"--max-queue \(8\) must be at least --max-files \(32\)"):
+        ServeSettings(max_queue=8)
     with pytest.raises(ResnetkitError, match="may only use letters"):
         ServeSettings(models=("my model=resnet18",)).entries
 

@@ -68,6 +68,9 @@ class ServeSettings:
                 raise ResnetkitError(f"{_flag(name)} must be positive (got {value}).")
         if self.max_wait_ms < 0:
             raise ResnetkitError(f"--max-wait-ms must be zero or more (got {self.max_wait_ms}).")
+        if self.max_queue < self.max_files:
+            raise ResnetkitError(f"--max-queue ({self.max_queue}) must be at least --max-files ({self.max_files}), "
+                                 "or requests with many files could never be admitted.")
         if not 0 <= self.port <= 65535:
             raise ResnetkitError(f"--port must be between 0 and 65535 (got {self.port}).")
 
