@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from resnetkit.evaluate import evaluate

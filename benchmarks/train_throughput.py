@@ -34,7 +34,7 @@ def make_step(arch: str, size: int, batch: int, settings: dict[str, Any]) -> Cal
     """One full training step of ``arch`` on a fixed random batch, warmed up twice."""
     torch.manual_seed(0)
     config = TrainConfig(task="train", model=arch, pretrained=False, **settings)
-    module = get_spec(arch).build(10).to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    module = get_spec(arch).build(10).to(memory_format=config.memory_format)
     optimizer = make_optimizer(param_groups(module.train(), get_spec(arch).head, config), config)
     runner = StepRunner(module, optimizer, CrossEntropyObjective(), config, torch.device("cpu"))
     images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))

@@ -267,15 +267,30 @@ def test_distill_reports_student_with_and_without_teacher(trained_run: tuple[Pat
 
 # --- distributed ----------------------------------------------------------------------------
 
-def test_ddp_two_processes_on_gloo(shapes: Path, tmp_path: Path) -> None:
+def test_ddp_two_processes_on_gloo(trained_run: tuple[Path, dict], shapes: Path, tmp_path: Path) -> None:
+    """The same run as ``trained_run`` (one process) under torchrun with two gloo processes."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    args = ["train", "cifar_resnet20", str(shapes), "--epochs", "2", "--batch-size", "8", "--lr", "0.05", "--json"]
-    single = subprocess.run([RESNETKIT, *args, "-o", str(tmp_path / "one")], capture_output=True, text=True, timeout=180)
-    double = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29533", RESNETKIT, *args, "-o", str(tmp_path / "two")],
-                            capture_output=True, text=True, timeout=180)
-    assert single.returncode == 0 and double.returncode == 0, double.stderr[-2000:]
-    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
-    assert two["summary"]["world_size"] == 2 and one["summary"]["world_size"] == 1
+    done = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29533", RESNETKIT, "train", "cifar_resnet20",
+                           str(shapes), "-o", str(tmp_path / "two"), "--epochs", "3", "--batch-size", "8", "--lr", "0.05",
+                           "--json"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["world_size"] == 2  # only rank 0 prints
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (trained_run[0], tmp_path / "two"))
+    assert one["summary"].keys() == two["summary"].keys() and one["summary"]["world_size"] == 1
     assert [r.keys() for r in two["epochs"]] == [r.keys() for r in one["epochs"]]
-    assert [r["images"] for r in two["epochs"]] == [r["images"] for r in one["epochs"]] == [72, 72]
+    assert [r["images"] for r in two["epochs"]] == [r["images"] for r in one["epochs"]] == [72, 72, 72]
     assert load_model(tmp_path / "two" / "best.pt").meta.categories == ("blue", "green", "red")
+
+
+# --- real data ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_finetune_cifar_weights_on_hymenoptera(cifar_weights: Path, hymenoptera_dir: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    summary = run(TrainConfig(task="finetune", model="cifar_resnet32", data_dir=str(hymenoptera_dir),
+                              out_dir=str(tmp_path / "ants"), mode="head", epochs=1, batch_size=64),
+                  log=lines.append, progress_bar=False)
+    assert (summary["train_images"], summary["val_images"]) == (245, 153)
+    assert summary["classes"] == ["ants", "bees"] and summary["final"]["images"] == 245
+    assert any("imageNotFound.gif" in line for line in lines)
+    assert load_model(tmp_path / "ants" / "best.pt").meta.extra["train"]["head_lr"] == pytest.approx(0.1)

@@ -132,8 +132,7 @@ def check_same_input(teacher: ModelMeta, student: ModelMeta) -> None:
 def _objective(config: TrainConfig, teacher: Classifier | None, ctx: Dist) -> Objective:
     if teacher is None:
         return CrossEntropyObjective(config.label_smoothing)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    return DistillationObjective(teacher.module.to(ctx.device, memory_format=memory_format), config.temperature,
+    return DistillationObjective(teacher.module.to(ctx.device, memory_format=config.memory_format), config.temperature,
                                  config.alpha, config.label_smoothing)
 
 

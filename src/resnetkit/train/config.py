@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..errors import ResnetkitError
 
 TASKS = ("finetune", "train", "distill")
@@ -79,6 +81,10 @@ class TrainConfig:
             raise TrainingError(f"--alpha must be in [0, 1], got {self.alpha}.")
         if self.task == "distill" and not self.teacher:
             raise TrainingError("distill needs a --teacher model.")
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,13 +40,12 @@ class StepRunner:
         self.model, self.optimizer, self.objective, self.config, self.device = model, optimizer, objective, config, device
         self.amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if config.amp else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-
+        
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return images.to(self.device, non_blocking=True, memory_format=self.config.memory_format)
 
     def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, sync: bool = True) -> tuple[float, int]:
         """Accumulate the gradients of one batch; returns (loss sum, correct predictions)."""
@@ -113,7 +112,7 @@ class Trainer:
                  resume: ckpt.Resumable | None = None, progress_bar: bool | None = None) -> None:
         self.meta, self.config, self.splits, self.ctx, self.run_dir = meta, config, splits, ctx, run_dir
         self.log = log if ctx.is_main else (lambda message: None)
-        self.module = module.to(ctx.device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+        self.module = module.to(ctx.device, memory_format=config.memory_format)
         self.frozen_norms = freeze(self.module, meta.arch, config.mode)
         optimizer = make_optimizer(param_groups(self.module, get_spec(meta.arch).head, config), config)
         self.step = StepRunner(ctx.wrap(self.module), optimizer, objective, config, ctx.device)
