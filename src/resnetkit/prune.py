@@ -149,6 +149,7 @@ def prune(
     eval_limit: int | None = None,
     batch_size: int = 1,
     workers: int = 2,
+    check_images: int = CHECK_IMAGES,
 ) -> PruneReport:
     """Prune ``model`` with ``method``, optionally fine-tune, save to ``output`` (.pt) and measure."""
     if method not in METHODS:
@@ -167,7 +168,7 @@ def prune(
         channel_prune(module, meta, amount, round_to)
     pruned = Classifier(meta, make_runner(module, meta), module)
     before, after = conv_widths(source.module), conv_widths(module)
-    check, inputs = sample_batches(meta, eval_dir or finetune_dir, count=CHECK_IMAGES, seed=1)
+    check, inputs = sample_batches(meta, eval_dir or finetune_dir, count=check_images, seed=1)
     report = PruneReport(
         model=meta.name, method=method, amount=amount, path=str(path),
         params_before=count_params(source.module),

@@ -118,6 +118,7 @@ def quantize(
     eval_dir: str | None = None,
     eval_limit: int | None = None,
     batch_size: int = 1,
+    check_images: int = CHECK_IMAGES,
 ) -> QuantizeReport:
     """Quantize ``model`` with ``method``, write the artifact to ``output`` and measure it."""
     request = resolve_request(method, backend, output, calib_dir, calib_size, calibration_method)
@@ -131,7 +132,7 @@ def quantize(
     WRITERS[(method, request.backend)](copy.deepcopy(source.module), meta, request, calibration[0] if calibration else [])
     quantized = load_model(request.output)
     kernels = int8_kernels(quantized, request)
-    check, inputs = sample_batches(source.meta, eval_dir or calib_dir, count=CHECK_IMAGES, seed=1)
+    check, inputs = sample_batches(source.meta, eval_dir or calib_dir, count=check_images, seed=1)
     report = QuantizeReport(
         model=source.meta.name, method=method, backend=request.backend, path=str(request.output),
         precision=quantized.runner.precision,

@@ -1,0 +1,119 @@
+"""Latency of every backend x precision side by side in one run, batch 1 by default.
+
+    .venv/bin/python benchmarks/optimize_speed.py [--models resnet18,resnet50] [--rounds 3]
+
+Zoo models with random weights (speed does not depend on weight values); int8 variants are
+calibrated on generated images and checked to contain int8 kernels before they are timed.
+Variants are timed in interleaved rounds (all variants once per round) so a burst of
+background load hits all of them; the reported latency is the median of the round medians.
+Writes results/optimize_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnetkit import load_model
+from resnetkit.backends import onnxruntime as onnx_backend
+from resnetkit.backends import openvino as openvino_backend
+from resnetkit.compare import generated_batches
+from resnetkit.fileio import write_text_atomic
+from resnetkit.measure import time_calls
+from resnetkit.runners import RunnerOptions
+from resnetkit.zoo import get_spec
+
+VARIANTS = [("eager", "fp32"), ("onnxruntime", "fp32"), ("openvino", None), ("openvino", "fp32"),
+            ("onnxruntime", "int8"), ("openvino", "int8"), ("auto", None), ("auto", "int8")]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,resnet50")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per variant per round")
+    parser.add_argument("--output", default="results/optimize_speed.json")
+    return parser.parse_args(argv)
+
+
+def int8_kernels(classifier: Any) -> dict[str, int]:
+    runner = getattr(classifier.runner, "chosen", classifier.runner)
+    if isinstance(runner, openvino_backend.OpenVinoRunner):
+        return openvino_backend.runner_int8_layers(runner)
+    if isinstance(runner, onnx_backend.OnnxRuntimeRunner):
+        return onnx_backend.int8_kernels(runner.model)
+    return {}
+
+
+def pt2e_status() -> str:
+    """Whether PT2E + X86InductorQuantizer (torchao) can quantize a torchvision ResNet here."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    except ImportError as exc:
+        return f"not installed ({exc})"
+    module = get_spec("resnet18").build().eval()
+    example = (torch.zeros(1, 3, 224, 224),)
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    try:
+        prepare_pt2e(torch.export.export(module, example).module(), quantizer)
+    except Exception as exc:  # report whatever the library raises
+        return f"fails: {type(exc).__name__}: {exc}"
+    return "prepare_pt2e works"
+
+
+def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    meta = get_spec(name).meta()
+    calibration = generated_batches(meta, count=32, batch_size=8)
+    built = []
+    for backend, precision in VARIANTS:
+        options = RunnerOptions(batch_size=args.batch_size, precision=precision, calibration=calibration)
+        classifier = load_model(name, pretrained=False, backend=backend, options=options)
+        kernels = int8_kernels(classifier) if classifier.runner.precision == "int8" else {}
+        if classifier.runner.precision == "int8" and not kernels:
+            raise SystemExit(f"{name} {backend} int8: no int8 kernels in the runtime graph")
+        built.append((backend, precision, classifier, kernels))
+    batch = torch.randn(args.batch_size, *meta.preprocessing.input_shape)
+    rounds: dict[int, list[float]] = {i: [] for i in range(len(built))}
+    for _ in range(args.rounds):
+        for i, (_, _, classifier, _) in enumerate(built):
+            timing = time_calls(lambda c=classifier: c.logits(batch), warmup=3, min_runs=10, min_seconds=args.seconds)
+            rounds[i].append(timing.p50_ms)
+    rows = []
+    for i, (backend, precision, classifier, kernels) in enumerate(built):
+        rows.append({"model": name, "backend_requested": backend, "precision_requested": precision or "default",
+                     "backend": classifier.runner.backend, "precision": classifier.runner.precision,
+                     "latency_ms": statistics.median(rounds[i]), "round_p50s_ms": rounds[i],
+                     "batch_size": args.batch_size, "int8_kernels": kernels})
+    eager = rows[0]["latency_ms"]
+    for row in rows:
+        row["speedup_vs_eager_fp32"] = eager / row["latency_ms"]
+    return rows
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    rows = [row for name in args.models.split(",") for row in bench_model(name, args)]
+    result = {"threads": torch.get_num_threads(), "rounds": args.rounds, "pt2e_x86_inductor": pt2e_status(),
+              "openvino_default_precision": openvino_backend.default_precision(), "rows": rows}
+    print(f"{'model':10} {'requested':22} {'ran as':26} {'latency ms':>10} {'vs eager':>9}  int8 kernels")
+    for r in rows:
+        requested = f"{r['backend_requested']}/{r['precision_requested']}"
+        ran = f"{r['backend']}/{r['precision']}"
+        kernels = sum(r["int8_kernels"].values())
+        print(f"{r['model']:10} {requested:22} {ran:26} {r['latency_ms']:10.2f} {r['speedup_vs_eager_fp32']:8.2f}x  "
+              f"{kernels or '-'}")
+    print(f"PT2E X86InductorQuantizer: {result['pt2e_x86_inductor']}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.output, json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args(sys.argv[1:]))

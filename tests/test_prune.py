@@ -1,0 +1,77 @@
+"""Pruning: shapes consistent through residual adds, params really reduced, artifacts reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from resnetkit import compare, load_model
+from resnetkit.prune import PruningError, prune
+
+from conftest import make_image
+
+
+@pytest.fixture(autouse=True)
+def fast_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compare, "LATENCY_SECONDS", 0.05)
+
+
+def test_channel_pruning_resnet18_shrinks_consistently(tmp_path: Path) -> None:
+    report = prune("resnet18", "channel", tmp_path / "r18.pt", amount=0.3, pretrained=False, check_images=8)
+    assert report.params_after < 0.75 * report.params_before
+    assert report.macs_after <= 0.75 * report.macs_before
+    assert all(after % 8 == 0 for _, after in report.widths.values())
+    pruned = load_model(report.path)
+    module = pruned.module
+    for block in (b for stage in (module.layer1, module.layer2, module.layer3, module.layer4) for b in stage):
+        shortcut = block.downsample[0].out_channels if block.downsample is not None else block.conv1.in_channels
+        assert block.conv2.out_channels == shortcut == block.bn2.num_features  # the residual add lines up
+    assert module.fc.out_features == 1000
+    assert pruned.logits(torch.randn(2, 3, 224, 224)).shape == (2, 1000)
+    assert pruned.meta.extra["pruning"]["method"] == "channel"
+
+
+def test_cifar_pruning_touches_only_inner_convs(tmp_path: Path) -> None:
+    report = prune("cifar_resnet20", "channel", tmp_path / "c.pt", amount=0.3, pretrained=False, check_images=8)
+    assert report.widths and all(name.endswith(".conv1") and name.startswith("layer") for name in report.widths)
+    module = load_model(report.path).module
+    for stage, width in ((module.layer1, 16), (module.layer2, 32), (module.layer3, 64)):
+        assert all(block.conv2.out_channels == width for block in stage)  # option-A shortcuts pin these
+    assert report.params_after < report.params_before
+
+
+def test_l1_unstructured_is_permanent_and_honest(tmp_path: Path) -> None:
+    report = prune("cifar_resnet20", "l1-unstructured", tmp_path / "l.pt", amount=0.5, pretrained=False, check_images=8)
+    assert report.sparsity == pytest.approx(0.5, abs=0.01)
+    assert report.macs_after == report.macs_before
+    assert report.params_after < report.params_before
+    assert any("do not make dense kernels faster" in note for note in report.notes)
+    state = torch.load(report.path, weights_only=True)["state_dict"]
+    assert not any(key.endswith(("_orig", "_mask")) for key in state)
+    weights = [m.weight for m in load_model(report.path).module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.5, abs=0.01)
+
+
+def test_finetune_keeps_structure_and_sparsity(tmp_path: Path) -> None:
+    from resnetkit.zoo import CIFAR10_CLASSES
+
+    for i, name in enumerate(CIFAR10_CLASSES):
+        make_image(tmp_path / "train" / name / f"{i}.png", size=(32, 32), seed=i)
+    report = prune("cifar_resnet20", "l1-unstructured", tmp_path / "l.pt", amount=0.4, pretrained=False,
+                   finetune_dir=str(tmp_path / "train"), epochs=1, workers=0, check_images=8)
+    assert report.finetune is not None
+    module = load_model(report.path).module
+    assert sum(int((m.weight == 0).sum()) for m in module.modules() if isinstance(m, nn.Conv2d)) > 0
+
+
+def test_bad_prune_requests(tmp_path: Path) -> None:
+    with pytest.raises(PruningError, match="unsupported for shufflenet_v2_x1_0: its channel shuffle"):
+        prune("shufflenet_v2_x1_0", "channel", tmp_path / "s.pt", pretrained=False, check_images=8)
+    with pytest.raises(PruningError, match="Unknown pruning method 'random'"):
+        prune("cifar_resnet20", "random", tmp_path / "s.pt", pretrained=False, check_images=8)
+    with pytest.raises(PruningError, match="between 0 and 1"):
+        prune("cifar_resnet20", "channel", tmp_path / "s.pt", amount=30, pretrained=False, check_images=8)

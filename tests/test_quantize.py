@@ -1,0 +1,111 @@
+"""Quantization round trips (artifact loads, classifies, keeps metadata) and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetkit import compare, load_model
+from resnetkit.errors import DatasetError, ResnetkitError
+from resnetkit.predict import classify
+from resnetkit.quantize import QuantizationError, quantize
+
+from conftest import make_image
+
+
+@pytest.fixture(autouse=True)
+def fast_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compare, "LATENCY_SECONDS", 0.05)
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("calib")
+    for i in range(12):
+        make_image(root / f"class{i % 2}" / f"{i}.png", size=(36, 36), seed=i)
+    return root
+
+
+def _round_trip(path: str, tmp_path: Path) -> None:
+    loaded = load_model(path)
+    reference = load_model("cifar_resnet20", pretrained=False)
+    assert loaded.meta.categories == reference.meta.categories
+    assert loaded.meta.preprocessing == reference.meta.preprocessing
+    [result] = classify(loaded, [make_image(tmp_path / "x.jpg", size=(40, 30))], top_k=2)
+    assert result.error is None and len(result.predictions) == 2
+
+
+@pytest.mark.parametrize("backend,suffix", [("openvino", ".xml"), ("onnxruntime", ".onnx")])
+def test_static_int8_round_trip(tmp_path: Path, calib_dir: Path, backend: str, suffix: str) -> None:
+    report = quantize("cifar_resnet20", "static-int8", tmp_path / f"q{suffix}", backend=backend, pretrained=False,
+                      calib_dir=str(calib_dir), calib_size=8, check_images=8)
+    assert report.precision == "int8"
+    assert report.int8_kernels and sum(report.int8_kernels.values()) >= 19  # every conv of ResNet-20
+    assert report.size_bytes < report.fp32_size_bytes / 2
+    assert report.calibration.startswith("8 images")
+    assert load_model(report.path).meta.extra["quantization"]["method"] == "static-int8"
+    _round_trip(report.path, tmp_path)
+
+
+def test_dynamic_int8_says_only_linear_is_touched(tmp_path: Path) -> None:
+    report = quantize("cifar_resnet20", "dynamic-int8", tmp_path / "d.onnx", pretrained=False, check_images=16)
+    assert report.backend == "onnxruntime" and report.int8_kernels
+    assert any("only Linear" in note and "no" in note for note in report.notes)
+    assert report.agreement.top1_agreement >= 90.0
+    _round_trip(report.path, tmp_path)
+
+
+@pytest.mark.parametrize("method,backend,suffix", [("fp16", "eager", ".pt"), ("bf16", "openvino", ".xml")])
+def test_float_round_trip(tmp_path: Path, method: str, backend: str, suffix: str) -> None:
+    report = quantize("cifar_resnet20", method, tmp_path / f"f{suffix}", backend=backend, pretrained=False,
+                      check_images=16)
+    assert report.size_bytes < 0.6 * report.fp32_size_bytes
+    assert report.agreement.top1_agreement >= 90.0
+    loaded = load_model(report.path)
+    assert loaded.runner.precision in (method, "fp32")  # fp32 only where the CPU lacks the format
+    if backend == "eager":
+        assert loaded.runner.precision == "fp16"
+        assert next(loaded.module.parameters()).dtype == torch.float16
+    _round_trip(report.path, tmp_path)
+
+
+def test_bad_quantize_requests(tmp_path: Path) -> None:
+    with pytest.raises(QuantizationError, match="Unknown quantization method 'int4'"):
+        quantize("cifar_resnet20", "int4", tmp_path / "q.xml", pretrained=False)
+    with pytest.raises(QuantizationError, match="needs calibration images"):
+        quantize("cifar_resnet20", "static-int8", tmp_path / "q.xml", pretrained=False)
+    with pytest.raises(QuantizationError, match="with --backend onnxruntime"):
+        quantize("cifar_resnet20", "dynamic-int8", tmp_path / "q.xml", backend="openvino", pretrained=False)
+    with pytest.raises(ResnetkitError, match=r"end in \.onnx"):
+        quantize("cifar_resnet20", "dynamic-int8", tmp_path / "q.xml", pretrained=False)
+
+
+def test_calibration_folder_without_images(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "cats").mkdir(parents=True)
+    (empty / "cats" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match="no image files"):
+        quantize("cifar_resnet20", "static-int8", tmp_path / "q.xml", pretrained=False, calib_dir=str(empty))
+    with pytest.raises(DatasetError, match="No such folder"):
+        quantize("cifar_resnet20", "static-int8", tmp_path / "q.xml", pretrained=False, calib_dir=str(tmp_path / "nope"))
+
+
+def test_cli_prints_error_without_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).parent / "resnetkit"
+    result = subprocess.run([str(cli), "quantize", "cifar_resnet20", "--method", "int3",
+                             "-o", str(tmp_path / "q.xml")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Unknown quantization method" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_static_int8_keeps_cifar_accuracy(tmp_path: Path, cifar_weights: Path, cifar_test_dir: Path) -> None:
+    report = quantize("cifar_resnet20", "static-int8", tmp_path / "q.xml", calib_dir=str(cifar_test_dir.parent / "train"),
+                      calib_size=200, eval_dir=str(cifar_test_dir), eval_limit=1000)
+    assert report.top1 >= report.fp32_top1 - 1.5  # 1,000 images: the full-set bound (0.5) is in benchmarks/
+    assert report.agreement.top1_agreement >= 95.0
