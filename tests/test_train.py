@@ -248,6 +248,16 @@ def test_cli_finetune_and_error_messages(trained_run: tuple[Path, dict], shapes:
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_cli_resume_extends_a_finished_run(trained_run: tuple[Path, dict], tmp_path: Path) -> None:
+    run_dir = tmp_path / "more"
+    shutil.copytree(trained_run[0], run_dir)
+    done = subprocess.run([RESNETKIT, "train", "--resume", str(run_dir), "--epochs", "4", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "3 of 4 epochs done" in done.stderr and json.loads(done.stdout)["epochs_run"] == 4
+    assert epoch_metrics(run_dir)[:3] == epoch_metrics(trained_run[0])
+
+
 # --- distillation ---------------------------------------------------------------------------
 
 def test_distillation_loss_is_cross_entropy_when_teacher_agrees() -> None:

@@ -94,11 +94,11 @@ def _launch(task: str, options: dict[str, Any]) -> None:
 
 def _start(task: str, options: dict[str, Any]) -> None:
     run_dir, json_output, with_baseline = options.pop("resume"), options.pop("json_output"), options.pop("baseline", False)
-    if task == "distill" and with_baseline:
-        config = _saved_config(run_dir, options["epochs"]) if run_dir else _config(task, options)
+    config = _saved_config(run_dir, options["epochs"]) if run_dir else _config(task, options)
+    if config.task == "distill" and with_baseline:
         result = distill_with_baseline(config, resuming=bool(run_dir))
-    else:
-        result = resume(run_dir, epochs=options["epochs"]) if run_dir else run(_config(task, options))
+    else:  # with --resume, also the baseline folder of a distillation
+        result = resume(run_dir, epochs=config.epochs) if run_dir else run(config)
     if launched_rank() != 0:
         return
     if json_output:
