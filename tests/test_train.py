@@ -280,7 +280,7 @@ def test_distill_reports_student_with_and_without_teacher(trained_run: tuple[Pat
 def test_ddp_two_processes_on_gloo(trained_run: tuple[Path, dict], shapes: Path, tmp_path: Path) -> None:
     """The same run as ``trained_run`` (one process) under torchrun with two gloo processes."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    done = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29533", RESNETKIT, "train", "cifar_resnet20",
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", RESNETKIT, "train", "cifar_resnet20",
                            str(shapes), "-o", str(tmp_path / "two"), "--epochs", "3", "--batch-size", "8", "--lr", "0.05",
                            "--json"], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
