@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -109,7 +110,8 @@ def cifar_row(name: str, args: argparse.Namespace, train_subset: Path, tmp: Path
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    result: dict[str, Any] = {"amount": args.amount, "rounds": args.rounds, "imagenet": [], "cifar": []}
+    result: dict[str, Any] = {"amount": args.amount, "rounds": args.rounds, "imagenet": [], "cifar": [],
+                              "load_average_1min_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for name in filter(None, args.imagenet_models.split(",")):
@@ -119,6 +121,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             import_weights(args.weights_dir)
             subset = balanced_subset(args.train, args.finetune_images, tmp / "train-subset")
             result["cifar"] = [cifar_row(name, args, subset, tmp) for name in cifar]
+    result["load_average_1min_after"] = os.getloadavg()[0]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output, json.dumps(result, indent=2))
     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -99,8 +100,10 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()
     rows = [row for name in args.models.split(",") for row in bench_model(name, args)]
-    result = {"threads": torch.get_num_threads(), "rounds": args.rounds, "pt2e_x86_inductor": pt2e_status(),
+    result = {"threads": torch.get_num_threads(), "rounds": args.rounds,
+              "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]}, "pt2e_x86_inductor": pt2e_status(),
               "openvino_default_precision": openvino_backend.default_precision(), "rows": rows}
     print(f"{'model':10} {'requested':22} {'ran as':26} {'latency ms':>10} {'vs eager':>9}  int8 kernels")
     for r in rows:
@@ -110,6 +113,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{r['model']:10} {requested:22} {ran:26} {r['latency_ms']:10.2f} {r['speedup_vs_eager_fp32']:8.2f}x  "
               f"{kernels or '-'}")
     print(f"PT2E X86InductorQuantizer: {result['pt2e_x86_inductor']}")
+    print(f"load average (1 min) before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output, json.dumps(result, indent=2))
     return result

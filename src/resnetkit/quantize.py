@@ -2,8 +2,9 @@
 
 Each method writes an artifact for one backend and reports size, latency and predictions
 against the fp32 eager model. Static int8 defaults to OpenVINO + NNCF because it was the
-fastest at equal accuracy on the machines measured (see docs/optimize.md and
-benchmarks/optimize_int8_paths.py); ONNX Runtime QDQ is the alternative.
+fastest at equal accuracy on the machine measured (docs/optimize.md; benchmarks/optimize_speed.py
+and optimize_fidelity.py); ONNX Runtime QDQ is the alternative. PT2E with the x86 inductor
+quantizer was tried and could not quantize torchvision ResNets with torch 2.14 + torchao 0.18.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ per-channel int8 weights, ``reduce_range`` on CPUs without VNNI, percentile cali
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import tempfile
 from dataclasses import dataclass, field
@@ -40,9 +41,9 @@ def to_onnx(module: nn.Module, meta: ModelMeta, *, dynamic_batch: bool = True, b
     import onnxscript  # noqa: F401  (the dynamo exporter needs it; fail here with its own message)
     example = torch.zeros(2 if dynamic_batch else batch_size, *meta.preprocessing.input_shape)
     shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    program = torch.onnx.export(module.float().eval(), (example,), dynamo=True, opset_version=opset or DEFAULT_OPSET,
-                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
-                                verbose=False)
+    program = torch.onnx.export(copy.deepcopy(module).float().eval(), (example,), dynamo=True,
+                                opset_version=opset or DEFAULT_OPSET, input_names=[INPUT_NAME],
+                                output_names=[OUTPUT_NAME], dynamic_shapes=shapes, verbose=False)
     model = program.model_proto
     _check_opset(model, opset or DEFAULT_OPSET)
     # The exporter's intermediate shape annotations can disagree with ONNX shape inference

@@ -6,6 +6,7 @@ for an fp32 model); runners read back what the compiled model actually uses and 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import tempfile
@@ -36,7 +37,7 @@ def to_openvino(module: nn.Module, meta: ModelMeta) -> ov.Model:
     import openvino as ov
 
     shape = meta.preprocessing.input_shape
-    model = ov.convert_model(module.float().eval(), example_input=torch.zeros(1, *shape), input=[(-1, *shape)])
+    model = ov.convert_model(copy.deepcopy(module).float().eval(), example_input=torch.zeros(1, *shape), input=[(-1, *shape)])
     set_meta(model, meta)
     return model
 

@@ -6,6 +6,7 @@ it (LibTorch in C++, older mobile stacks). Loading runs it with the eager runner
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ def save_torchscript(module: nn.Module, meta: ModelMeta, path: str | Path) -> Pa
     """Trace ``module`` at batch 1 and write it with ``meta``; traced convnets accept any batch size."""
     example = torch.zeros(1, *meta.preprocessing.input_shape)
     with torch.no_grad():
-        traced = torch.jit.trace(module.float().eval(), example)
+        traced = torch.jit.trace(copy.deepcopy(module).float().eval(), example)
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer, _extra_files={META_FILE: meta_to_json(meta)})
     with atomic_write(path) as handle:
