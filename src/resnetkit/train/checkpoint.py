@@ -25,7 +25,7 @@ class Progress:
 
     epoch: int = 0  # completed epochs
     step: int = 0  # batches done in the unfinished epoch
-    partial: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # loss sum, correct, seen, skipped
+    partial: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # this process: loss sum, correct, seen, skipped
     best_value: float | None = None
     best_epoch: int = 0
     stale_epochs: int = 0  # epochs since the best, for early stopping
@@ -47,20 +47,23 @@ class Resumable:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     scaler: dict[str, Any]
-    rng: list[dict[str, Any]]  # one per rank
+    ranks: list[dict[str, Any]]  # one per process, see rank_state
 
 
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+def rank_state(partial: list[float]) -> dict[str, Any]:
+    """What differs between processes: RNG states and the unfinished epoch's partial sums."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "partial": list(partial)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def restore_rank_state(state: dict[str, Any]) -> list[float]:
+    """Set the RNG states saved by :func:`rank_state`; returns the partial sums."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    return list(state["partial"])
 
 
 def with_training_record(meta: ModelMeta, config: TrainConfig, progress: Progress) -> ModelMeta:
@@ -74,9 +77,9 @@ def save_best(run_dir: Path, module: nn.Module, meta: ModelMeta) -> None:
 
 
 def save_last(run_dir: Path, module: nn.Module, meta: ModelMeta, config: TrainConfig, progress: Progress,
-              optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, rng: list[dict[str, Any]]) -> None:
+              optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, ranks: list[dict[str, Any]]) -> None:
     state = {"config": config.to_dict(), "progress": progress.to_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng}
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ranks": ranks}
     save_artifact(run_dir / LAST, module, meta, additional={"train_state": state})
 
 
@@ -96,5 +99,5 @@ def load_resumable(run_dir: str | Path) -> Resumable:
         optimizer=state["optimizer"],
         scheduler=state["scheduler"],
         scaler=state["scaler"],
-        rng=state["rng"],
+        ranks=state["ranks"],
     )

@@ -132,7 +132,7 @@ class Trainer:
         self.scheduler.load_state_dict(resume.scheduler)
         self.step.scaler.load_state_dict(resume.scaler)
         self.progress = resume.progress
-        ckpt.set_rng_state(resume.rng[self.ctx.rank % len(resume.rng)])
+        self.progress.partial = ckpt.restore_rank_state(resume.ranks[self.ctx.rank % len(resume.ranks)])
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -237,14 +237,14 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------
 
     def _save(self, best: bool) -> None:
-        rng = self.ctx.gather(ckpt.rng_state())
+        ranks = self.ctx.gather(ckpt.rank_state(self.progress.partial))
         if self.run_dir is None or not self.ctx.is_main:
             return
         meta = ckpt.with_training_record(self.meta, self.config, self.progress)
         if best:
             ckpt.save_best(self.run_dir, self.module, meta)
         ckpt.save_last(self.run_dir, self.module, meta, self.config, self.progress, self.step.optimizer,
-                       self.scheduler, self.step.scaler, rng)
+                       self.scheduler, self.step.scaler, ranks)
         write_metrics(self.run_dir, self.progress.history, self.summary())
 
     def _save_interrupted(self) -> None:
