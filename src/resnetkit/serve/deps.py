@@ -23,11 +23,12 @@ T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="Needed only when the server runs with --token / RESNETKIT_TOKEN.")
 
 
-def get_hub(request: Request) -> ModelHub:
+# Dependencies are ``async def``: FastAPI would run plain functions in a thread pool, a thread hop per call.
+async def get_hub(request: Request) -> ModelHub:
     return request.app.state.hub
 
 
-def get_settings(request: Request) -> ServeSettings:
+async def get_settings(request: Request) -> ServeSettings:
     return request.app.state.hub.settings
 
 
@@ -35,7 +36,7 @@ Hub = Annotated[ModelHub, Depends(get_hub)]
 Settings = Annotated[ServeSettings, Depends(get_settings)]
 
 
-def require_token(settings: Settings,
+async def require_token(settings: Settings,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """With a token configured, the request must carry ``Authorization: Bearer <token>``."""
     if settings.token is None:
