@@ -74,6 +74,8 @@ def quantize_static(model: ov.Model, batches: Sequence[torch.Tensor], method: st
 
     Activation ranges come from ``method``: histogram (default) or percentile estimators
     keep outliers from stretching the int8 range; minmax is there for comparison."""
+    if importlib.util.find_spec("nncf") is None:
+        raise BackendUnavailableError("int8 on OpenVINO needs NNCF: pip install nncf (or use --backend onnxruntime).")
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
