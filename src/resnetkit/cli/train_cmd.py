@@ -88,7 +88,8 @@ def _launch(task: str, options: dict[str, Any]) -> None:
     try:
         _start(task, options)
     except TrainingInterrupted as exc:
-        err_console.print(str(exc), highlight=False)
+        if launched_rank() == 0:
+            err_console.print(str(exc), highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 

@@ -65,7 +65,8 @@ def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None, log: L
         splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed, state.meta.categories)
         module = build_from_artifact(state.meta, state.model_state)
         where = f", inside epoch {state.progress.epoch + 1} after batch {state.progress.step}" if state.progress.step else ""
-        log(f"resuming {run_dir}: {state.progress.epoch} of {config.epochs} epochs done{where}")
+        if ctx.is_main:
+            log(f"resuming {run_dir}: {state.progress.epoch} of {config.epochs} epochs done{where}")
         trainer = Trainer(module, state.meta, config, splits, _objective(config, teacher, ctx), ctx, Path(run_dir), log,
                           resume=state, progress_bar=progress_bar)
         return trainer.fit()
