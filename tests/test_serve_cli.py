@@ -10,11 +10,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from conftest import make_image
 from resnetkit.artifacts import save_artifact
