@@ -87,9 +87,9 @@ def test_calibration_folder_without_images(tmp_path: Path) -> None:
     (empty / "cats").mkdir(parents=True)
     (empty / "cats" / "notes.txt").write_text("not an image")
     with pytest.raises(DatasetError, match="no image files"):
-        quantize("cifar_resnet20", "static-int8", tmp_path / "q.xml", pretrained=False, calib_dir=str(empty))
+        quantize("cifar_resnet20", "static-int8", tmp_path / "q.onnx", pretrained=False, calib_dir=str(empty))
     with pytest.raises(DatasetError, match="No such folder"):
-        quantize("cifar_resnet20", "static-int8", tmp_path / "q.xml", pretrained=False, calib_dir=str(tmp_path / "nope"))
+        quantize("cifar_resnet20", "static-int8", tmp_path / "q.onnx", pretrained=False, calib_dir=str(tmp_path / "nope"))
 
 
 def test_cli_prints_error_without_traceback(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_cli_prints_error_without_traceback(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_static_int8_keeps_cifar_accuracy(tmp_path: Path, cifar_weights: Path, cifar_test_dir: Path) -> None:
-    report = quantize("cifar_resnet20", "static-int8", tmp_path / "q.xml", calib_dir=str(cifar_test_dir.parent / "train"),
+    report = quantize("cifar_resnet20", "static-int8", tmp_path / "q.onnx", calib_dir=str(cifar_test_dir.parent / "train"),
                       calib_size=200, eval_dir=str(cifar_test_dir), eval_limit=1000)
     assert report.top1 >= report.fp32_top1 - 1.5  # 1,000 images: the full-set bound (0.5) is in benchmarks/
     assert report.agreement.top1_agreement >= 95.0

@@ -84,7 +84,7 @@ def quantize_command(
     model: ModelArg,
     method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(QUANTIZE_BACKENDS)}.")],
     output: OutputOpt,
-    backend: Annotated[str | None, typer.Option("--backend", help="openvino (default; .xml), onnxruntime (.onnx) or eager (.pt, fp16/bf16).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="onnxruntime (.onnx; default for int8), openvino (.xml; default for fp16/bf16) or eager (.pt, fp16/bf16).")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration images (static-int8), any folder layout.")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", min=1, help="Calibration images to use.")] = 300,
     calibration: Annotated[str | None, typer.Option("--calibration", help=f"Activation ranges: {', '.join(CALIBRATION_METHODS)} (default: histogram on openvino, percentile on onnxruntime).")] = None,
@@ -117,7 +117,7 @@ def _print_quantize(report: QuantizeReport) -> None:
     ]
     columns = ("", "size (MB)", f"latency p50 (ms, batch {report.batch_size})", "speed-up vs eager", "top-1 %")
     console.print(_table(f"{report.model} {report.method} -> {report.path}", rows, columns))
-    console.print(f"size: {ratio(report.fp32_size_bytes, report.size_bytes)} smaller than the fp32 weights", highlight=False)
+    console.print(f"size: {_size_change(report.fp32_size_bytes, report.size_bytes)} the fp32 weights", highlight=False)
     if report.int8_kernels:
         kernels = ", ".join(f"{op} x{n}" for op, n in report.int8_kernels.items())
         console.print(f"int8 kernels in the runtime graph: {kernels}", highlight=False)
@@ -179,6 +179,10 @@ def _print_prune(report: PruneReport) -> None:
                       f"{finetuned}", highlight=False)
     _print_agreement(report.agreement, "the unpruned model")
     _print_notes(report.notes)
+
+
+def _size_change(before: int, after: int) -> str:
+    return f"{ratio(before, after)} smaller than" if after <= before else f"{ratio(after, before)} larger than"
 
 
 def _pct(before: float, after: float) -> str:
