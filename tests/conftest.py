@@ -30,6 +30,14 @@ def isolated_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["TORCH_HOME"] = old
 
 
+@pytest.fixture(autouse=True)
+def seeded_torch() -> None:
+    """Random weights and inputs are the same in every test, whatever ran before it."""
+    import torch
+
+    torch.manual_seed(0)
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is missing (../shared holds real weights and data for developers and CI only)")

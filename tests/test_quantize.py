@@ -53,7 +53,7 @@ def test_dynamic_int8_says_only_linear_is_touched(tmp_path: Path) -> None:
     report = quantize("cifar_resnet20", "dynamic-int8", tmp_path / "d.onnx", pretrained=False, check_images=16)
     assert report.backend == "onnxruntime" and report.int8_kernels
     assert any("only Linear" in note and "no" in note for note in report.notes)
-    assert report.agreement.top1_agreement >= 90.0
+    assert report.agreement.n_inputs == 16 and report.agreement.inputs == "16 generated random-pixel images"
     _round_trip(report.path, tmp_path)
 
 
@@ -62,7 +62,6 @@ def test_float_round_trip(tmp_path: Path, method: str, backend: str, suffix: str
     report = quantize("cifar_resnet20", method, tmp_path / f"f{suffix}", backend=backend, pretrained=False,
                       check_images=16)
     assert report.size_bytes < 0.6 * report.fp32_size_bytes
-    assert report.agreement.top1_agreement >= 90.0
     loaded = load_model(report.path)
     assert loaded.runner.precision in (method, "fp32")  # fp32 only where the CPU lacks the format
     if backend == "eager":
@@ -109,3 +108,16 @@ def test_static_int8_keeps_cifar_accuracy(tmp_path: Path, cifar_weights: Path, c
                       calib_size=200, eval_dir=str(cifar_test_dir), eval_limit=1000)
     assert report.top1 >= report.fp32_top1 - 1.5  # 1,000 images: the full-set bound (0.5) is in benchmarks/
     assert report.agreement.top1_agreement >= 95.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,backend,suffix", [("dynamic-int8", "onnxruntime", ".onnx"), ("fp16", "eager", ".pt"),
+                                                   ("bf16", "openvino", ".xml")])
+def test_quantized_predictions_stay_close_on_real_images(tmp_path: Path, cifar_weights: Path, cifar_test_dir: Path,
+                                                         method: str, backend: str, suffix: str) -> None:
+    # Agreement only means something for a trained model on real images: random weights give near-tied logits.
+    report = quantize("cifar_resnet20", method, tmp_path / f"q{suffix}", backend=backend, eval_dir=str(cifar_test_dir),
+                      eval_limit=500, check_images=128)
+    assert report.agreement.n_inputs == 128 and str(cifar_test_dir) in report.agreement.inputs
+    assert report.agreement.top1_agreement >= 90.0  # the full-set figures (98-99 %) are in docs/optimize.md
+    assert abs(report.top1 - report.fp32_top1) <= 2.0

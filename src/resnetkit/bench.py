@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import os
 import platform
-import resource
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -25,7 +23,7 @@ from PIL import Image
 
 from .errors import ResnetkitError
 from .images import decode_image
-from .measure import Timing, count_macs, count_params, serialized_size_bytes, time_calls
+from .measure import Timing, count_macs, count_params, peak_rss_mb, reset_peak_rss, serialized_size_bytes, time_calls
 from .models import Classifier, load_model
 from .runners import RunnerOptions
 from .zoo import get_spec, is_zoo_name
@@ -58,7 +56,13 @@ class BenchConfig:
 
 @dataclass
 class BenchRecord:
-    """One measured variant. Sizes in MB (10^6 bytes), times in ms, memory in MB."""
+    """One measured variant. Sizes in MB (10^6 bytes), times in ms, memory in MB.
+
+    ``peak_mem_mb`` is the peak RSS of the measuring process from just before the model is
+    built to the last timed run (Python, torch and the model together); ``baseline_mem_mb``
+    is what the process held before the model was built, so the model's own share is the
+    difference.
+    """
 
     model: str
     backend: str
@@ -88,6 +92,7 @@ class BenchRecord:
     e2e_latency_ms_p50: float | None = None
     preprocess_ms_p50: float | None = None
     eval_images: int | None = None
+    baseline_mem_mb: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -145,16 +150,11 @@ def _run_isolated(variant: Variant, config: BenchConfig) -> BenchRecord:
         return pool.submit(bench_variant, variant, config).result()
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
-
-
 def bench_variant(variant: Variant, config: BenchConfig) -> BenchRecord:
     """Measure one variant in this process."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    rss_before = _peak_rss_mb()
+    baseline_mb = reset_peak_rss()
     options = RunnerOptions(batch_size=config.batch_size, precision=variant.precision)
     with_weights = config.eval_dir is not None
     classifier = load_model(variant.model, pretrained=with_weights, backend=variant.backend, options=options)
@@ -168,8 +168,11 @@ def bench_variant(variant: Variant, config: BenchConfig) -> BenchRecord:
                          min_runs=config.min_runs, min_seconds=config.min_seconds)
     throughput = time_calls(lambda: classifier.logits(batch), warmup=1, min_runs=config.throughput_runs,
                             min_seconds=config.min_seconds, max_runs=max(config.throughput_runs, 50))
-    peak = _peak_rss_mb() - rss_before
-    record = _record(variant, config, classifier, latency, throughput, peak)
+    peak_mb = peak_rss_mb()  # before _record: serializing the state dict to measure its size allocates too
+    record = _record(variant, config, classifier, latency, throughput, peak_mb)
+    record.baseline_mem_mb = baseline_mb
+    if baseline_mb is None:
+        record.notes.append("peak memory includes the imports before the model was built (peak RSS cannot be reset here)")
     if config.end_to_end:
         record.preprocess_ms_p50, record.e2e_latency_ms_p50 = _end_to_end(classifier, config)
     if config.eval_dir:

@@ -6,9 +6,13 @@ Library functions that return numbers; the CLI and benchmarks format them.
 from __future__ import annotations
 
 import io
+import re
+import resource
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -37,6 +41,42 @@ def serialized_size_bytes(module: nn.Module, dtype: torch.dtype | None = None) -
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.tell()
+
+
+_PROC_STATUS = Path("/proc/self/status")
+_PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _proc_status_mb(field: str) -> float | None:
+    """A ``kB`` line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB; None off Linux."""
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", _PROC_STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 / 1e6 if match else None
+
+
+def reset_peak_rss() -> float | None:
+    """Lower the kernel's peak-RSS mark to the current RSS and return that RSS in MB.
+
+    Linux (>= 4.0) resets the mark when a process writes ``5`` to its own ``clear_refs``;
+    elsewhere nothing is reset and None is returned, so the peak read later includes
+    everything the process did before (imports included).
+    """
+    try:
+        _PROC_CLEAR_REFS.write_text("5")
+    except OSError:
+        return None
+    return _proc_status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory in MB (since the last :func:`reset_peak_rss`)."""
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return max_rss / 1e6 if sys.platform == "darwin" else max_rss * 1024 / 1e6
 
 
 @dataclass(frozen=True)

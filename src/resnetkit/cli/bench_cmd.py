@@ -86,8 +86,18 @@ def _print_table(records: Sequence[BenchRecord], config: BenchConfig) -> None:
         f"latency: batch 1, median and 90th percentile of >= {config.min_runs} timed runs (>= {config.min_seconds:g} s) "
         f"after {config.warmup} warm-up runs; throughput: batch {config.batch_size}, median of >= {config.throughput_runs} runs; "
         f"float32 input, {first.memory_format}, one fresh process per model; GMACs counted with torch.utils.flop_counter "
-        f"at the model's input size; sizes are torch.save'd state dicts (MB = 10^6 bytes); peak MB: growth of the "
-        f"process's peak RSS while building and running the model.\naccuracy: " + "; ".join(sources), highlight=False)
+        f"at the model's input size; sizes are torch.save'd state dicts (MB = 10^6 bytes); peak MB: peak RSS of the "
+        f"measuring process while building and running the model{_baseline_note(records)}.\naccuracy: " + "; ".join(sources),
+        highlight=False)
+
+
+def _baseline_note(records: Sequence[BenchRecord]) -> str:
+    baselines = [r.baseline_mem_mb for r in records if r.baseline_mem_mb is not None]
+    if not baselines:
+        return " (including everything the process loaded before it)"
+    low, high = min(baselines), max(baselines)
+    held = f"{low:.0f}" if round(low) == round(high) else f"{low:.0f}-{high:.0f}"
+    return f", Python and torch included (the process held {held} MB before the model was built)"
 
 
 def _write_outputs(records: Sequence[BenchRecord], json_file: str | None, csv_file: str | None, plot: str | None) -> None:
