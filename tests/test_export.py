@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from resnetkit import compare, load_model
-from resnetkit.errors import ResnetkitError, UnknownModelError
+from resnetkit.errors import BackendUnavailableError, ResnetkitError, UnknownModelError
 from resnetkit.export import export_model
 from resnetkit.predict import classify
+from resnetkit.runners import RunnerOptions
 
 from conftest import make_image
 
@@ -50,6 +51,12 @@ def test_onnx_passes_checker_and_fixed_batch(tmp_path: Path) -> None:
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
     assert any(o.version == 20 for o in model.opset_import if o.domain in ("", "ai.onnx"))
     assert report.agreement.n_inputs == 8
+    # Batches of another size run in slices of the fixed size: 5 images = 3 slices, the last one padded.
+    fixed = load_model(report.path)
+    batch = torch.randn(5, 3, 32, 32)
+    logits = fixed.logits(batch)
+    exact_size = torch.cat([fixed.logits(batch[0:2]), fixed.logits(batch[2:4]), fixed.logits(batch[[4, 0]])[:1]])
+    assert logits.shape == (5, 10) and torch.allclose(logits, exact_size, atol=1e-5)
 
 
 def test_onnx_artifact_runs_on_openvino_and_auto(tmp_path: Path) -> None:
@@ -62,6 +69,15 @@ def test_onnx_artifact_runs_on_openvino_and_auto(tmp_path: Path) -> None:
     assert torch.allclose(openvino.logits(batch), expected, atol=1e-3)
     auto = load_model(path, backend="auto")
     assert auto.runner.backend.endswith("(auto)")
+
+
+def test_exported_files_refuse_backends_and_precisions_they_cannot_run(tmp_path: Path) -> None:
+    path = export_model("cifar_resnet20", "onnx", tmp_path / "m.onnx", pretrained=False, check_images=4).path
+    assert load_model(path).runner.backend == "onnxruntime"  # no --backend: the file's own runtime
+    with pytest.raises(BackendUnavailableError, match="m.onnx is an ONNX graph; the eager backend cannot run it"):
+        load_model(path, backend="eager")
+    with pytest.raises(BackendUnavailableError, match="m.onnx computes in fp32 as stored, not bf16"):
+        load_model(path, options=RunnerOptions(precision="bf16"))
 
 
 def test_bad_export_requests(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ def test_l1_unstructured_is_permanent_and_honest(tmp_path: Path) -> None:
     assert report.macs_after == report.macs_before
     assert report.params_after < report.params_before
     assert any("do not make dense kernels faster" in note for note in report.notes)
+    assert any(note.startswith("the model has random weights") for note in report.notes)
     state = torch.load(report.path, weights_only=True)["state_dict"]
     assert not any(key.endswith(("_orig", "_mask")) for key in state)
     weights = [m.weight for m in load_model(report.path).module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -111,9 +111,9 @@ def test_cli_classify_json_and_exit_codes(cifar_weights, cifar_test_dir, tmp_pat
     data = json.loads(ok.stdout)
     assert data["model"] == "cifar_resnet20" and len(data["results"]) == 3
     assert all(len(r["predictions"]) == 2 and r["error"] is None for r in data["results"])
-    (folder / "zz_bad.png").write_bytes(b"nope")
+    (folder / "zz_bad[red].png").write_bytes(b"nope")  # brackets in a name must print as they are
     partial = _cli("classify", "cifar_resnet20", str(folder))
-    assert partial.returncode == 1 and "zz_bad.png: error:" in partial.stdout and partial.stdout.count("%") >= 3
+    assert partial.returncode == 1 and "zz_bad[red].png: error:" in partial.stdout and partial.stdout.count("%") >= 3
 
 
 def test_cli_evaluate_json_and_plot(cifar_weights, cifar_test_dir, tmp_path):

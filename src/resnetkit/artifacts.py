@@ -97,7 +97,7 @@ def _resized_layer(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
     raise WeightsError(f"Cannot resize layer {type(layer).__name__} to the saved shape {tuple(weight.shape)}.")
 
 
-def _load_torch_artifact(path: Path, backend: str, options: RunnerOptions) -> Classifier:
+def _load_torch_artifact(path: Path, backend: str | None, options: RunnerOptions) -> Classifier:
     meta, state = read_artifact(path)
     module = build_from_artifact(meta, state)
     stored = meta.extra.get("precision")  # e.g. "fp16" for weights quantized to fp16: run them as stored

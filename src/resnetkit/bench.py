@@ -26,6 +26,7 @@ from .images import decode_image
 from .measure import Timing, count_macs, count_params, peak_rss_mb, reset_peak_rss, serialized_size_bytes, time_calls
 from .models import Classifier, load_model
 from .runners import RunnerOptions
+from .spec import ModelMeta
 from .zoo import get_spec, is_zoo_name
 
 DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -106,9 +107,14 @@ class BenchRecord:
 
 @dataclass(frozen=True)
 class Variant:
+    """What to measure; ``None`` leaves the choice to the model (its own runtime, its stored precision)."""
+
     model: str
-    backend: str = "eager"
-    precision: str = "fp32"
+    backend: str | None = None
+    precision: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.model} [{self.backend or 'default backend'}/{self.precision or 'default precision'}]"
 
 
 def check_model_refs(models: Sequence[str]) -> None:
@@ -122,8 +128,8 @@ def bench(
     models: Sequence[str] = DEFAULT_MODELS,
     config: BenchConfig = BenchConfig(),
     *,
-    backends: Sequence[str] = ("eager",),
-    precisions: Sequence[str] = ("fp32",),
+    backends: Sequence[str | None] = (None,),
+    precisions: Sequence[str | None] = (None,),
     on_record: Callable[[BenchRecord | ResnetkitError, Variant], None] | None = None,
 ) -> list[BenchRecord]:
     """Measure every model x backend x precision; variants a backend cannot run are reported
@@ -185,7 +191,7 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, laten
     meta, module = classifier.meta, classifier.module
     shape = meta.preprocessing.input_shape
     return BenchRecord(
-        model=variant.model if is_zoo_name(variant.model) else meta.name,
+        model=variant.model,  # as the user named it: a zoo name or the artifact's path
         backend=classifier.runner.backend,
         precision=classifier.runner.precision,
         params_m=count_params(module) / 1e6 if module is not None else None,
@@ -199,10 +205,7 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, laten
         batch_size=config.batch_size,
         throughput_runs=throughput.runs,
         peak_mem_mb=peak_mb,
-        top1=meta.metrics.top1,
-        top5=meta.metrics.top5,
-        accuracy_source=f"published: {meta.metrics.source}" if meta.metrics.top1 is not None else "none",
-        accuracy_dataset=meta.metrics.dataset,
+        **_published_accuracy(meta, classifier.runner.precision),
         published_gmacs=meta.metrics.gmacs,
         input_size=shape[-1],
         threads=torch.get_num_threads(),
@@ -211,6 +214,20 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, laten
         torch_version=torch.__version__,
         cpu=_cpu_name(),
     )
+
+
+def _published_accuracy(meta: ModelMeta, precision: str) -> dict[str, Any]:
+    """The weights' published top-1/top-5 where they describe this variant: unmodified weights run in fp32."""
+    metrics = meta.metrics
+    if metrics.top1 is None:
+        source = "none published for these weights (measure with --eval DIR)"
+    elif precision != "fp32":
+        source = (f"not measured: the published {metrics.top1:.2f} % is for fp32 and this variant ran {precision} "
+                  "(measure with --eval DIR)")
+    else:
+        return {"top1": metrics.top1, "top5": metrics.top5, "accuracy_source": f"published: {metrics.source}",
+                "accuracy_dataset": metrics.dataset}
+    return {"top1": None, "top5": None, "accuracy_source": source, "accuracy_dataset": metrics.dataset}
 
 
 def synthetic_photo_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:

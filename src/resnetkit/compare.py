@@ -78,6 +78,14 @@ class Agreement:
                 f"max |logit diff| {self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g}")
 
 
+def random_weights_notes(meta: ModelMeta) -> list[str]:
+    """What a report on a model with random weights must not be read as."""
+    if meta.weights != "random":
+        return []
+    return ["the model has random weights: size, MACs and latency are real, but the top-1 agreement means "
+            "little (random logits are near-ties); use trained weights and --eval DIR to see the accuracy cost."]
+
+
 def agreement(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Callable[[torch.Tensor], torch.Tensor],
               batches: Sequence[torch.Tensor], inputs: str) -> Agreement:
     """Compare the logits of two runners over ``batches``."""

@@ -37,7 +37,7 @@ class Classifier:
 
 
 # An artifact loader: (path, backend, options) -> Classifier. Registered by suffix.
-ArtifactLoader = Callable[[Path, str, RunnerOptions], Classifier]
+ArtifactLoader = Callable[[Path, str | None, RunnerOptions], Classifier]
 _ARTIFACT_LOADERS: dict[str, ArtifactLoader] = {}
 
 
@@ -80,7 +80,7 @@ def load_model(
     *,
     weights: str | None = None,
     pretrained: bool = True,
-    backend: str = "eager",
+    backend: str | None = None,
     options: RunnerOptions | None = None,
     progress: bool | None = None,
 ) -> Classifier:
@@ -88,7 +88,8 @@ def load_model(
 
     ``weights`` is a weights tag of the zoo model (e.g. ``IMAGENET1K_V2``) or a checkpoint
     file; ``pretrained=False`` gives random weights (enough to measure cost). ``backend``
-    and ``options`` (precision, batch-size hint...) choose how the model runs.
+    and ``options`` (precision, batch-size hint...) choose how the model runs; ``backend=None``
+    runs it with its own runtime: eager PyTorch, ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``.
     """
     ref = str(ref)
     options = options or RunnerOptions()

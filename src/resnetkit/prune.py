@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from .artifacts import save_artifact
-from .compare import Agreement, agreement, latency, sample_batches, top1_accuracy
+from .compare import Agreement, agreement, latency, sample_batches, random_weights_notes, top1_accuracy
 from .errors import ResnetkitError
 from .export import check_output_path
 from .measure import count_macs, count_params, serialized_size_bytes
@@ -180,7 +180,7 @@ def prune(
         agreement=agreement(source.logits, pruned.logits, check, inputs),
         sparsity=report_sparsity, round_to=round_to if method == "channel" else None,
         widths={name: [before[name], after[name]] for name in before if before[name] != after[name]},
-        notes=_notes(method),
+        notes=_notes(method) + random_weights_notes(meta),
     )
     if eval_dir:
         report.eval_dir = str(eval_dir)
@@ -190,9 +190,8 @@ def prune(
         report.finetune = finetune(module, meta, finetune_dir, epochs=epochs, lr=lr, workers=workers)
         if eval_dir:
             report.top1_finetuned = top1_accuracy(pruned, eval_dir, eval_limit)
-    pruned_meta = meta.replace(extra={**meta.extra, "pruning": {"method": method, "amount": amount,
-                                                                "round_to": report.round_to,
-                                                                "finetune_epochs": epochs if finetune_dir else 0}})
+    pruned_meta = meta.derived(pruning={"method": method, "amount": amount, "round_to": report.round_to,
+                                        "finetune_epochs": epochs if finetune_dir else 0})
     save_artifact(path, module, pruned_meta)
     report.size_bytes_after = path.stat().st_size
     return report

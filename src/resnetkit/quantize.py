@@ -22,7 +22,7 @@ from torch import nn
 from .artifacts import save_artifact
 from .backends import onnxruntime as onnx_backend
 from .backends import openvino as openvino_backend
-from .compare import Agreement, agreement, image_batches, latency, sample_batches, top1_accuracy
+from .compare import Agreement, agreement, image_batches, latency, sample_batches, random_weights_notes, top1_accuracy
 from .errors import ResnetkitError
 from .export import artifact_size, check_output_path
 from .measure import serialized_size_bytes
@@ -128,9 +128,9 @@ def quantize(
     if source.module is None:
         raise QuantizationError(f"{model} is an exported graph; quantize the zoo model or a .pt artifact instead.")
     calibration = _calibration(source.meta, request)
-    meta = source.meta.replace(extra={**source.meta.extra, "precision": _stored_precision(method),
-                                      "quantization": {"method": method, "backend": request.backend,
-                                                       "calibration": calibration[1] if calibration else None}})
+    meta = source.meta.derived(precision=_stored_precision(method),
+                               quantization={"method": method, "backend": request.backend,
+                                             "calibration": calibration[1] if calibration else None})
     WRITERS[(method, request.backend)](copy.deepcopy(source.module), meta, request, calibration[0] if calibration else [])
     quantized = load_model(request.output)
     kernels = int8_kernels(quantized, request)
@@ -203,7 +203,7 @@ def _notes(source: Classifier, quantized: Classifier, request: QuantizeRequest, 
                      f"(no native {method} arithmetic).")
     if request.calib_dir and not eval_dir:
         notes.append("agreement was measured on images of the calibration folder (give --eval DIR for held-out data).")
-    return notes
+    return notes + random_weights_notes(source.meta)
 
 
 Writer = Callable[[nn.Module, ModelMeta, QuantizeRequest, list[torch.Tensor]], None]

@@ -97,9 +97,13 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-def make_runner(module: nn.Module, meta: ModelMeta, backend: str = "eager", options: RunnerOptions | None = None) -> Runner:
-    """A runner for ``module`` on ``backend``."""
-    return get_backend(backend).factory(module, meta, options or RunnerOptions())
+DEFAULT_BACKEND = "eager"  # for PyTorch modules; exported files default to their own runtime
+
+
+def make_runner(module: nn.Module, meta: ModelMeta, backend: str | None = None,
+                options: RunnerOptions | None = None) -> Runner:
+    """A runner for ``module`` on ``backend`` (``None``: eager PyTorch)."""
+    return get_backend(backend or DEFAULT_BACKEND).factory(module, meta, options or RunnerOptions())
 
 
 register_backend("eager", lambda module, meta, options: EagerRunner(module, options.precision or "fp32", options.device))

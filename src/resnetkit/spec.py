@@ -212,3 +212,13 @@ class ModelMeta:
 
     def replace(self, **changes: Any) -> "ModelMeta":
         return dataclasses.replace(self, **changes)
+
+    def derived(self, **extra: Any) -> "ModelMeta":
+        """Metadata of a model made from this one (quantized, pruned) with ``extra`` entries added.
+
+        The authors' published figures do not describe the new weights, so they move from
+        ``metrics`` to ``extra["source_metrics"]`` (kept for provenance, never reported as its accuracy).
+        """
+        source = self.extra.get("source_metrics") or (self.metrics.to_dict() if self.metrics.top1 is not None else None)
+        provenance = {"source_metrics": source} if source else {}
+        return self.replace(metrics=PublishedMetrics(), extra={**self.extra, **extra, **provenance})

@@ -14,16 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BackendUnavailableError, ResnetkitError, UnknownModelError
+from ..errors import ResnetkitError, UnknownModelError
 from ..fileio import atomic_write
 from ..models import Classifier, register_artifact_loader
 from ..runners import RunnerOptions, register_backend
 from ..spec import ModelMeta
-from .common import (META_KEY, calibration_batches, check_precision, cpu_has_vnni, meta_from_json, meta_to_json,
-                     progress_to_stderr)
+from .common import (META_KEY, calibration_batches, check_file_backend, check_file_precision, check_precision,
+                     cpu_has_vnni, meta_from_json, meta_to_json, progress_to_stderr)
 
 if TYPE_CHECKING:
     import onnx
@@ -100,10 +101,23 @@ class OnnxRuntimeRunner:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        batch_dim = graph_input.shape[0]
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = batch.detach().to(torch.float32).contiguous().numpy()
+        size = self.fixed_batch
+        if size is None or len(array) == size:
+            return self._run(array)
+        # A graph exported for a fixed batch size runs on slices of that size, the last one zero-padded.
+        pad = -len(array) % size
+        padded = np.concatenate([array, np.zeros((pad, *array.shape[1:]), array.dtype)]) if pad else array
+        logits = torch.cat([self._run(padded[i:i + size]) for i in range(0, len(padded), size)])
+        return logits[:len(array)]
+
+    def _run(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]).float()
 
 
@@ -195,22 +209,22 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Onnx
     return OnnxRuntimeRunner(model, precision)
 
 
-def _load_onnx(path: Path, backend: str, options: RunnerOptions) -> Classifier:
+def _load_onnx(path: Path, backend: str | None, options: RunnerOptions) -> Classifier:
     import onnx
 
+    check_file_backend(path, backend, ("onnxruntime", "openvino", "auto"), "an ONNX graph")
     model = onnx.load(str(path))
     meta = read_meta(model, path)
-    if backend in ("eager", "onnxruntime"):
+    if backend in (None, "onnxruntime"):
+        check_file_precision(path, options.precision, graph_precision(model))
         return Classifier(meta, OnnxRuntimeRunner(model, graph_precision(model)))
-    if backend in ("openvino", "auto"):
-        from . import auto, openvino
+    from . import auto, openvino
 
-        builders = {"onnxruntime": lambda: OnnxRuntimeRunner(model, graph_precision(model)),
-                    "openvino": lambda: openvino.runner_from_file(path, meta, options)}
-        if backend == "openvino":
-            return Classifier(meta, builders["openvino"]())
-        return Classifier(meta, auto.fastest(builders, meta, options.batch_size))
-    raise BackendUnavailableError(f"{path.name} is an ONNX file: run it with --backend onnxruntime, openvino or auto.")
+    builders = {"onnxruntime": lambda: OnnxRuntimeRunner(model, graph_precision(model)),
+                "openvino": lambda: openvino.runner_from_file(path, meta, options)}
+    if backend == "openvino":
+        return Classifier(meta, builders["openvino"]())
+    return Classifier(meta, auto.fastest(builders, meta, options.batch_size))
 
 
 def is_available() -> bool:

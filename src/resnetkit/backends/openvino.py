@@ -20,7 +20,8 @@ from ..errors import BackendUnavailableError, UnknownModelError
 from ..models import Classifier, register_artifact_loader
 from ..runners import RunnerOptions, register_backend
 from ..spec import ModelMeta
-from .common import META_KEY, calibration_batches, check_precision, meta_from_json, meta_to_json, progress_to_stderr
+from .common import (META_KEY, calibration_batches, check_file_backend, check_precision, meta_from_json, meta_to_json,
+                     progress_to_stderr)
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -163,11 +164,10 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Open
     return OpenVinoRunner(model, _float_hint(options, meta))
 
 
-def _load_ir(path: Path, backend: str, options: RunnerOptions) -> Classifier:
+def _load_ir(path: Path, backend: str | None, options: RunnerOptions) -> Classifier:
     import openvino as ov
 
-    if backend not in ("eager", "openvino", "auto"):
-        raise BackendUnavailableError(f"{path.name} is an OpenVINO model: run it with --backend openvino.")
+    check_file_backend(path, backend, ("openvino",), "an OpenVINO model")
     model = ov.Core().read_model(str(path))
     meta = read_meta(model, path)
     return Classifier(meta, OpenVinoRunner(model, _float_hint(options, meta)))

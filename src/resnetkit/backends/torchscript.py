@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import BackendUnavailableError
 from ..fileio import atomic_write
 from ..models import Classifier, register_artifact_loader
 from ..runners import RunnerOptions
 from ..spec import ModelMeta
-from .common import meta_from_json, meta_to_json
+from .common import check_file_backend, check_file_precision, meta_from_json, meta_to_json
 
 SUFFIX = ".torchscript"
 META_FILE = "resnetkit_meta.json"
@@ -48,9 +47,9 @@ class TorchScriptRunner:
             return self.module(batch.float()).float()
 
 
-def _load(path: Path, backend: str, options: RunnerOptions) -> Classifier:
-    if backend not in ("eager", "auto"):
-        raise BackendUnavailableError(f"{path.name} is a TorchScript file: it runs with the default backend only.")
+def _load(path: Path, backend: str | None, options: RunnerOptions) -> Classifier:
+    check_file_backend(path, backend, ("eager",), "a TorchScript file")
+    check_file_precision(path, options.precision, "fp32")
     extra = {META_FILE: ""}
     module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     if not extra[META_FILE]:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(
     name="resnetkit",
@@ -24,12 +25,20 @@ def _width(stream) -> int | None:
     return None if stream.isatty() or os.environ.get("COLUMNS") else 200
 
 
-console = Console(soft_wrap=True, width=_width(sys.stdout))
-err_console = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr))
+# No markup: model labels like "resnet50 [onnxruntime/int8]" and file names with brackets print as they are.
+console = Console(soft_wrap=True, width=_width(sys.stdout), markup=False)
+err_console = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr), markup=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Plain strings and (text, style) pairs as one line, e.g. styled(("error:", "bold red"), " message")."""
+    return Text.assemble(*parts)
 
 ModelArg = Annotated[str, typer.Argument(help="Zoo name (see 'resnetkit models') or path of a model file written by resnetkit.")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Weights tag of the zoo model (e.g. IMAGENET1K_V2) or a checkpoint file.")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="Inference backend (see 'resnetkit backends').")]
+BackendOpt = Annotated[str | None, typer.Option(
+    "--backend", help="Inference backend (see 'resnetkit backends'). Default: eager for PyTorch models, "
+                      "ONNX Runtime for .onnx and OpenVINO for .xml files.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 

@@ -11,12 +11,12 @@ from typing import Annotated, Sequence
 import typer
 from rich.table import Table
 
-from ..bench import DEFAULT_MODELS, BenchConfig, BenchRecord, Variant, bench, environment
+from ..bench import DEFAULT_MODELS, BenchConfig, BenchRecord, Variant, bench
 from ..errors import ResnetkitError
 from ..fileio import write_text_atomic
 from ..recommend import Constraints, Recommendation, recommend
 from ..runners import get_backend
-from .app import app, console, err_console, print_json
+from .app import app, console, err_console, print_json, styled
 
 
 def _split(value: str | None) -> list[str]:
@@ -27,8 +27,8 @@ def _split(value: str | None) -> list[str]:
 def bench_command(
     models: Annotated[str, typer.Option("--models", help="Comma-separated model references.")] = ",".join(DEFAULT_MODELS),
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Throughput batch size [default: 16, quick: 8].")] = None,
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated backends to compare.")] = "eager",
-    precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated precisions (fp32, fp16, bf16, int8...).")] = "fp32",
+    backends: Annotated[str | None, typer.Option("--backends", help="Comma-separated backends to compare [default: each model's own: eager for PyTorch models, the file's runtime for exported ones].")] = None,
+    precisions: Annotated[str | None, typer.Option("--precisions", help="Comma-separated precisions (fp32, fp16, bf16, int8...) [default: each backend's own; the table says what ran].")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads [default: torch's].")] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Run in channels_last memory layout.")] = False,
     end_to_end: Annotated[bool, typer.Option("--end-to-end", help="Also time JPEG decode + preprocessing + forward.")] = False,
@@ -40,8 +40,9 @@ def bench_command(
     plot: Annotated[str | None, typer.Option("--plot", help="Write top-1 vs latency (Pareto front marked) as PNG.")] = None,
 ) -> None:
     """Measure params, GMACs, size, latency, throughput and memory of models on this machine."""
-    backend_list, precision_list = _split(backends), _split(precisions)
-    for name in backend_list:
+    backend_list: list[str | None] = list(_split(backends)) or [None]
+    precision_list: list[str | None] = list(_split(precisions)) or [None]
+    for name in filter(None, backend_list):
         get_backend(name)
     overrides = {k: v for k, v in {"batch_size": batch_size, "threads": threads}.items() if v is not None}
     overrides.update(channels_last=channels_last, end_to_end=end_to_end, eval_dir=eval_dir, eval_limit=eval_limit)
@@ -55,7 +56,7 @@ def bench_command(
 
 def _report_progress(result: BenchRecord | ResnetkitError, variant: Variant) -> None:
     if isinstance(result, ResnetkitError):
-        err_console.print(f"skipped {variant.model} [{variant.backend}/{variant.precision}]: {result}", highlight=False)
+        err_console.print(f"skipped {variant.describe()}: {result}", highlight=False)
     else:
         err_console.print(f"measured {result.label}: p50 {result.latency_ms_p50:.1f} ms", highlight=False)
 
@@ -159,8 +160,9 @@ def _print_recommendation(result: Recommendation, source: str | None) -> None:
     console.print(f"constraints: {result.constraints.describe()} (measured numbers from {where})", highlight=False)
     if result.recommended:
         for rank, candidate in enumerate(result.recommended, 1):
-            console.print(f"{rank}. [bold]{candidate.record.label}[/]: {'; '.join(candidate.reasons)}", highlight=False)
+            console.print(styled(f"{rank}. ", (candidate.record.label, "bold"), f": {'; '.join(candidate.reasons)}"),
+                          highlight=False)
     else:
-        console.print("[red]No model meets every constraint.[/]")
+        console.print(styled(("No model meets every constraint.", "red")))
     for candidate in result.excluded:
         console.print(f"   excluded {candidate.record.label}: {'; '.join(candidate.reasons)}", highlight=False)

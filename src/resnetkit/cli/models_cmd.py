@@ -8,7 +8,7 @@ import typer
 
 from ..measure import count_params
 from ..zoo import get_spec, list_models
-from .app import JsonFlag, app, console, print_json
+from .app import JsonFlag, app, console, print_json, styled
 
 
 def _describe(name: str) -> dict[str, Any]:
@@ -49,12 +49,13 @@ def models_command(
         print_json(rows)
         return
     for row in rows:
-        console.print(f"[bold]{row['name']}[/]  {row['family']}, {row['params_m']:.2f} M params (counted), "
-                      f"input {row['input_size']}x{row['input_size']}, {row['num_classes']} classes", highlight=False)
+        console.print(styled((row["name"], "bold"), f"  {row['family']}, {row['params_m']:.2f} M params (counted), "
+                             f"input {row['input_size']}x{row['input_size']}, {row['num_classes']} classes"),
+                      highlight=False)
         for i, w in enumerate(row["weights"]):
             default = " (default)" if i == 0 else ""
-            console.print(f"  {w['tag']}{default}: top-1 {_fmt(w['top1'])} %, top-5 {_fmt(w['top5'])} % "
-                          f"[dim](published: {w['metrics_source']})[/]", highlight=False)
+            console.print(styled(f"  {w['tag']}{default}: top-1 {_fmt(w['top1'])} %, top-5 {_fmt(w['top5'])} % ",
+                                 (f"(published: {w['metrics_source']})", "dim")), highlight=False)
             console.print(f"    preprocessing: {w['preprocessing']}", highlight=False)
             digest = w["sha256"] or f"{w['hash_prefix']} (prefix; full hash not published)"
             console.print(f"    url: {w['url']}\n    sha256: {digest}", highlight=False, soft_wrap=True)

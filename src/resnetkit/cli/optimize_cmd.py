@@ -18,7 +18,7 @@ from ..prune import METHODS as PRUNE_METHODS
 from ..prune import PruneReport, prune
 from ..quantize import BACKENDS as QUANTIZE_BACKENDS
 from ..quantize import CALIBRATION_METHODS, QuantizeReport, quantize
-from .app import BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, print_json
+from .app import JsonFlag, ModelArg, WeightsOpt, app, console, print_json, styled
 
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="File to write.")]
 RandomWeightsFlag = Annotated[bool, typer.Option("--random-weights", help="Random weights (offline; cost and speed only).")]
@@ -47,7 +47,7 @@ def _print_agreement(agreement: Agreement, against: str) -> None:
 
 def _print_notes(notes: list[str]) -> None:
     for note in notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(styled(("note:", "yellow"), f" {note}"), highlight=False)
 
 
 @app.command("export")

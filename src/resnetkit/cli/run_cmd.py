@@ -11,7 +11,7 @@ from ..evaluate import evaluate
 from ..models import load_model
 from ..predict import classify
 from ..runners import RunnerOptions
-from .app import BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json
+from .app import BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json, styled
 
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16, bf16 (backend permitting); default: the backend's.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Image decoding workers.")]
@@ -24,7 +24,7 @@ def classify_command(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per image.")] = 5,
     batch_size: BatchSizeOpt = 16,
     weights: WeightsOpt = None,
-    backend: BackendOpt = "eager",
+    backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     workers: WorkersOpt = 2,
     json_output: JsonFlag = False,
@@ -42,7 +42,7 @@ def classify_command(
     else:
         for result in results:
             if result.error:
-                console.print(f"{result.source}: [red]error:[/] {result.error}", highlight=False)
+                console.print(styled(f"{result.source}: ", ("error:", "red"), f" {result.error}"), highlight=False)
             else:
                 labels = ", ".join(f"{p.label} {100 * p.score:.2f}%" for p in result.predictions)
                 console.print(f"{result.source}: {labels}", highlight=False)
@@ -59,7 +59,7 @@ def evaluate_command(
     batch_size: BatchSizeOpt = 64,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate a fixed random subset of N images.")] = None,
     weights: WeightsOpt = None,
-    backend: BackendOpt = "eager",
+    backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     workers: WorkersOpt = 2,
     plot: Annotated[str | None, typer.Option("--plot", help="Write the confusion matrix as a PNG file.")] = None,

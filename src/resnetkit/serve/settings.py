@@ -54,7 +54,7 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_queue: int = 256
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
-    backend: str = "eager"
+    backend: str | None = None  # None: each model's own runtime (eager for PyTorch models)
     precision: str | None = None
     token: str | None = None
     access_log: bool = True
