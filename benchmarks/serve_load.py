@@ -214,9 +214,10 @@ def sample_images(model: str, folder: str | None, count: int = 64) -> list[bytes
 
 def servers(model: str, ref: str, args: argparse.Namespace) -> Iterator[Server]:
     threads = ["--threads", str(args.threads)] if args.threads else []
+    backend = ["--backend", args.backend] if args.backend else []
     yield Server("resnetkit serve", [sys.executable, "-m", "resnetkit", "serve", f"{model}={ref}", "--no-access-log",
                                      "--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
-                                     str(args.max_wait_ms), *threads], "/readyz", f"/v1/models/{model}/classify")
+                                     str(args.max_wait_ms), *threads, *backend], "/readyz", f"/v1/models/{model}/classify")
     if not args.skip_flask:
         yield Server("flask (naive)", [sys.executable, str(Path(__file__).with_name("serve_flask_baseline.py")), ref,
                                        *threads], "/ping", "/predict")
@@ -267,7 +268,7 @@ def report(runs: list[Run], offline: list[float], args: argparse.Namespace) -> d
     best = max(r.throughput for r in ours.values())
     offline_ips = max(offline, default=None)  # the higher (less disturbed) measurement: the ceiling
     result = {"model": args.model, "weights": "real" if args.real_weights else "random",
-              "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "threads": args.threads,
+              "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "threads": args.threads, "backend": args.backend,
               "images": args.image_count, "runs": [r.summary() for r in runs],
               "throughput_ratio_serve_over_flask": ratios, "serve_best_rps": round(best, 1),
               "offline_throughput_ips": round(offline_ips, 1) if offline_ips else None,
@@ -294,6 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads of both servers and of the offline run")
+    parser.add_argument("--backend", help="backend of resnetkit serve (the Flask baseline and the offline ceiling stay eager)")
     parser.add_argument("--skip-flask", action="store_true")
     parser.add_argument("--skip-offline", action="store_true")
     parser.add_argument("--json", help="output file (default: results/serve_load_MODEL.json)")
