@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -38,7 +39,10 @@ def to_openvino(module: nn.Module, meta: ModelMeta) -> ov.Model:
     import openvino as ov
 
     shape = meta.preprocessing.input_shape
-    model = ov.convert_model(copy.deepcopy(module).float().eval(), example_input=torch.zeros(1, *shape), input=[(-1, *shape)])
+    with warnings.catch_warnings():  # OpenVINO's converter traces with torch.jit, which torch now marks deprecated
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
+        model = ov.convert_model(copy.deepcopy(module).float().eval(), example_input=torch.zeros(1, *shape),
+                                 input=[(-1, *shape)])
     set_meta(model, meta)
     return model
 
