@@ -39,6 +39,17 @@ def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
     assert record.preprocess_ms_p50 > 0 and record.e2e_latency_ms_p50 > 0
 
 
+def test_bench_measures_each_variant_in_several_rounds_and_reports_medians():
+    seen = []
+    config = dataclasses.replace(FAST, processes=3, isolate=False)
+    (record,) = bench(["cifar_resnet20"], config, on_record=lambda result, variant: seen.append(result))
+    assert len(seen) == 3 and record.processes == 3
+    assert record.latency_ms_p50_per_process == [r.latency_ms_p50 for r in seen]
+    assert record.latency_ms_p50 == sorted(r.latency_ms_p50 for r in seen)[1]
+    assert record.latency_runs == sum(r.latency_runs for r in seen)
+    assert record.peak_mem_mb == max(r.peak_mem_mb for r in seen)
+
+
 def test_bench_peak_memory_holds_the_model_weights():
     (record,) = bench(["resnet18"], FAST)
     assert record.peak_mem_mb - record.baseline_mem_mb >= record.size_mb_fp32  # 46.8 MB of fp32 weights stay resident

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import platform
+import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -43,15 +44,18 @@ class BenchConfig:
     end_to_end: bool = False
     warmup: int = 5
     min_runs: int = 30
-    min_seconds: float = 3.0
     throughput_runs: int = 5
     eval_dir: str | None = None
     eval_limit: int | None = None
-    isolate: bool = True  # one subprocess per variant
+    isolate: bool = True  # a fresh subprocess for every measurement
+    # Batch-1 latency differs between processes by up to ~40 % on the development VM (same model,
+    # same settings), so each variant is measured in this many processes, in interleaved rounds.
+    processes: int = 3
+    min_seconds: float = 2.0
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
-        base = cls(batch_size=8, warmup=2, min_runs=10, min_seconds=1.0, throughput_runs=2)
+        base = cls(batch_size=8, warmup=2, min_runs=10, min_seconds=1.0, throughput_runs=2, processes=1)
         return replace(base, **overrides)
 
 
@@ -94,6 +98,8 @@ class BenchRecord:
     preprocess_ms_p50: float | None = None
     eval_images: int | None = None
     baseline_mem_mb: float | None = None
+    processes: int = 1  # fresh processes the variant was measured in; latency and throughput are their medians
+    latency_ms_p50_per_process: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -132,23 +138,49 @@ def bench(
     precisions: Sequence[str | None] = (None,),
     on_record: Callable[[BenchRecord | ResnetkitError, Variant], None] | None = None,
 ) -> list[BenchRecord]:
-    """Measure every model x backend x precision; variants a backend cannot run are reported
-    through ``on_record`` as errors and left out of the result."""
+    """Measure every model x backend x precision in ``config.processes`` rounds (every variant
+    once per round, so a slow spell of the machine hits all of them) and combine each variant's
+    measurements. ``on_record`` sees every single measurement; variants a backend cannot run are
+    reported there as errors and left out of the result."""
     check_model_refs(models)
-    records = []
-    for variant in [Variant(m, b, p) for m in models for b in backends for p in precisions]:
-        try:
-            record = _run_isolated(variant, config) if config.isolate else bench_variant(variant, config)
-        except ResnetkitError as exc:
+    variants = [Variant(m, b, p) for m in models for b in backends for p in precisions]
+    measured: dict[Variant, list[BenchRecord]] = {v: [] for v in variants}
+    for round_index in range(config.processes):
+        # Accuracy (--eval) does not change between processes: it is measured in the first round only.
+        round_config = config if round_index == 0 else replace(config, eval_dir=None)
+        for variant in variants:
+            if round_index and not measured[variant]:
+                continue  # it failed in the first round
+            try:
+                record = _run_isolated(variant, round_config) if config.isolate else bench_variant(variant, round_config)
+            except ResnetkitError as exc:
+                if on_record:
+                    on_record(exc, variant)
+                if len(variants) == 1:
+                    raise
+                continue
+            measured[variant].append(record)
             if on_record:
-                on_record(exc, variant)
-            if len(backends) * len(precisions) == 1:
-                raise
-            continue
-        records.append(record)
-        if on_record:
-            on_record(record, variant)
-    return records
+                on_record(record, variant)
+    return [combine(runs) for runs in measured.values() if runs]
+
+
+def combine(runs: Sequence[BenchRecord]) -> BenchRecord:
+    """One record for measurements of the same variant in several processes: medians of the
+    timings, the highest peak memory, the first run's counts and accuracy."""
+    def median(key: str) -> Any:
+        values = [getattr(r, key) for r in runs if getattr(r, key) is not None]
+        return statistics.median(values) if values else None
+
+    return replace(
+        runs[0],
+        latency_ms_p50=median("latency_ms_p50"), latency_ms_p90=median("latency_ms_p90"),
+        latency_runs=sum(r.latency_runs for r in runs), throughput_ips=median("throughput_ips"),
+        throughput_runs=sum(r.throughput_runs for r in runs), peak_mem_mb=max(r.peak_mem_mb for r in runs),
+        baseline_mem_mb=median("baseline_mem_mb"), e2e_latency_ms_p50=median("e2e_latency_ms_p50"),
+        preprocess_ms_p50=median("preprocess_ms_p50"), processes=len(runs),
+        latency_ms_p50_per_process=[r.latency_ms_p50 for r in runs],
+    )
 
 
 def _run_isolated(variant: Variant, config: BenchConfig) -> BenchRecord:
@@ -176,6 +208,7 @@ def bench_variant(variant: Variant, config: BenchConfig) -> BenchRecord:
                             min_seconds=config.min_seconds, max_runs=max(config.throughput_runs, 50))
     peak_mb = peak_rss_mb()  # before _record: serializing the state dict to measure its size allocates too
     record = _record(variant, config, classifier, latency, throughput, peak_mb)
+    record.latency_ms_p50_per_process = [latency.p50_ms]
     record.baseline_mem_mb = baseline_mb
     if baseline_mb is None:
         record.notes.append("peak memory includes the imports before the model was built (peak RSS cannot be reset here)")

@@ -34,7 +34,8 @@ def bench_command(
     end_to_end: Annotated[bool, typer.Option("--end-to-end", help="Also time JPEG decode + preprocessing + forward.")] = False,
     eval_dir: Annotated[str | None, typer.Option("--eval", help="Measure top-1/top-5 on this labelled folder (needs weights).")] = None,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Images to evaluate with --eval.")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Fewer runs and a smaller batch: a fast, rough pass.")] = False,
+    processes: Annotated[int | None, typer.Option("--processes", min=1, help="Fresh processes per model, in interleaved rounds; the table shows medians and the p50 range [default: 3, quick: 1].")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer runs, one process per model and a smaller batch: a fast, rough pass.")] = False,
     json_file: Annotated[str | None, typer.Option("--json", help="Write the records as a JSON list to FILE.")] = None,
     csv_file: Annotated[str | None, typer.Option("--csv", help="Write the records as CSV to FILE.")] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Write top-1 vs latency (Pareto front marked) as PNG.")] = None,
@@ -44,7 +45,8 @@ def bench_command(
     precision_list: list[str | None] = list(_split(precisions)) or [None]
     for name in filter(None, backend_list):
         get_backend(name)
-    overrides = {k: v for k, v in {"batch_size": batch_size, "threads": threads}.items() if v is not None}
+    overrides = {k: v for k, v in {"batch_size": batch_size, "threads": threads, "processes": processes}.items()
+                 if v is not None}
     overrides.update(channels_last=channels_last, end_to_end=end_to_end, eval_dir=eval_dir, eval_limit=eval_limit)
     config = BenchConfig.quick(**overrides) if quick else BenchConfig(**overrides)
     records = bench(_split(models), config, backends=backend_list, precisions=precision_list, on_record=_report_progress)
@@ -68,16 +70,18 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def _print_table(records: Sequence[BenchRecord], config: BenchConfig) -> None:
     first = records[0]
     table = Table(title=f"measured on {first.cpu}, {first.threads} threads, torch {first.torch_version}")
-    columns = ["model", "params M", "GMACs", "MB fp32", "MB fp16", "p50 ms", "p90 ms", f"img/s @{config.batch_size}",
-               "peak MB", "top-1", "top-5"]
+    ranges = config.processes > 1
+    columns = ["model", "params M", "GMACs", "MB fp32", "MB fp16", "p50 ms", *(["p50 range"] if ranges else []),
+               "p90 ms", f"img/s @{config.batch_size}", "peak MB", "top-1", "top-5"]
     if config.end_to_end:
         columns += ["decode+prep ms", "e2e ms"]
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for r in records:
+        spread = [f"{min(r.latency_ms_p50_per_process):.1f}-{max(r.latency_ms_p50_per_process):.1f}"] if ranges else []
         row = [r.label, _fmt(r.params_m), _fmt(r.gmacs), _fmt(r.size_mb_fp32, 1), _fmt(r.size_mb_fp16, 1),
-               _fmt(r.latency_ms_p50, 1), _fmt(r.latency_ms_p90, 1), _fmt(r.throughput_ips, 1), _fmt(r.peak_mem_mb, 0),
-               _fmt(r.top1), _fmt(r.top5)]
+               _fmt(r.latency_ms_p50, 1), *spread, _fmt(r.latency_ms_p90, 1), _fmt(r.throughput_ips, 1),
+               _fmt(r.peak_mem_mb, 0), _fmt(r.top1), _fmt(r.top5)]
         if config.end_to_end:
             row += [_fmt(r.preprocess_ms_p50, 1), _fmt(r.e2e_latency_ms_p50, 1)]
         table.add_row(*row)
@@ -86,10 +90,17 @@ def _print_table(records: Sequence[BenchRecord], config: BenchConfig) -> None:
     console.print(
         f"latency: batch 1, median and 90th percentile of >= {config.min_runs} timed runs (>= {config.min_seconds:g} s) "
         f"after {config.warmup} warm-up runs; throughput: batch {config.batch_size}, median of >= {config.throughput_runs} runs; "
-        f"float32 input, {first.memory_format}, one fresh process per model; GMACs counted with torch.utils.flop_counter "
+        f"float32 input, {first.memory_format}; {_processes_note(config)}; GMACs counted with torch.utils.flop_counter "
         f"at the model's input size; sizes are torch.save'd state dicts (MB = 10^6 bytes); peak MB: peak RSS of the "
         f"measuring process while building and running the model{_baseline_note(records)}.\naccuracy: " + "; ".join(sources),
         highlight=False)
+
+
+def _processes_note(config: BenchConfig) -> str:
+    if config.processes == 1:
+        return "one fresh process per model (batch-1 latency can differ between processes: use --processes 3)"
+    return (f"each model measured in {config.processes} fresh processes in interleaved rounds: p50, p90 and img/s are "
+            "the medians over the processes, p50 range the lowest and highest process p50")
 
 
 def _baseline_note(records: Sequence[BenchRecord]) -> str:
