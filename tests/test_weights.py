@@ -139,18 +139,24 @@ def test_import_checks_the_hash(tmp_path, cache):
 
 
 class _Evil:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch /tmp/resnetkit-pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_pickles_that_run_code_are_refused(tmp_path):
-    path = tmp_path / "evil.pth"
+    path, marker = tmp_path / "evil.pth", tmp_path / "pwned"
     with open(path, "wb") as handle:
-        pickle.dump({"state_dict": _Evil()}, handle)
+        pickle.dump({"state_dict": _Evil(str(marker))}, handle)
     with pytest.raises(WeightsError, match="weights_only=True"):
         weights.safe_load(path)
     with pytest.raises(WeightsError, match="Refused to load"):
         load_model("cifar_resnet20", weights=str(path))
+    assert not marker.exists()  # the payload never ran
 
 
 def test_weights_file_override_and_mismatch(tmp_path):
