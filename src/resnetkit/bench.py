@@ -44,6 +44,7 @@ class BenchConfig:
     end_to_end: bool = False
     warmup: int = 5
     min_runs: int = 30
+    min_seconds: float = 2.0
     throughput_runs: int = 5
     eval_dir: str | None = None
     eval_limit: int | None = None
@@ -51,7 +52,6 @@ class BenchConfig:
     # Batch-1 latency differs between processes by up to ~40 % on the development VM (same model,
     # same settings), so each variant is measured in this many processes, in interleaved rounds.
     processes: int = 3
-    min_seconds: float = 2.0
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":

@@ -54,7 +54,7 @@ def models_command(
                       highlight=False)
         for i, w in enumerate(row["weights"]):
             default = " (default)" if i == 0 else ""
-            console.print(styled(f"  {w['tag']}{default}: top-1 {_fmt(w['top1'])} %, top-5 {_fmt(w['top5'])} % ",
+            console.print(styled(f"  {w['tag']}{default}: top-1 {_fmt(w['top1'])}, top-5 {_fmt(w['top5'])} ",
                                  (f"(published: {w['metrics_source']})", "dim")), highlight=False)
             console.print(f"    preprocessing: {w['preprocessing']}", highlight=False)
             digest = w["sha256"] or f"{w['hash_prefix']} (prefix; full hash not published)"
@@ -62,4 +62,4 @@ def models_command(
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None else f"{value:.2f} %"
