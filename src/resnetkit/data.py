@@ -22,11 +22,17 @@ class Sample:
     label: int
 
 
-def scan_class_folders(root: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str, list[Path]]]]:
-    """Sorted class folder names of ``root`` and, for each, its image files (sorted)."""
+def require_folder(root: str | os.PathLike[str]) -> Path:
+    """``root`` as a Path; a clear :class:`DatasetError` if it is not a folder."""
     base = Path(root)
     if not base.is_dir():
         raise DatasetError(f"No such folder: {base}. Expected a folder with one sub-folder of images per class.")
+    return base
+
+
+def scan_class_folders(root: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str, list[Path]]]]:
+    """Sorted class folder names of ``root`` and, for each, its image files (sorted)."""
+    base = require_folder(root)
     folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(f"{base} has no class sub-folders. Expected {base}/<class name>/<image files>.")

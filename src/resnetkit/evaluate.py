@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .data import ImageFileDataset, collate_skipping_bad, labelled_samples
+from .data import ImageFileDataset, collate_skipping_bad, labelled_samples, require_folder
 from .errors import DatasetError
 from .models import Classifier, load_model
 from .progress import track
@@ -55,6 +55,7 @@ def evaluate(
     ``limit`` evaluates a random subset of that many images (fixed ``seed``), spread over classes.
     Unreadable images are skipped and counted, never scored.
     """
+    require_folder(data_dir)  # before loading the model, which may mean downloading its weights
     classifier = model if isinstance(model, Classifier) else load_model(model)
     _, samples = labelled_samples(data_dir, classifier.meta.categories)
     if limit is not None and limit < len(samples):
