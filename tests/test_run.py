@@ -116,6 +116,13 @@ def test_cli_classify_json_and_exit_codes(cifar_weights, cifar_test_dir, tmp_pat
     assert partial.returncode == 1 and "zz_bad[red].png: error:" in partial.stdout and partial.stdout.count("%") >= 3
 
 
+def test_cli_evaluate_checks_the_folder_before_fetching_weights(tmp_path):
+    empty_cache = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "RESNETKIT_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "resnetkit", "evaluate", "cifar_resnet20", str(tmp_path / "typo")],
+                            capture_output=True, text=True, env=empty_cache, timeout=600)
+    assert result.returncode == 2 and "No such folder" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_cli_evaluate_json_and_plot(cifar_weights, cifar_test_dir, tmp_path):
     plot = tmp_path / "cm.png"
     result = _cli("evaluate", "cifar_resnet32", str(cifar_test_dir), "--limit", "200", "--json", "--plot", str(plot))

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..data import require_folder
 from ..evaluate import evaluate
 from ..models import load_model
 from ..predict import classify
@@ -66,6 +67,7 @@ def evaluate_command(
     json_output: JsonFlag = False,
 ) -> None:
     """Top-1/top-5 accuracy, per-class accuracy, confusion matrix and images/s on a labelled folder."""
+    require_folder(data_dir)  # before loading the model, which may mean downloading its weights
     classifier = load_model(model, weights=weights, backend=backend, options=RunnerOptions(batch_size=batch_size, precision=precision))
     report = evaluate(classifier, data_dir, batch_size=batch_size, limit=limit, workers=workers)
     if plot:
