@@ -18,11 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from resnetkit import load_model, weights
-from resnetkit.compare import top1_accuracy
-from resnetkit.fileio import write_text_atomic
-from resnetkit.quantize import quantize
-from resnetkit.zoo import get_spec
+from resnetkit import load_model
+
+from resnetkit.core import weights
+from resnetkit.shrink.compare import top1_accuracy
+from resnetkit.core.fileio import write_text_atomic
+from resnetkit.shrink.quantize import quantize
+from resnetkit.core.zoo import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

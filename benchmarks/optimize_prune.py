@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from resnetkit import load_model
-from resnetkit.data import scan_class_folders
-from resnetkit.fileio import write_text_atomic
-from resnetkit.measure import time_calls
-from resnetkit.prune import prune
-from resnetkit.runners import RunnerOptions
+from resnetkit.core.datasets import scan_class_folders
+from resnetkit.core.fileio import write_text_atomic
+from resnetkit.core.measure import time_calls
+from resnetkit.shrink.prune import prune
+from resnetkit.backends.base import RunnerOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from optimize_fidelity import SHARED, import_weights  # noqa: E402
@@ -62,7 +62,7 @@ def interleaved_latency(paths: dict[str, str], backend: str, rounds: int) -> dic
 
 
 def imagenet_row(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from resnetkit.artifacts import save_artifact
+    from resnetkit.core.artifacts import save_artifact
 
     original = load_model(name, pretrained=False)
     original_path = save_artifact(tmp / f"{name}.pt", original.module, original.meta)

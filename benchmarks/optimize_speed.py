@@ -24,11 +24,11 @@ import torch
 from resnetkit import load_model
 from resnetkit.backends import onnxruntime as onnx_backend
 from resnetkit.backends import openvino as openvino_backend
-from resnetkit.compare import generated_batches
-from resnetkit.fileio import write_text_atomic
-from resnetkit.measure import time_calls
-from resnetkit.runners import RunnerOptions
-from resnetkit.zoo import get_spec
+from resnetkit.shrink.compare import generated_batches
+from resnetkit.core.fileio import write_text_atomic
+from resnetkit.core.measure import time_calls
+from resnetkit.backends.base import RunnerOptions
+from resnetkit.core.zoo import get_spec
 
 VARIANTS = [("eager", "fp32"), ("onnxruntime", "fp32"), ("openvino", None), ("openvino", "fp32"),
             ("onnxruntime", "int8"), ("openvino", "int8"), ("auto", None), ("auto", "int8")]

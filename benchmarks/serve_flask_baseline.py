@@ -15,10 +15,10 @@ import logging
 import torch
 from flask import Flask, jsonify, request
 
-from resnetkit.errors import ImageError
-from resnetkit.images import decode_image
-from resnetkit.models import load_model
-from resnetkit.predict import predict_tensors
+from resnetkit.core.errors import ImageError
+from resnetkit.core.images import decode_image
+from resnetkit.core.loading import load_model
+from resnetkit.run.classify import predict_tensors
 
 
 def create_app(ref: str) -> Flask:

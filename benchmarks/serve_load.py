@@ -37,11 +37,11 @@ import httpx
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from resnetkit.artifacts import save_artifact
-from resnetkit.bench import environment, synthetic_photo_jpeg
-from resnetkit.measure import percentile, time_calls
-from resnetkit.models import load_model
-from resnetkit.zoo import get_spec
+from resnetkit.core.artifacts import save_artifact
+from resnetkit.choose.bench import environment, synthetic_photo_jpeg
+from resnetkit.core.measure import percentile, time_calls
+from resnetkit.core.loading import load_model
+from resnetkit.core.zoo import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -20,8 +20,8 @@ CIFAR_WEIGHTS = {"cifar_resnet20": "resnet20-12fca82f.th", "cifar_resnet32": "re
 
 def import_shared_weights() -> None:
     """Put the real CIFAR-10 checkpoints from ../shared into the weights cache (hash-verified)."""
-    from resnetkit import weights
-    from resnetkit.zoo import get_spec
+    from resnetkit.core import weights
+    from resnetkit.core.zoo import get_spec
 
     for model, file in CIFAR_WEIGHTS.items():
         spec = get_spec(model)

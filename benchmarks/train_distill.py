@@ -15,7 +15,7 @@ import shutil
 import time
 from typing import Any
 
-from resnetkit.evaluate import evaluate
+from resnetkit.run.evaluate import evaluate
 from resnetkit.train import TrainConfig
 from resnetkit.train.distill import BASELINE_DIR, distill_with_baseline
 

@@ -21,7 +21,7 @@ from resnetkit.train import TrainConfig
 from resnetkit.train.engine import StepRunner
 from resnetkit.train.objectives import CrossEntropyObjective
 from resnetkit.train.optim import make_optimizer, param_groups
-from resnetkit.zoo import get_spec
+from resnetkit.core.zoo import get_spec
 
 from train_common import add_threads_option, apply_threads, finish, table
 

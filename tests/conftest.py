@@ -47,8 +47,8 @@ def require(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def cifar_weights(isolated_torch_home: Path) -> Path:
     """Import the real CIFAR-10 ResNet-20/32 checkpoints from ../shared into the test cache."""
-    from resnetkit import weights
-    from resnetkit.zoo import get_spec
+    from resnetkit.core import weights
+    from resnetkit.core.zoo import get_spec
 
     require(CIFAR_WEIGHTS)
     for model, file in [("cifar_resnet20", "resnet20-12fca82f.th"), ("cifar_resnet32", "resnet32-d509ac18.th")]:

@@ -9,10 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from resnetkit import load_model, runners
+from resnetkit import load_model
+
+from resnetkit.backends import base as runners
 from resnetkit.cli import app
-from resnetkit.errors import BackendUnavailableError
-from resnetkit.runners import RunnerOptions
+from resnetkit.core.errors import BackendUnavailableError
+from resnetkit.backends.base import RunnerOptions
 
 FP32 = RunnerOptions(precision="fp32")
 

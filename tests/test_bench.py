@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from resnetkit import BenchConfig, bench
-from resnetkit.bench import BenchRecord, Variant, bench_variant
-from resnetkit.recommend import Constraints, pareto_front, recommend
+from resnetkit.choose.bench import BenchRecord, Variant, bench_variant
+from resnetkit.choose.recommend import Constraints, pareto_front, recommend
 
 REQUIRED_KEYS = {"model", "params_m", "gmacs", "size_mb_fp32", "size_mb_fp16", "latency_ms_p50", "latency_ms_p90",
                  "throughput_ips", "batch_size", "peak_mem_mb", "top1", "top5", "threads", "device", "torch_version"}
@@ -63,7 +63,7 @@ def test_bench_precision_variants_report_what_ran():
 
 
 def test_cli_bench_compares_backends_and_artifacts_in_one_table(tmp_path):
-    from resnetkit.export import export_model
+    from resnetkit.shrink.export import export_model
 
     onnx_file = export_model("cifar_resnet20", "onnx", tmp_path / "r20.onnx", pretrained=False, check_images=4).path
     result = _cli("bench", "--models", f"cifar_resnet20,{onnx_file}", "--backends", "eager,onnxruntime", "--quick",

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetkit import compare, load_model
-from resnetkit.errors import BackendUnavailableError, ResnetkitError, UnknownModelError
-from resnetkit.export import export_model
-from resnetkit.predict import classify
-from resnetkit.runners import RunnerOptions
+from resnetkit import load_model
+
+from resnetkit.shrink import compare
+from resnetkit.core.errors import BackendUnavailableError, ResnetkitError, UnknownModelError
+from resnetkit.shrink.export import export_model
+from resnetkit.run.classify import classify
+from resnetkit.backends.base import RunnerOptions
 
 from conftest import make_image
 
@@ -90,7 +92,7 @@ def test_bad_export_requests(tmp_path: Path) -> None:
 
 
 def test_onnx_without_metadata_is_refused(tmp_path: Path) -> None:
-    from resnetkit.zoo import get_spec
+    from resnetkit.core.zoo import get_spec
 
     path = tmp_path / "plain.onnx"
     torch.onnx.export(get_spec("cifar_resnet20").build().eval(), (torch.zeros(1, 3, 32, 32),), str(path),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resnetkit.fileio import atomic_write, write_text_atomic
+from resnetkit.core.fileio import atomic_write, write_text_atomic
 
 
 def test_atomic_write_replaces_the_file_with_the_usual_permissions(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnetkit.errors import ImageError
-from resnetkit.images import decode_image, iter_image_paths, to_rgb
-from resnetkit.spec import Preprocessing
+from resnetkit.core.errors import ImageError
+from resnetkit.core.images import decode_image, iter_image_paths, to_rgb
+from resnetkit.core.spec import Preprocessing
 
 from conftest import make_image
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from resnetkit import compare, load_model
-from resnetkit.prune import PruningError, prune
+from resnetkit import load_model
+
+from resnetkit.shrink import compare
+from resnetkit.shrink.prune import PruningError, prune
 
 from conftest import make_image
 
@@ -58,7 +60,7 @@ def test_l1_unstructured_is_permanent_and_honest(tmp_path: Path) -> None:
 
 
 def test_finetune_keeps_structure_and_sparsity(tmp_path: Path) -> None:
-    from resnetkit.zoo import CIFAR10_CLASSES
+    from resnetkit.core.zoo import CIFAR10_CLASSES
 
     for i, name in enumerate(CIFAR10_CLASSES):
         make_image(tmp_path / "train" / name / f"{i}.png", size=(32, 32), seed=i)

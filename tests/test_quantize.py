@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetkit import compare, load_model
-from resnetkit.errors import DatasetError, ResnetkitError
-from resnetkit.predict import classify
-from resnetkit.quantize import QuantizationError, quantize
+from resnetkit import load_model
+
+from resnetkit.shrink import compare
+from resnetkit.core.errors import DatasetError, ResnetkitError
+from resnetkit.run.classify import classify
+from resnetkit.shrink.quantize import QuantizationError, quantize
 
 from conftest import make_image
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from resnetkit import classify, evaluate, load_model
-from resnetkit.artifacts import save_artifact
-from resnetkit.data import imagenet_wnids, match_folders_to_categories
-from resnetkit.errors import DatasetError, UnknownModelError
-from resnetkit.zoo import CIFAR10_CLASSES, get_spec
+from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.datasets import imagenet_wnids, match_folders_to_categories
+from resnetkit.core.errors import DatasetError, UnknownModelError
+from resnetkit.core.zoo import CIFAR10_CLASSES, get_spec
 
 from conftest import make_image
 

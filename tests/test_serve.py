@@ -25,12 +25,12 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import make_image
-from resnetkit.artifacts import save_artifact
-from resnetkit.models import load_model
-from resnetkit.predict import classify
-from resnetkit.runners import EagerRunner, backend_names, register_backend
+from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.loading import load_model
+from resnetkit.run.classify import classify
+from resnetkit.backends.base import EagerRunner, backend_names, register_backend
 from resnetkit.serve import ServerThread, ServeSettings
-from resnetkit.zoo import get_spec
+from resnetkit.core.zoo import get_spec
 
 CLASSIFY = "/v1/models/cifar_resnet20/classify"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from resnetkit.models import load_model
-from resnetkit.predict import classify
+from resnetkit.core.loading import load_model
+from resnetkit.run.classify import classify
 from resnetkit.serve import ServerThread, ServeSettings
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from conftest import make_image
-from resnetkit.artifacts import save_artifact
+from resnetkit.core.artifacts import save_artifact
 from resnetkit.cli import main
-from resnetkit.errors import ResnetkitError
+from resnetkit.core.errors import ResnetkitError
 from resnetkit.serve import ServeSettings
-from resnetkit.zoo import get_spec
+from resnetkit.core.zoo import get_spec
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from resnetkit import load_model
-from resnetkit.errors import DatasetError
+from resnetkit.core.errors import DatasetError
 from resnetkit.train import TrainConfig, TrainingError, TrainingInterrupted, finetune_module, resume, run
 from resnetkit.train.data import load_splits, rare_format_files
 from resnetkit.train.distill import distill_with_baseline

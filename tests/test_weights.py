@@ -16,9 +16,11 @@ import time
 import pytest
 import torch
 
-from resnetkit import load_model, weights
-from resnetkit.errors import WeightsError
-from resnetkit.zoo import get_spec
+from resnetkit import load_model
+
+from resnetkit.core import weights
+from resnetkit.core.errors import WeightsError
+from resnetkit.core.zoo import get_spec
 
 from conftest import CIFAR_WEIGHTS, require
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from resnetkit import get_spec, list_models
-from resnetkit.cifar_resnet import CifarResNet, ZeroPadShortcut
-from resnetkit.errors import UnknownModelError
-from resnetkit.measure import count_macs, count_params
+from resnetkit.core.cifar_resnet import CifarResNet, ZeroPadShortcut
+from resnetkit.core.errors import UnknownModelError
+from resnetkit.core.measure import count_macs, count_params
 
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0"]
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from . import artifacts as _artifacts  # noqa: F401  (registers the .pt artifact loader)
+from .core import artifacts as _artifacts  # noqa: F401  (registers the .pt artifact loader)
 from . import backends as _backends  # noqa: F401  (registers onnxruntime, openvino, compile, auto and their file loaders)
-from .bench import BenchConfig, BenchRecord, bench
-from .errors import ResnetkitError
-from .evaluate import EvalReport, evaluate
-from .models import Classifier, load_model
-from .predict import ImageResult, Prediction, classify
-from .recommend import Constraints, Recommendation, recommend
-from .spec import ModelMeta, ModelSpec, Preprocessing, PublishedMetrics, WeightsSpec
-from .zoo import get_spec, list_models
+from .choose import BenchConfig, BenchRecord, bench
+from .core.errors import ResnetkitError
+from .run import EvalReport, evaluate
+from .core.loading import Classifier, load_model
+from .run.classify import ImageResult, Prediction, classify
+from .choose.recommend import Constraints, Recommendation, recommend
+from .core.spec import ModelMeta, ModelSpec, Preprocessing, PublishedMetrics, WeightsSpec
+from .core.zoo import get_spec, list_models
 
 __version__ = "0.1.0"
 

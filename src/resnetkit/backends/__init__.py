@@ -1,20 +1,17 @@
 """Extra inference backends and artifact formats; importing this package registers them.
 
-Each module registers its backend with :func:`resnetkit.runners.register_backend` and,
-where it reads files, an artifact loader with :func:`resnetkit.models.register_artifact_loader`.
+Each module registers its backend with :func:`resnetkit.backends.base.register_backend` and,
+where it reads files, an artifact loader with :func:`resnetkit.core.loading.register_artifact_loader`.
 ``auto`` is imported last because it measures the others.
 """
 
 from __future__ import annotations
 
-from . import onnxruntime, openvino, torch_compile, torchscript  # noqa: F401
-from . import auto  # noqa: F401,E402
-
 import importlib.metadata  # noqa: E402
 from typing import Any  # noqa: E402
 
-from ..errors import BackendUnavailableError  # noqa: E402
-from ..runners import backend_names, get_backend  # noqa: E402
+from ..core.errors import BackendUnavailableError  # noqa: E402
+from .base import backend_names, get_backend, load_backend_modules  # noqa: E402
 
 # backend -> (package whose version is shown, precisions it runs, remark)
 _ABOUT = {
@@ -37,6 +34,8 @@ def describe() -> list[dict[str, Any]]:
         except BackendUnavailableError as exc:
             available, remark = False, str(exc)
         if name == "openvino" and available:
+            from . import openvino
+
             remark += f"; default precision on this CPU: {openvino.default_precision()}"
         rows.append({"backend": name, "available": available, "version": _version(package) if available else None,
                      "precisions": precisions, "remark": remark})

@@ -10,9 +10,9 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from ..errors import BackendUnavailableError, ResnetkitError
-from ..runners import Runner, RunnerOptions, available_backends, make_runner, register_backend
-from ..spec import ModelMeta
+from ..core.errors import BackendUnavailableError, ResnetkitError
+from .base import Runner, RunnerOptions, available_backends, make_runner, register_backend
+from ..core.spec import ModelMeta
 
 CANDIDATES = ("openvino", "onnxruntime", "eager")  # torch.compile is left out: it compiles for tens of seconds
 TRIAL_SECONDS = 0.5

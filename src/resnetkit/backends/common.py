@@ -12,9 +12,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..errors import BackendUnavailableError
-from ..runners import RunnerOptions
-from ..spec import ModelMeta
+from ..core.errors import BackendUnavailableError
+from .base import RunnerOptions
+from ..core.spec import ModelMeta
 
 META_KEY = "resnetkit"  # key under which artifacts store ModelMeta.to_dict() as JSON
 GENERATED_CALIBRATION_IMAGES = 32
@@ -25,7 +25,7 @@ def meta_to_json(meta: ModelMeta) -> str:
 
 
 def meta_from_json(text: str, path: Path) -> ModelMeta:
-    from ..errors import UnknownModelError
+    from ..core.errors import UnknownModelError
 
     try:
         return ModelMeta.from_dict(json.loads(text))
@@ -63,7 +63,7 @@ def calibration_batches(meta: ModelMeta, options: RunnerOptions) -> Sequence[tor
     """The caller's calibration batches, or generated images (good for timing, not accuracy)."""
     if options.calibration:
         return options.calibration
-    from ..compare import generated_batches
+    from ..shrink.compare import generated_batches
 
     warnings.warn(
         f"int8 without calibration data: calibrating {meta.name} on {GENERATED_CALIBRATION_IMAGES} generated images. "

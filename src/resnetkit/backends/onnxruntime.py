@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ResnetkitError, UnknownModelError
-from ..fileio import atomic_write
-from ..models import Classifier, register_artifact_loader
-from ..runners import RunnerOptions, register_backend
-from ..spec import ModelMeta
+from ..core.errors import ResnetkitError, UnknownModelError
+from ..core.fileio import atomic_write
+from ..core.loading import Classifier, register_artifact_loader
+from .base import RunnerOptions, register_backend
+from ..core.spec import ModelMeta
 from .common import (META_KEY, calibration_batches, check_file_backend, check_file_precision, check_precision,
                      cpu_has_vnni, meta_from_json, meta_to_json, progress_to_stderr)
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import BackendUnavailableError, UnknownModelError
-from ..models import Classifier, register_artifact_loader
-from ..runners import RunnerOptions, register_backend
-from ..spec import ModelMeta
+from ..core.errors import BackendUnavailableError, UnknownModelError
+from ..core.loading import Classifier, register_artifact_loader
+from .base import RunnerOptions, register_backend
+from ..core.spec import ModelMeta
 from .common import (META_KEY, calibration_batches, check_file_backend, check_precision, meta_from_json, meta_to_json,
                      progress_to_stderr)
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..runners import FLOAT_DTYPES, RunnerOptions, register_backend
-from ..spec import ModelMeta
+from .base import FLOAT_DTYPES, RunnerOptions, register_backend
+from ..core.spec import ModelMeta
 from .common import check_precision
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..fileio import atomic_write
-from ..models import Classifier, register_artifact_loader
-from ..runners import RunnerOptions
-from ..spec import ModelMeta
+from ..core.fileio import atomic_write
+from ..core.loading import Classifier, register_artifact_loader
+from .base import RunnerOptions
+from ..core.spec import ModelMeta
 from .common import check_file_backend, check_file_precision, meta_from_json, meta_to_json
 
 SUFFIX = ".torchscript"
@@ -53,7 +53,7 @@ def _load(path: Path, backend: str | None, options: RunnerOptions) -> Classifier
     extra = {META_FILE: ""}
     module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     if not extra[META_FILE]:
-        from ..errors import UnknownModelError
+        from ..core.errors import UnknownModelError
 
         raise UnknownModelError(f"{path} is a TorchScript file without resnetkit metadata; export it with 'resnetkit export'.")
     return Classifier(meta_from_json(extra[META_FILE], path), TorchScriptRunner(module.eval()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import ResnetkitError
+from ..core.errors import ResnetkitError
 from .app import app, err_console, styled
 
 # Each module adds its commands to ``app``; a new command is a new module listed here.

@@ -11,11 +11,11 @@ from typing import Annotated, Sequence
 import typer
 from rich.table import Table
 
-from ..bench import DEFAULT_MODELS, BenchConfig, BenchRecord, Variant, bench
-from ..errors import ResnetkitError
-from ..fileio import write_text_atomic
-from ..recommend import Constraints, Recommendation, recommend
-from ..runners import get_backend
+from ..choose.bench import DEFAULT_MODELS, BenchConfig, BenchRecord, Variant, bench
+from ..core.errors import ResnetkitError
+from ..core.fileio import write_text_atomic
+from ..choose.recommend import Constraints, Recommendation, recommend
+from ..backends.base import get_backend
 from .app import app, console, err_console, print_json, styled
 
 
@@ -125,7 +125,7 @@ def _write_outputs(records: Sequence[BenchRecord], json_file: str | None, csv_fi
         write_text_atomic(csv_file, buffer.getvalue())
         console.print(f"wrote {csv_file}")
     if plot:
-        from ..plots import plot_tradeoff
+        from ..choose.plots import plot_tradeoff
 
         plot_tradeoff(records, plot, f"top-1 vs latency on {records[0].cpu}")
         console.print(f"wrote {plot}")

@@ -6,8 +6,8 @@ from typing import Any
 
 import typer
 
-from ..measure import count_params
-from ..zoo import get_spec, list_models
+from ..core.measure import count_params
+from ..core.zoo import get_spec, list_models
 from .app import JsonFlag, app, console, print_json, styled
 
 

@@ -12,12 +12,12 @@ import typer
 from rich.table import Table
 
 from ..backends import describe
-from ..compare import Agreement, ratio
-from ..export import FORMATS, export_model
-from ..prune import METHODS as PRUNE_METHODS
-from ..prune import PruneReport, prune
-from ..quantize import BACKENDS as QUANTIZE_BACKENDS
-from ..quantize import CALIBRATION_METHODS, QuantizeReport, quantize
+from ..shrink.compare import Agreement, ratio
+from ..shrink.export import FORMATS, export_model
+from ..shrink.prune import METHODS as PRUNE_METHODS
+from ..shrink.prune import PruneReport, prune
+from ..shrink.quantize import BACKENDS as QUANTIZE_BACKENDS
+from ..shrink.quantize import CALIBRATION_METHODS, QuantizeReport, quantize
 from .app import JsonFlag, ModelArg, WeightsOpt, app, console, print_json, styled
 
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="File to write.")]

@@ -7,11 +7,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..data import require_folder
-from ..evaluate import evaluate
-from ..models import load_model
-from ..predict import classify
-from ..runners import RunnerOptions
+from ..core.datasets import require_folder
+from ..run.evaluate import evaluate
+from ..core.loading import load_model
+from ..run.classify import classify
+from ..backends.base import RunnerOptions
 from .app import BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json, styled
 
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16, bf16 (backend permitting); default: the backend's.")]
@@ -71,7 +71,7 @@ def evaluate_command(
     classifier = load_model(model, weights=weights, backend=backend, options=RunnerOptions(batch_size=batch_size, precision=precision))
     report = evaluate(classifier, data_dir, batch_size=batch_size, limit=limit, workers=workers)
     if plot:
-        from ..plots import plot_confusion
+        from ..choose.plots import plot_confusion
 
         plot_confusion(report.confusion, report.classes, plot, f"{report.model} on {data_dir}: top-1 {report.top1:.2f}%")
     if json_output:

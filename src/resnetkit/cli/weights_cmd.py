@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import weights as weights_lib
-from ..zoo import get_spec
+from ..core import weights as weights_lib
+from ..core.zoo import get_spec
 from .app import JsonFlag, app, console, print_json
 
 weights_app = typer.Typer(help="Download, import and list pretrained weights (torch.hub cache, $TORCH_HOME).",

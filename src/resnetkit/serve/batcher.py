@@ -23,9 +23,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import ImageError, ResnetkitError
-from ..models import Classifier
-from ..predict import Prediction, top_k
+from ..core.errors import ImageError, ResnetkitError
+from ..core.loading import Classifier
+from ..run.classify import Prediction, top_k
 from .metrics import ServeMetrics
 
 Prepare = Callable[[bytes], torch.Tensor]

@@ -11,8 +11,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Receive
 
-from ..errors import ImageError
-from ..predict import Prediction
+from ..core.errors import ImageError
+from ..run.classify import Prediction
 from .batcher import ServerBusyError
 from .hub import ModelHub, ServeError
 from .metrics import CLIENT_CLOSED

@@ -10,10 +10,10 @@ from typing import Callable
 
 import torch
 
-from ..errors import ResnetkitError
-from ..images import decode_image
-from ..models import Classifier, load_model
-from ..runners import RunnerOptions
+from ..core.errors import ResnetkitError
+from ..core.images import decode_image
+from ..core.loading import Classifier, load_model
+from ..backends.base import RunnerOptions
 from .batcher import DynamicBatcher
 from .metrics import ServeMetrics
 from .schemas import ModelDetail, ModelInfo

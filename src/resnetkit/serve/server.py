@@ -9,8 +9,8 @@ import time
 
 import uvicorn
 
-from ..errors import ResnetkitError
-from ..runners import get_backend
+from ..core.errors import ResnetkitError
+from ..backends.base import get_backend
 from .app import create_app
 from .settings import ServeSettings
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ResnetkitError
-from ..images import DEFAULT_MAX_PIXELS
-from ..zoo import get_spec, is_zoo_name
+from ..core.errors import ResnetkitError
+from ..core.images import DEFAULT_MAX_PIXELS
+from ..core.zoo import get_spec, is_zoo_name
 
 ENV_PREFIX = "RESNETKIT_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

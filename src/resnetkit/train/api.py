@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import build_from_artifact
-from ..fileio import write_text_atomic
-from ..models import Classifier, load_model
-from ..spec import ModelMeta, PublishedMetrics
-from ..zoo import get_spec, is_zoo_name
+from ..core.artifacts import build_from_artifact
+from ..core.fileio import write_text_atomic
+from ..core.loading import Classifier, load_model
+from ..core.spec import ModelMeta, PublishedMetrics
+from ..core.zoo import get_spec, is_zoo_name
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig, TrainingError

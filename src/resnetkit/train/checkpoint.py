@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import save_artifact
-from ..spec import ModelMeta
-from ..weights import safe_load
+from ..core.artifacts import save_artifact
+from ..core.spec import ModelMeta
+from ..core.weights import safe_load
 from .config import TrainConfig, TrainingError
 
 BEST, LAST = "best.pt", "last.pt"

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ResnetkitError
+from ..core.errors import ResnetkitError
 
 TASKS = ("finetune", "train", "distill")
 MODES = ("head", "last-stage", "full")

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
-from ..data import ImageFileDataset, Sample, collate_skipping_bad, labelled_samples, scan_class_folders
-from ..errors import DatasetError
-from ..spec import Preprocessing
+from ..core.datasets import ImageFileDataset, Sample, collate_skipping_bad, labelled_samples, scan_class_folders
+from ..core.errors import DatasetError
+from ..core.spec import Preprocessing
 
 SMALL_INPUT = 64  # inputs up to this size get CIFAR-style pad-and-crop instead of random-resized-crop
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
@@ -154,7 +154,7 @@ class ShardedSampler(Sampler[int]):
 
 def make_loader(samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor], sampler: ShardedSampler,
                 batch_size: int, workers: int) -> DataLoader:
-    """A loader of :class:`~resnetkit.data.Batch` es; unreadable files are skipped and reported."""
+    """A loader of :class:`~resnetkit.core.datasets.Batch` es; unreadable files are skipped and reported."""
     return DataLoader(ImageFileDataset(samples, transform), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, collate_fn=collate_skipping_bad, persistent_workers=False,
                       generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_text_atomic
+from ..core.fileio import write_text_atomic
 from . import checkpoint as ckpt
 from .api import resume, run
 from .config import TrainConfig

@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from ..data import Batch
-from ..errors import DatasetError
-from ..spec import ModelMeta
-from ..zoo import get_spec
+from ..core.datasets import Batch
+from ..core.errors import DatasetError
+from ..core.spec import ModelMeta
+from ..core.zoo import get_spec
 from . import checkpoint as ckpt
 from .config import TrainConfig, TrainingError, TrainingInterrupted
 from .data import DataSplits, ShardedSampler, make_loader, train_transform

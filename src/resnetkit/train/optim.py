@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..zoo import get_spec
+from ..core.zoo import get_spec
 from .config import TrainConfig, TrainingError
 
 

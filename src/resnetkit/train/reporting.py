@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..fileio import atomic_write, write_text_atomic
+from ..core.fileio import atomic_write, write_text_atomic
 
 Log = Callable[[str], None]
 COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "images", "skipped", "seconds", "images_per_s")

@@ -7,14 +7,16 @@ adding one is one ``register_backend`` call in the module that implements it.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
 
-from .errors import BackendUnavailableError
-from .spec import ModelMeta
+from ..core.errors import BackendUnavailableError
+from ..core.spec import ModelMeta
 
 
 class Runner(Protocol):
@@ -80,15 +82,36 @@ def register_backend(name: str, factory: BackendFactory, is_available: Callable[
     _BACKENDS[name] = Backend(name, factory, is_available, install_hint)
 
 
+def load_backend_modules() -> None:
+    """Import every module of this package once; each registers its backend (and file readers) on import.
+
+    Discovery instead of a list: adding a backend is adding a module, nothing else."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in _SUPPORT_MODULES:
+            importlib.import_module(f"{__package__}.{module.name}")
+
+
+_LOADED = False
+_SUPPORT_MODULES = {"base", "common"}
+
+
 def backend_names() -> list[str]:
+    load_backend_modules()
     return list(_BACKENDS)
 
 
 def available_backends() -> list[str]:
+    load_backend_modules()
     return [name for name, backend in _BACKENDS.items() if backend.is_available()]
 
 
 def get_backend(name: str) -> Backend:
+    load_backend_modules()
     backend = _BACKENDS.get(name)
     if backend is None:
         raise BackendUnavailableError(f"Unknown backend '{name}'. Choose one of: {', '.join(_BACKENDS)}.")

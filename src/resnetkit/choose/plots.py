@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from .bench import BenchRecord  # noqa: E402
-from .fileio import atomic_write  # noqa: E402
+from ..core.fileio import atomic_write  # noqa: E402
 from .recommend import pareto_front  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .errors import UnknownModelError, WeightsError
-from .runners import Runner, RunnerOptions, make_runner
+from ..backends.base import Runner, RunnerOptions, load_backend_modules, make_runner
 from .spec import ModelMeta, ModelSpec
 from .weights import extract_state_dict, load_published, safe_load
 from .zoo import get_spec, is_zoo_name
@@ -101,6 +101,7 @@ def load_model(
     if path.exists():
         if weights:
             raise UnknownModelError(f"--weights only applies to zoo models; {ref} already carries its weights.")
+        load_backend_modules()  # backends register the file types they read
         loader = _ARTIFACT_LOADERS.get(path.suffix.lower())
         if loader is None:
             known = ", ".join(sorted(_ARTIFACT_LOADERS))

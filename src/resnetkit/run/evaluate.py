@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .data import ImageFileDataset, collate_skipping_bad, labelled_samples, require_folder
-from .errors import DatasetError
-from .models import Classifier, load_model
-from .progress import track
+from ..core.datasets import ImageFileDataset, collate_skipping_bad, labelled_samples, require_folder
+from ..core.errors import DatasetError
+from ..core.loading import Classifier, load_model
+from ..core.progress import track
 
 
 @dataclass

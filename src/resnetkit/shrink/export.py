@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import onnxruntime as onnx_backend
-from .backends import openvino as openvino_backend
-from .backends import torchscript as torchscript_backend
+from ..backends import onnxruntime as onnx_backend
+from ..backends import openvino as openvino_backend
+from ..backends import torchscript as torchscript_backend
 from .compare import Agreement, agreement, latency, sample_batches
-from .errors import ResnetkitError, UnknownModelError
-from .measure import serialized_size_bytes
-from .models import Classifier, load_model
-from .spec import ModelMeta
+from ..core.errors import ResnetkitError, UnknownModelError
+from ..core.measure import serialized_size_bytes
+from ..core.loading import Classifier, load_model
+from ..core.spec import ModelMeta
 
 FORMATS = {"onnx": ".onnx", "torchscript": torchscript_backend.SUFFIX, "openvino": ".xml"}
 CHECK_IMAGES = 64

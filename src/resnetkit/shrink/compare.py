@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DatasetError
-from .images import decode_image, iter_image_paths
-from .measure import Timing, time_calls
-from .models import Classifier
-from .spec import ModelMeta
+from ..core.errors import DatasetError
+from ..core.images import decode_image, iter_image_paths
+from ..core.measure import Timing, time_calls
+from ..core.loading import Classifier
+from ..core.spec import ModelMeta
 
 
 def image_batches(data_dir: str | os.PathLike[str], meta: ModelMeta, *, limit: int, batch_size: int = 32,
@@ -112,8 +112,8 @@ def latency(classifier: Classifier, batch_size: int = 1) -> Timing:
 
 
 def top1_accuracy(classifier: Classifier, data_dir: str | os.PathLike[str], limit: int | None = None) -> float:
-    """Top-1 percent on a class-per-folder dataset, via :func:`resnetkit.evaluate.evaluate`."""
-    from .evaluate import evaluate
+    """Top-1 percent on a class-per-folder dataset, via :func:`resnetkit.run.evaluate.evaluate`."""
+    from ..run.evaluate import evaluate
 
     return evaluate(classifier, data_dir, batch_size=64, limit=limit, workers=2, progress=None).top1
 

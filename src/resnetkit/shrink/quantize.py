@@ -19,16 +19,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .artifacts import save_artifact
-from .backends import onnxruntime as onnx_backend
-from .backends import openvino as openvino_backend
+from ..core.artifacts import save_artifact
+from ..backends import onnxruntime as onnx_backend
+from ..backends import openvino as openvino_backend
 from .compare import Agreement, agreement, image_batches, latency, sample_batches, random_weights_notes, top1_accuracy
-from .errors import ResnetkitError
+from ..core.errors import ResnetkitError
 from .export import artifact_size, check_output_path
-from .measure import serialized_size_bytes
-from .models import Classifier, load_model
-from .runners import FLOAT_DTYPES, RunnerOptions
-from .spec import ModelMeta
+from ..core.measure import serialized_size_bytes
+from ..core.loading import Classifier, load_model
+from ..backends.base import FLOAT_DTYPES, RunnerOptions
+from ..core.spec import ModelMeta
 
 # method -> backends that can produce it; the first is the default
 BACKENDS = {

@@ -50,7 +50,7 @@ def _normalize(name: str) -> str:
 @lru_cache(maxsize=1)
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1000 ILSVRC-2012 WordNet ids in class-index order (source: timm's imagenet_synsets.txt)."""
-    text = resources.files("resnetkit").joinpath("data/imagenet_wnids.txt").read_text()
+    text = resources.files("resnetkit.core").joinpath("resources/imagenet_wnids.txt").read_text()
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 

@@ -22,8 +22,8 @@ from torch import nn
 
 from .errors import UnknownModelError, WeightsError
 from .fileio import atomic_write
-from .models import Classifier, register_artifact_loader
-from .runners import FLOAT_DTYPES, RunnerOptions, make_runner
+from .loading import Classifier, register_artifact_loader
+from ..backends.base import FLOAT_DTYPES, RunnerOptions, make_runner
 from .spec import ModelMeta
 from .weights import safe_load
 from .zoo import get_spec, is_zoo_name

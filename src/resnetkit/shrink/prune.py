@@ -16,15 +16,15 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .artifacts import save_artifact
+from ..core.artifacts import save_artifact
 from .compare import Agreement, agreement, latency, sample_batches, random_weights_notes, top1_accuracy
-from .errors import ResnetkitError
+from ..core.errors import ResnetkitError
 from .export import check_output_path
-from .measure import count_macs, count_params, serialized_size_bytes
-from .models import Classifier, load_model
-from .runners import make_runner
-from .spec import ModelMeta
-from .zoo import get_spec
+from ..core.measure import count_macs, count_params, serialized_size_bytes
+from ..core.loading import Classifier, load_model
+from ..backends.base import make_runner
+from ..core.spec import ModelMeta
+from ..core.zoo import get_spec
 
 METHODS = ("l1-unstructured", "channel")
 # families whose graphs torch-pruning cannot follow, and why
@@ -118,7 +118,7 @@ def channel_prune(module: nn.Module, meta: ModelMeta, amount: float, round_to: i
 def _pinned_layers(module: nn.Module, family: str) -> list[nn.Module]:
     if family != "cifar_resnet":
         return []
-    from .cifar_resnet import BasicBlock
+    from ..core.cifar_resnet import BasicBlock
 
     inner = {block.conv1 for block in module.modules() if isinstance(block, BasicBlock)}
     return [layer for layer in weight_layers(module) if layer not in inner]
@@ -211,7 +211,7 @@ def _notes(method: str) -> list[str]:
 def finetune(module: nn.Module, meta: ModelMeta, train_dir: str, *, epochs: int, lr: float, workers: int) -> dict[str, Any]:
     """Short recovery training of the pruned module in place, with the training engine.
     Zero weights are masked during training so unstructured sparsity survives it."""
-    from .train import finetune_module
+    from ..train import finetune_module
 
     layers = weight_layers(module)
     for layer in layers:

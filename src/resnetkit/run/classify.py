@@ -9,9 +9,9 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .errors import ImageError, ResnetkitError
-from .images import decode_image, iter_image_paths
-from .models import Classifier, load_model
+from ..core.errors import ImageError, ResnetkitError
+from ..core.images import decode_image, iter_image_paths
+from ..core.loading import Classifier, load_model
 
 
 @dataclass(frozen=True)

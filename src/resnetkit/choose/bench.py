@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ResnetkitError
-from .images import decode_image
-from .measure import Timing, count_macs, count_params, peak_rss_mb, reset_peak_rss, serialized_size_bytes, time_calls
-from .models import Classifier, load_model
-from .runners import RunnerOptions
-from .spec import ModelMeta
-from .zoo import get_spec, is_zoo_name
+from ..core.errors import ResnetkitError
+from ..core.images import decode_image
+from ..core.measure import Timing, count_macs, count_params, peak_rss_mb, reset_peak_rss, serialized_size_bytes, time_calls
+from ..core.loading import Classifier, load_model
+from ..backends.base import RunnerOptions
+from ..core.spec import ModelMeta
+from ..core.zoo import get_spec, is_zoo_name
 
 DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                   "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0")
@@ -286,7 +286,7 @@ def _end_to_end(classifier: Classifier, config: BenchConfig) -> tuple[float, flo
 
 
 def _add_accuracy(record: BenchRecord, classifier: Classifier, config: BenchConfig) -> None:
-    from .evaluate import evaluate
+    from ..run.evaluate import evaluate
 
     report = evaluate(classifier, config.eval_dir, limit=config.eval_limit, progress=False)
     record.top1, record.top5, record.eval_images = report.top1, report.top5, report.n_images
