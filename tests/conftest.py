@@ -76,3 +76,11 @@ def make_image(path: Path, size: tuple[int, int] = (64, 48), mode: str = "RGB", 
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **save_args)
     return path
+
+
+def eager_source(model: str, **kwargs):
+    """``model`` loaded the way the CLI loads the input of export/quantize/prune: eager PyTorch, exact fp32."""
+    from resnetkit import load_model
+    from resnetkit.backends.base import RunnerOptions
+
+    return load_model(model, backend="eager", options=RunnerOptions(precision="fp32"), **kwargs)

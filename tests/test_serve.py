@@ -28,7 +28,8 @@ from conftest import make_image
 from resnetkit.core.artifacts import save_artifact
 from resnetkit.core.loading import load_model
 from resnetkit.run.classify import classify
-from resnetkit.backends.base import EagerRunner, backend_names, register_backend
+from resnetkit.backends.base import backend_names, register_backend
+from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
 from resnetkit.core.zoo import get_spec
 

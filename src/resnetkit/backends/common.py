@@ -1,4 +1,4 @@
-"""Helpers shared by the backends: artifact metadata, precision checks, calibration input."""
+"""Helpers shared by the backends: artifact metadata, calibration input, quiet third-party tools."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..core.errors import BackendUnavailableError
-from .base import RunnerOptions
 from ..core.spec import ModelMeta
+from .base import RunnerOptions
 
 META_KEY = "resnetkit"  # key under which artifacts store ModelMeta.to_dict() as JSON
 GENERATED_CALIBRATION_IMAGES = 32
@@ -31,32 +30,6 @@ def meta_from_json(text: str, path: Path) -> ModelMeta:
         return ModelMeta.from_dict(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
         raise UnknownModelError(f"{path}: the resnetkit metadata is unreadable ({exc}).") from None
-
-
-def check_file_backend(path: Path, backend: str | None, allowed: Sequence[str], kind: str) -> None:
-    """Refuse a backend that cannot run this kind of file (``None``: the file's own runtime)."""
-    if backend is not None and backend not in allowed:
-        raise BackendUnavailableError(
-            f"{path.name} is {kind}; the {backend} backend cannot run it. Use --backend {' or '.join(allowed)}, "
-            "or leave --backend out to run it with its own runtime."
-        )
-
-
-def check_file_precision(path: Path, requested: str | None, stored: str) -> None:
-    """Refuse a precision other than the one a file computes in as stored."""
-    if requested is not None and requested != stored:
-        raise BackendUnavailableError(
-            f"{path.name} computes in {stored} as stored, not {requested}. Make a {requested} model with "
-            "'resnetkit quantize' (fp16/bf16 also run from OpenVINO files with --backend openvino)."
-        )
-
-
-def check_precision(backend: str, precision: str, supported: Sequence[str]) -> None:
-    if precision not in supported:
-        raise BackendUnavailableError(
-            f"The {backend} backend runs {', '.join(supported)}, not '{precision}'. "
-            "See 'resnetkit backends' and 'resnetkit quantize'."
-        )
 
 
 def calibration_batches(meta: ModelMeta, options: RunnerOptions) -> Sequence[torch.Tensor]:

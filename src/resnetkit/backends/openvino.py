@@ -18,11 +18,9 @@ import torch
 from torch import nn
 
 from ..core.errors import BackendUnavailableError, UnknownModelError
-from ..core.loading import Classifier, register_artifact_loader
-from .base import RunnerOptions, register_backend
 from ..core.spec import ModelMeta
-from .common import (META_KEY, calibration_batches, check_file_backend, check_precision, meta_from_json, meta_to_json,
-                     progress_to_stderr)
+from .base import Backend, FileFormat, RunnerOptions, register
+from .common import META_KEY, calibration_batches, meta_from_json, meta_to_json, progress_to_stderr
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -144,37 +142,39 @@ def runner_int8_layers(runner: OpenVinoRunner) -> dict[str, int]:
     return int8_layers(runner._request(1).get_compiled_model())
 
 
-def runner_from_file(path: Path, meta: ModelMeta, options: RunnerOptions) -> OpenVinoRunner:
-    import openvino as ov
-
-    return OpenVinoRunner(ov.Core().read_model(str(path)), _float_hint(options, meta))
-
-
 def _float_hint(options: RunnerOptions, meta: ModelMeta) -> str | None:
     """The float precision asked for, else the one the artifact was made for, else None
     (OpenVINO's own choice; for int8 models that is the precision of the non-int8 layers)."""
-    for precision in (options.precision, meta.extra.get("precision")):
+    for precision in (options.precision, meta.precision):
         if precision in HINTS:
             return precision
     return None
 
 
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> OpenVinoRunner:
-    precision = options.precision
-    check_precision("openvino", precision or "fp32", (*HINTS, "int8"))
     model = to_openvino(module, meta)
-    if precision == "int8":
+    if options.precision == "int8":
         model = quantize_static(model, calibration_batches(meta, options))
-    return OpenVinoRunner(model, _float_hint(options, meta))
+    return OpenVinoRunner(model, options.precision if options.precision in HINTS else None)
 
 
-def _load_ir(path: Path, backend: str | None, options: RunnerOptions) -> Classifier:
+def _read(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta]:
     import openvino as ov
 
-    check_file_backend(path, backend, ("openvino",), "an OpenVINO model")
     model = ov.Core().read_model(str(path))
     meta = read_meta(model, path)
-    return Classifier(meta, OpenVinoRunner(model, _float_hint(options, meta)))
+    return OpenVinoRunner(model, _float_hint(options, meta)), meta
+
+
+def _read_onnx(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta]:
+    """An ONNX graph compiled by OpenVINO; the metadata is read with onnx, where the exporter put it."""
+    import onnx
+    import openvino as ov
+
+    from .onnxruntime import read_meta as read_onnx_meta
+
+    meta = read_onnx_meta(onnx.load(str(path), load_external_data=False), path)
+    return OpenVinoRunner(ov.Core().read_model(str(path)), _float_hint(options, meta)), meta
 
 
 def default_precision() -> str:
@@ -184,9 +184,8 @@ def default_precision() -> str:
     return FROM_HINT.get(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
 
 
-def is_available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
-
-
-register_backend("openvino", _factory, is_available, install_hint="Install it with: pip install openvino nncf")
-register_artifact_loader((".xml",), _load_ir)
+register(Backend("openvino", "OpenVINO CPU; int8 = NNCF", ("fp32", "bf16", "fp16", "int8"),
+                 _factory, default_precision=default_precision,
+                 formats=(FileFormat((".xml",), "an OpenVINO model", _read),
+                          FileFormat((".onnx",), "an ONNX graph", _read_onnx, own_runtime=False)),
+                 package="openvino", imports=("openvino",), install_hint="Install it with: pip install openvino nncf"))

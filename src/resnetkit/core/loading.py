@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..backends.base import FLOAT_DTYPES, Runner, RunnerOptions, file_suffixes, make_runner, read_file
+from .artifacts import ARTIFACT_SUFFIXES, load_artifact
 from .errors import UnknownModelError, WeightsError
-from ..backends.base import Runner, RunnerOptions, load_backend_modules, make_runner
 from .spec import ModelMeta, ModelSpec
 from .weights import extract_state_dict, load_published, safe_load
 from .zoo import get_spec, is_zoo_name
@@ -34,34 +36,6 @@ class Classifier:
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.runner(batch).float(), dim=1)
-
-
-# An artifact loader: (path, backend, options) -> Classifier. Registered by suffix.
-ArtifactLoader = Callable[[Path, str | None, RunnerOptions], Classifier]
-_ARTIFACT_LOADERS: dict[str, ArtifactLoader] = {}
-
-
-def register_artifact_loader(suffixes: tuple[str, ...], loader: ArtifactLoader) -> None:
-    for suffix in suffixes:
-        if suffix in _ARTIFACT_LOADERS:
-            raise ValueError(f"artifact suffix {suffix!r} already has a loader")
-        _ARTIFACT_LOADERS[suffix] = loader
-
-
-def load_weights_into(module: nn.Module, state: dict[str, torch.Tensor], *, head: str | None = None) -> list[str]:
-    """Load ``state`` strictly; with ``head`` given, head weights of another shape are dropped.
-
-    Returns the names of the dropped keys (timm's behaviour for a new number of classes).
-    """
-    dropped: list[str] = []
-    if head:
-        own = module.state_dict()
-        dropped = [k for k in state if k.startswith(head + ".") and k in own and own[k].shape != state[k].shape]
-        state = {k: v for k, v in state.items() if k not in dropped}
-    result = module.load_state_dict(state, strict=not dropped)
-    if dropped and (result.unexpected_keys or set(result.missing_keys) - set(dropped)):
-        raise WeightsError(f"Weights do not fit the architecture: missing {result.missing_keys}, unexpected {result.unexpected_keys}.")
-    return dropped
 
 
 def _load_file_weights(spec: ModelSpec, module: nn.Module, path: Path) -> None:
@@ -89,7 +63,9 @@ def load_model(
     ``weights`` is a weights tag of the zoo model (e.g. ``IMAGENET1K_V2``) or a checkpoint
     file; ``pretrained=False`` gives random weights (enough to measure cost). ``backend``
     and ``options`` (precision, batch-size hint...) choose how the model runs; ``backend=None``
-    runs it with its own runtime: eager PyTorch, ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``.
+    runs it with its own runtime: eager PyTorch for zoo models and ``.pt`` artifacts (in the
+    precision the artifact stores), else the file's runtime from the backend registry
+    (ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``, TorchScript for ``.torchscript``).
     """
     ref = str(ref)
     options = options or RunnerOptions()
@@ -101,14 +77,23 @@ def load_model(
     if path.exists():
         if weights:
             raise UnknownModelError(f"--weights only applies to zoo models; {ref} already carries its weights.")
-        load_backend_modules()  # backends register the file types they read
-        loader = _ARTIFACT_LOADERS.get(path.suffix.lower())
-        if loader is None:
-            known = ", ".join(sorted(_ARTIFACT_LOADERS))
+        if path.suffix.lower() in ARTIFACT_SUFFIXES:
+            module, meta = load_artifact(path)
+            return Classifier(meta, make_runner(module, meta, backend, _stored_precision(meta, options)), module)
+        if path.suffix.lower() not in file_suffixes():
+            known = ", ".join([*ARTIFACT_SUFFIXES, *file_suffixes()])
             raise UnknownModelError(f"{ref} is not a model file resnetkit can read (known suffixes: {known}).")
-        return loader(path, backend, options)
+        runner, meta = read_file(path, backend, options)
+        return Classifier(meta, runner)
     get_spec(ref)  # raises UnknownModelError with suggestions
     raise AssertionError("unreachable")
+
+
+def _stored_precision(meta: ModelMeta, options: RunnerOptions) -> RunnerOptions:
+    """Weights stored in fp16/bf16 run as stored unless another precision is asked for."""
+    if options.precision is None and meta.precision in FLOAT_DTYPES and meta.precision != "fp32":
+        return dataclasses.replace(options, precision=meta.precision)
+    return options
 
 
 def _zoo_module(spec: ModelSpec, weights: str | None, pretrained: bool, progress: bool | None) -> tuple[nn.Module, ModelMeta]:
@@ -122,6 +107,6 @@ def _zoo_module(spec: ModelSpec, weights: str | None, pretrained: bool, progress
         return module.eval(), spec.meta().replace(weights=str(path))
     chosen = spec.get_weights(weights)
     if not pretrained:
-        return module.eval(), spec.meta(chosen).replace(weights="random")
+        return module.eval(), spec.meta(chosen, random=True)
     module.load_state_dict(load_published(spec.name, chosen, progress=progress))
     return module.eval(), spec.meta(chosen)
