@@ -30,6 +30,15 @@ def isolated_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["TORCH_HOME"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """auto's tuning cache lives in a session temp file, never in the user's cache directory."""
+    path = tmp_path_factory.mktemp("tuning") / "tuning.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RESNETKIT_TUNING_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
 def seeded_torch() -> None:
     """Random weights and inputs are the same in every test, whatever ran before it."""

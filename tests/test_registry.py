@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from resnetkit import load_model
-from resnetkit.backends import auto, base, describe
+from resnetkit.backends import auto, base, describe, tuning
 from resnetkit.backends.base import RunnerOptions
 from resnetkit.cli import app
 from resnetkit.core.artifacts import save_artifact
@@ -151,3 +151,93 @@ def test_random_weights_carry_no_accuracy_anywhere(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["results"][0]["predictions"] and "91.73" not in result.stdout
 
+
+# --- auto as the default: precision, threads, the tuning cache (issue 9) -------------------------------
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "tuning.json"
+    monkeypatch.setenv(tuning.ENV_VAR, str(path))
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.06)
+    return path
+
+
+def test_auto_is_the_default_and_says_what_ran(fresh_cache: Path) -> None:
+    model = load_model("cifar_resnet20", pretrained=False)
+    assert model.runner.backend.endswith(" (auto)")
+    # the fastest of fp32 and the default precision (bf16 where the CPU has it natively), never int8
+    assert model.runner.precision in {"fp32", auto.default_precision()}
+    assert model.runner.tuning.choice.precision == model.runner.precision
+    name = model.runner.backend.removesuffix(" (auto)")
+    assert base.runner_label(model.runner) == f"{name}/{model.runner.precision} (auto)"
+    tried = {label.split("/")[0] for label in model.runner.timings_ms}
+    assert {"eager", "onnxruntime", "openvino"} <= tried and "compile" not in tried
+    exact = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(precision="fp32"))
+    assert exact.runner.precision == "fp32" and all("/fp32/" in label for label in exact.runner.timings_ms)
+    batch = torch.randn(2, 3, 32, 32)
+    eager = base.make_runner(copy.deepcopy(exact.module), exact.meta, "eager")
+    assert torch.allclose(exact.logits(batch), eager(batch), atol=1e-3)
+
+
+def test_auto_tunes_once_then_reads_the_cache(fresh_cache: Path) -> None:
+    first = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=2)).runner
+    assert not first.cached and fresh_cache.is_file()
+    assert {t for label in first.timings_ms for t in [label.rsplit("/", 1)[1]]} == {f"{n}t" for n in auto.thread_counts()}
+    [entry] = tuning.entries()
+    assert (entry.model, entry.batch_size, entry.choice) == ("cifar_resnet20", 2, first.tuning.choice)
+    second = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=2)).runner
+    assert second.cached and second.tuning.choice == first.tuning.choice and second.timings_ms == first.timings_ms
+    other_batch = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=1)).runner
+    assert not other_batch.cached and len(tuning.entries()) == 2
+
+
+def test_a_changed_machine_or_library_retunes(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    load_model("cifar_resnet20", pretrained=False).runner.backend  # tune and store
+    real = tuning.machine()
+    monkeypatch.setattr(tuning, "machine", lambda: {**real, "libraries": {**real["libraries"], "openvino": "0.0-faked"}})
+    again = load_model("cifar_resnet20", pretrained=False).runner
+    assert not again.cached
+    [entry] = tuning.entries()  # the entry of the old library versions was replaced
+    assert entry.machine["libraries"]["openvino"] == "0.0-faked"
+
+
+def test_threads_are_applied_per_runner() -> None:
+    from resnetkit.backends.eager import EagerRunner
+    from resnetkit.backends.onnxruntime import OnnxRuntimeRunner, to_onnx
+    from resnetkit.backends.openvino import OpenVinoRunner, to_openvino
+
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    before = torch.get_num_threads()
+    eager = EagerRunner(copy.deepcopy(model.module), threads=1)
+    eager(torch.randn(1, 3, 32, 32))
+    assert torch.get_num_threads() == before  # restored after the call
+    ort = OnnxRuntimeRunner(to_onnx(model.module, model.meta), threads=1)
+    assert ort.session.get_session_options().intra_op_num_threads == 1
+    ov = OpenVinoRunner(to_openvino(model.module, model.meta), threads=1)
+    assert ov._request(1).get_compiled_model().get_property("INFERENCE_NUM_THREADS") == 1
+
+
+def test_tune_command_shows_refreshes_and_clears(fresh_cache: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(app, ["tune", "cifar_resnet20", "--json"])
+    assert first.exit_code == 0, first.output
+    data = json.loads(first.stdout)
+    assert not data["cached"] and data["choice"]["backend"] in {"eager", "onnxruntime", "openvino"}
+    assert json.loads(runner.invoke(app, ["tune", "cifar_resnet20", "--json"]).stdout)["cached"]
+    assert not json.loads(runner.invoke(app, ["tune", "cifar_resnet20", "--refresh", "--json"]).stdout)["cached"]
+    cleared = runner.invoke(app, ["tune", "cifar_resnet20", "--clear"])
+    assert cleared.exit_code == 0 and "removed 1 tuning entry of cifar_resnet20" in cleared.stdout
+    assert tuning.entries() == []
+
+
+def test_torchscript_export_prints_no_deprecation_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    from resnetkit.backends.torchscript import save_torchscript
+
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = save_torchscript(model.module, model.meta, tmp_path / "m.torchscript")
+        load_model(path).logits(torch.randn(1, 3, 32, 32))
+    assert not [w for w in caught if "torch.jit" in str(w.message)]

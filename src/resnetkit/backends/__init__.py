@@ -13,9 +13,10 @@ from .base import registered
 
 
 def describe() -> list[dict[str, Any]]:
-    """One row per registered backend: availability, package version, precisions, default precision, files, remark."""
+    """One row per registered backend (by name): availability, package version, precisions, default precision,
+    files it reads, remark."""
     rows = []
-    for backend in registered():
+    for backend in sorted(registered(), key=lambda b: b.name):
         available = backend.is_available()
         rows.append({
             "backend": backend.name,

@@ -46,6 +46,8 @@ class RunnerOptions:
     batch_size: int = 1  # a hint for backends that compile for a shape
     precision: str | None = None  # fp32 | fp16 | bf16 | int8 ...
     calibration: Sequence[torch.Tensor] | None = None  # preprocessed batches, for int8
+    threads: int | None = None  # intra-op threads of this runner (None: the runtime's default)
+    retune: bool = False  # auto: measure again instead of reading the tuning cache
 
 
 BackendFactory = Callable[[nn.Module, ModelMeta, RunnerOptions], Runner]
@@ -138,7 +140,7 @@ def load_backend_modules() -> None:
 
 
 _LOADED = False
-_SUPPORT_MODULES = {"base", "common"}
+_SUPPORT_MODULES = {"base", "common", "tuning"}
 
 
 def backend_names() -> list[str]:
@@ -167,19 +169,31 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-DEFAULT_BACKEND = "eager"  # for PyTorch modules; files default to their own runtime
+DEFAULT_BACKEND = "auto"  # for PyTorch modules; files default to their own runtime
+
+
+def module_backend(backend: str | None, options: RunnerOptions) -> Backend:
+    """The backend that will run a PyTorch module (``None``: :data:`DEFAULT_BACKEND`), checked
+    to be available, to run modules and to run the requested precision."""
+    chosen = get_backend(backend or DEFAULT_BACKEND)
+    if chosen.factory is None:
+        raise BackendUnavailableError(f"The {chosen.name} backend runs model files only, not PyTorch models.")
+    if options.precision is not None:
+        chosen.check_precision(options.precision)
+    return chosen
 
 
 def make_runner(module: nn.Module, meta: ModelMeta, backend: str | None = None,
                 options: RunnerOptions | None = None) -> Runner:
     """A runner for ``module`` on ``backend`` (``None``: :data:`DEFAULT_BACKEND`)."""
     options = options or RunnerOptions()
-    chosen = get_backend(backend or DEFAULT_BACKEND)
-    if chosen.factory is None:
-        raise BackendUnavailableError(f"The {chosen.name} backend runs model files only, not PyTorch models.")
-    if options.precision is not None:
-        chosen.check_precision(options.precision)
-    return chosen.factory(module, meta, options)
+    return module_backend(backend, options).factory(module, meta, options)  # type: ignore[misc]
+
+
+def runner_label(runner: Runner) -> str:
+    """What ran, for people: ``openvino/bf16 (auto)``, ``eager/fp32``."""
+    name = runner.backend.removesuffix(" (auto)")
+    return f"{name}/{runner.precision}" + (" (auto)" if name != runner.backend else "")
 
 
 def file_suffixes() -> list[str]:

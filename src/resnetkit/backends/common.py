@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sys
 import warnings
@@ -54,6 +55,42 @@ def cpu_has_vnni() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads in PyTorch, then restore the previous setting."""
+    previous = torch.get_num_threads()
+    if threads is None or threads == previous:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def quiet_torch_jit() -> Iterator[None]:
+    """Silence only PyTorch's deprecation notices for ``torch.jit``: TorchScript files are made and read
+    with it on purpose (for LibTorch users), so the notice is not actionable for resnetkit's users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
+        yield
+
+
+@contextlib.contextmanager
+def captured_stdout() -> Iterator[None]:
+    """Keep what a tool prints to stdout (ONNX Runtime's calibrator prints its statistics) out of the
+    output; it is shown on stderr only if the block fails, for diagnosis."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    except BaseException:
+        sys.stderr.write(buffer.getvalue())
+        raise
 
 
 @contextlib.contextmanager

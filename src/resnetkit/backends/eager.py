@@ -9,14 +9,16 @@ from torch import nn
 
 from ..core.spec import ModelMeta
 from .base import FLOAT_DTYPES, Backend, RunnerOptions, register
+from .common import torch_threads
 
 
 @dataclass
 class EagerRunner:
-    """A torch module in inference mode, with fp32, fp16 or bf16 weights."""
+    """A torch module in inference mode, with fp32, fp16 or bf16 weights, on ``threads`` intra-op threads."""
 
     module: nn.Module
     precision: str = "fp32"
+    threads: int | None = None
     backend: str = "eager"
 
     def __post_init__(self) -> None:
@@ -24,12 +26,12 @@ class EagerRunner:
         self.module = self.module.to(dtype=self.dtype).eval()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):
             return self.module(batch.to(self.dtype)).float()
 
 
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> EagerRunner:
-    return EagerRunner(module, options.precision or "fp32")
+    return EagerRunner(module, options.precision or "fp32", options.threads)
 
 
 register(Backend("eager", "PyTorch eager, inference mode", tuple(FLOAT_DTYPES), _factory, package="torch"))

@@ -21,7 +21,7 @@ from ..core.errors import ResnetkitError, UnknownModelError
 from ..core.fileio import atomic_write
 from ..core.spec import ModelMeta
 from .base import Backend, FileFormat, RunnerOptions, register
-from .common import META_KEY, calibration_batches, cpu_has_vnni, meta_from_json, meta_to_json, progress_to_stderr
+from .common import META_KEY, calibration_batches, captured_stdout, cpu_has_vnni, meta_from_json, meta_to_json
 
 if TYPE_CHECKING:
     import onnx
@@ -89,6 +89,7 @@ class OnnxRuntimeRunner:
 
     model: onnx.ModelProto
     precision: str = "fp32"
+    threads: int | None = None  # intra-op threads (None: ONNX Runtime's default, one per physical core)
     backend: str = "onnxruntime"
     session: Any = field(init=False, repr=False)
 
@@ -97,6 +98,8 @@ class OnnxRuntimeRunner:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            options.intra_op_num_threads = self.threads
         self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
@@ -142,7 +145,7 @@ def quantize_static(model: onnx.ModelProto, batches: Sequence[torch.Tensor], met
         source, prepared, target = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save(model, source)
         quant_pre_process(str(source), str(prepared))
-        with progress_to_stderr():
+        with captured_stdout():
             ort_quantize(str(prepared), str(target), _Images(batches, model.graph.input[0].name),
                          quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                          per_channel=True, reduce_range=not cpu_has_vnni(),
@@ -157,11 +160,13 @@ def quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     for MatMul/Gemm only, so a conv net gets just its final Linear layer quantized."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source, prepared, target = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save(model, source)
-        ort_quantize(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        quant_pre_process(str(source), str(prepared))  # ONNX Runtime's recommended first step (and it says so if skipped)
+        ort_quantize(str(prepared), str(target), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
         quantized = onnx.load(str(target))
     _copy_meta(model, quantized)
     return quantized
@@ -201,7 +206,7 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Onnx
     model = to_onnx(module, meta)
     if options.precision == "int8":
         model = quantize_static(model, calibration_batches(meta, options))
-    return OnnxRuntimeRunner(model, graph_precision(model))
+    return OnnxRuntimeRunner(model, graph_precision(model), options.threads)
 
 
 def _read(path: Path, options: RunnerOptions) -> tuple[OnnxRuntimeRunner, ModelMeta]:
@@ -209,7 +214,7 @@ def _read(path: Path, options: RunnerOptions) -> tuple[OnnxRuntimeRunner, ModelM
 
     model = onnx.load(str(path))
     meta = read_meta(model, path)
-    return OnnxRuntimeRunner(model, graph_precision(model)), meta
+    return OnnxRuntimeRunner(model, graph_precision(model), options.threads), meta
 
 
 register(Backend("onnxruntime", "ONNX Runtime CPU; int8 = static QDQ", ("fp32", "int8"), _factory,

@@ -10,7 +10,6 @@ import copy
 import importlib.util
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -33,14 +32,17 @@ INT8_TYPES = ("i8", "u8")
 
 
 def to_openvino(module: nn.Module, meta: ModelMeta) -> ov.Model:
-    """``module`` as an OpenVINO model with a dynamic batch dimension and ``meta`` attached."""
+    """``module`` as an OpenVINO model with a dynamic batch dimension and ``meta`` attached.
+
+    Converted from a ``torch.export`` program (OpenVINO's recommended path; the older
+    TorchScript tracing path is deprecated in PyTorch). The example batch has 2 images:
+    torch.export specializes a dimension of size 1 to a constant."""
     import openvino as ov
 
     shape = meta.preprocessing.input_shape
-    with warnings.catch_warnings():  # OpenVINO's converter traces with torch.jit, which torch now marks deprecated
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
-        model = ov.convert_model(copy.deepcopy(module).float().eval(), example_input=torch.zeros(1, *shape),
-                                 input=[(-1, *shape)])
+    program = torch.export.export(copy.deepcopy(module).float().eval(), (torch.zeros(2, *shape),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    model = ov.convert_model(program, input=[(-1, *shape)])
     set_meta(model, meta)
     return model
 
@@ -100,12 +102,14 @@ class OpenVinoRunner:
 
     backend = "openvino"
 
-    def __init__(self, model: ov.Model, precision: str | None = None) -> None:
+    def __init__(self, model: ov.Model, precision: str | None = None, threads: int | None = None) -> None:
         import openvino as ov
 
         self.core = ov.Core()
         self.model = model
-        self.config = {"INFERENCE_PRECISION_HINT": HINTS[precision]} if precision else {}
+        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision]} if precision else {}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = threads
         self._requests: dict[int, Any] = {}
         self.precision = self._actual_precision(self._request(1))
 
@@ -155,7 +159,7 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Open
     model = to_openvino(module, meta)
     if options.precision == "int8":
         model = quantize_static(model, calibration_batches(meta, options))
-    return OpenVinoRunner(model, options.precision if options.precision in HINTS else None)
+    return OpenVinoRunner(model, options.precision if options.precision in HINTS else None, options.threads)
 
 
 def _read(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta]:
@@ -163,7 +167,7 @@ def _read(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta
 
     model = ov.Core().read_model(str(path))
     meta = read_meta(model, path)
-    return OpenVinoRunner(model, _float_hint(options, meta)), meta
+    return OpenVinoRunner(model, _float_hint(options, meta), options.threads), meta
 
 
 def _read_onnx(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta]:
@@ -174,7 +178,7 @@ def _read_onnx(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, Mode
     from .onnxruntime import read_meta as read_onnx_meta
 
     meta = read_onnx_meta(onnx.load(str(path), load_external_data=False), path)
-    return OpenVinoRunner(ov.Core().read_model(str(path)), _float_hint(options, meta)), meta
+    return OpenVinoRunner(ov.Core().read_model(str(path)), _float_hint(options, meta), options.threads), meta
 
 
 def default_precision() -> str:

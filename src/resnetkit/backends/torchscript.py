@@ -18,7 +18,7 @@ from ..core.errors import UnknownModelError
 from ..core.fileio import atomic_write
 from ..core.spec import ModelMeta
 from .base import Backend, FileFormat, RunnerOptions, register
-from .common import meta_from_json, meta_to_json
+from .common import meta_from_json, meta_to_json, quiet_torch_jit
 
 SUFFIX = ".torchscript"
 META_FILE = "resnetkit_meta.json"
@@ -27,10 +27,10 @@ META_FILE = "resnetkit_meta.json"
 def save_torchscript(module: nn.Module, meta: ModelMeta, path: str | Path) -> Path:
     """Trace ``module`` at batch 1 and write it with ``meta``; traced convnets accept any batch size."""
     example = torch.zeros(1, *meta.preprocessing.input_shape)
-    with torch.no_grad():
-        traced = torch.jit.trace(copy.deepcopy(module).float().eval(), example)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={META_FILE: meta_to_json(meta)})
+    with torch.no_grad(), quiet_torch_jit():
+        traced = torch.jit.trace(copy.deepcopy(module).float().eval(), example)
+        torch.jit.save(traced, buffer, _extra_files={META_FILE: meta_to_json(meta)})
     with atomic_write(path) as handle:
         handle.write(buffer.getvalue())
     return Path(path)
@@ -49,7 +49,8 @@ class TorchScriptRunner:
 
 def _read(path: Path, options: RunnerOptions) -> tuple[TorchScriptRunner, ModelMeta]:
     extra = {META_FILE: ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    with quiet_torch_jit():
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     if not extra[META_FILE]:
         raise UnknownModelError(f"{path} is a TorchScript file without resnetkit metadata; export it with 'resnetkit export'.")
     return TorchScriptRunner(module.eval()), meta_from_json(extra[META_FILE], path)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..backends.base import FLOAT_DTYPES, Runner, RunnerOptions, file_suffixes, make_runner, read_file
+from ..backends.base import FLOAT_DTYPES, Runner, RunnerOptions, file_suffixes, module_backend, read_file
 from .artifacts import ARTIFACT_SUFFIXES, load_artifact
 from .errors import UnknownModelError, WeightsError
 from .spec import ModelMeta, ModelSpec
@@ -38,6 +38,33 @@ class Classifier:
         return torch.softmax(self.runner(batch).float(), dim=1)
 
 
+class LazyRunner:
+    """A runner built on first use, so loading a model only for its module (to train or export
+    it) builds and tunes nothing; attributes are those of the built runner."""
+
+    def __init__(self, build: Callable[[], Runner]) -> None:
+        self._build = build
+        self._runner: Runner | None = None
+
+    @property
+    def built(self) -> Runner:
+        if self._runner is None:
+            self._runner = self._build()
+        return self._runner
+
+    def __getattr__(self, name: str) -> Any:  # backend, precision, timings_ms, ...
+        return getattr(self.built, name)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.built(batch)
+
+
+def module_classifier(module: nn.Module, meta: ModelMeta, backend: str | None, options: RunnerOptions) -> Classifier:
+    """``module`` behind a runner of ``backend`` (``None``: auto), checked now and built on first use."""
+    chosen = module_backend(backend, options)
+    return Classifier(meta, LazyRunner(lambda: chosen.factory(module, meta, options)), module)  # type: ignore[misc]
+
+
 def _load_file_weights(spec: ModelSpec, module: nn.Module, path: Path) -> None:
     checkpoint = safe_load(path)
     if isinstance(checkpoint, dict) and "resnetkit" in checkpoint:
@@ -62,24 +89,25 @@ def load_model(
 
     ``weights`` is a weights tag of the zoo model (e.g. ``IMAGENET1K_V2``) or a checkpoint
     file; ``pretrained=False`` gives random weights (enough to measure cost). ``backend``
-    and ``options`` (precision, batch-size hint...) choose how the model runs; ``backend=None``
-    runs it with its own runtime: eager PyTorch for zoo models and ``.pt`` artifacts (in the
-    precision the artifact stores), else the file's runtime from the backend registry
-    (ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``, TorchScript for ``.torchscript``).
+    and ``options`` (precision, batch-size hint...) choose how the model runs. ``backend=None``:
+    zoo models and ``.pt`` artifacts run on ``auto`` (the fastest measured backend, in the
+    default precision of :mod:`resnetkit.backends.auto`, or the precision an artifact stores);
+    other files on their own runtime from the backend registry (ONNX Runtime for ``.onnx``,
+    OpenVINO for ``.xml``, TorchScript for ``.torchscript``). The runner is built on first use.
     """
     ref = str(ref)
     options = options or RunnerOptions()
     if is_zoo_name(ref):
         spec = get_spec(ref)
         module, meta = _zoo_module(spec, weights, pretrained, progress)
-        return Classifier(meta, make_runner(module, meta, backend, options), module)
+        return module_classifier(module, meta, backend, options)
     path = Path(ref)
     if path.exists():
         if weights:
             raise UnknownModelError(f"--weights only applies to zoo models; {ref} already carries its weights.")
         if path.suffix.lower() in ARTIFACT_SUFFIXES:
             module, meta = load_artifact(path)
-            return Classifier(meta, make_runner(module, meta, backend, _stored_precision(meta, options)), module)
+            return module_classifier(module, meta, backend, _stored_precision(meta, options))
         if path.suffix.lower() not in file_suffixes():
             known = ", ".join([*ARTIFACT_SUFFIXES, *file_suffixes()])
             raise UnknownModelError(f"{ref} is not a model file resnetkit can read (known suffixes: {known}).")
