@@ -71,11 +71,12 @@ def test_float_round_trip(tmp_path: Path, method: str, backend: str, suffix: str
     report = quantize(eager_source("cifar_resnet20", pretrained=False), method, tmp_path / f"f{suffix}", backend=backend,
                       check_images=16)
     assert report.size_bytes < 0.6 * report.fp32_size_bytes
-    loaded = load_model(report.path)
+    loaded = load_model(report.path, backend=backend)
     assert loaded.runner.precision in (method, "fp32")  # fp32 only where the CPU lacks the format
     if backend == "eager":
         assert loaded.runner.precision == "fp16"
         assert next(loaded.module.parameters()).dtype == torch.float16
+        assert load_model(report.path).runner.precision == "fp16"  # auto runs it as stored
     _round_trip(report.path, tmp_path)
 
 

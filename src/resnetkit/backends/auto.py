@@ -102,9 +102,11 @@ def tuned(name: str, key: str, meta: ModelMeta, options: RunnerOptions,
     runners = {}
     for candidate, build in builders.items():
         try:
-            runners[candidate] = build()
+            runner = build()
         except BackendUnavailableError:
             continue
+        if options.precision is None or runner.precision == options.precision:  # e.g. no fp16 arithmetic here
+            runners[candidate] = runner
     if not runners:
         raise ResnetkitError(f"No backend can run {name} with these options; see 'resnetkit backends'.")
     batch = torch.randn(max(options.batch_size, 1), *meta.preprocessing.input_shape)
