@@ -31,7 +31,7 @@ def short_auto_trials(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def eager():
     torch.manual_seed(0)
-    return load_model("cifar_resnet20", pretrained=False)
+    return load_model("cifar_resnet20", pretrained=False, backend="eager")
 
 
 def _same_weights(backend: str, options: RunnerOptions, eager):
@@ -78,9 +78,9 @@ def test_int8_backends_run_int8_and_stay_close(backend: str, cifar_weights, cifa
 
 def test_auto_says_what_it_picked(eager) -> None:
     runner = _same_weights("auto", FP32, eager)
-    name = runner.backend.removesuffix(" (auto)")
-    assert runner.backend.endswith(" (auto)") and name in runner.timings_ms
-    assert runner.timings_ms[name] == min(runner.timings_ms.values())
+    choice = runner.tuning.choice
+    assert runner.backend == f"{choice.backend} (auto)" and runner.precision == choice.precision == "fp32"
+    assert runner.timings_ms[choice.label] == min(runner.timings_ms.values())
     batch = torch.randn(2, 3, 32, 32)
     assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
 

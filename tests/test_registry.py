@@ -4,6 +4,7 @@ and no accuracy figure for random weights anywhere."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.metadata
 import json
 import sys
@@ -156,12 +157,15 @@ def test_random_weights_carry_no_accuracy_anywhere(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty tuning cache; short trials with one thread count (each tuning converts the model per candidate)."""
     path = tmp_path / "tuning.json"
     monkeypatch.setenv(tuning.ENV_VAR, str(path))
     monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.06)
+    monkeypatch.setattr(auto, "thread_counts", lambda: [1])
     return path
 
 
+@pytest.mark.slow
 def test_auto_is_the_default_and_says_what_ran(fresh_cache: Path) -> None:
     model = load_model("cifar_resnet20", pretrained=False)
     assert model.runner.backend.endswith(" (auto)")
@@ -179,6 +183,7 @@ def test_auto_is_the_default_and_says_what_ran(fresh_cache: Path) -> None:
     assert torch.allclose(exact.logits(batch), eager(batch), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_auto_tunes_once_then_reads_the_cache(fresh_cache: Path) -> None:
     first = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=2)).runner
     assert not first.cached and fresh_cache.is_file()
@@ -191,6 +196,7 @@ def test_auto_tunes_once_then_reads_the_cache(fresh_cache: Path) -> None:
     assert not other_batch.cached and len(tuning.entries()) == 2
 
 
+@pytest.mark.slow
 def test_a_changed_machine_or_library_retunes(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     load_model("cifar_resnet20", pretrained=False).runner.backend  # tune and store
     real = tuning.machine()
@@ -217,6 +223,7 @@ def test_threads_are_applied_per_runner() -> None:
     assert ov._request(1).get_compiled_model().get_property("INFERENCE_NUM_THREADS") == 1
 
 
+@pytest.mark.slow
 def test_tune_command_shows_refreshes_and_clears(fresh_cache: Path) -> None:
     runner = CliRunner()
     first = runner.invoke(app, ["tune", "cifar_resnet20", "--json"])
@@ -241,3 +248,35 @@ def test_torchscript_export_prints_no_deprecation_warnings(tmp_path: Path) -> No
         path = save_torchscript(model.module, model.meta, tmp_path / "m.torchscript")
         load_model(path).logits(torch.randn(1, 3, 32, 32))
     assert not [w for w in caught if "torch.jit" in str(w.message)]
+
+
+def test_tuning_cache_keeps_the_fastest_and_rebuilds_only_it(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from resnetkit.backends.tuning import Candidate
+
+    built: list[str] = []
+
+    class Sleeper:
+        precision = "fp32"
+
+        def __init__(self, name: str, seconds: float) -> None:
+            self.backend, self.seconds = name, seconds
+            built.append(name)
+
+        def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+            time.sleep(self.seconds)
+            return torch.zeros(len(batch), 10)
+
+    builders = {Candidate("slow", "fp32", 1): lambda: Sleeper("slow", 0.004),
+                Candidate("quick", "fp32", 1): lambda: Sleeper("quick", 0.0)}
+    meta, options = get_spec("cifar_resnet20").meta(), RunnerOptions(batch_size=4)
+    first = auto.tuned("m", "key-1", meta, options, builders)
+    assert (first.backend, first.cached, sorted(built)) == ("quick (auto)", False, ["quick", "slow"])
+    assert first.timings_ms["slow/fp32/1t"] > first.timings_ms["quick/fp32/1t"]
+    built.clear()
+    second = auto.tuned("m", "key-1", meta, options, builders)
+    assert (second.backend, second.cached, built) == ("quick (auto)", True, ["quick"])  # only the winner is built
+    assert not auto.tuned("m", "key-1", meta, dataclasses.replace(options, batch_size=8), builders).cached
+    monkeypatch.setattr(tuning, "machine", lambda: {"cpu": "another CPU", "cores": 64, "libraries": {}})
+    assert not auto.tuned("m", "key-1", meta, options, builders).cached  # another machine: measured again
