@@ -47,13 +47,13 @@ def machine() -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
+    """The CPU's model name as OpenVINO reads it (``FULL_DEVICE_NAME``), else what ``platform`` knows."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        import openvino as ov
+
+        return str(ov.Core().get_property("CPU", "FULL_DEVICE_NAME"))
+    except Exception:  # noqa: BLE001 - OpenVINO missing or without a CPU plugin: fall back
+        return platform.processor() or platform.machine()
 
 
 def _version(name: str) -> str | None:
