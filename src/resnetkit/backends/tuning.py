@@ -107,6 +107,7 @@ class Tuning:
     timings_ms: dict[str, float]  # candidate label -> median latency
     machine: dict[str, Any] = field(default_factory=machine)
     measured_at: float = field(default_factory=time.time)
+    load_1min: float | None = field(default_factory=lambda: os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
 
     def matches(self, model_key: str, batch_size: int, precision: str | None) -> bool:
         return (self.model_key, self.batch_size, self.precision) == (model_key, batch_size, precision)

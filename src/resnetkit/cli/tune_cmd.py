@@ -43,5 +43,7 @@ def tune_command(
         table.add_row(label, f"{ms:.2f}", "chosen" if label == entry.choice.label else "")
     console.print(table)
     source = "read from the cache" if runner.cached else "measured now"
-    console.print(f"{source}: {tuning.cache_path()} (machine: {entry.machine['cpu']}, {entry.machine['cores']} cores)",
+    load = f", 1-minute load {entry.load_1min:.1f}" if entry.load_1min is not None else ""
+    console.print(f"{source}: {tuning.cache_path()} (machine: {entry.machine['cpu']}, {entry.machine['cores']} cores{load}); "
+                  "measurements on a busy machine favour fewer threads: 'resnetkit tune MODEL --refresh' when it is quiet",
                   highlight=False)
