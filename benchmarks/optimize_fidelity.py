@@ -23,6 +23,7 @@ from resnetkit import load_model
 from resnetkit.core import weights
 from resnetkit.shrink.compare import top1_accuracy
 from resnetkit.core.fileio import write_text_atomic
+from resnetkit.backends.base import RunnerOptions
 from resnetkit.shrink.quantize import quantize
 from resnetkit.core.zoo import get_spec
 
@@ -62,11 +63,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            fp32_top1 = top1_accuracy(load_model(model), args.test)
+            source = load_model(model, backend="eager", options=RunnerOptions(precision="fp32"))
+            fp32_top1 = top1_accuracy(source, args.test)
             print(f"{model:15} fp32 eager top-1 {fp32_top1:.2f} %", flush=True)
             for method, backend, calibration, allowed in VARIANTS:
                 out = Path(tmp) / f"{model}-{method}-{backend}-{calibration}{SUFFIX[backend]}"
-                report = quantize(model, method, out, backend=backend, calib_dir=args.calib if calibration else None,
+                report = quantize(source, method, out, backend=backend, calib_dir=args.calib if calibration else None,
                                   calib_size=args.calib_size, calibration_method=calibration)
                 top1 = top1_accuracy(load_model(report.path), args.test)
                 loss = fp32_top1 - top1

@@ -66,7 +66,7 @@ def imagenet_row(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
 
     original = load_model(name, pretrained=False)
     original_path = save_artifact(tmp / f"{name}.pt", original.module, original.meta)
-    report = prune(str(original_path), "channel", tmp / f"{name}-pruned.pt", amount=args.amount)
+    report = prune(load_model(original_path, backend="eager"), "channel", tmp / f"{name}-pruned.pt", amount=args.amount)
     paths = {"before": str(original_path), "after": report.path}
     row = {"model": name, "amount": args.amount, "params_before": report.params_before, "params_after": report.params_after,
            "macs_before": report.macs_before, "macs_after": report.macs_after,
@@ -95,7 +95,7 @@ def balanced_subset(train_dir: str, count: int, target: Path) -> Path:
 
 
 def cifar_row(name: str, args: argparse.Namespace, train_subset: Path, tmp: Path) -> dict[str, Any]:
-    report = prune(name, "channel", tmp / f"{name}-pruned.pt", amount=args.amount, eval_dir=args.test,
+    report = prune(load_model(name, backend="eager"), "channel", tmp / f"{name}-pruned.pt", amount=args.amount, eval_dir=args.test,
                    finetune_dir=str(train_subset), epochs=args.epochs)
     row = {"model": name, "amount": args.amount, "round_to": report.round_to, "params_before": report.params_before,
            "params_after": report.params_after, "macs_before": report.macs_before, "macs_after": report.macs_after,

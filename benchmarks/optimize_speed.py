@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def int8_kernels(classifier: Any) -> dict[str, int]:
-    runner = getattr(classifier.runner, "chosen", classifier.runner)
+    runner = getattr(classifier.runner, "built", classifier.runner)  # zoo models: built on first use
+    runner = getattr(runner, "chosen", runner)  # auto: the runner it chose
     if isinstance(runner, openvino_backend.OpenVinoRunner):
         return openvino_backend.runner_int8_layers(runner)
     if isinstance(runner, onnx_backend.OnnxRuntimeRunner):

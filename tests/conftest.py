@@ -30,6 +30,15 @@ def isolated_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["TORCH_HOME"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """auto's tuning cache lives in a session temp file, never in the user's cache directory."""
+    path = tmp_path_factory.mktemp("tuning") / "tuning.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RESNETKIT_TUNING_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
 def seeded_torch() -> None:
     """Random weights and inputs are the same in every test, whatever ran before it."""
@@ -76,3 +85,11 @@ def make_image(path: Path, size: tuple[int, int] = (64, 48), mode: str = "RGB", 
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **save_args)
     return path
+
+
+def eager_source(model: str, **kwargs):
+    """``model`` loaded the way the CLI loads the input of export/quantize/prune: eager PyTorch, exact fp32."""
+    from resnetkit import load_model
+    from resnetkit.backends.base import RunnerOptions
+
+    return load_model(model, backend="eager", options=RunnerOptions(precision="fp32"), **kwargs)

@@ -63,9 +63,11 @@ def test_bench_precision_variants_report_what_ran():
 
 
 def test_cli_bench_compares_backends_and_artifacts_in_one_table(tmp_path):
+    from conftest import eager_source
     from resnetkit.shrink.export import export_model
 
-    onnx_file = export_model("cifar_resnet20", "onnx", tmp_path / "r20.onnx", pretrained=False, check_images=4).path
+    onnx_file = export_model(eager_source("cifar_resnet20", pretrained=False), "onnx", tmp_path / "r20.onnx",
+                             check_images=4).path
     result = _cli("bench", "--models", f"cifar_resnet20,{onnx_file}", "--backends", "eager,onnxruntime", "--quick",
                   "--batch-size", "2", "--json", str(tmp_path / "b.json"))
     assert result.returncode == 0, result.stderr

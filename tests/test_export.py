@@ -15,7 +15,7 @@ from resnetkit.shrink.export import export_model
 from resnetkit.run.classify import classify
 from resnetkit.backends.base import RunnerOptions
 
-from conftest import make_image
+from conftest import eager_source, make_image
 
 
 @pytest.fixture(autouse=True)
@@ -28,24 +28,30 @@ def fast_latency(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("openvino", ".xml"), ("torchscript", ".torchscript")])
 def test_export_matches_eager_and_keeps_metadata(tmp_path: Path, fmt: str, suffix: str) -> None:
-    report = export_model("cifar_resnet20", fmt, tmp_path / f"m{suffix}", pretrained=False, dynamic_batch=True,
+    source = eager_source("cifar_resnet20", pretrained=False)
+    report = export_model(source, fmt, tmp_path / f"m{suffix}", dynamic_batch=True,
                           check_images=16)
     assert report.agreement.top1_agreement == 100.0
     assert report.agreement.max_abs_diff < 1e-3
     assert report.precision == "fp32" and report.size_bytes > 0
+    assert report.backend == {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torchscript"}[fmt]
     loaded = load_model(report.path)
-    eager = load_model("cifar_resnet20", pretrained=False)
+    eager = source
     assert loaded.meta.categories == eager.meta.categories
     assert loaded.meta.preprocessing == eager.meta.preprocessing
-    image = make_image(tmp_path / "img.png", size=(40, 40))
-    [result] = classify(loaded, [image], top_k=3)
-    assert result.error is None and result.predictions[0].label in eager.meta.categories
+    assert (loaded.meta.name, loaded.meta.arch, loaded.meta.format) == ("m", "cifar_resnet20", fmt)
+    assert loaded.meta.provenance.source == "cifar_resnet20"
+    images = [make_image(tmp_path / f"img{i}.png", size=(40, 40), seed=i) for i in range(3)]
+    exported_results, eager_results = classify(loaded, images, top_k=3), classify(eager, images, top_k=3)
+    for got, want in zip(exported_results, eager_results):
+        assert [p.label for p in got.predictions] == [p.label for p in want.predictions]
+        assert [p.score for p in got.predictions] == pytest.approx([p.score for p in want.predictions], abs=1e-4)
 
 
 def test_onnx_passes_checker_and_fixed_batch(tmp_path: Path) -> None:
     import onnx
 
-    report = export_model("cifar_resnet20", "onnx", tmp_path / "m.onnx", pretrained=False, batch_size=2,
+    report = export_model(eager_source("cifar_resnet20", pretrained=False), "onnx", tmp_path / "m.onnx", batch_size=2,
                           check_images=8, opset=20)
     assert report.onnx_checker == "passed"
     model = onnx.load(report.path)
@@ -62,7 +68,7 @@ def test_onnx_passes_checker_and_fixed_batch(tmp_path: Path) -> None:
 
 
 def test_onnx_artifact_runs_on_openvino_and_auto(tmp_path: Path) -> None:
-    path = export_model("cifar_resnet20", "onnx", tmp_path / "m.onnx", pretrained=False, dynamic_batch=True,
+    path = export_model(eager_source("cifar_resnet20", pretrained=False), "onnx", tmp_path / "m.onnx", dynamic_batch=True,
                         check_images=4).path
     batch = torch.randn(3, 3, 32, 32)
     expected = load_model(path).logits(batch)
@@ -74,7 +80,7 @@ def test_onnx_artifact_runs_on_openvino_and_auto(tmp_path: Path) -> None:
 
 
 def test_exported_files_refuse_backends_and_precisions_they_cannot_run(tmp_path: Path) -> None:
-    path = export_model("cifar_resnet20", "onnx", tmp_path / "m.onnx", pretrained=False, check_images=4).path
+    path = export_model(eager_source("cifar_resnet20", pretrained=False), "onnx", tmp_path / "m.onnx", check_images=4).path
     assert load_model(path).runner.backend == "onnxruntime"  # no --backend: the file's own runtime
     with pytest.raises(BackendUnavailableError, match="m.onnx is an ONNX graph; the eager backend cannot run it"):
         load_model(path, backend="eager")
@@ -84,11 +90,11 @@ def test_exported_files_refuse_backends_and_precisions_they_cannot_run(tmp_path:
 
 def test_bad_export_requests(tmp_path: Path) -> None:
     with pytest.raises(UnknownModelError, match="Unknown export format"):
-        export_model("cifar_resnet20", "tflite", tmp_path / "m.tflite", pretrained=False)
+        export_model(eager_source("cifar_resnet20", pretrained=False), "tflite", tmp_path / "m.tflite")
     with pytest.raises(ResnetkitError, match="could not produce opset 11"):
-        export_model("cifar_resnet20", "onnx", tmp_path / "m.onnx", pretrained=False, opset=11)
+        export_model(eager_source("cifar_resnet20", pretrained=False), "onnx", tmp_path / "m.onnx", opset=11)
     with pytest.raises(ResnetkitError, match=r"\.xml"):
-        export_model("cifar_resnet20", "openvino", tmp_path / "m.onnx", pretrained=False)
+        export_model(eager_source("cifar_resnet20", pretrained=False), "openvino", tmp_path / "m.onnx")
 
 
 def test_onnx_without_metadata_is_refused(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from resnetkit import load_model
 from resnetkit.shrink import compare
 from resnetkit.shrink.prune import PruningError, prune
 
-from conftest import make_image
+from conftest import eager_source, make_image
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ def fast_latency(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_channel_pruning_resnet18_shrinks_consistently(tmp_path: Path) -> None:
-    report = prune("resnet18", "channel", tmp_path / "r18.pt", amount=0.3, pretrained=False, check_images=8)
+    report = prune(eager_source("resnet18", pretrained=False), "channel", tmp_path / "r18.pt", amount=0.3, check_images=8)
     assert report.params_after < 0.75 * report.params_before
     assert report.macs_after <= 0.75 * report.macs_before
     assert all(after % 8 == 0 for _, after in report.widths.values())
@@ -33,11 +33,13 @@ def test_channel_pruning_resnet18_shrinks_consistently(tmp_path: Path) -> None:
         assert block.conv2.out_channels == shortcut == block.bn2.num_features  # the residual add lines up
     assert module.fc.out_features == 1000
     assert pruned.logits(torch.randn(2, 3, 224, 224)).shape == (2, 1000)
-    assert pruned.meta.extra["pruning"]["method"] == "channel"
+    assert (pruned.meta.name, pruned.meta.arch, report.source) == ("r18", "resnet18", "resnet18")
+    [step] = pruned.meta.provenance.recipe
+    assert (step.operation, step.method, step.settings["amount"]) == ("prune", "channel", 0.3)
 
 
 def test_cifar_pruning_touches_only_inner_convs(tmp_path: Path) -> None:
-    report = prune("cifar_resnet20", "channel", tmp_path / "c.pt", amount=0.3, pretrained=False, check_images=8)
+    report = prune(eager_source("cifar_resnet20", pretrained=False), "channel", tmp_path / "c.pt", amount=0.3, check_images=8)
     assert report.widths and all(name.endswith(".conv1") and name.startswith("layer") for name in report.widths)
     module = load_model(report.path).module
     for stage, width in ((module.layer1, 16), (module.layer2, 32), (module.layer3, 64)):
@@ -46,7 +48,7 @@ def test_cifar_pruning_touches_only_inner_convs(tmp_path: Path) -> None:
 
 
 def test_l1_unstructured_is_permanent_and_honest(tmp_path: Path) -> None:
-    report = prune("cifar_resnet20", "l1-unstructured", tmp_path / "l.pt", amount=0.5, pretrained=False, check_images=8)
+    report = prune(eager_source("cifar_resnet20", pretrained=False), "l1-unstructured", tmp_path / "l.pt", amount=0.5, check_images=8)
     assert report.sparsity == pytest.approx(0.5, abs=0.01)
     assert report.macs_after == report.macs_before
     assert report.params_after < report.params_before
@@ -64,7 +66,7 @@ def test_finetune_keeps_structure_and_sparsity(tmp_path: Path) -> None:
 
     for i, name in enumerate(CIFAR10_CLASSES):
         make_image(tmp_path / "train" / name / f"{i}.png", size=(32, 32), seed=i)
-    report = prune("cifar_resnet20", "l1-unstructured", tmp_path / "l.pt", amount=0.4, pretrained=False,
+    report = prune(eager_source("cifar_resnet20", pretrained=False), "l1-unstructured", tmp_path / "l.pt", amount=0.4,
                    finetune_dir=str(tmp_path / "train"), epochs=1, workers=0, check_images=8)
     assert report.finetune is not None
     module = load_model(report.path).module
@@ -73,8 +75,8 @@ def test_finetune_keeps_structure_and_sparsity(tmp_path: Path) -> None:
 
 def test_bad_prune_requests(tmp_path: Path) -> None:
     with pytest.raises(PruningError, match="unsupported for shufflenet_v2_x1_0: its channel shuffle"):
-        prune("shufflenet_v2_x1_0", "channel", tmp_path / "s.pt", pretrained=False, check_images=8)
+        prune(eager_source("shufflenet_v2_x1_0", pretrained=False), "channel", tmp_path / "s.pt", check_images=8)
     with pytest.raises(PruningError, match="Unknown pruning method 'random'"):
-        prune("cifar_resnet20", "random", tmp_path / "s.pt", pretrained=False, check_images=8)
+        prune(eager_source("cifar_resnet20", pretrained=False), "random", tmp_path / "s.pt", check_images=8)
     with pytest.raises(PruningError, match="between 0 and 1"):
-        prune("cifar_resnet20", "channel", tmp_path / "s.pt", amount=30, pretrained=False, check_images=8)
+        prune(eager_source("cifar_resnet20", pretrained=False), "channel", tmp_path / "s.pt", amount=30, check_images=8)

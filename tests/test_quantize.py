@@ -14,7 +14,7 @@ from resnetkit.core.errors import DatasetError, ResnetkitError
 from resnetkit.run.classify import classify
 from resnetkit.shrink.quantize import QuantizationError, quantize
 
-from conftest import make_image
+from conftest import eager_source, make_image
 
 
 @pytest.fixture(autouse=True)
@@ -41,21 +41,25 @@ def _round_trip(path: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend,suffix", [("openvino", ".xml"), ("onnxruntime", ".onnx")])
 def test_static_int8_round_trip(tmp_path: Path, calib_dir: Path, backend: str, suffix: str) -> None:
-    report = quantize("cifar_resnet20", "static-int8", tmp_path / f"q{suffix}", backend=backend, pretrained=False,
+    report = quantize(eager_source("cifar_resnet20", pretrained=False), "static-int8", tmp_path / f"q{suffix}", backend=backend,
                       calib_dir=str(calib_dir), calib_size=8, check_images=8)
     assert report.precision == "int8"
     assert report.int8_kernels and sum(report.int8_kernels.values()) >= 19  # every conv of ResNet-20
     assert report.size_bytes < report.fp32_size_bytes / 2
     assert report.calibration.startswith("8 images")
     meta = load_model(report.path).meta
-    assert meta.extra["quantization"]["method"] == "static-int8"
-    # The authors' figure describes the fp32 weights: kept as provenance, never as this model's accuracy.
-    assert meta.metrics.top1 is None and meta.extra["source_metrics"]["top1"] == 91.73
+    assert (report.name, report.source) == ("q", "cifar_resnet20")
+    assert (meta.name, meta.arch, meta.precision) == ("q", "cifar_resnet20", "int8")
+    assert meta.provenance.source == "cifar_resnet20" and meta.provenance.weights == "random"
+    [step] = meta.provenance.recipe
+    assert (step.operation, step.method, step.settings["backend"]) == ("quantize", "static-int8", backend)
+    # Random weights carry no published figure, neither as the model's accuracy nor as provenance.
+    assert meta.metrics.top1 is None and meta.provenance.source_metrics is None
     _round_trip(report.path, tmp_path)
 
 
 def test_dynamic_int8_says_only_linear_is_touched(tmp_path: Path) -> None:
-    report = quantize("cifar_resnet20", "dynamic-int8", tmp_path / "d.onnx", pretrained=False, check_images=16)
+    report = quantize(eager_source("cifar_resnet20", pretrained=False), "dynamic-int8", tmp_path / "d.onnx", check_images=16)
     assert report.backend == "onnxruntime" and report.int8_kernels
     assert any("only Linear" in note and "no" in note for note in report.notes)
     assert report.agreement.n_inputs == 16 and report.agreement.inputs == "16 generated random-pixel images"
@@ -64,26 +68,27 @@ def test_dynamic_int8_says_only_linear_is_touched(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("method,backend,suffix", [("fp16", "eager", ".pt"), ("bf16", "openvino", ".xml")])
 def test_float_round_trip(tmp_path: Path, method: str, backend: str, suffix: str) -> None:
-    report = quantize("cifar_resnet20", method, tmp_path / f"f{suffix}", backend=backend, pretrained=False,
+    report = quantize(eager_source("cifar_resnet20", pretrained=False), method, tmp_path / f"f{suffix}", backend=backend,
                       check_images=16)
     assert report.size_bytes < 0.6 * report.fp32_size_bytes
-    loaded = load_model(report.path)
+    loaded = load_model(report.path, backend=backend)
     assert loaded.runner.precision in (method, "fp32")  # fp32 only where the CPU lacks the format
     if backend == "eager":
         assert loaded.runner.precision == "fp16"
         assert next(loaded.module.parameters()).dtype == torch.float16
+        assert load_model(report.path).runner.precision == "fp16"  # auto runs it as stored
     _round_trip(report.path, tmp_path)
 
 
 def test_bad_quantize_requests(tmp_path: Path) -> None:
     with pytest.raises(QuantizationError, match="Unknown quantization method 'int4'"):
-        quantize("cifar_resnet20", "int4", tmp_path / "q.xml", pretrained=False)
+        quantize(eager_source("cifar_resnet20", pretrained=False), "int4", tmp_path / "q.xml")
     with pytest.raises(QuantizationError, match="needs calibration images"):
-        quantize("cifar_resnet20", "static-int8", tmp_path / "q.xml", pretrained=False)
+        quantize(eager_source("cifar_resnet20", pretrained=False), "static-int8", tmp_path / "q.xml")
     with pytest.raises(QuantizationError, match="with --backend onnxruntime"):
-        quantize("cifar_resnet20", "dynamic-int8", tmp_path / "q.xml", backend="openvino", pretrained=False)
+        quantize(eager_source("cifar_resnet20", pretrained=False), "dynamic-int8", tmp_path / "q.xml", backend="openvino")
     with pytest.raises(ResnetkitError, match=r"end in \.onnx"):
-        quantize("cifar_resnet20", "dynamic-int8", tmp_path / "q.xml", pretrained=False)
+        quantize(eager_source("cifar_resnet20", pretrained=False), "dynamic-int8", tmp_path / "q.xml")
 
 
 def test_calibration_folder_without_images(tmp_path: Path) -> None:
@@ -91,9 +96,9 @@ def test_calibration_folder_without_images(tmp_path: Path) -> None:
     (empty / "cats").mkdir(parents=True)
     (empty / "cats" / "notes.txt").write_text("not an image")
     with pytest.raises(DatasetError, match="no image files"):
-        quantize("cifar_resnet20", "static-int8", tmp_path / "q.onnx", pretrained=False, calib_dir=str(empty))
+        quantize(eager_source("cifar_resnet20", pretrained=False), "static-int8", tmp_path / "q.onnx", calib_dir=str(empty))
     with pytest.raises(DatasetError, match="No such folder"):
-        quantize("cifar_resnet20", "static-int8", tmp_path / "q.onnx", pretrained=False, calib_dir=str(tmp_path / "nope"))
+        quantize(eager_source("cifar_resnet20", pretrained=False), "static-int8", tmp_path / "q.onnx", calib_dir=str(tmp_path / "nope"))
 
 
 def test_cli_prints_error_without_traceback(tmp_path: Path) -> None:
@@ -109,7 +114,7 @@ def test_cli_prints_error_without_traceback(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_static_int8_keeps_cifar_accuracy(tmp_path: Path, cifar_weights: Path, cifar_test_dir: Path) -> None:
-    report = quantize("cifar_resnet20", "static-int8", tmp_path / "q.onnx", calib_dir=str(cifar_test_dir.parent / "train"),
+    report = quantize(eager_source("cifar_resnet20"), "static-int8", tmp_path / "q.onnx", calib_dir=str(cifar_test_dir.parent / "train"),
                       calib_size=200, eval_dir=str(cifar_test_dir), eval_limit=1000)
     assert report.top1 >= report.fp32_top1 - 1.5  # 1,000 images: the full-set bound (0.5) is in benchmarks/
     assert report.agreement.top1_agreement >= 95.0
@@ -121,7 +126,7 @@ def test_static_int8_keeps_cifar_accuracy(tmp_path: Path, cifar_weights: Path, c
 def test_quantized_predictions_stay_close_on_real_images(tmp_path: Path, cifar_weights: Path, cifar_test_dir: Path,
                                                          method: str, backend: str, suffix: str) -> None:
     # Agreement only means something for a trained model on real images: random weights give near-tied logits.
-    report = quantize("cifar_resnet20", method, tmp_path / f"q{suffix}", backend=backend, eval_dir=str(cifar_test_dir),
+    report = quantize(eager_source("cifar_resnet20"), method, tmp_path / f"q{suffix}", backend=backend, eval_dir=str(cifar_test_dir),
                       eval_limit=500, check_images=128)
     assert report.agreement.n_inputs == 128 and str(cifar_test_dir) in report.agreement.inputs
     assert report.agreement.top1_agreement >= 90.0  # the full-set figures (98-99 %) are in docs/optimize.md

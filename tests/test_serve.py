@@ -28,7 +28,8 @@ from conftest import make_image
 from resnetkit.core.artifacts import save_artifact
 from resnetkit.core.loading import load_model
 from resnetkit.run.classify import classify
-from resnetkit.backends.base import EagerRunner, backend_names, register_backend
+from resnetkit.backends.base import backend_names, register_backend
+from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
 from resnetkit.core.zoo import get_spec
 
@@ -135,7 +136,7 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = get_spec("cifar_resnet20")
     torch.manual_seed(0)
     return save_artifact(tmp_path_factory.mktemp("serve") / "random20.pt", spec.build().eval(),
-                         spec.meta().replace(weights="random"))
+                         spec.meta(random=True))
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,8 @@ def test_health_readiness_and_model_listing(server):
     assert httpx.get(f"{server}/ping").json() == {"status": "Healthy"}
     [model] = httpx.get(f"{server}/v1/models").json()["models"]
     assert model["name"] == "cifar_resnet20" and model["num_classes"] == 10 and model["weights"] == "random"
-    assert model["input_size"] == 32 and model["backend"] == "eager"
+    assert model["input_size"] == 32 and model["backend"].endswith(" (auto)")  # auto: the default backend
+    assert model["published_top1"] is None  # random weights carry no accuracy figure
     assert httpx.get(f"{server}/v1/models/cifar_resnet20").json()["categories"][3] == "cat"
 
 
@@ -333,7 +335,7 @@ def test_many_simultaneous_requests_each_get_their_own_answer(cifar_weights, cif
 
 def test_requests_arriving_while_the_model_is_busy_form_one_batch(cifar_weights, cifar_images):
     images = cifar_images[:12]
-    expected = classify(load_model("cifar_resnet20"), images, top_k=2, batch_size=1)
+    expected = classify(load_model("cifar_resnet20", backend="eager"), images, top_k=2, batch_size=1)
     with running(models=("cifar_resnet20",), backend="test-gated", max_batch_size=32) as srv:
         with GATE.closed(), ThreadPoolExecutor(len(images)) as pool:
             ask = lambda p: httpx.post(f"{srv.url}{CLASSIFY}?top_k=2", content=p.read_bytes(), timeout=60)  # noqa: E731

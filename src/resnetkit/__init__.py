@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .core import artifacts as _artifacts  # noqa: F401  (registers the .pt artifact loader)
-from . import backends as _backends  # noqa: F401  (registers onnxruntime, openvino, compile, auto and their file loaders)
+from . import backends as _backends  # noqa: F401  (the backend registry)
 from .choose import BenchConfig, BenchRecord, bench
 from .core.errors import ResnetkitError
 from .run import EvalReport, evaluate

@@ -1,70 +1,160 @@
-"""``auto``: measure the available backends on this machine for this model and batch size
-and run the fastest; the runner's ``backend`` says which one won, e.g. ``openvino (auto)``."""
+"""``auto``: the default backend for PyTorch models. It measures the available backends (and
+intra-op thread counts) on this machine for this model and batch size, runs the fastest and
+says which one won, e.g. ``openvino (auto)``; the measurements go to the tuning cache
+(:mod:`resnetkit.backends.tuning`), so the next start only builds the winner.
+
+Precision: what was asked for, else each backend's default precision on this CPU if it is one
+of :data:`DEFAULT_PRECISIONS` (fp32, or bf16 where the CPU computes bf16 natively: OpenVINO's
+default hint says so), else fp32. Never int8 unless asked: int8 needs a calibrated artifact.
+Candidates are the registered backends marked ``tried_by_auto`` that run the precision (for a
+model file: the backends that read it).
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
+import statistics
 import time
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
 from ..core.errors import BackendUnavailableError, ResnetkitError
-from .base import Runner, RunnerOptions, available_backends, make_runner, register_backend
 from ..core.spec import ModelMeta
+from ..core.zoo import is_zoo_name
+from . import tuning
+from .base import Backend, Runner, RunnerOptions, file_suffixes, make_runner, readers_of, register, registered
+from .tuning import Candidate, Tuning
 
-CANDIDATES = ("openvino", "onnxruntime", "eager")  # torch.compile is left out: it compiles for tens of seconds
-TRIAL_SECONDS = 0.5
+TRIAL_SECONDS = 0.5  # timed seconds per candidate, spread over interleaved rounds
+TRIAL_ROUNDS = 3
+DEFAULT_PRECISIONS = ("fp32", "bf16")  # bf16 keeps fp32's top-1 within the bound stated in docs/optimize.md
 
 
 class AutoRunner:
-    """The fastest measured runner; ``timings_ms`` holds every candidate's median latency."""
+    """The chosen runner, with the measurements behind the choice (``tuning``) and whether they came from the cache."""
 
-    def __init__(self, chosen: Runner, timings_ms: dict[str, float]) -> None:
+    def __init__(self, chosen: Runner, tuned: Tuning, cached: bool) -> None:
         self.chosen = chosen
-        self.timings_ms = timings_ms
+        self.tuning = tuned
+        self.cached = cached
+        self.timings_ms = tuned.timings_ms
         self.backend = f"{chosen.backend} (auto)"
         self.precision = chosen.precision
+        self.threads = tuned.choice.threads
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.chosen(batch)
 
 
-def median_ms(runner: Runner, batch: torch.Tensor, seconds: float = TRIAL_SECONDS) -> float:
-    """Median latency of ``runner`` on ``batch`` over about ``seconds`` (after one warm-up call)."""
-    runner(batch)
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < 3 or (time.perf_counter() - start < seconds and len(samples) < 50):
-        t0 = time.perf_counter()
+def thread_counts() -> list[int]:
+    """Intra-op thread counts to try: one, and every usable core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return sorted({1, cores})
+
+
+def _precision_for(backend: Backend, requested: str | None) -> str:
+    if requested is not None:
+        return requested
+    default = backend.default_precision()
+    return default if default in DEFAULT_PRECISIONS else "fp32"
+
+
+def default_precision() -> str:
+    """What auto runs when no precision is asked for: bf16 if a candidate runs it by default here, else fp32."""
+    return "bf16" if any(_precision_for(b, None) == "bf16" for b in candidates(None)) else "fp32"
+
+
+def candidates(precision: str | None) -> list[Backend]:
+    """Available backends auto tries for PyTorch models at ``precision`` (``None``: each one's default)."""
+    return [b for b in registered() if b.tried_by_auto and b.factory is not None and b.is_available()
+            and (precision is None or precision in b.precisions)]
+
+
+def median_latencies(runners: Mapping[Candidate, Runner], batch: torch.Tensor,
+                     seconds: float = TRIAL_SECONDS) -> dict[Candidate, float]:
+    """Median latency (ms) of each runner on ``batch``, measured in interleaved rounds so that a
+    burst of background load hits every candidate alike (one warm-up call each first)."""
+    samples: dict[Candidate, list[float]] = {c: [] for c in runners}
+    for runner in runners.values():
         runner(batch)
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    return sorted(samples)[len(samples) // 2]
+    for _ in range(TRIAL_ROUNDS):
+        for candidate, runner in runners.items():
+            start = time.perf_counter()
+            while len(samples[candidate]) < 3 or time.perf_counter() - start < seconds / TRIAL_ROUNDS:
+                t0 = time.perf_counter()
+                runner(batch)
+                samples[candidate].append((time.perf_counter() - t0) * 1000.0)
+    return {c: statistics.median(values) for c, values in samples.items()}
 
 
-def fastest(builders: Mapping[str, Callable[[], Runner]], meta: ModelMeta, batch_size: int) -> AutoRunner:
-    """Build each candidate, time it at ``batch_size``, keep the fastest. Candidates that
-    cannot run the requested precision are skipped."""
-    batch = torch.randn(max(batch_size, 1), *meta.preprocessing.input_shape)
-    runners: dict[str, Runner] = {}
-    timings: dict[str, float] = {}
-    for name, build in builders.items():
+def tuned(name: str, key: str, meta: ModelMeta, options: RunnerOptions,
+          builders: Mapping[Candidate, Callable[[], Runner]]) -> AutoRunner:
+    """The cached choice for this model, batch size and precision if there is one, else measure
+    every candidate that builds, keep the fastest and store the measurements."""
+    cached = None if options.retune else tuning.lookup(key, options.batch_size, options.precision)
+    if cached is not None and cached.choice in builders:
+        return AutoRunner(builders[cached.choice](), cached, cached=True)
+    runners = {}
+    for candidate, build in builders.items():
         try:
-            runners[name] = build()
+            runner = build()
         except BackendUnavailableError:
             continue
-        timings[name] = median_ms(runners[name], batch)
-    if not timings:
-        raise ResnetkitError(f"No backend can run {meta.name} with these options: tried {', '.join(builders)}.")
+        if options.precision is None or runner.precision == options.precision:  # e.g. no fp16 arithmetic here
+            runners[candidate] = runner
+    if not runners:
+        raise ResnetkitError(f"No backend can run {name} with these options; see 'resnetkit backends'.")
+    batch = torch.randn(max(options.batch_size, 1), *meta.preprocessing.input_shape)
+    timings = median_latencies(runners, batch)
     best = min(timings, key=timings.__getitem__)
-    return AutoRunner(runners[best], timings)
+    entry = Tuning(name, key, options.batch_size, options.precision, best, {c.label: t for c, t in timings.items()})
+    tuning.store(entry)
+    return AutoRunner(runners[best], entry, cached=False)
 
 
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> AutoRunner:
-    names = [n for n in CANDIDATES if n in available_backends()]
-    builders = {n: (lambda n=n: make_runner(copy.deepcopy(module), meta, n, options)) for n in names}
-    return fastest(builders, meta, options.batch_size)
+    def build(candidate: Candidate) -> Runner:
+        chosen = dataclasses.replace(options, precision=candidate.precision, threads=candidate.threads)
+        return make_runner(copy.deepcopy(module), meta, candidate.backend, chosen)
+
+    tried = [Candidate(b.name, _precision_for(b, options.precision), threads)
+             for b in candidates(options.precision) for threads in thread_counts()]
+    return tuned(meta.name, tuning.module_key(module), meta, options, {c: (lambda c=c: build(c)) for c in tried})
 
 
-register_backend("auto", _factory)
+def _read_any(path: Path, options: RunnerOptions) -> tuple[AutoRunner, ModelMeta]:
+    """A model file on the fastest of the backends that read it (and thread counts)."""
+    read: dict[Candidate, tuple[Runner, ModelMeta]] = {}
+
+    def build(candidate: Candidate) -> Runner:
+        fmt = readers_of(path.suffix.lower())[candidate.backend]
+        read[candidate] = fmt.read(path, dataclasses.replace(options, threads=candidate.threads))
+        return read[candidate][0]
+
+    tried = [Candidate(name, options.precision, threads) for name in readers_of(path.suffix.lower())
+             for threads in thread_counts()]
+    build(tried[0])  # the file's metadata (input shape) is needed before measuring
+    meta = read[tried[0]][1]
+    builders = {c: (lambda c=c: read[c][0] if c in read else build(c)) for c in tried}
+    return tuned(path.name, tuning.file_key(path), meta, options, builders), meta
+
+
+def model_key(ref: str) -> str:
+    """The tuning-cache key of a model reference: a model file's bytes, else the module's tensor layout."""
+    path = Path(ref)
+    if not is_zoo_name(ref) and path.suffix.lower() in file_suffixes():
+        return tuning.file_key(path)
+    from ..core.loading import load_model
+
+    return tuning.module_key(load_model(ref, pretrained=False, backend="eager").module)  # type: ignore[arg-type]
+
+
+register(Backend("auto", "measures the available backends and thread counts for the model and batch size "
+                         "(cached per machine); runs the fastest",
+                 ("fp32", "bf16", "fp16", "int8"), _factory, default_precision=default_precision, package="torch",
+                 tried_by_auto=False, reads_any=_read_any))

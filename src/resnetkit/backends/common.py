@@ -1,8 +1,9 @@
-"""Helpers shared by the backends: artifact metadata, precision checks, calibration input."""
+"""Helpers shared by the backends: artifact metadata, calibration input, quiet third-party tools."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sys
 import warnings
@@ -12,9 +13,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..core.errors import BackendUnavailableError
-from .base import RunnerOptions
 from ..core.spec import ModelMeta
+from .base import RunnerOptions
 
 META_KEY = "resnetkit"  # key under which artifacts store ModelMeta.to_dict() as JSON
 GENERATED_CALIBRATION_IMAGES = 32
@@ -31,32 +31,6 @@ def meta_from_json(text: str, path: Path) -> ModelMeta:
         return ModelMeta.from_dict(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
         raise UnknownModelError(f"{path}: the resnetkit metadata is unreadable ({exc}).") from None
-
-
-def check_file_backend(path: Path, backend: str | None, allowed: Sequence[str], kind: str) -> None:
-    """Refuse a backend that cannot run this kind of file (``None``: the file's own runtime)."""
-    if backend is not None and backend not in allowed:
-        raise BackendUnavailableError(
-            f"{path.name} is {kind}; the {backend} backend cannot run it. Use --backend {' or '.join(allowed)}, "
-            "or leave --backend out to run it with its own runtime."
-        )
-
-
-def check_file_precision(path: Path, requested: str | None, stored: str) -> None:
-    """Refuse a precision other than the one a file computes in as stored."""
-    if requested is not None and requested != stored:
-        raise BackendUnavailableError(
-            f"{path.name} computes in {stored} as stored, not {requested}. Make a {requested} model with "
-            "'resnetkit quantize' (fp16/bf16 also run from OpenVINO files with --backend openvino)."
-        )
-
-
-def check_precision(backend: str, precision: str, supported: Sequence[str]) -> None:
-    if precision not in supported:
-        raise BackendUnavailableError(
-            f"The {backend} backend runs {', '.join(supported)}, not '{precision}'. "
-            "See 'resnetkit backends' and 'resnetkit quantize'."
-        )
 
 
 def calibration_batches(meta: ModelMeta, options: RunnerOptions) -> Sequence[torch.Tensor]:
@@ -81,6 +55,42 @@ def cpu_has_vnni() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads in PyTorch, then restore the previous setting."""
+    previous = torch.get_num_threads()
+    if threads is None or threads == previous:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def quiet_torch_jit() -> Iterator[None]:
+    """Silence only PyTorch's deprecation notices for ``torch.jit``: TorchScript files are made and read
+    with it on purpose (for LibTorch users), so the notice is not actionable for resnetkit's users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
+        yield
+
+
+@contextlib.contextmanager
+def captured_stdout() -> Iterator[None]:
+    """Keep what a tool prints to stdout (ONNX Runtime's calibrator prints its statistics) out of the
+    output; it is shown on stderr only if the block fails, for diagnosis."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    except BaseException:
+        sys.stderr.write(buffer.getvalue())
+        raise
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ per-channel int8 weights, ``reduce_range`` on CPUs without VNNI, percentile cali
 from __future__ import annotations
 
 import copy
-import importlib.util
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,9 @@ from torch import nn
 
 from ..core.errors import ResnetkitError, UnknownModelError
 from ..core.fileio import atomic_write
-from ..core.loading import Classifier, register_artifact_loader
-from .base import RunnerOptions, register_backend
 from ..core.spec import ModelMeta
-from .common import (META_KEY, calibration_batches, check_file_backend, check_file_precision, check_precision,
-                     cpu_has_vnni, meta_from_json, meta_to_json, progress_to_stderr)
+from .base import Backend, FileFormat, RunnerOptions, register
+from .common import META_KEY, calibration_batches, captured_stdout, cpu_has_vnni, meta_from_json, meta_to_json
 
 if TYPE_CHECKING:
     import onnx
@@ -92,6 +89,7 @@ class OnnxRuntimeRunner:
 
     model: onnx.ModelProto
     precision: str = "fp32"
+    threads: int | None = None  # intra-op threads (None: ONNX Runtime's default, one per physical core)
     backend: str = "onnxruntime"
     session: Any = field(init=False, repr=False)
 
@@ -100,6 +98,8 @@ class OnnxRuntimeRunner:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            options.intra_op_num_threads = self.threads
         self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
@@ -145,7 +145,7 @@ def quantize_static(model: onnx.ModelProto, batches: Sequence[torch.Tensor], met
         source, prepared, target = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save(model, source)
         quant_pre_process(str(source), str(prepared))
-        with progress_to_stderr():
+        with captured_stdout():
             ort_quantize(str(prepared), str(target), _Images(batches, model.graph.input[0].name),
                          quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                          per_channel=True, reduce_range=not cpu_has_vnni(),
@@ -160,11 +160,13 @@ def quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     for MatMul/Gemm only, so a conv net gets just its final Linear layer quantized."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source, prepared, target = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save(model, source)
-        ort_quantize(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        quant_pre_process(str(source), str(prepared))  # ONNX Runtime's recommended first step (and it says so if skipped)
+        ort_quantize(str(prepared), str(target), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
         quantized = onnx.load(str(target))
     _copy_meta(model, quantized)
     return quantized
@@ -201,35 +203,21 @@ def graph_precision(model: onnx.ModelProto) -> str:
 
 
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> OnnxRuntimeRunner:
-    precision = options.precision or "fp32"
-    check_precision("onnxruntime", precision, ("fp32", "int8"))
     model = to_onnx(module, meta)
-    if precision == "int8":
+    if options.precision == "int8":
         model = quantize_static(model, calibration_batches(meta, options))
-    return OnnxRuntimeRunner(model, precision)
+    return OnnxRuntimeRunner(model, graph_precision(model), options.threads)
 
 
-def _load_onnx(path: Path, backend: str | None, options: RunnerOptions) -> Classifier:
+def _read(path: Path, options: RunnerOptions) -> tuple[OnnxRuntimeRunner, ModelMeta]:
     import onnx
 
-    check_file_backend(path, backend, ("onnxruntime", "openvino", "auto"), "an ONNX graph")
     model = onnx.load(str(path))
     meta = read_meta(model, path)
-    if backend in (None, "onnxruntime"):
-        check_file_precision(path, options.precision, graph_precision(model))
-        return Classifier(meta, OnnxRuntimeRunner(model, graph_precision(model)))
-    from . import auto, openvino
-
-    builders = {"onnxruntime": lambda: OnnxRuntimeRunner(model, graph_precision(model)),
-                "openvino": lambda: openvino.runner_from_file(path, meta, options)}
-    if backend == "openvino":
-        return Classifier(meta, builders["openvino"]())
-    return Classifier(meta, auto.fastest(builders, meta, options.batch_size))
+    return OnnxRuntimeRunner(model, graph_precision(model), options.threads), meta
 
 
-def is_available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime", "onnxscript"))
-
-
-register_backend("onnxruntime", _factory, is_available, install_hint="Install it with: pip install onnx onnxscript onnxruntime")
-register_artifact_loader((".onnx",), _load_onnx)
+register(Backend("onnxruntime", "ONNX Runtime CPU; int8 = static QDQ", ("fp32", "int8"), _factory,
+                 formats=(FileFormat((".onnx",), "an ONNX graph", _read),), package="onnxruntime",
+                 imports=("onnx", "onnxruntime", "onnxscript"),
+                 install_hint="Install it with: pip install onnx onnxscript onnxruntime"))

@@ -10,7 +10,6 @@ import copy
 import importlib.util
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -18,11 +17,9 @@ import torch
 from torch import nn
 
 from ..core.errors import BackendUnavailableError, UnknownModelError
-from ..core.loading import Classifier, register_artifact_loader
-from .base import RunnerOptions, register_backend
 from ..core.spec import ModelMeta
-from .common import (META_KEY, calibration_batches, check_file_backend, check_precision, meta_from_json, meta_to_json,
-                     progress_to_stderr)
+from .base import Backend, FileFormat, RunnerOptions, register
+from .common import META_KEY, calibration_batches, meta_from_json, meta_to_json, progress_to_stderr
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -35,14 +32,17 @@ INT8_TYPES = ("i8", "u8")
 
 
 def to_openvino(module: nn.Module, meta: ModelMeta) -> ov.Model:
-    """``module`` as an OpenVINO model with a dynamic batch dimension and ``meta`` attached."""
+    """``module`` as an OpenVINO model with a dynamic batch dimension and ``meta`` attached.
+
+    Converted from a ``torch.export`` program (OpenVINO's recommended path; the older
+    TorchScript tracing path is deprecated in PyTorch). The example batch has 2 images:
+    torch.export specializes a dimension of size 1 to a constant."""
     import openvino as ov
 
     shape = meta.preprocessing.input_shape
-    with warnings.catch_warnings():  # OpenVINO's converter traces with torch.jit, which torch now marks deprecated
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
-        model = ov.convert_model(copy.deepcopy(module).float().eval(), example_input=torch.zeros(1, *shape),
-                                 input=[(-1, *shape)])
+    program = torch.export.export(copy.deepcopy(module).float().eval(), (torch.zeros(2, *shape),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    model = ov.convert_model(program, input=[(-1, *shape)])
     set_meta(model, meta)
     return model
 
@@ -102,12 +102,14 @@ class OpenVinoRunner:
 
     backend = "openvino"
 
-    def __init__(self, model: ov.Model, precision: str | None = None) -> None:
+    def __init__(self, model: ov.Model, precision: str | None = None, threads: int | None = None) -> None:
         import openvino as ov
 
         self.core = ov.Core()
         self.model = model
-        self.config = {"INFERENCE_PRECISION_HINT": HINTS[precision]} if precision else {}
+        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision]} if precision else {}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = threads
         self._requests: dict[int, Any] = {}
         self.precision = self._actual_precision(self._request(1))
 
@@ -144,37 +146,39 @@ def runner_int8_layers(runner: OpenVinoRunner) -> dict[str, int]:
     return int8_layers(runner._request(1).get_compiled_model())
 
 
-def runner_from_file(path: Path, meta: ModelMeta, options: RunnerOptions) -> OpenVinoRunner:
-    import openvino as ov
-
-    return OpenVinoRunner(ov.Core().read_model(str(path)), _float_hint(options, meta))
-
-
 def _float_hint(options: RunnerOptions, meta: ModelMeta) -> str | None:
     """The float precision asked for, else the one the artifact was made for, else None
     (OpenVINO's own choice; for int8 models that is the precision of the non-int8 layers)."""
-    for precision in (options.precision, meta.extra.get("precision")):
+    for precision in (options.precision, meta.precision):
         if precision in HINTS:
             return precision
     return None
 
 
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> OpenVinoRunner:
-    precision = options.precision
-    check_precision("openvino", precision or "fp32", (*HINTS, "int8"))
     model = to_openvino(module, meta)
-    if precision == "int8":
+    if options.precision == "int8":
         model = quantize_static(model, calibration_batches(meta, options))
-    return OpenVinoRunner(model, _float_hint(options, meta))
+    return OpenVinoRunner(model, options.precision if options.precision in HINTS else None, options.threads)
 
 
-def _load_ir(path: Path, backend: str | None, options: RunnerOptions) -> Classifier:
+def _read(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta]:
     import openvino as ov
 
-    check_file_backend(path, backend, ("openvino",), "an OpenVINO model")
     model = ov.Core().read_model(str(path))
     meta = read_meta(model, path)
-    return Classifier(meta, OpenVinoRunner(model, _float_hint(options, meta)))
+    return OpenVinoRunner(model, _float_hint(options, meta), options.threads), meta
+
+
+def _read_onnx(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta]:
+    """An ONNX graph compiled by OpenVINO; the metadata is read with onnx, where the exporter put it."""
+    import onnx
+    import openvino as ov
+
+    from .onnxruntime import read_meta as read_onnx_meta
+
+    meta = read_onnx_meta(onnx.load(str(path), load_external_data=False), path)
+    return OpenVinoRunner(ov.Core().read_model(str(path)), _float_hint(options, meta), options.threads), meta
 
 
 def default_precision() -> str:
@@ -184,9 +188,8 @@ def default_precision() -> str:
     return FROM_HINT.get(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
 
 
-def is_available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
-
-
-register_backend("openvino", _factory, is_available, install_hint="Install it with: pip install openvino nncf")
-register_artifact_loader((".xml",), _load_ir)
+register(Backend("openvino", "OpenVINO CPU; int8 = NNCF", ("fp32", "bf16", "fp16", "int8"),
+                 _factory, default_precision=default_precision,
+                 formats=(FileFormat((".xml",), "an OpenVINO model", _read),
+                          FileFormat((".onnx",), "an ONNX graph", _read_onnx, own_runtime=False)),
+                 package="openvino", imports=("openvino",), install_hint="Install it with: pip install openvino nncf"))

@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import FLOAT_DTYPES, RunnerOptions, register_backend
 from ..core.spec import ModelMeta
-from .common import check_precision
+from .base import FLOAT_DTYPES, Backend, RunnerOptions, register
 
 
 @dataclass
@@ -25,7 +24,6 @@ class CompiledRunner:
     compiled: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        check_precision("compile", self.precision, ("fp32", "bf16"))
         self.dtype = FLOAT_DTYPES[self.precision]
         self.module = self.module.to(dtype=self.dtype).eval()
         # freezing folds weights into constants (needed for inductor's fused CPU kernels)
@@ -40,4 +38,5 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Comp
     return CompiledRunner(module, options.precision or "fp32")
 
 
-register_backend("compile", _factory)
+register(Backend("compile", "torch.compile (inductor, frozen weights); compiles on first call (tens of s)",
+                 ("fp32", "bf16"), _factory, package="torch", tried_by_auto=False))

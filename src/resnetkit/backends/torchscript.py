@@ -1,7 +1,7 @@
 """TorchScript artifacts (``.torchscript``): a traced module with the metadata in ``_extra_files``.
 
 TorchScript is in maintenance mode in PyTorch; it is offered for runtimes that still load
-it (LibTorch in C++, older mobile stacks). Loading runs it with the eager runner's rules.
+it (LibTorch in C++, older mobile stacks). Such files run on the ``torchscript`` backend, in fp32.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.errors import UnknownModelError
 from ..core.fileio import atomic_write
-from ..core.loading import Classifier, register_artifact_loader
-from .base import RunnerOptions
 from ..core.spec import ModelMeta
-from .common import check_file_backend, check_file_precision, meta_from_json, meta_to_json
+from .base import Backend, FileFormat, RunnerOptions, register
+from .common import meta_from_json, meta_to_json, quiet_torch_jit
 
 SUFFIX = ".torchscript"
 META_FILE = "resnetkit_meta.json"
@@ -27,10 +27,10 @@ META_FILE = "resnetkit_meta.json"
 def save_torchscript(module: nn.Module, meta: ModelMeta, path: str | Path) -> Path:
     """Trace ``module`` at batch 1 and write it with ``meta``; traced convnets accept any batch size."""
     example = torch.zeros(1, *meta.preprocessing.input_shape)
-    with torch.no_grad():
-        traced = torch.jit.trace(copy.deepcopy(module).float().eval(), example)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={META_FILE: meta_to_json(meta)})
+    with torch.no_grad(), quiet_torch_jit():
+        traced = torch.jit.trace(copy.deepcopy(module).float().eval(), example)
+        torch.jit.save(traced, buffer, _extra_files={META_FILE: meta_to_json(meta)})
     with atomic_write(path) as handle:
         handle.write(buffer.getvalue())
     return Path(path)
@@ -47,16 +47,14 @@ class TorchScriptRunner:
             return self.module(batch.float()).float()
 
 
-def _load(path: Path, backend: str | None, options: RunnerOptions) -> Classifier:
-    check_file_backend(path, backend, ("eager",), "a TorchScript file")
-    check_file_precision(path, options.precision, "fp32")
+def _read(path: Path, options: RunnerOptions) -> tuple[TorchScriptRunner, ModelMeta]:
     extra = {META_FILE: ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    with quiet_torch_jit():
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     if not extra[META_FILE]:
-        from ..core.errors import UnknownModelError
-
         raise UnknownModelError(f"{path} is a TorchScript file without resnetkit metadata; export it with 'resnetkit export'.")
-    return Classifier(meta_from_json(extra[META_FILE], path), TorchScriptRunner(module.eval()))
+    return TorchScriptRunner(module.eval()), meta_from_json(extra[META_FILE], path)
 
 
-register_artifact_loader((SUFFIX,), _load)
+register(Backend("torchscript", "TorchScript files (LibTorch), fp32", ("fp32",),
+                 formats=(FileFormat((SUFFIX,), "a TorchScript file", _read),), package="torch"))

@@ -12,12 +12,14 @@ import typer
 from rich.table import Table
 
 from ..backends import describe
+from ..backends.base import RunnerOptions
+from ..core.loading import Classifier, load_model
 from ..shrink.compare import Agreement, ratio
-from ..shrink.export import FORMATS, export_model
+from ..shrink.export import FORMATS, check_export_request, export_model
 from ..shrink.prune import METHODS as PRUNE_METHODS
-from ..shrink.prune import PruneReport, prune
-from ..shrink.quantize import BACKENDS as QUANTIZE_BACKENDS
-from ..shrink.quantize import CALIBRATION_METHODS, QuantizeReport, quantize
+from ..shrink.prune import PruneReport, check_prune_request, prune
+from ..shrink.quantize import METHODS as QUANTIZE_METHODS
+from ..shrink.quantize import CALIBRATION_METHODS, QuantizeReport, quantize, resolve_request
 from .app import JsonFlag, ModelArg, WeightsOpt, app, console, print_json, styled
 
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="File to write.")]
@@ -25,6 +27,12 @@ RandomWeightsFlag = Annotated[bool, typer.Option("--random-weights", help="Rando
 EvalOpt = Annotated[str | None, typer.Option("--eval", help="Labelled class-per-folder images: report top-1 before and after.")]
 EvalLimitOpt = Annotated[int | None, typer.Option("--eval-limit", min=1, help="Evaluate a fixed random subset of N images.")]
 LatencyBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Batch size of the latency measurement.")]
+
+
+def _load_source(model: str, weights: str | None, random_weights: bool) -> Classifier:
+    """The model to optimize, loaded once, on eager PyTorch in exact fp32: the reference of every report."""
+    return load_model(model, weights=weights, pretrained=not random_weights, backend="eager",
+                      options=RunnerOptions(precision="fp32"))
 
 
 def _mb(n: int) -> str:
@@ -64,7 +72,8 @@ def export_command(
     json_output: JsonFlag = False,
 ) -> None:
     """Export to ONNX, TorchScript or OpenVINO IR with the class names and preprocessing, then check it against eager."""
-    report = export_model(model, fmt, output, weights=weights, pretrained=not random_weights, dynamic_batch=dynamic_batch,
+    check_export_request(fmt, output)
+    report = export_model(_load_source(model, weights, random_weights), fmt, output, dynamic_batch=dynamic_batch,
                           opset=opset, check_dir=check_data, batch_size=batch_size)
     if json_output:
         print_json(report.to_dict())
@@ -72,7 +81,7 @@ def export_command(
     rows = [("eager (fp32)", _mb(report.eager_size_bytes), f"{report.eager_latency_ms:.2f}", ""),
             (f"{fmt} on {report.backend} ({report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
              f"{ratio(report.eager_latency_ms, report.latency_ms)} faster")]
-    console.print(_table(f"{report.model} -> {report.path}", rows,
+    console.print(_table(f"{report.source} -> {report.path} ({report.name})", rows,
                          ("", "size (MB)", f"latency p50 (ms, batch {batch_size})", "vs eager")))
     if report.onnx_checker:
         console.print(f"onnx.checker: {report.onnx_checker}")
@@ -82,7 +91,7 @@ def export_command(
 @app.command("quantize")
 def quantize_command(
     model: ModelArg,
-    method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(QUANTIZE_BACKENDS)}.")],
+    method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(QUANTIZE_METHODS)}.")],
     output: OutputOpt,
     backend: Annotated[str | None, typer.Option("--backend", help="onnxruntime (.onnx; default for int8), openvino (.xml; default for fp16/bf16) or eager (.pt, fp16/bf16).")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration images (static-int8), any folder layout.")] = None,
@@ -96,9 +105,10 @@ def quantize_command(
     json_output: JsonFlag = False,
 ) -> None:
     """Quantize to fp16, bf16, dynamic int8 or static int8; report size, latency and prediction changes vs fp32."""
-    report = quantize(model, method, output, backend=backend, weights=weights, pretrained=not random_weights,
-                      calib_dir=calib, calib_size=calib_size, calibration_method=calibration, eval_dir=eval_dir,
-                      eval_limit=eval_limit, batch_size=batch_size)
+    resolve_request(method, backend, output, calib, calib_size, calibration)
+    report = quantize(_load_source(model, weights, random_weights), method, output, backend=backend, calib_dir=calib,
+                      calib_size=calib_size, calibration_method=calibration, eval_dir=eval_dir, eval_limit=eval_limit,
+                      batch_size=batch_size)
     if json_output:
         print_json(report.to_dict())
         return
@@ -116,7 +126,7 @@ def _print_quantize(report: QuantizeReport) -> None:
          ratio(report.fp32_latency_ms, report.latency_ms), f"{report.top1:.2f}" if top1 else "-"),
     ]
     columns = ("", "size (MB)", f"latency p50 (ms, batch {report.batch_size})", "speed-up vs eager", "top-1 %")
-    console.print(_table(f"{report.model} {report.method} -> {report.path}", rows, columns))
+    console.print(_table(f"{report.source} {report.method} -> {report.path} ({report.name})", rows, columns))
     console.print(f"size: {_size_change(report.fp32_size_bytes, report.size_bytes)} the fp32 weights", highlight=False)
     if report.int8_kernels:
         kernels = ", ".join(f"{op} x{n}" for op, n in report.int8_kernels.items())
@@ -148,7 +158,8 @@ def prune_command(
     json_output: JsonFlag = False,
 ) -> None:
     """Prune weights (global L1) or whole channels (dependency-aware); report params, MACs, latency and accuracy."""
-    report = prune(model, method, output, amount=amount, weights=weights, pretrained=not random_weights, round_to=round_to,
+    check_prune_request(method, amount, output)
+    report = prune(_load_source(model, weights, random_weights), method, output, amount=amount, round_to=round_to,
                    finetune_dir=finetune_dir, epochs=epochs, lr=lr, eval_dir=eval_dir, eval_limit=eval_limit,
                    batch_size=batch_size)
     if json_output:
@@ -166,7 +177,8 @@ def _print_prune(report: PruneReport) -> None:
             ("change", _pct(report.params_before, report.params_after), _pct(report.macs_before, report.macs_after),
              _pct(report.size_bytes_before, report.size_bytes_after), _pct(report.latency_ms_before, report.latency_ms_after))]
     columns = ("", params, "GMACs", "size (MB)", f"latency p50 (ms, batch {report.batch_size}, eager)")
-    console.print(_table(f"{report.model} {report.method} {report.amount:g} -> {report.path}", rows, columns))
+    console.print(_table(f"{report.source} {report.method} {report.amount:g} -> {report.path} ({report.name})", rows,
+                         columns))
     if report.sparsity is not None:
         console.print(f"sparsity of conv/linear weights: {100 * report.sparsity:.1f} %", highlight=False)
     if report.widths:
@@ -191,12 +203,13 @@ def _pct(before: float, after: float) -> str:
 
 @app.command("backends")
 def backends_command(json_output: JsonFlag = False) -> None:
-    """List inference backends: available on this machine, version, precisions."""
+    """List inference backends: available on this machine, version, precisions, default precision, files read."""
     rows = describe()
     if json_output:
         print_json(rows)
         return
-    table_rows = [(r["backend"], "yes" if r["available"] else "no", r["version"] or "-", r["precisions"], r["remark"])
+    table_rows = [(r["backend"], "yes" if r["available"] else "no", f"{r['package']} {r['version'] or '-'}",
+                   ", ".join(r["precisions"]), r["default_precision"] or "-", ", ".join(r["reads"]) or "-", r["remark"])
                   for r in rows]
-    console.print(_table("inference backends", table_rows, ("backend", "available", "version", "precisions", "remark"),
-                         numeric=False))
+    columns = ("backend", "available", "package", "precisions", "default", "reads", "remark")
+    console.print(_table("inference backends", table_rows, columns, numeric=False))

@@ -12,7 +12,6 @@ so pruned models reload without pickling code.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,12 @@ from torch import nn
 
 from .errors import UnknownModelError, WeightsError
 from .fileio import atomic_write
-from .loading import Classifier, register_artifact_loader
-from ..backends.base import FLOAT_DTYPES, RunnerOptions, make_runner
 from .spec import ModelMeta
 from .weights import safe_load
 from .zoo import get_spec, is_zoo_name
 
 ARTIFACT_VERSION = 1
+ARTIFACT_SUFFIXES = (".pt", ".pth")
 
 
 def save_artifact(path: str | os.PathLike[str], module: nn.Module, meta: ModelMeta,
@@ -97,13 +95,7 @@ def _resized_layer(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
     raise WeightsError(f"Cannot resize layer {type(layer).__name__} to the saved shape {tuple(weight.shape)}.")
 
 
-def _load_torch_artifact(path: Path, backend: str | None, options: RunnerOptions) -> Classifier:
+def load_artifact(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelMeta]:
+    """The module (architecture rebuilt, weights loaded) and metadata of a resnetkit ``.pt`` artifact."""
     meta, state = read_artifact(path)
-    module = build_from_artifact(meta, state)
-    stored = meta.extra.get("precision")  # e.g. "fp16" for weights quantized to fp16: run them as stored
-    if options.precision is None and stored in FLOAT_DTYPES:
-        options = dataclasses.replace(options, precision=stored)
-    return Classifier(meta, make_runner(module, meta, backend, options), module)
-
-
-register_artifact_loader((".pt", ".pth"), _load_torch_artifact)
+    return build_from_artifact(meta, state), meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..backends.base import FLOAT_DTYPES, Runner, RunnerOptions, file_suffixes, module_backend, read_file
+from .artifacts import ARTIFACT_SUFFIXES, load_artifact
 from .errors import UnknownModelError, WeightsError
-from ..backends.base import Runner, RunnerOptions, load_backend_modules, make_runner
 from .spec import ModelMeta, ModelSpec
 from .weights import extract_state_dict, load_published, safe_load
 from .zoo import get_spec, is_zoo_name
@@ -36,32 +38,31 @@ class Classifier:
         return torch.softmax(self.runner(batch).float(), dim=1)
 
 
-# An artifact loader: (path, backend, options) -> Classifier. Registered by suffix.
-ArtifactLoader = Callable[[Path, str | None, RunnerOptions], Classifier]
-_ARTIFACT_LOADERS: dict[str, ArtifactLoader] = {}
+class LazyRunner:
+    """A runner built on first use, so loading a model only for its module (to train or export
+    it) builds and tunes nothing; attributes are those of the built runner."""
+
+    def __init__(self, build: Callable[[], Runner]) -> None:
+        self._build = build
+        self._runner: Runner | None = None
+
+    @property
+    def built(self) -> Runner:
+        if self._runner is None:
+            self._runner = self._build()
+        return self._runner
+
+    def __getattr__(self, name: str) -> Any:  # backend, precision, timings_ms, ...
+        return getattr(self.built, name)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.built(batch)
 
 
-def register_artifact_loader(suffixes: tuple[str, ...], loader: ArtifactLoader) -> None:
-    for suffix in suffixes:
-        if suffix in _ARTIFACT_LOADERS:
-            raise ValueError(f"artifact suffix {suffix!r} already has a loader")
-        _ARTIFACT_LOADERS[suffix] = loader
-
-
-def load_weights_into(module: nn.Module, state: dict[str, torch.Tensor], *, head: str | None = None) -> list[str]:
-    """Load ``state`` strictly; with ``head`` given, head weights of another shape are dropped.
-
-    Returns the names of the dropped keys (timm's behaviour for a new number of classes).
-    """
-    dropped: list[str] = []
-    if head:
-        own = module.state_dict()
-        dropped = [k for k in state if k.startswith(head + ".") and k in own and own[k].shape != state[k].shape]
-        state = {k: v for k, v in state.items() if k not in dropped}
-    result = module.load_state_dict(state, strict=not dropped)
-    if dropped and (result.unexpected_keys or set(result.missing_keys) - set(dropped)):
-        raise WeightsError(f"Weights do not fit the architecture: missing {result.missing_keys}, unexpected {result.unexpected_keys}.")
-    return dropped
+def module_classifier(module: nn.Module, meta: ModelMeta, backend: str | None, options: RunnerOptions) -> Classifier:
+    """``module`` behind a runner of ``backend`` (``None``: auto), checked now and built on first use."""
+    chosen = module_backend(backend, options)
+    return Classifier(meta, LazyRunner(lambda: chosen.factory(module, meta, options)), module)  # type: ignore[misc]
 
 
 def _load_file_weights(spec: ModelSpec, module: nn.Module, path: Path) -> None:
@@ -88,27 +89,39 @@ def load_model(
 
     ``weights`` is a weights tag of the zoo model (e.g. ``IMAGENET1K_V2``) or a checkpoint
     file; ``pretrained=False`` gives random weights (enough to measure cost). ``backend``
-    and ``options`` (precision, batch-size hint...) choose how the model runs; ``backend=None``
-    runs it with its own runtime: eager PyTorch, ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``.
+    and ``options`` (precision, batch-size hint...) choose how the model runs. ``backend=None``:
+    zoo models and ``.pt`` artifacts run on ``auto`` (the fastest measured backend, in the
+    default precision of :mod:`resnetkit.backends.auto`, or the precision an artifact stores);
+    other files on their own runtime from the backend registry (ONNX Runtime for ``.onnx``,
+    OpenVINO for ``.xml``, TorchScript for ``.torchscript``). The runner is built on first use.
     """
     ref = str(ref)
     options = options or RunnerOptions()
     if is_zoo_name(ref):
         spec = get_spec(ref)
         module, meta = _zoo_module(spec, weights, pretrained, progress)
-        return Classifier(meta, make_runner(module, meta, backend, options), module)
+        return module_classifier(module, meta, backend, options)
     path = Path(ref)
     if path.exists():
         if weights:
             raise UnknownModelError(f"--weights only applies to zoo models; {ref} already carries its weights.")
-        load_backend_modules()  # backends register the file types they read
-        loader = _ARTIFACT_LOADERS.get(path.suffix.lower())
-        if loader is None:
-            known = ", ".join(sorted(_ARTIFACT_LOADERS))
+        if path.suffix.lower() in ARTIFACT_SUFFIXES:
+            module, meta = load_artifact(path)
+            return module_classifier(module, meta, backend, _stored_precision(meta, options))
+        if path.suffix.lower() not in file_suffixes():
+            known = ", ".join([*ARTIFACT_SUFFIXES, *file_suffixes()])
             raise UnknownModelError(f"{ref} is not a model file resnetkit can read (known suffixes: {known}).")
-        return loader(path, backend, options)
+        runner, meta = read_file(path, backend, options)
+        return Classifier(meta, runner)
     get_spec(ref)  # raises UnknownModelError with suggestions
     raise AssertionError("unreachable")
+
+
+def _stored_precision(meta: ModelMeta, options: RunnerOptions) -> RunnerOptions:
+    """Weights stored in fp16/bf16 run as stored unless another precision is asked for."""
+    if options.precision is None and meta.precision in FLOAT_DTYPES and meta.precision != "fp32":
+        return dataclasses.replace(options, precision=meta.precision)
+    return options
 
 
 def _zoo_module(spec: ModelSpec, weights: str | None, pretrained: bool, progress: bool | None) -> tuple[nn.Module, ModelMeta]:
@@ -122,6 +135,6 @@ def _zoo_module(spec: ModelSpec, weights: str | None, pretrained: bool, progress
         return module.eval(), spec.meta().replace(weights=str(path))
     chosen = spec.get_weights(weights)
     if not pretrained:
-        return module.eval(), spec.meta(chosen).replace(weights="random")
+        return module.eval(), spec.meta(chosen, random=True)
     module.load_state_dict(load_published(spec.name, chosen, progress=progress))
     return module.eval(), spec.meta(chosen)

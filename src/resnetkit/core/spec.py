@@ -127,8 +127,22 @@ class WeightsSpec:
 
 
 @dataclass(frozen=True)
+class PruningTraits:
+    """How channel pruning treats a model family."""
+
+    unsupported: str = ""  # why channel pruning cannot follow this family's graph ("" = it can)
+    round_to: int = 8  # default channel-count multiple (SIMD-friendly widths)
+    # layers besides the classifier head that must keep their output channels
+    keep: Callable[[nn.Module], list[nn.Module]] = lambda module: []
+
+    @property
+    def prunable(self) -> bool:
+        return not self.unsupported
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """An architecture in the zoo with its builder and its published checkpoints."""
+    """An architecture in the zoo with its builder, its published checkpoints and its family traits."""
 
     name: str
     family: str
@@ -137,6 +151,7 @@ class ModelSpec:
     head: str  # dotted path of the final nn.Linear
     last_stage: str  # dotted path of the last feature stage (fine-tuning "last-stage")
     description: str = ""
+    pruning: PruningTraits = PruningTraits()
 
     @property
     def default_weights(self) -> WeightsSpec:
@@ -159,21 +174,62 @@ class ModelSpec:
         classes = len(self.default_weights.categories) if num_classes is None else num_classes
         return self.builder(num_classes=classes)
 
-    def meta(self, weights: WeightsSpec | None = None) -> "ModelMeta":
+    def meta(self, weights: WeightsSpec | None = None, *, random: bool = False) -> "ModelMeta":
+        """Metadata of this architecture with ``weights``; ``random`` weights carry no accuracy figure."""
         weights = weights or self.default_weights
         return ModelMeta(
             name=self.name,
             arch=self.name,
             categories=weights.categories,
             preprocessing=weights.preprocessing,
-            metrics=weights.metrics,
-            weights=weights.tag,
+            metrics=PublishedMetrics() if random else weights.metrics,
+            weights=RANDOM_WEIGHTS if random else weights.tag,
         )
+
+
+RANDOM_WEIGHTS = "random"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing done to a model, e.g. ``quantize`` ``static-int8`` with its settings."""
+
+    operation: str  # export | quantize | prune
+    method: str  # e.g. onnx, static-int8, channel
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k} {v}" for k, v in self.settings.items() if v not in (None, "", 0))
+        return f"{self.operation} {self.method}" + (f" ({shown})" if shown else "")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a derived model comes from: the base model, its weights, what was done, its published figures."""
+
+    source: str  # the base model's name (a zoo architecture or an artifact)
+    weights: str
+    recipe: tuple[Step, ...] = ()
+    source_metrics: PublishedMetrics | None = None  # the base weights' published figures, not this model's
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Provenance":
+        metrics = data.get("source_metrics")
+        return cls(source=str(data["source"]), weights=str(data.get("weights", "")),
+                   recipe=tuple(Step(**step) for step in data.get("recipe", ())),
+                   source_metrics=PublishedMetrics.from_dict(metrics) if metrics else None)
 
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """Everything a command needs to know about a loaded model besides its parameters."""
+    """Everything a command needs to know about a loaded model besides its parameters.
+
+    ``name`` names this model (a zoo name, or an artifact's own name); ``arch`` is the zoo
+    architecture it is built from; ``provenance`` says what it was made from, if anything.
+    """
 
     name: str
     arch: str
@@ -181,7 +237,10 @@ class ModelMeta:
     preprocessing: Preprocessing
     metrics: PublishedMetrics = field(default_factory=PublishedMetrics)
     weights: str = ""  # which weights: a zoo tag, a file path, or "random"
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. training or quantization config
+    precision: str = "fp32"  # what the stored weights / graph compute in
+    format: str = "pytorch"  # pytorch | onnx | openvino | torchscript
+    provenance: Provenance | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form records, e.g. the training config
 
     @property
     def num_classes(self) -> int:
@@ -195,11 +254,18 @@ class ModelMeta:
             "preprocessing": self.preprocessing.to_dict(),
             "metrics": self.metrics.to_dict(),
             "weights": self.weights,
+            "precision": self.precision,
+            "format": self.format,
+            "provenance": self.provenance.to_dict() if self.provenance else None,
             "extra": dict(self.extra),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelMeta":
+        """Read :meth:`to_dict` output, and metadata of the previous version (``extra`` keys)."""
+        extra = dict(data.get("extra") or {})
+        legacy = {key: extra.pop(key) for key in _LEGACY_KEYS if key in extra}
+        provenance = data.get("provenance")
         return cls(
             name=str(data["name"]),
             arch=str(data["arch"]),
@@ -207,18 +273,41 @@ class ModelMeta:
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
             metrics=PublishedMetrics.from_dict(data.get("metrics") or {}),
             weights=str(data.get("weights", "")),
-            extra=dict(data.get("extra") or {}),
+            precision=str(data.get("precision") or legacy.get("precision") or "fp32"),
+            format=str(data.get("format") or legacy.get("format") or "pytorch"),
+            provenance=Provenance.from_dict(provenance) if provenance else _legacy_provenance(data, legacy),
+            extra=extra,
         )
 
     def replace(self, **changes: Any) -> "ModelMeta":
         return dataclasses.replace(self, **changes)
 
-    def derived(self, **extra: Any) -> "ModelMeta":
-        """Metadata of a model made from this one (quantized, pruned) with ``extra`` entries added.
+    def derived(self, name: str, step: Step, *, same_weights: bool = False, **changes: Any) -> "ModelMeta":
+        """Metadata of a model made from this one by ``step`` (exported, quantized, pruned), called ``name``.
 
-        The authors' published figures do not describe the new weights, so they move from
-        ``metrics`` to ``extra["source_metrics"]`` (kept for provenance, never reported as its accuracy).
+        Unless the weights stay the same (an fp32 export), the authors' published figures do not
+        describe the new model, so they move from ``metrics`` to ``provenance.source_metrics``
+        (kept for provenance, never reported as its accuracy).
         """
-        source = self.extra.get("source_metrics") or (self.metrics.to_dict() if self.metrics.top1 is not None else None)
-        provenance = {"source_metrics": source} if source else {}
-        return self.replace(metrics=PublishedMetrics(), extra={**self.extra, **extra, **provenance})
+        if self.provenance is None:
+            source_metrics = self.metrics if self.metrics.top1 is not None else None
+            provenance = Provenance(self.name, self.weights, (step,), source_metrics)
+        else:
+            provenance = dataclasses.replace(self.provenance, recipe=(*self.provenance.recipe, step))
+        metrics = self.metrics if same_weights else PublishedMetrics()
+        return self.replace(name=name, metrics=metrics, provenance=provenance, **changes)
+
+
+# ``extra`` keys of metadata written before precision, format and provenance were typed fields
+_LEGACY_KEYS = ("precision", "format", "source_metrics", "quantization", "pruning")
+
+
+def _legacy_provenance(data: dict[str, Any], legacy: dict[str, Any]) -> Provenance | None:
+    recipe = tuple(Step(operation, settings.get("method", ""), {k: v for k, v in settings.items() if k != "method"})
+                   for operation, key in (("quantize", "quantization"), ("prune", "pruning"))
+                   if (settings := legacy.get(key)))
+    if not recipe and "source_metrics" not in legacy:
+        return None
+    metrics = legacy.get("source_metrics")
+    return Provenance(str(data["arch"]), str(data.get("weights", "")), recipe,
+                      PublishedMetrics.from_dict(metrics) if metrics else None)

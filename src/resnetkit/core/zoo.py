@@ -15,9 +15,10 @@ from typing import Callable
 import torchvision
 from torch import nn
 
-from .cifar_resnet import CifarResNet
+from .cifar_resnet import BasicBlock, CifarResNet
 from .errors import UnknownModelError
-from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocessing, PublishedMetrics, WeightsSpec
+from .spec import (IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocessing, PruningTraits, PublishedMetrics,
+                   WeightsSpec)
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
@@ -90,7 +91,8 @@ def _torchvision_weights(enum: type) -> tuple[WeightsSpec, ...]:
     return tuple(specs)
 
 
-def _register_torchvision(name: str, family: str, weights_enum: type, head: str, last_stage: str) -> None:
+def _register_torchvision(name: str, family: str, weights_enum: type, head: str, last_stage: str,
+                          pruning: PruningTraits = PruningTraits()) -> None:
     builder: Callable[..., nn.Module] = getattr(torchvision.models, name)
     register(
         ModelSpec(
@@ -101,6 +103,7 @@ def _register_torchvision(name: str, family: str, weights_enum: type, head: str,
             head=head,
             last_stage=last_stage,
             description=f"torchvision.models.{name}",
+            pruning=pruning,
         )
     )
 
@@ -110,7 +113,10 @@ for _depth, _enum in [(18, _tv.ResNet18_Weights), (34, _tv.ResNet34_Weights), (5
                       (101, _tv.ResNet101_Weights), (152, _tv.ResNet152_Weights)]:
     _register_torchvision(f"resnet{_depth}", "resnet", _enum, head="fc", last_stage="layer4")
 _register_torchvision("mobilenet_v2", "mobilenet", _tv.MobileNet_V2_Weights, head="classifier.1", last_stage="features.18")
-_register_torchvision("shufflenet_v2_x1_0", "shufflenet", _tv.ShuffleNet_V2_X1_0_Weights, head="fc", last_stage="conv5")
+_register_torchvision("shufflenet_v2_x1_0", "shufflenet", _tv.ShuffleNet_V2_X1_0_Weights, head="fc", last_stage="conv5",
+                      pruning=PruningTraits(unsupported="its channel shuffle (reshape-transpose-reshape) interleaves "
+                                            "channels of two branches, which the dependency graph cannot map back to "
+                                            "prunable layers"))
 _register_torchvision("efficientnet_b0", "efficientnet", _tv.EfficientNet_B0_Weights, head="classifier.1", last_stage="features.8")
 
 # --- CIFAR-10 ResNets (He et al. 2016, sec. 4.2), weights by akamaster ---------------------
@@ -125,6 +131,17 @@ _CIFAR_CHECKPOINTS = {
     56: ("resnet56-4bfd9763.th", "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367", 93.39),
     110: ("resnet110-1d1ed7c2.th", None, 93.68),
 }
+
+
+def _cifar_pinned_layers(module: nn.Module) -> list[nn.Module]:
+    """Option-A shortcuts (zero-padding, no conv) pin each block's output width: only the first
+    conv of each BasicBlock may lose channels."""
+    inner = {block.conv1 for block in module.modules() if isinstance(block, BasicBlock)}
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in inner]
+
+
+# CIFAR ResNets start at 16 channels, where multiples of 8 would mean halving a layer
+CIFAR_PRUNING = PruningTraits(round_to=4, keep=_cifar_pinned_layers)
 CIFAR_PREPROCESSING = Preprocessing(crop_size=32, resize_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 for _depth, (_file, _sha, _top1) in _CIFAR_CHECKPOINTS.items():
@@ -153,5 +170,6 @@ for _depth, (_file, _sha, _top1) in _CIFAR_CHECKPOINTS.items():
             head="linear",
             last_stage="layer3",
             description=f"CIFAR ResNet-{_depth}, option-A shortcuts (He et al. 2016)",
+            pruning=CIFAR_PRUNING,
         )
     )

@@ -44,8 +44,10 @@ class ServerThread:
             raise ResnetkitError("Name at least one model to serve, e.g. 'resnetkit serve resnet50'.")
         for entry in settings.entries:
             entry.check()
-        if settings.backend is not None:
-            get_backend(settings.backend)  # fail before the port opens
+        if settings.backend is not None:  # fail before the port opens
+            backend = get_backend(settings.backend)
+            if settings.precision is not None:
+                backend.check_precision(settings.precision)
         self.settings = settings
         self.load_error: str | None = None
         self.app = create_app(settings, on_load_error=self._stop_on_load_error)

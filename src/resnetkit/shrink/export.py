@@ -15,11 +15,11 @@ from typing import Any
 from ..backends import onnxruntime as onnx_backend
 from ..backends import openvino as openvino_backend
 from ..backends import torchscript as torchscript_backend
-from .compare import Agreement, agreement, latency, sample_batches
 from ..core.errors import ResnetkitError, UnknownModelError
-from ..core.measure import serialized_size_bytes
 from ..core.loading import Classifier, load_model
-from ..core.spec import ModelMeta
+from ..core.measure import serialized_size_bytes
+from ..core.spec import ModelMeta, Step
+from .compare import Agreement, agreement, latency, sample_batches
 
 FORMATS = {"onnx": ".onnx", "torchscript": torchscript_backend.SUFFIX, "openvino": ".xml"}
 CHECK_IMAGES = 64
@@ -27,9 +27,10 @@ CHECK_IMAGES = 64
 
 @dataclass
 class ExportReport:
-    """What was written and how closely it reproduces the eager model."""
+    """What was written and how closely it reproduces the source model."""
 
-    model: str
+    name: str  # the artifact's name (the output file's stem)
+    source: str  # the model it was exported from
     format: str
     path: str
     size_bytes: int
@@ -43,9 +44,7 @@ class ExportReport:
     onnx_checker: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["agreement"] = self.agreement.to_dict()
-        return data
+        return asdict(self)
 
 
 def artifact_size(path: Path) -> int:
@@ -61,12 +60,24 @@ def check_output_path(output: str | os.PathLike[str], suffix: str, what: str) ->
     return path
 
 
+def check_export_request(fmt: str, output: str | os.PathLike[str]) -> Path:
+    """The output path, once the format and its suffix are known to fit (before any model is loaded)."""
+    if fmt not in FORMATS:
+        raise UnknownModelError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
+    return check_output_path(output, FORMATS[fmt], fmt)
+
+
+def require_module(source: Classifier, what: str) -> None:
+    """Refuse a source that has no torch module (an exported graph) for ``what``."""
+    if source.module is None:
+        raise ResnetkitError(f"{source.meta.name} is an exported graph; {what} the zoo model or a .pt artifact instead.")
+
+
 def write_artifact(source: Classifier, fmt: str, output: Path, *, dynamic_batch: bool, batch_size: int,
                    opset: int | None) -> str | None:
     """Write ``source`` in ``fmt``; returns the onnx.checker verdict for ONNX."""
-    module, meta = source.module, exported_meta(source.meta, fmt)
-    if module is None:
-        raise ResnetkitError(f"{source.meta.name} is already an exported artifact; export from the zoo model or a .pt file.")
+    require_module(source, "export")
+    module, meta = source.module, exported_meta(source.meta, fmt, output.stem, dynamic_batch, opset)
     if fmt == "onnx":
         onnx_backend.save_onnx(onnx_backend.to_onnx(module, meta, dynamic_batch=dynamic_batch, batch_size=batch_size,
                                                        opset=opset), output)
@@ -78,32 +89,29 @@ def write_artifact(source: Classifier, fmt: str, output: Path, *, dynamic_batch:
     return None
 
 
-def exported_meta(meta: ModelMeta, fmt: str) -> ModelMeta:
-    return meta.replace(extra={**meta.extra, "format": fmt, "precision": "fp32"})
+def exported_meta(meta: ModelMeta, fmt: str, name: str, dynamic_batch: bool, opset: int | None) -> ModelMeta:
+    """The artifact's metadata: named ``name``, same weights (so the published figures still apply), fp32."""
+    settings = {"dynamic_batch": dynamic_batch, "opset": opset} if fmt == "onnx" else {}
+    return meta.derived(name, Step("export", fmt, settings), same_weights=True, format=fmt, precision="fp32")
 
 
 def export_model(
-    model: str | os.PathLike[str],
+    source: Classifier,
     fmt: str,
     output: str | os.PathLike[str],
     *,
-    weights: str | None = None,
-    pretrained: bool = True,
     dynamic_batch: bool = False,
     opset: int | None = None,
     check_dir: str | os.PathLike[str] | None = None,
     check_images: int = CHECK_IMAGES,
     batch_size: int = 1,
 ) -> ExportReport:
-    """Export ``model`` to ``output`` in ``fmt`` (onnx | torchscript | openvino) and check it.
+    """Export the loaded model ``source`` to ``output`` in ``fmt`` (onnx | torchscript | openvino) and check it.
 
     Without ``dynamic_batch`` an ONNX graph has a fixed batch of ``batch_size``; OpenVINO
     and TorchScript artifacts accept any batch size. The check runs ``check_images``
-    images from ``check_dir`` (or generated ones) through both models."""
-    if fmt not in FORMATS:
-        raise UnknownModelError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
-    path = check_output_path(output, FORMATS[fmt], fmt)
-    source = load_model(model, weights=weights, pretrained=pretrained)
+    images from ``check_dir`` (or generated ones) through ``source`` and the artifact as loaded back."""
+    path = check_export_request(fmt, output)
     checker = write_artifact(source, fmt, path, dynamic_batch=dynamic_batch, batch_size=batch_size, opset=opset)
     exported = load_model(path)
     fixed_batch = fmt == "onnx" and not dynamic_batch
@@ -112,7 +120,8 @@ def export_model(
     if fixed_batch:
         batches = [b for b in batches if len(b) == batch_size]
     return ExportReport(
-        model=source.meta.name,
+        name=exported.meta.name,
+        source=source.meta.name,
         format=fmt,
         path=str(path),
         size_bytes=artifact_size(path),

@@ -10,28 +10,24 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from ..core.artifacts import save_artifact
-from .compare import Agreement, agreement, latency, sample_batches, random_weights_notes, top1_accuracy
-from ..core.errors import ResnetkitError
-from .export import check_output_path
-from ..core.measure import count_macs, count_params, serialized_size_bytes
-from ..core.loading import Classifier, load_model
 from ..backends.base import make_runner
-from ..core.spec import ModelMeta
+from ..core.artifacts import save_artifact
+from ..core.errors import ResnetkitError
+from ..core.loading import Classifier
+from ..core.measure import count_macs, count_params, serialized_size_bytes
+from ..core.spec import ModelMeta, Step
 from ..core.zoo import get_spec
+from .compare import Agreement, agreement, latency, random_weights_notes, sample_batches, top1_accuracy
+from .export import check_output_path, require_module
 
 METHODS = ("l1-unstructured", "channel")
-# families whose graphs torch-pruning cannot follow, and why
-UNSUPPORTED_CHANNEL = {
-    "shufflenet": "its channel shuffle (reshape-transpose-reshape) interleaves channels of two branches, "
-                  "which the dependency graph cannot map back to prunable layers",
-}
 CHECK_IMAGES = 256
 
 
@@ -43,7 +39,8 @@ class PruningError(ResnetkitError):
 class PruneReport:
     """Before/after cost and predictions of one pruning run."""
 
-    model: str
+    name: str  # the pruned model's name (the output file's stem)
+    source: str  # the model it was made from
     method: str
     amount: float
     path: str
@@ -68,9 +65,7 @@ class PruneReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["agreement"] = self.agreement.to_dict()
-        return data
+        return asdict(self)
 
 
 def weight_layers(module: nn.Module) -> list[nn.Module]:
@@ -95,17 +90,15 @@ def sparsity(module: nn.Module) -> float:
 
 def channel_prune(module: nn.Module, meta: ModelMeta, amount: float, round_to: int) -> None:
     """Remove ``amount`` of the output channels of every prunable conv (L1 norm of each
-    coupled group), keeping remaining counts multiples of ``round_to``. The classifier
-    keeps its outputs. CIFAR ResNets: option-A shortcuts pin each block's output width,
-    so only the first conv of each BasicBlock is pruned."""
+    coupled group), keeping remaining counts multiples of ``round_to``. The classifier and
+    the layers the family's :class:`~resnetkit.core.spec.PruningTraits` keep lose no outputs."""
     import torch_pruning as tp
 
     spec = get_spec(meta.arch)
-    if spec.family in UNSUPPORTED_CHANNEL:
-        raise PruningError(f"Channel pruning is unsupported for {meta.arch}: {UNSUPPORTED_CHANNEL[spec.family]}. "
+    if not spec.pruning.prunable:
+        raise PruningError(f"Channel pruning is unsupported for {meta.arch}: {spec.pruning.unsupported}. "
                            "Use --method l1-unstructured, or a ResNet.")
-    head = module.get_submodule(spec.head)
-    ignored = _pinned_layers(module, spec.family) + [head]
+    ignored = [*spec.pruning.keep(module), module.get_submodule(spec.head)]
     example = torch.zeros(1, *meta.preprocessing.input_shape)
     try:
         pruner = tp.pruner.MetaPruner(module, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
@@ -115,32 +108,25 @@ def channel_prune(module: nn.Module, meta: ModelMeta, amount: float, round_to: i
         raise PruningError(f"Channel pruning is unsupported for {meta.arch}: torch-pruning failed ({exc}).") from None
 
 
-def _pinned_layers(module: nn.Module, family: str) -> list[nn.Module]:
-    if family != "cifar_resnet":
-        return []
-    from ..core.cifar_resnet import BasicBlock
-
-    inner = {block.conv1 for block in module.modules() if isinstance(block, BasicBlock)}
-    return [layer for layer in weight_layers(module) if layer not in inner]
-
-
-def default_round_to(meta: ModelMeta) -> int:
-    """8 keeps SIMD-friendly widths; CIFAR ResNets start at 16 channels, where 8 would mean halving."""
-    return 4 if get_spec(meta.arch).family == "cifar_resnet" else 8
-
-
 def conv_widths(module: nn.Module) -> dict[str, int]:
     return {name: layer.out_channels for name, layer in module.named_modules() if isinstance(layer, nn.Conv2d)}
 
 
+def check_prune_request(method: str, amount: float, output: str | os.PathLike[str]) -> Path:
+    """The output path, once method and amount are known to be valid (before any model is loaded)."""
+    if method not in METHODS:
+        raise PruningError(f"Unknown pruning method '{method}'. Choose one of: {', '.join(METHODS)}.")
+    if not 0.0 < amount < 1.0:
+        raise PruningError(f"--amount must be between 0 and 1 (a fraction), got {amount}.")
+    return check_output_path(output, ".pt", "Pruned models")
+
+
 def prune(
-    model: str | os.PathLike[str],
+    source: Classifier,
     method: str,
     output: str | os.PathLike[str],
     *,
     amount: float = 0.3,
-    weights: str | None = None,
-    pretrained: bool = True,
     round_to: int | None = None,
     finetune_dir: str | None = None,
     epochs: int = 1,
@@ -151,26 +137,20 @@ def prune(
     workers: int = 2,
     check_images: int = CHECK_IMAGES,
 ) -> PruneReport:
-    """Prune ``model`` with ``method``, optionally fine-tune, save to ``output`` (.pt) and measure."""
-    if method not in METHODS:
-        raise PruningError(f"Unknown pruning method '{method}'. Choose one of: {', '.join(METHODS)}.")
-    if not 0.0 < amount < 1.0:
-        raise PruningError(f"--amount must be between 0 and 1 (a fraction), got {amount}.")
-    path = check_output_path(output, ".pt", "Pruned models")
-    source = load_model(model, weights=weights, pretrained=pretrained)
-    if source.module is None:
-        raise PruningError(f"{model} is an exported graph; prune the zoo model or a .pt artifact instead.")
+    """Prune the loaded model ``source`` with ``method``, optionally fine-tune, save to ``output`` (.pt) and measure."""
+    path = check_prune_request(method, amount, output)
+    require_module(source, "prune")
     meta, shape = source.meta, source.meta.preprocessing.input_shape
     module = copy.deepcopy(source.module).float().eval()
-    round_to = round_to or default_round_to(meta)
+    round_to = round_to or get_spec(meta.arch).pruning.round_to
     report_sparsity = l1_unstructured(module, amount) if method == "l1-unstructured" else None
     if method == "channel":
         channel_prune(module, meta, amount, round_to)
-    pruned = Classifier(meta, make_runner(module, meta), module)
+    pruned = Classifier(meta, make_runner(module, meta, "eager"), module)
     before, after = conv_widths(source.module), conv_widths(module)
     check, inputs = sample_batches(meta, eval_dir or finetune_dir, count=check_images, seed=1)
     report = PruneReport(
-        model=meta.name, method=method, amount=amount, path=str(path),
+        name=path.stem, source=meta.name, method=method, amount=amount, path=str(path),
         params_before=count_params(source.module),
         params_after=count_params(module) if method == "channel" else _nonzero_params(module),
         macs_before=count_macs(source.module, shape), macs_after=count_macs(module, shape),
@@ -190,9 +170,9 @@ def prune(
         report.finetune = finetune(module, meta, finetune_dir, epochs=epochs, lr=lr, workers=workers)
         if eval_dir:
             report.top1_finetuned = top1_accuracy(pruned, eval_dir, eval_limit)
-    pruned_meta = meta.derived(pruning={"method": method, "amount": amount, "round_to": report.round_to,
-                                        "finetune_epochs": epochs if finetune_dir else 0})
-    save_artifact(path, module, pruned_meta)
+    step = Step("prune", method, {"amount": amount, "round_to": report.round_to,
+                                  "finetune_epochs": epochs if finetune_dir else 0})
+    save_artifact(path, module, meta.derived(path.stem, step))
     report.size_bytes_after = path.stat().st_size
     return report
 

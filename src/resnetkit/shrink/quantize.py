@@ -19,25 +19,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..core.artifacts import save_artifact
 from ..backends import onnxruntime as onnx_backend
 from ..backends import openvino as openvino_backend
-from .compare import Agreement, agreement, image_batches, latency, sample_batches, random_weights_notes, top1_accuracy
+from ..backends.base import FLOAT_DTYPES, RunnerOptions, get_backend, make_runner
+from ..core.artifacts import ARTIFACT_SUFFIXES, save_artifact
 from ..core.errors import ResnetkitError
-from .export import artifact_size, check_output_path
-from ..core.measure import serialized_size_bytes
 from ..core.loading import Classifier, load_model
-from ..backends.base import FLOAT_DTYPES, RunnerOptions
-from ..core.spec import ModelMeta
+from ..core.measure import serialized_size_bytes
+from ..core.spec import ModelMeta, Step
+from .compare import Agreement, agreement, image_batches, latency, random_weights_notes, sample_batches, top1_accuracy
+from .export import artifact_size, check_output_path, require_module
 
-# method -> backends that can produce it; the first is the default
-BACKENDS = {
-    "fp16": ("openvino", "eager"),
-    "bf16": ("openvino", "eager"),
-    "dynamic-int8": ("onnxruntime",),
-    "static-int8": ("onnxruntime", "openvino"),
-}
-SUFFIXES = {"eager": ".pt", "openvino": ".xml", "onnxruntime": ".onnx"}
+METHODS = ("fp16", "bf16", "dynamic-int8", "static-int8")
 CALIBRATION_METHODS = ("histogram", "percentile", "minmax")
 DEFAULT_CALIBRATION = {"openvino": "histogram", "onnxruntime": "percentile"}
 CHECK_IMAGES = 256
@@ -51,7 +44,8 @@ class QuantizationError(ResnetkitError):
 class QuantizeReport:
     """Before (fp32 eager) and after numbers of one quantization."""
 
-    model: str
+    name: str  # the quantized model's name (the output file's stem)
+    source: str  # the model it was made from
     method: str
     backend: str
     path: str
@@ -71,9 +65,7 @@ class QuantizeReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["agreement"] = self.agreement.to_dict()
-        return data
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -86,14 +78,30 @@ class QuantizeRequest:
     calibration_method: str
 
 
+def backends_for(method: str) -> list[str]:
+    """The backends that can write ``method``, the default first (from :data:`WRITERS`)."""
+    return [backend for m, backend in WRITERS if m == method]
+
+
+def stored_precision(method: str) -> str:
+    return method if method in FLOAT_DTYPES else "int8"
+
+
+def output_suffix(backend: str) -> str:
+    """The file a backend's quantized model is written to: its own file format, or a .pt artifact."""
+    own = [f.suffixes[0] for f in get_backend(backend).formats if f.own_runtime]
+    return own[0] if own else ARTIFACT_SUFFIXES[0]
+
+
 def resolve_request(method: str, backend: str | None, output: str | os.PathLike[str], calib_dir: str | None,
                     calib_size: int, calibration_method: str | None) -> QuantizeRequest:
     """Validate the combination of options before any model is loaded."""
-    if method not in BACKENDS:
-        raise QuantizationError(f"Unknown quantization method '{method}'. Choose one of: {', '.join(BACKENDS)}.")
-    backend = backend or BACKENDS[method][0]
-    if backend not in BACKENDS[method]:
-        raise QuantizationError(f"{method} is available with --backend {' or '.join(BACKENDS[method])}, not '{backend}'.")
+    if method not in METHODS:
+        raise QuantizationError(f"Unknown quantization method '{method}'. Choose one of: {', '.join(METHODS)}.")
+    backend = backend or backends_for(method)[0]
+    if backend not in backends_for(method):
+        raise QuantizationError(f"{method} is available with --backend {' or '.join(backends_for(method))}, not '{backend}'.")
+    get_backend(backend).check_precision(stored_precision(method))
     if method == "static-int8" and not calib_dir:
         raise QuantizationError("static-int8 needs calibration images: --calib DIR (a few hundred representative "
                                 "images, e.g. part of the training set; class sub-folders are fine).")
@@ -102,18 +110,16 @@ def resolve_request(method: str, backend: str | None, output: str | os.PathLike[
     calibration_method = calibration_method or DEFAULT_CALIBRATION.get(backend, "histogram")
     if calibration_method not in CALIBRATION_METHODS:
         raise QuantizationError(f"Unknown calibration '{calibration_method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
-    path = check_output_path(output, SUFFIXES[backend], f"{backend} {method}")
+    path = check_output_path(output, output_suffix(backend), f"{backend} {method}")
     return QuantizeRequest(method, backend, path, calib_dir, calib_size, calibration_method)
 
 
 def quantize(
-    model: str | os.PathLike[str],
+    source: Classifier,
     method: str,
     output: str | os.PathLike[str],
     *,
     backend: str | None = None,
-    weights: str | None = None,
-    pretrained: bool = True,
     calib_dir: str | None = None,
     calib_size: int = 300,
     calibration_method: str | None = None,
@@ -122,26 +128,23 @@ def quantize(
     batch_size: int = 1,
     check_images: int = CHECK_IMAGES,
 ) -> QuantizeReport:
-    """Quantize ``model`` with ``method``, write the artifact to ``output`` and measure it."""
+    """Quantize the loaded fp32 model ``source`` with ``method``, write the artifact to ``output`` and measure it."""
     request = resolve_request(method, backend, output, calib_dir, calib_size, calibration_method)
-    source = load_model(model, weights=weights, pretrained=pretrained)
-    if source.module is None:
-        raise QuantizationError(f"{model} is an exported graph; quantize the zoo model or a .pt artifact instead.")
+    require_module(source, "quantize")
     calibration = _calibration(source.meta, request)
-    meta = source.meta.derived(precision=_stored_precision(method),
-                               quantization={"method": method, "backend": request.backend,
-                                             "calibration": calibration[1] if calibration else None})
+    step = Step("quantize", method, {"backend": request.backend, "calibration": calibration[1] if calibration else None})
+    meta = source.meta.derived(request.output.stem, step, precision=stored_precision(method))
     WRITERS[(method, request.backend)](copy.deepcopy(source.module), meta, request, calibration[0] if calibration else [])
     quantized = load_model(request.output)
     kernels = int8_kernels(quantized, request)
     check, inputs = sample_batches(source.meta, eval_dir or calib_dir, count=check_images, seed=1)
     report = QuantizeReport(
-        model=source.meta.name, method=method, backend=request.backend, path=str(request.output),
-        precision=quantized.runner.precision,
+        name=quantized.meta.name, source=source.meta.name, method=method, backend=request.backend,
+        path=str(request.output), precision=quantized.runner.precision,
         size_bytes=artifact_size(request.output), fp32_size_bytes=serialized_size_bytes(source.module),
         batch_size=batch_size,
         fp32_latency_ms=latency(source, batch_size).p50_ms,
-        fp32_backend_latency_ms=_fp32_backend_latency(model, weights, pretrained, request.backend, batch_size),
+        fp32_backend_latency_ms=_fp32_backend_latency(source, request.backend, batch_size),
         latency_ms=latency(quantized, batch_size).p50_ms,
         agreement=agreement(source.logits, quantized.logits, check, inputs),
         int8_kernels=kernels, calibration=calibration[1] if calibration else None,
@@ -154,10 +157,6 @@ def quantize(
     return report
 
 
-def _stored_precision(method: str) -> str:
-    return method if method in FLOAT_DTYPES else "int8"
-
-
 def _calibration(meta: ModelMeta, request: QuantizeRequest) -> tuple[list[torch.Tensor], str] | None:
     if request.method != "static-int8":
         return None
@@ -166,11 +165,11 @@ def _calibration(meta: ModelMeta, request: QuantizeRequest) -> tuple[list[torch.
     return batches, f"{count} images from {request.calib_dir}, {request.calibration_method} ranges"
 
 
-def _fp32_backend_latency(model: str | os.PathLike[str], weights: str | None, pretrained: bool, backend: str,
-                          batch_size: int) -> float:
-    fp32 = load_model(model, weights=weights, pretrained=pretrained, backend=backend,
-                      options=RunnerOptions(batch_size=batch_size, precision="fp32"))
-    return latency(fp32, batch_size).p50_ms
+def _fp32_backend_latency(source: Classifier, backend: str, batch_size: int) -> float:
+    """Latency of the source's weights on ``backend`` in exact fp32 (built from the loaded module)."""
+    options = RunnerOptions(batch_size=batch_size, precision="fp32")
+    runner = make_runner(copy.deepcopy(source.module), source.meta, backend, options)  # type: ignore[arg-type]
+    return latency(Classifier(source.meta, runner), batch_size).p50_ms
 
 
 def int8_kernels(quantized: Classifier, request: QuantizeRequest) -> dict[str, int]:
@@ -233,12 +232,13 @@ def _write_onnx_dynamic(module: nn.Module, meta: ModelMeta, request: QuantizeReq
     onnx_backend.save_onnx(onnx_backend.quantize_dynamic(onnx_backend.to_onnx(module, meta)), request.output)
 
 
+# (method, backend) -> writer; per method, the first backend listed is the default
 WRITERS: dict[tuple[str, str], Writer] = {
-    ("fp16", "eager"): _write_eager,
-    ("bf16", "eager"): _write_eager,
     ("fp16", "openvino"): _write_openvino_float,
+    ("fp16", "eager"): _write_eager,
     ("bf16", "openvino"): _write_openvino_float,
-    ("static-int8", "openvino"): _write_openvino_int8,
-    ("static-int8", "onnxruntime"): _write_onnx_static,
+    ("bf16", "eager"): _write_eager,
     ("dynamic-int8", "onnxruntime"): _write_onnx_dynamic,
+    ("static-int8", "onnxruntime"): _write_onnx_static,
+    ("static-int8", "openvino"): _write_openvino_int8,
 }

@@ -1,0 +1,155 @@
+"""``auto``'s tuning cache: what it measured, per model, batch size, machine and library versions.
+
+One JSON file in the user cache directory (platformdirs; ``RESNETKIT_TUNING_CACHE`` names
+another file). An entry is found again only on the same machine (CPU model, core count)
+with the same library versions; otherwise ``auto`` measures again and replaces it.
+The model key is its tensors' names, shapes and dtypes (weight values do not change speed,
+and random weights are re-drawn on every load) or, for a model file, the file's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..core.fileio import write_text_atomic
+
+ENV_VAR = "RESNETKIT_TUNING_CACHE"
+CACHE_VERSION = 1
+LIBRARIES = ("torch", "onnxruntime", "openvino")
+
+
+def cache_path() -> Path:
+    """The tuning cache file (``$RESNETKIT_TUNING_CACHE`` or ``<user cache dir>/resnetkit/tuning.json``)."""
+    override = os.environ.get(ENV_VAR)
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return platformdirs.user_cache_path("resnetkit") / "tuning.json"
+
+
+@lru_cache(maxsize=1)
+def machine() -> dict[str, Any]:
+    """What makes a measurement valid elsewhere: CPU model, usable cores, library versions."""
+    return {"cpu": _cpu_model(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "libraries": {name: _version(name) for name in LIBRARIES}}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name as OpenVINO reads it (``FULL_DEVICE_NAME``), else what ``platform`` knows."""
+    try:
+        import openvino as ov
+
+        return str(ov.Core().get_property("CPU", "FULL_DEVICE_NAME"))
+    except Exception:  # noqa: BLE001 - OpenVINO missing or without a CPU plugin: fall back
+        return platform.processor() or platform.machine()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def module_key(module: nn.Module) -> str:
+    """A digest of the module's tensor names, shapes and dtypes."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    return digest.hexdigest()[:20]
+
+
+def file_key(path: Path) -> str:
+    """A digest of a model file's bytes (and of its OpenVINO .bin, if any)."""
+    digest = hashlib.sha256()
+    for part in (path, path.with_suffix(".bin")):
+        if part == path or (path.suffix.lower() == ".xml" and part.exists()):
+            with open(part, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run a model: a backend, a precision (None: the file's own) and intra-op threads."""
+
+    backend: str
+    precision: str | None
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.precision or 'stored'}/{self.threads}t"
+
+
+@dataclass
+class Tuning:
+    """auto's measurements for one model at one batch size on one machine."""
+
+    model: str  # a readable name; the key is ``model_key``
+    model_key: str
+    batch_size: int
+    precision: str | None  # requested (None: auto's default)
+    choice: Candidate
+    timings_ms: dict[str, float]  # candidate label -> median latency
+    machine: dict[str, Any] = field(default_factory=machine)
+    measured_at: float = field(default_factory=time.time)
+    load_1min: float | None = field(default_factory=lambda: os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+
+    def matches(self, model_key: str, batch_size: int, precision: str | None) -> bool:
+        return (self.model_key, self.batch_size, self.precision) == (model_key, batch_size, precision)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Tuning":
+        return cls(**{**data, "choice": Candidate(**data["choice"])})
+
+
+def entries() -> list[Tuning]:
+    """Every entry of the cache file (an unreadable or outdated file counts as empty)."""
+    try:
+        data = json.loads(cache_path().read_text())
+        if data.get("version") != CACHE_VERSION:
+            return []
+        return [Tuning.from_dict(entry) for entry in data["entries"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def lookup(model_key: str, batch_size: int, precision: str | None) -> Tuning | None:
+    """The entry for this model, batch size and precision measured on this machine with these libraries."""
+    return next((t for t in entries() if t.matches(model_key, batch_size, precision) and t.machine == machine()), None)
+
+
+def store(tuning: Tuning) -> None:
+    """Add ``tuning``, replacing any entry for the same model, batch size and precision (atomic write)."""
+    kept = [t for t in entries() if not t.matches(tuning.model_key, tuning.batch_size, tuning.precision)]
+    _write([*kept, tuning])
+
+
+def clear(model_key: str | None = None) -> int:
+    """Remove the entries of one model (all batch sizes), or all; returns how many were removed."""
+    current = entries()
+    kept = [t for t in current if model_key is not None and t.model_key != model_key]
+    _write(kept)
+    return len(current) - len(kept)
+
+
+def _write(items: list[Tuning]) -> None:
+    write_text_atomic(cache_path(), json.dumps({"version": CACHE_VERSION, "entries": [t.to_dict() for t in items]},
+                                               indent=1))

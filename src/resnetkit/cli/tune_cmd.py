@@ -1,0 +1,49 @@
+"""``resnetkit tune MODEL``: show, refresh or clear what ``auto`` measured for a model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..backends import auto, tuning
+from ..backends.base import RunnerOptions
+from ..core.loading import load_model
+from ..core.zoo import is_zoo_name
+from .app import JsonFlag, ModelArg, app, console, print_json
+
+
+@app.command("tune")
+def tune_command(
+    model: ModelArg,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size to tune for.")] = 1,
+    precision: Annotated[str | None, typer.Option("--precision", help="Precision to tune for [default: auto's default on this CPU].")] = None,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Measure again, replacing the cached entry.")] = False,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every cached entry of this model (all batch sizes).")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show auto's measurements for MODEL at a batch size (measuring them if not cached), refresh or clear them."""
+    if clear:
+        removed = tuning.clear(auto.model_key(model))
+        console.print(f"removed {removed} tuning entr{'y' if removed == 1 else 'ies'} of {model} from {tuning.cache_path()}",
+                      highlight=False)
+        return
+    options = RunnerOptions(batch_size=batch_size, precision=precision, retune=refresh)
+    classifier = load_model(model, pretrained=not is_zoo_name(model), backend="auto", options=options)
+    runner = classifier.runner
+    entry = runner.tuning
+    if json_output:
+        print_json({**entry.to_dict(), "cached": runner.cached, "cache": str(tuning.cache_path())})
+        return
+    table = Table(title=f"{model}, batch {batch_size}: auto's measurements", title_justify="left")
+    for column, justify in (("candidate", "left"), ("median latency (ms)", "right"), ("", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for label, ms in sorted(entry.timings_ms.items(), key=lambda item: item[1]):
+        table.add_row(label, f"{ms:.2f}", "chosen" if label == entry.choice.label else "")
+    console.print(table)
+    source = "read from the cache" if runner.cached else "measured now"
+    load = f", 1-minute load {entry.load_1min:.1f}" if entry.load_1min is not None else ""
+    console.print(f"{source}: {tuning.cache_path()} (machine: {entry.machine['cpu']}, {entry.machine['cores']} cores{load}); "
+                  "measurements on a busy machine favour fewer threads: 'resnetkit tune MODEL --refresh' when it is quiet",
+                  highlight=False)

@@ -1,0 +1,282 @@
+"""The backend registry (a new backend is one module), typed artifact metadata, family traits,
+and no accuracy figure for random weights anywhere."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.metadata
+import json
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from resnetkit import load_model
+from resnetkit.backends import auto, base, describe, tuning
+from resnetkit.backends.base import RunnerOptions
+from resnetkit.cli import app
+from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.errors import BackendUnavailableError, UnknownModelError
+from resnetkit.core.spec import ModelMeta, PublishedMetrics, Step
+from resnetkit.core.zoo import get_spec
+
+from conftest import make_image
+
+# The whole of a new backend: one module. Shown in docs/architecture.md.
+EXAMPLE_BACKEND = '''
+"""PyTorch eager with channels-last memory layout (an example backend)."""
+
+import torch
+
+from resnetkit.backends.base import Backend, register
+
+
+class ChannelsLastRunner:
+    backend = "channels_last"
+    precision = "fp32"
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module.float().eval().to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch.float().contiguous(memory_format=torch.channels_last)).float()
+
+
+register(Backend("channels_last", "PyTorch eager, channels-last memory layout", ("fp32",),
+                 lambda module, meta, options: ChannelsLastRunner(module)))
+'''
+
+
+@pytest.fixture
+def example_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The example module installed as a third-party plug-in (entry point ``resnetkit.backends``)."""
+    (tmp_path / "rk_channels_last.py").write_text(textwrap.dedent(EXAMPLE_BACKEND))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rk_channels_last", raising=False)
+    entry_point = importlib.metadata.EntryPoint("channels_last", "rk_channels_last", base.ENTRY_POINT_GROUP)
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: [entry_point] if kw.get("group") == base.ENTRY_POINT_GROUP else real(**kw))
+    base.load_backend_modules()
+    monkeypatch.setattr(base, "_BACKENDS", dict(base._BACKENDS))  # restored after the test
+    monkeypatch.setattr(base, "_LOADED", False)  # rediscover: package modules are cached, the plug-in is new
+    return "channels_last"
+
+
+def test_a_new_backend_is_one_module(example_backend: str) -> None:
+    row = next(r for r in describe() if r["backend"] == example_backend)
+    assert row["available"] and row["precisions"] == ["fp32"] and row["version"] == importlib.metadata.version("torch")
+    eager = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    runner = base.make_runner(copy.deepcopy(eager.module), eager.meta, example_backend)
+    batch = torch.randn(3, 3, 32, 32)
+    assert runner.backend == "channels_last"
+    assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-4)
+    loaded = load_model("cifar_resnet20", pretrained=False, backend=example_backend)
+    assert (loaded.runner.backend, loaded.runner.precision) == ("channels_last", "fp32")
+    with pytest.raises(BackendUnavailableError, match="The channels_last backend runs fp32, not 'bf16'"):
+        load_model("cifar_resnet20", pretrained=False, backend=example_backend, options=RunnerOptions(precision="bf16"))
+    assert example_backend in [b.name for b in auto.candidates("fp32")]
+    assert example_backend not in [b.name for b in auto.candidates("int8")]
+
+
+def test_files_are_read_by_the_backends_that_register_their_suffix(tmp_path: Path) -> None:
+    assert list(base.readers_of(".onnx")) == ["onnxruntime", "openvino"]  # the file's own runtime first
+    assert list(base.readers_of(".xml")) == ["openvino"]
+    assert list(base.readers_of(".torchscript")) == ["torchscript"]
+    odd = tmp_path / "model.tflite"
+    odd.write_bytes(b"\0")
+    with pytest.raises(UnknownModelError, match=r"known suffixes: \.pt, \.pth, .*\.onnx.*\.torchscript.*\.xml"):
+        load_model(odd)
+
+
+def test_metadata_round_trips_with_typed_fields() -> None:
+    meta = get_spec("cifar_resnet20").meta().derived("r20-int8", Step("quantize", "static-int8", {"backend": "openvino"}),
+                                                    precision="int8", format="openvino")
+    assert meta.metrics == PublishedMetrics()  # the published figure describes the source weights only
+    assert meta.provenance.source_metrics.top1 == 91.73
+    again = ModelMeta.from_dict(json.loads(json.dumps(meta.to_dict())))
+    assert again == meta
+    assert again.provenance.recipe[0].describe() == "quantize static-int8 (backend openvino)"
+
+
+def test_metadata_of_the_previous_version_is_read() -> None:
+    old = get_spec("cifar_resnet20").meta().to_dict()
+    old.pop("precision"), old.pop("format"), old.pop("provenance")
+    old["metrics"] = {}
+    old["extra"] = {"precision": "fp16", "format": "pytorch", "source_metrics": {"top1": 91.73, "dataset": "CIFAR-10"},
+                    "quantization": {"method": "fp16", "backend": "eager", "calibration": None}, "train": {"lr": 0.1}}
+    meta = ModelMeta.from_dict(old)
+    assert (meta.precision, meta.format, meta.extra) == ("fp16", "pytorch", {"train": {"lr": 0.1}})
+    assert meta.provenance.source == "cifar_resnet20" and meta.provenance.source_metrics.top1 == 91.73
+    assert meta.provenance.recipe == (Step("quantize", "fp16", {"backend": "eager", "calibration": None}),)
+
+
+def test_an_fp16_artifact_of_the_previous_version_runs_as_stored(tmp_path: Path) -> None:
+    eager = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    old = eager.meta.to_dict()
+    old.pop("precision"), old.pop("format"), old.pop("provenance")
+    old["extra"] = {"precision": "fp16"}
+    path = save_artifact(tmp_path / "old.pt", copy.deepcopy(eager.module).half(), ModelMeta.from_dict(old))
+    loaded = load_model(path, backend="eager")
+    assert loaded.runner.precision == "fp16" and next(loaded.module.parameters()).dtype == torch.float16
+
+
+def test_family_traits_drive_pruning() -> None:
+    shufflenet, cifar, resnet = get_spec("shufflenet_v2_x1_0"), get_spec("cifar_resnet20"), get_spec("resnet18")
+    assert not shufflenet.pruning.prunable and "channel shuffle" in shufflenet.pruning.unsupported
+    assert resnet.pruning.prunable and resnet.pruning.round_to == 8 and resnet.pruning.keep(resnet.build()) == []
+    module = cifar.build()
+    kept = cifar.pruning.keep(module)
+    assert cifar.pruning.round_to == 4
+    assert module.conv1 in kept and module.layer1[0].conv2 in kept and module.layer1[0].conv1 not in kept
+
+
+def test_random_weights_carry_no_accuracy_anywhere(tmp_path: Path) -> None:
+    from resnetkit.serve.hub import ServedModel
+
+    model = load_model("resnet18", pretrained=False)
+    assert model.meta.weights == "random" and model.meta.metrics == PublishedMetrics()
+    derived = model.meta.derived("r18-pruned", Step("prune", "channel"))
+    assert derived.provenance.source_metrics is None
+    served = ServedModel("resnet18", model, SimpleNamespace(max_batch_size=8)).info().model_dump()
+    assert served["published_top1"] is None and served["weights"] == "random"
+    cifar = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    artifact = save_artifact(tmp_path / "r20-random.pt", cifar.module, cifar.meta)
+    result = CliRunner().invoke(app, ["classify", str(artifact), str(make_image(tmp_path / "x.png")), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["predictions"] and "91.73" not in result.stdout
+
+
+# --- auto as the default: precision, threads, the tuning cache (issue 9) -------------------------------
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty tuning cache; short trials with one thread count (each tuning converts the model per candidate)."""
+    path = tmp_path / "tuning.json"
+    monkeypatch.setenv(tuning.ENV_VAR, str(path))
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.06)
+    monkeypatch.setattr(auto, "thread_counts", lambda: [1])
+    return path
+
+
+@pytest.mark.slow
+def test_auto_is_the_default_and_says_what_ran(fresh_cache: Path) -> None:
+    model = load_model("cifar_resnet20", pretrained=False)
+    assert model.runner.backend.endswith(" (auto)")
+    # the fastest of fp32 and the default precision (bf16 where the CPU has it natively), never int8
+    assert model.runner.precision in {"fp32", auto.default_precision()}
+    assert model.runner.tuning.choice.precision == model.runner.precision
+    name = model.runner.backend.removesuffix(" (auto)")
+    assert base.runner_label(model.runner) == f"{name}/{model.runner.precision} (auto)"
+    tried = {label.split("/")[0] for label in model.runner.timings_ms}
+    assert {"eager", "onnxruntime", "openvino"} <= tried and "compile" not in tried
+    exact = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(precision="fp32"))
+    assert exact.runner.precision == "fp32" and all("/fp32/" in label for label in exact.runner.timings_ms)
+    batch = torch.randn(2, 3, 32, 32)
+    eager = base.make_runner(copy.deepcopy(exact.module), exact.meta, "eager")
+    assert torch.allclose(exact.logits(batch), eager(batch), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_auto_tunes_once_then_reads_the_cache(fresh_cache: Path) -> None:
+    first = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=2)).runner
+    assert not first.cached and fresh_cache.is_file()
+    assert {t for label in first.timings_ms for t in [label.rsplit("/", 1)[1]]} == {f"{n}t" for n in auto.thread_counts()}
+    [entry] = tuning.entries()
+    assert (entry.model, entry.batch_size, entry.choice) == ("cifar_resnet20", 2, first.tuning.choice)
+    second = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=2)).runner
+    assert second.cached and second.tuning.choice == first.tuning.choice and second.timings_ms == first.timings_ms
+    other_batch = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=1)).runner
+    assert not other_batch.cached and len(tuning.entries()) == 2
+
+
+@pytest.mark.slow
+def test_a_changed_machine_or_library_retunes(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    load_model("cifar_resnet20", pretrained=False).runner.backend  # tune and store
+    real = tuning.machine()
+    monkeypatch.setattr(tuning, "machine", lambda: {**real, "libraries": {**real["libraries"], "openvino": "0.0-faked"}})
+    again = load_model("cifar_resnet20", pretrained=False).runner
+    assert not again.cached
+    [entry] = tuning.entries()  # the entry of the old library versions was replaced
+    assert entry.machine["libraries"]["openvino"] == "0.0-faked"
+
+
+def test_threads_are_applied_per_runner() -> None:
+    from resnetkit.backends.eager import EagerRunner
+    from resnetkit.backends.onnxruntime import OnnxRuntimeRunner, to_onnx
+    from resnetkit.backends.openvino import OpenVinoRunner, to_openvino
+
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    before = torch.get_num_threads()
+    eager = EagerRunner(copy.deepcopy(model.module), threads=1)
+    eager(torch.randn(1, 3, 32, 32))
+    assert torch.get_num_threads() == before  # restored after the call
+    ort = OnnxRuntimeRunner(to_onnx(model.module, model.meta), threads=1)
+    assert ort.session.get_session_options().intra_op_num_threads == 1
+    ov = OpenVinoRunner(to_openvino(model.module, model.meta), threads=1)
+    assert ov._request(1).get_compiled_model().get_property("INFERENCE_NUM_THREADS") == 1
+
+
+@pytest.mark.slow
+def test_tune_command_shows_refreshes_and_clears(fresh_cache: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(app, ["tune", "cifar_resnet20", "--json"])
+    assert first.exit_code == 0, first.output
+    data = json.loads(first.stdout)
+    assert not data["cached"] and data["choice"]["backend"] in {"eager", "onnxruntime", "openvino"}
+    assert json.loads(runner.invoke(app, ["tune", "cifar_resnet20", "--json"]).stdout)["cached"]
+    assert not json.loads(runner.invoke(app, ["tune", "cifar_resnet20", "--refresh", "--json"]).stdout)["cached"]
+    cleared = runner.invoke(app, ["tune", "cifar_resnet20", "--clear"])
+    assert cleared.exit_code == 0 and "removed 1 tuning entry of cifar_resnet20" in cleared.stdout
+    assert tuning.entries() == []
+
+
+def test_torchscript_export_prints_no_deprecation_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    from resnetkit.backends.torchscript import save_torchscript
+
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = save_torchscript(model.module, model.meta, tmp_path / "m.torchscript")
+        load_model(path).logits(torch.randn(1, 3, 32, 32))
+    assert not [w for w in caught if "torch.jit" in str(w.message)]
+
+
+def test_tuning_cache_keeps_the_fastest_and_rebuilds_only_it(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from resnetkit.backends.tuning import Candidate
+
+    built: list[str] = []
+
+    class Sleeper:
+        precision = "fp32"
+
+        def __init__(self, name: str, seconds: float) -> None:
+            self.backend, self.seconds = name, seconds
+            built.append(name)
+
+        def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+            time.sleep(self.seconds)
+            return torch.zeros(len(batch), 10)
+
+    builders = {Candidate("slow", "fp32", 1): lambda: Sleeper("slow", 0.004),
+                Candidate("quick", "fp32", 1): lambda: Sleeper("quick", 0.0)}
+    meta, options = get_spec("cifar_resnet20").meta(), RunnerOptions(batch_size=4)
+    first = auto.tuned("m", "key-1", meta, options, builders)
+    assert (first.backend, first.cached, sorted(built)) == ("quick (auto)", False, ["quick", "slow"])
+    assert first.timings_ms["slow/fp32/1t"] > first.timings_ms["quick/fp32/1t"]
+    built.clear()
+    second = auto.tuned("m", "key-1", meta, options, builders)
+    assert (second.backend, second.cached, built) == ("quick (auto)", True, ["quick"])  # only the winner is built
+    assert not auto.tuned("m", "key-1", meta, dataclasses.replace(options, batch_size=8), builders).cached
+    monkeypatch.setattr(tuning, "machine", lambda: {"cpu": "another CPU", "cores": 64, "libraries": {}})
+    assert not auto.tuned("m", "key-1", meta, options, builders).cached  # another machine: measured again
