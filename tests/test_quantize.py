@@ -12,7 +12,7 @@ from resnetkit import load_model
 from resnetkit.shrink import compare
 from resnetkit.core.errors import DatasetError, ResnetkitError
 from resnetkit.run.classify import classify
-from resnetkit.shrink.quantize import QuantizationError, quantize
+from resnetkit.shrink.quantize import QuantizationError, quantize, resolve_request
 
 from conftest import make_image
 
@@ -84,6 +84,13 @@ def test_bad_quantize_requests(tmp_path: Path) -> None:
         quantize("cifar_resnet20", "dynamic-int8", tmp_path / "q.xml", backend="openvino", pretrained=False)
     with pytest.raises(ResnetkitError, match=r"end in \.onnx"):
         quantize("cifar_resnet20", "dynamic-int8", tmp_path / "q.xml", pretrained=False)
+
+
+def test_static_int8_backend_follows_the_output_file(tmp_path: Path) -> None:
+    assert resolve_request("static-int8", None, tmp_path / "q.xml", "calib", 8, None).backend == "openvino"
+    assert resolve_request("static-int8", None, tmp_path / "q.onnx", "calib", 8, None).backend == "onnxruntime"
+    with pytest.raises(ResnetkitError, match=r"openvino static-int8 files end in \.xml: use -o .*q\.xml"):
+        resolve_request("static-int8", None, tmp_path / "q.int8", "calib", 8, None)
 
 
 def test_calibration_folder_without_images(tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """Post-training quantization: fp16 | bf16 | dynamic-int8 | static-int8, with proof.
 
 Each method writes an artifact for one backend and reports size, latency and predictions
-against the fp32 eager model. Static int8 defaults to ONNX Runtime QDQ: it was the only
-path that kept CIFAR ResNet-20 and -32 within 0.5 points (OpenVINO + NNCF, faster on a quiet
-machine, lost 0.63 on ResNet-32; see docs/optimize.md, benchmarks/optimize_speed.py and
-optimize_fidelity.py). PT2E with the x86 inductor quantizer could not quantize torchvision
-ResNets with torch 2.14 + torchao 0.18.
+against the fp32 eager model. Static int8 defaults to OpenVINO + NNCF (with exact bias
+correction): both int8 paths keep CIFAR ResNet-20 and -32 within 0.5 points of fp32, and
+OpenVINO int8 ran resnet50 1.29-1.58x faster than ONNX Runtime QDQ in every interleaved round
+(see docs/optimize.md, benchmarks/int8_search.py and optimize_speed.py). An output file
+ending in .onnx still selects ONNX Runtime. PT2E with the x86 inductor quantizer could not
+quantize torchvision ResNets with torch 2.14 + torchao 0.18.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ BACKENDS = {
     "fp16": ("openvino", "eager"),
     "bf16": ("openvino", "eager"),
     "dynamic-int8": ("onnxruntime",),
-    "static-int8": ("onnxruntime", "openvino"),
+    "static-int8": ("openvino", "onnxruntime"),
 }
 SUFFIXES = {"eager": ".pt", "openvino": ".xml", "onnxruntime": ".onnx"}
 CALIBRATION_METHODS = ("histogram", "percentile", "minmax")
@@ -91,7 +92,7 @@ def resolve_request(method: str, backend: str | None, output: str | os.PathLike[
     """Validate the combination of options before any model is loaded."""
     if method not in BACKENDS:
         raise QuantizationError(f"Unknown quantization method '{method}'. Choose one of: {', '.join(BACKENDS)}.")
-    backend = backend or BACKENDS[method][0]
+    backend = backend or _default_backend(method, output)
     if backend not in BACKENDS[method]:
         raise QuantizationError(f"{method} is available with --backend {' or '.join(BACKENDS[method])}, not '{backend}'.")
     if method == "static-int8" and not calib_dir:
@@ -104,6 +105,12 @@ def resolve_request(method: str, backend: str | None, output: str | os.PathLike[
         raise QuantizationError(f"Unknown calibration '{calibration_method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
     path = check_output_path(output, SUFFIXES[backend], f"{backend} {method}")
     return QuantizeRequest(method, backend, path, calib_dir, calib_size, calibration_method)
+
+
+def _default_backend(method: str, output: str | os.PathLike[str]) -> str:
+    """The backend whose file type ``output`` names, else the method's default (the first)."""
+    suffix = Path(output).suffix.lower()
+    return next((b for b in BACKENDS[method] if SUFFIXES[b] == suffix), BACKENDS[method][0])
 
 
 def quantize(
