@@ -15,7 +15,6 @@ results/int8_search.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -29,16 +28,14 @@ from resnetkit import load_model
 from resnetkit.backends import onnxruntime as onnx_backend
 from resnetkit.backends import openvino as openvino_backend
 from resnetkit.backends.common import cpu_has_vnni
-from resnetkit.core import weights
 from resnetkit.core.datasets import labelled_samples, match_folders_to_categories
-from resnetkit.core.fileio import write_text_atomic
 from resnetkit.core.images import decode_image, iter_image_paths
 from resnetkit.core.spec import ModelMeta
-from resnetkit.core.zoo import get_spec
+
+from optimize_fidelity import CHECKPOINTS, import_weights, write_json  # same folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-CHECKPOINTS = {"cifar_resnet20": "resnet20-12fca82f.th", "cifar_resnet32": "resnet32-d509ac18.th"}
 ALLOWED_LOSS = 0.5
 # Every row starts from NNCF's own defaults (histogram ranges, batches of 16 as `quantize` feeds
 # them); "exact-bias-correction" is what openvino.quantize_static uses by default since this search.
@@ -74,14 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-limit", type=int, default=None, help="a fixed random N test images (default: all)")
     parser.add_argument("--output", default="results/int8_search.json")
     return parser.parse_args(argv)
-
-
-def import_weights(weights_dir: str) -> None:
-    """Place the CIFAR checkpoints in the weights cache (verified against their hashes)."""
-    for model, file in CHECKPOINTS.items():
-        spec = get_spec(model).default_weights
-        if not weights.cached_path(spec).is_file():
-            weights.import_file(model, spec, Path(weights_dir) / file)
 
 
 def labelled_tensors(paths: list[Path], meta: ModelMeta) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,8 +153,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result = {"test": args.test, "train": args.train, "cpu_has_vnni": cpu_has_vnni(),
               "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}, "rows": rows}
     print(f"load average (1 min) before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.output, json.dumps(result, indent=2))
+    write_json(args.output, result)
     return result
 
 

@@ -89,9 +89,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     import_weights(args.weights_dir)
     result = {"test": args.test, "calib": f"{args.calib_size} images of {args.calib}", "rows": run(args)}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.output, json.dumps(result, indent=2))
+    write_json(args.output, result)
     return result
+
+
+def write_json(output: str, result: dict[str, Any]) -> None:
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
