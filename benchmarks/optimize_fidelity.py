@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test", default=str(SHARED / "data" / "cifar10" / "test"))
     parser.add_argument("--calib", default=str(SHARED / "data" / "cifar10" / "train"))
     parser.add_argument("--calib-size", type=int, default=300)
+    parser.add_argument("--methods", default=",".join(dict.fromkeys(v[0] for v in VARIANTS)),
+                        help="comma-separated subset of the methods (default: all)")
     parser.add_argument("--output", default="results/optimize_fidelity.json")
     return parser.parse_args(argv)
 
@@ -67,6 +69,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             fp32_top1 = top1_accuracy(source, args.test)
             print(f"{model:15} fp32 eager top-1 {fp32_top1:.2f} %", flush=True)
             for method, backend, calibration, allowed in VARIANTS:
+                if method not in args.methods.split(","):
+                    continue
                 out = Path(tmp) / f"{model}-{method}-{backend}-{calibration}{SUFFIX[backend]}"
                 report = quantize(source, method, out, backend=backend, calib_dir=args.calib if calibration else None,
                                   calib_size=args.calib_size, calibration_method=calibration)
@@ -87,9 +91,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     import_weights(args.weights_dir)
     result = {"test": args.test, "calib": f"{args.calib_size} images of {args.calib}", "rows": run(args)}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.output, json.dumps(result, indent=2))
+    write_json(args.output, result)
     return result
+
+
+def write_json(output: str, result: dict[str, Any]) -> None:
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Post-training quantization: fp16 | bf16 | dynamic-int8 | static-int8, with proof.
 
 Each method writes an artifact for one backend and reports size, latency and predictions
-against the fp32 eager model. Static int8 defaults to ONNX Runtime QDQ: it was the only
-path that kept CIFAR ResNet-20 and -32 within 0.5 points (OpenVINO + NNCF, faster on a quiet
-machine, lost 0.63 on ResNet-32; see docs/optimize.md, benchmarks/optimize_speed.py and
-optimize_fidelity.py). PT2E with the x86 inductor quantizer could not quantize torchvision
-ResNets with torch 2.14 + torchao 0.18.
+against the fp32 eager model. Static int8 defaults to OpenVINO + NNCF (with exact bias
+correction): both int8 paths keep CIFAR ResNet-20 and -32 within 0.5 points of fp32, and
+OpenVINO int8 ran resnet50 1.29-1.58x faster than ONNX Runtime QDQ in every interleaved round
+(see docs/optimize.md, benchmarks/int8_search.py and optimize_speed.py). An output file
+ending in .onnx still selects ONNX Runtime. PT2E with the x86 inductor quantizer could not
+quantize torchvision ResNets with torch 2.14 + torchao 0.18.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def resolve_request(method: str, backend: str | None, output: str | os.PathLike[
     """Validate the combination of options before any model is loaded."""
     if method not in METHODS:
         raise QuantizationError(f"Unknown quantization method '{method}'. Choose one of: {', '.join(METHODS)}.")
-    backend = backend or backends_for(method)[0]
+    backend = backend or _default_backend(method, output)
     if backend not in backends_for(method):
         raise QuantizationError(f"{method} is available with --backend {' or '.join(backends_for(method))}, not '{backend}'.")
     get_backend(backend).check_precision(stored_precision(method))
@@ -112,6 +113,13 @@ def resolve_request(method: str, backend: str | None, output: str | os.PathLike[
         raise QuantizationError(f"Unknown calibration '{calibration_method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
     path = check_output_path(output, output_suffix(backend), f"{backend} {method}")
     return QuantizeRequest(method, backend, path, calib_dir, calib_size, calibration_method)
+
+
+def _default_backend(method: str, output: str | os.PathLike[str]) -> str:
+    """The backend whose file type ``output`` names, else the method's default (the first)."""
+    suffix = Path(output).suffix.lower()
+    candidates = backends_for(method)
+    return next((b for b in candidates if output_suffix(b) == suffix), candidates[0])
 
 
 def quantize(
@@ -239,6 +247,8 @@ WRITERS: dict[tuple[str, str], Writer] = {
     ("bf16", "openvino"): _write_openvino_float,
     ("bf16", "eager"): _write_eager,
     ("dynamic-int8", "onnxruntime"): _write_onnx_dynamic,
-    ("static-int8", "onnxruntime"): _write_onnx_static,
+    # OpenVINO/NNCF first: faster than ONNX Runtime QDQ in every interleaved resnet50 round, and
+    # within 0.5 points of fp32 on both CIFAR ResNets (docs/optimize.md, benchmarks/int8_search.py)
     ("static-int8", "openvino"): _write_openvino_int8,
+    ("static-int8", "onnxruntime"): _write_onnx_static,
 }
