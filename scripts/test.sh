@@ -6,8 +6,8 @@
 # With CI=true a missing ../shared (the real weights and data) is an error, not a reason to skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${CI:-}" = true ] && [ ! -d "${RESNETKIT_TEST_SHARED:-../shared}" ]; then
-  echo "error: ${RESNETKIT_TEST_SHARED:-../shared} is missing; CI runs the tests on the real weights and data there." >&2
+if [ "${CI:-}" = true ] && [ ! -d "${RESNETKIT_SHARED:-../shared}" ]; then
+  echo "error: ${RESNETKIT_SHARED:-../shared} is missing; CI runs the tests on the real weights and data there." >&2
   exit 1
 fi
 scripts/setup.sh dev

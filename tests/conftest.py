@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Real weights and data for developers and CI; RESNETKIT_TEST_SHARED points elsewhere (e.g. from a git worktree).
-SHARED = Path(os.environ.get("RESNETKIT_TEST_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+SHARED = Path(os.environ.get("RESNETKIT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 CIFAR_WEIGHTS = SHARED / "weights" / "cifar10"
 CIFAR_TEST = SHARED / "data" / "cifar10" / "test"
 CIFAR_TRAIN = SHARED / "data" / "cifar10" / "train"
@@ -45,7 +44,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """In CI (CI=true) the real data must be there: stop with one message instead of skipping its tests."""
     if os.environ.get("CI") == "true" and not SHARED.is_dir():
         pytest.exit(f"error: {SHARED} is missing; CI runs the tests on the real weights and data in ../shared "
-                    "(or set RESNETKIT_TEST_SHARED to their folder).", returncode=1)
+                    "(or set RESNETKIT_SHARED to their folder).", returncode=1)
 
 
 def require(path: Path) -> Path:

@@ -5,19 +5,25 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-import torch
 
 from resnetkit import BenchConfig, bench
 from resnetkit.choose.bench import BenchRecord, Variant, bench_variant
 from resnetkit.choose.recommend import Constraints, pareto_front, recommend
 
-from conftest import run_cli
-
 REQUIRED_KEYS = {"model", "params_m", "gmacs", "size_mb_fp32", "size_mb_fp16", "latency_ms_p50", "latency_ms_p90",
                  "throughput_ips", "batch_size", "peak_mem_mb", "top1", "top5", "threads", "device", "torch_version"}
 FAST = BenchConfig.quick(min_runs=3, min_seconds=0.05, throughput_runs=1, batch_size=4)
+
+
+def _cli(*args):
+    from conftest import run_cli  # the CLI in this process; bench itself measures in fresh processes
+
+    return run_cli(*args)
 
 
 def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
@@ -30,7 +36,7 @@ def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
     assert record.throughput_ips > 0 and record.batch_size == 4
     assert record.peak_mem_mb >= record.baseline_mem_mb > 50  # Python + torch alone hold more than 50 MB
     assert record.top1 == 91.73 and "akamaster" in record.accuracy_source
-    assert record.device == "cpu" and record.threads >= 1 and record.torch_version == torch.__version__
+    assert record.device == "cpu" and record.threads >= 1 and record.torch_version
     assert record.preprocess_ms_p50 > 0 and record.e2e_latency_ms_p50 > 0
 
 
@@ -57,11 +63,12 @@ def test_bench_precision_variants_report_what_ran():
     assert record.top1 is None and record.accuracy_source.startswith("not measured: the published 91.73 % is for fp32")
 
 
+@pytest.mark.slow
 def test_cli_bench_compares_backends_and_artifacts_in_one_table(tmp_path):
     from resnetkit.shrink.export import export_model
 
     onnx_file = export_model("cifar_resnet20", "onnx", tmp_path / "r20.onnx", pretrained=False, check_images=4).path
-    result = run_cli("bench", "--models", f"cifar_resnet20,{onnx_file}", "--backends", "eager,onnxruntime", "--quick",
+    result = _cli("bench", "--models", f"cifar_resnet20,{onnx_file}", "--backends", "eager,onnxruntime", "--quick",
                   "--batch-size", "2", "--json", str(tmp_path / "b.json"))
     assert result.returncode == 0, result.stderr
     labels = [(r["model"], r["backend"], r["precision"]) for r in json.loads((tmp_path / "b.json").read_text())]
@@ -71,6 +78,7 @@ def test_cli_bench_compares_backends_and_artifacts_in_one_table(tmp_path):
     assert f"skipped {onnx_file} [eager/default precision]: r20.onnx is an ONNX graph" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_with_eval_measures_accuracy(cifar_weights, cifar_test_dir):
     config = dataclasses.replace(FAST, eval_dir=str(cifar_test_dir), eval_limit=300, isolate=False)
     (record,) = bench(["cifar_resnet20"], config)
@@ -104,9 +112,10 @@ def test_pareto_front_never_compares_datasets():
     assert {r.model for r in pareto_front(records)} == {"imagenet", "cifar"}
 
 
+@pytest.mark.slow
 def test_cli_bench_writes_json_csv_plot_and_recommend_reads_it(tmp_path):
     out = tmp_path / "b"
-    result = run_cli("bench", "--models", "cifar_resnet20,cifar_resnet32", "--quick", "--batch-size", "4",
+    result = _cli("bench", "--models", "cifar_resnet20,cifar_resnet32", "--quick", "--batch-size", "4",
                   "--json", f"{out}.json", "--csv", f"{out}.csv", "--plot", f"{out}.png")
     assert result.returncode == 0, result.stderr
     assert "cifar_resnet32" in result.stdout and "warm-up" in result.stdout
@@ -114,7 +123,7 @@ def test_cli_bench_writes_json_csv_plot_and_recommend_reads_it(tmp_path):
     assert [r["model"] for r in rows] == ["cifar_resnet20", "cifar_resnet32"] and REQUIRED_KEYS <= set(rows[0])
     assert [r["model"] for r in csv.DictReader((tmp_path / "b.csv").open())] == ["cifar_resnet20", "cifar_resnet32"]
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
-    rec = run_cli("recommend", "--from", f"{out}.json", "--min-top1", "92", "--json")
+    rec = _cli("recommend", "--from", f"{out}.json", "--min-top1", "92", "--json")
     assert rec.returncode == 0, rec.stderr
     data = json.loads(rec.stdout)
     assert [c["model"] for c in data["recommended"]] == ["cifar_resnet32"]
@@ -128,5 +137,5 @@ def test_cli_bench_writes_json_csv_plot_and_recommend_reads_it(tmp_path):
     (["bench", "--batch-size", "0"], "Invalid value"),
 ])
 def test_cli_bench_bad_input(args, message):
-    result = run_cli(*args)
+    result = _cli(*args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -119,6 +119,7 @@ def test_cli_evaluate_checks_the_folder_before_fetching_weights(tmp_path):
     assert result.returncode == 2 and "No such folder" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_evaluate_json_and_plot(cifar_weights, cifar_test_dir, tmp_path):
     plot = tmp_path / "cm.png"
     result = run_cli("evaluate", "cifar_resnet32", str(cifar_test_dir), "--limit", "200", "--json", "--plot", str(plot))

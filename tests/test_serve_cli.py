@@ -69,6 +69,7 @@ def test_a_model_that_fails_to_load_ends_the_command_with_its_reason(tmp_path):
     assert result.returncode == 2 and "Could not load the models" in result.stderr
 
 
+@pytest.mark.slow
 def test_serve_process_answers_and_exits_cleanly_on_sigterm(tmp_path):
     spec = get_spec("cifar_resnet20")
     model = save_artifact(tmp_path / "mine.pt", spec.build().eval(), spec.meta().replace(weights="random"))
