@@ -114,3 +114,14 @@ def test_classify_json_is_all_that_is_printed_even_with_a_bad_file(cifar_weights
     assert result.returncode == 1 and [r["error"] is None for r in data["results"]] == [True, True, False]
     assert all(r["predictions"][0]["label"] == "cat" for r in data["results"][:2])
 
+
+
+def test_ctrl_c_ends_a_command_with_exit_130_and_no_traceback(monkeypatch):
+    from resnetkit.cli import models_cmd
+
+    def interrupted(pattern):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models_cmd, "list_models", interrupted)
+    result = run_cli("models")
+    assert (result.returncode, result.stderr, result.stdout) == (130, "interrupted\n", "")
