@@ -4,6 +4,10 @@ one ``error:`` style for every mistake (no traceback), ``--json`` prints JSON an
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -125,3 +129,11 @@ def test_ctrl_c_ends_a_command_with_exit_130_and_no_traceback(monkeypatch):
     monkeypatch.setattr(models_cmd, "list_models", interrupted)
     result = run_cli("models")
     assert (result.returncode, result.stderr, result.stdout) == (130, "interrupted\n", "")
+
+
+def test_ci_fails_without_the_shared_data_instead_of_skipping(tmp_path):
+    """The test suite's own rule (conftest.py): in CI the real weights and data must be there."""
+    env = {**os.environ, "CI": "true", "RESNETKIT_SHARED": str(tmp_path / "missing")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co", "tests/test_fileio.py"],
+                          cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and f"error: {tmp_path / 'missing'} is missing" in done.stdout + done.stderr
