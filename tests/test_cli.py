@@ -28,7 +28,10 @@ def _commands(command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...]
 
 COMMANDS = _commands(typer.main.get_command(app))
 LEAVES = [(path, command) for path, command in COMMANDS if not hasattr(command, "commands")]
-ids = lambda item: " ".join(item[0]) or "resnetkit"  # noqa: E731
+
+
+def ids(item) -> str:
+    return " ".join(item[0]) or "resnetkit"
 
 
 def test_the_main_commands_exist():
