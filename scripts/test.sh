@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Set up (venv, package, test extras, headless Chromium when possible) and run the tests.
-#   scripts/test.sh [PYTEST ARGS]        all modules, each in its own Python process
-#   scripts/test.sh tests/test_zoo.py    a selection, in one process
+#   scripts/test.sh [PYTEST ARGS]          all modules, each in its own Python process (what CI runs)
+#   scripts/test.sh --quick [PYTEST ARGS]  the quick subset in one process: every test not marked slow
+#   scripts/test.sh tests/test_zoo.py      a selection, in one process
+# With CI=true a missing ../shared (the real weights and data) is an error, not a reason to skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${CI:-}" = true ] && [ ! -d "${RESNETKIT_SHARED:-../shared}" ]; then
+  echo "error: ${RESNETKIT_SHARED:-../shared} is missing; CI runs the tests on the real weights and data there." >&2
+  exit 1
+fi
 scripts/setup.sh dev
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
     || echo "warning: could not install chromium; the browser test will be skipped" >&2
 fi
 export PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1  # a crash prints every thread's stack, and no output is lost
+if [ "${1:-}" = --quick ]; then
+  shift
+  exec .venv/bin/python -m pytest -m "not slow" "$@"
+fi
 for arg in "$@"; do
   case "$arg" in tests/*|*.py|*::*) exec .venv/bin/python -m pytest "$@" ;; esac
 done

@@ -1,15 +1,17 @@
-"""Shared fixtures: an isolated weights cache, the ../shared data, small generated images."""
+"""Shared fixtures: an isolated weights cache, the ../shared data, small generated images, the CLI
+run in this process, and short latency measurements."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("RESNETKIT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 CIFAR_WEIGHTS = SHARED / "weights" / "cifar10"
 CIFAR_TEST = SHARED / "data" / "cifar10" / "test"
 CIFAR_TRAIN = SHARED / "data" / "cifar10" / "train"
@@ -47,10 +49,39 @@ def seeded_torch() -> None:
     torch.manual_seed(0)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI (CI=true) the real data must be there: stop with one message instead of skipping its tests."""
+    if os.environ.get("CI") == "true" and not SHARED.is_dir():
+        pytest.exit(f"error: {SHARED} is missing; CI runs the tests on the real weights and data in ../shared "
+                    "(or set RESNETKIT_SHARED to their folder).", returncode=1)
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is missing (../shared holds real weights and data for developers and CI only)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def fast_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Latency measured inside tests is a check that timing works, not a benchmark: 0.05 s per measurement."""
+    from resnetkit.backends import auto
+    from resnetkit.shrink import compare
+
+    monkeypatch.setattr(compare, "LATENCY_SECONDS", 0.05)
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.05)
+
+
+def run_cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``resnetkit ARGS...`` in this process through Typer's test runner: exit code, stdout and stderr
+    apart (``env`` is set for the call). An exception the CLI does not handle fails the test."""
+    from typer.testing import CliRunner
+
+    from resnetkit.cli import app
+
+    argv = [str(a) for a in args]
+    result = CliRunner().invoke(app, argv, env=env, catch_exceptions=False)
+    return subprocess.CompletedProcess(["resnetkit", *argv], result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,9 @@ FAST = BenchConfig.quick(min_runs=3, min_seconds=0.05, throughput_runs=1, batch_
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "resnetkit", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
+    from conftest import run_cli  # the CLI in this process; bench itself measures in fresh processes
+
+    return run_cli(*args)
 
 
 def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
@@ -62,6 +63,7 @@ def test_bench_precision_variants_report_what_ran():
     assert record.top1 is None and record.accuracy_source.startswith("not measured: the published 91.73 % is for fp32")
 
 
+@pytest.mark.slow
 def test_cli_bench_compares_backends_and_artifacts_in_one_table(tmp_path):
     from conftest import eager_source
     from resnetkit.shrink.export import export_model
@@ -78,6 +80,7 @@ def test_cli_bench_compares_backends_and_artifacts_in_one_table(tmp_path):
     assert f"skipped {onnx_file} [eager/default precision]: r20.onnx is an ONNX graph" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_with_eval_measures_accuracy(cifar_weights, cifar_test_dir):
     config = dataclasses.replace(FAST, eval_dir=str(cifar_test_dir), eval_limit=300, isolate=False)
     (record,) = bench(["cifar_resnet20"], config)
@@ -111,6 +114,7 @@ def test_pareto_front_never_compares_datasets():
     assert {r.model for r in pareto_front(records)} == {"imagenet", "cifar"}
 
 
+@pytest.mark.slow
 def test_cli_bench_writes_json_csv_plot_and_recommend_reads_it(tmp_path):
     out = tmp_path / "b"
     result = _cli("bench", "--models", "cifar_resnet20,cifar_resnet32", "--quick", "--batch-size", "4",

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,14 +12,10 @@ from resnetkit import classify, evaluate, load_model
 from resnetkit.core.artifacts import save_artifact
 from resnetkit.core.datasets import imagenet_wnids, match_folders_to_categories
 from resnetkit.core.errors import DatasetError, UnknownModelError
+from resnetkit.core.images import decode_image
 from resnetkit.core.zoo import CIFAR10_CLASSES, get_spec
 
-from conftest import make_image
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "resnetkit", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
+from conftest import make_image, run_cli
 
 
 @pytest.mark.slow
@@ -44,7 +37,11 @@ def test_classify_real_images_with_a_bad_file_among_them(cifar_weights, cifar_te
     good = results[:4]
     assert all(r.error is None and len(r.predictions) == 3 for r in good)
     assert sum(r.predictions[0].label == "ship" for r in good) >= 3
-    assert all(abs(sum(p.score for p in r.predictions)) <= 1.0 + 1e-5 for r in good)
+    model = load_model("cifar_resnet20")
+    for path, result in zip(cats, good):  # the scores are the model's top-3 softmax probabilities of that image
+        top = model.probabilities(model.transform(decode_image(path)).unsqueeze(0))[0].topk(3)
+        assert [p.index for p in result.predictions] == top.indices.tolist()
+        assert [p.score for p in result.predictions] == pytest.approx(top.values.tolist(), abs=1e-5)
     assert results[4].error and "could not be decoded" in results[4].error and results[4].predictions == []
 
 
@@ -106,26 +103,26 @@ def test_evaluate_on_generated_folder_counts_skipped_files(tmp_path):
 def test_cli_classify_json_and_exit_codes(cifar_weights, cifar_test_dir, tmp_path):
     folder = tmp_path / "imgs"
     shutil.copytree(cifar_test_dir / "horse", folder, ignore=lambda d, names: sorted(names)[3:])
-    ok = _cli("classify", "cifar_resnet20", str(folder), "--json", "--top-k", "2")
+    ok = run_cli("classify", "cifar_resnet20", str(folder), "--json", "--top-k", "2")
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
     assert data["model"] == "cifar_resnet20" and len(data["results"]) == 3
     assert all(len(r["predictions"]) == 2 and r["error"] is None for r in data["results"])
     (folder / "zz_bad[red].png").write_bytes(b"nope")  # brackets in a name must print as they are
-    partial = _cli("classify", "cifar_resnet20", str(folder))
+    partial = run_cli("classify", "cifar_resnet20", str(folder))
     assert partial.returncode == 1 and "zz_bad[red].png: error:" in partial.stdout and partial.stdout.count("%") >= 3
 
 
 def test_cli_evaluate_checks_the_folder_before_fetching_weights(tmp_path):
-    empty_cache = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "RESNETKIT_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "resnetkit", "evaluate", "cifar_resnet20", str(tmp_path / "typo")],
-                            capture_output=True, text=True, env=empty_cache, timeout=600)
+    empty_cache = {"TORCH_HOME": str(tmp_path / "torch"), "RESNETKIT_OFFLINE": "1"}
+    result = run_cli("evaluate", "cifar_resnet20", tmp_path / "typo", env=empty_cache)
     assert result.returncode == 2 and "No such folder" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_evaluate_json_and_plot(cifar_weights, cifar_test_dir, tmp_path):
     plot = tmp_path / "cm.png"
-    result = _cli("evaluate", "cifar_resnet32", str(cifar_test_dir), "--limit", "200", "--json", "--plot", str(plot))
+    result = run_cli("evaluate", "cifar_resnet32", str(cifar_test_dir), "--limit", "200", "--json", "--plot", str(plot))
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"model", "top1", "top5", "n_images"} <= set(data) and data["n_images"] == 200

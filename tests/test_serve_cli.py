@@ -14,26 +14,11 @@ import time
 import httpx
 import pytest
 
-from conftest import make_image
+from conftest import make_image, run_cli
 from resnetkit.core.artifacts import save_artifact
-from resnetkit.cli import main
 from resnetkit.core.errors import ResnetkitError
 from resnetkit.serve import ServeSettings
 from resnetkit.core.zoo import get_spec
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    """Run the resnetkit entry point in this process; (exit code, stderr)."""
-    old = sys.argv
-    sys.argv = ["resnetkit", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
 
 
 def test_settings_come_from_defaults_then_environment_then_options():
@@ -62,28 +47,29 @@ def test_bad_settings_explain_themselves():
     (["serve", "resnet18", "--backend", "tpu"], "Unknown backend 'tpu'"),
     (["serve", "resnet18", "--port", "70000"], "--port must be between 0 and 65535"),
 ])
-def test_user_mistakes_exit_2_with_a_message_and_no_traceback(capsys, monkeypatch, args, message):
+def test_user_mistakes_exit_2_with_a_message_and_no_traceback(monkeypatch, args, message):
     monkeypatch.delenv("RESNETKIT_MODELS", raising=False)
-    code, err = run_cli(capsys, *args)
-    assert code == 2 and message in err and "Traceback" not in err
+    result = run_cli(*args)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
 
 
-def test_a_port_in_use_is_a_clear_error(capsys):
+def test_a_port_in_use_is_a_clear_error():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, err = run_cli(capsys, "serve", "cifar_resnet20", "--port", str(port))
-    assert code == 2 and f"Cannot listen on 127.0.0.1:{port}" in err
+        result = run_cli("serve", "cifar_resnet20", "--port", port)
+    assert result.returncode == 2 and f"Cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
-def test_a_model_that_fails_to_load_ends_the_command_with_its_reason(capsys, tmp_path):
+def test_a_model_that_fails_to_load_ends_the_command_with_its_reason(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    code, err = run_cli(capsys, "serve", str(broken), "--port", "0")
-    assert code == 2 and "Could not load the models" in err and "Traceback" not in err
+    result = run_cli("serve", broken, "--port", "0")
+    assert result.returncode == 2 and "Could not load the models" in result.stderr
 
 
+@pytest.mark.slow
 def test_serve_process_answers_and_exits_cleanly_on_sigterm(tmp_path):
     spec = get_spec("cifar_resnet20")
     model = save_artifact(tmp_path / "mine.pt", spec.build().eval(), spec.meta().replace(weights="random"))

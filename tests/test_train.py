@@ -14,16 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
 from PIL import Image, ImageDraw
 
 from resnetkit import load_model
+from resnetkit.cli import app
 from resnetkit.core.errors import DatasetError
 from resnetkit.train import TrainConfig, TrainingError, TrainingInterrupted, finetune_module, resume, run
+from resnetkit.train.config import FROM_RANDOM, FROM_WEIGHTS
 from resnetkit.train.data import load_splits, rare_format_files
 from resnetkit.train.distill import distill_with_baseline
 from resnetkit.train.engine import out_of_memory_advice
 from resnetkit.train.objectives import CrossEntropyObjective, DistillationObjective
 from resnetkit.train.optim import lr_factor
+
+from conftest import run_cli
 
 COLOURS = {"blue": (30, 30, 220), "green": (30, 200, 30), "red": (220, 30, 30)}
 RESNETKIT = str(Path(sys.executable).with_name("resnetkit"))
@@ -132,6 +137,7 @@ def test_finetune_modes_replace_head_and_freeze(trained_run: tuple[Path, dict], 
         assert not torch.equal(state[trained], start[trained])
 
 
+@pytest.mark.slow
 def test_mixed_precision_accumulation_clipping_onecycle(shapes: Path, tmp_path: Path) -> None:
     summary = run(scratch(shapes, tmp_path / "amp", epochs=2, amp=True, accum_steps=2, clip_grad=1.0,
                           channels_last=True, schedule="onecycle", batch_size=8), progress_bar=False)
@@ -146,6 +152,7 @@ def test_out_of_memory_becomes_advice() -> None:
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
 
+@pytest.mark.slow
 def test_early_stopping(shapes: Path, tmp_path: Path) -> None:
     summary = run(scratch(shapes, tmp_path / "es", epochs=8, lr=1e-6, early_stop=1), progress_bar=False)
     assert summary["stopped_early"] and summary["epochs_run"] < 8
@@ -182,6 +189,7 @@ def ctrl_c() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["crash", "ctrl-c"])
 def test_resume_after_a_kill_equals_an_uninterrupted_run(trained_run: tuple[Path, dict], shapes: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch, how: str) -> None:
@@ -238,21 +246,44 @@ def test_clear_errors_for_bad_layouts(tmp_path: Path, layout: dict[str, int], me
 
 def test_cli_finetune_and_error_messages(trained_run: tuple[Path, dict], shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    done = subprocess.run([RESNETKIT, "finetune", str(trained_run[0] / "best.pt"), str(shapes), "-o", str(out),
-                           "--mode", "head", "--epochs", "1", "--batch-size", "32", "--json"],
-                          capture_output=True, text=True, timeout=120)
+    done = run_cli("finetune", trained_run[0] / "best.pt", shapes, "-o", out, "--mode", "head", "--epochs", "1",
+                   "--batch-size", "32", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["val_source"] == str(shapes / "val")
-    again = subprocess.run([RESNETKIT, "finetune", "cifar_resnet20", str(shapes), "-o", str(out)],
-                           capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    again = run_cli("finetune", "cifar_resnet20", shapes, "-o", out)
+    assert again.returncode == 2 and again.stderr.startswith(f"error: {out} already holds a run") and "--resume" in again.stderr
+
+
+@pytest.mark.parametrize("task, given, expected", [
+    ("finetune", {}, {**FROM_WEIGHTS, "mode": "last-stage", "pretrained": True}),
+    ("train", {}, {**FROM_RANDOM, "mode": "full", "pretrained": False}),
+    ("distill", {"teacher": "t"}, {**FROM_WEIGHTS, "mode": "full", "pretrained": True}),
+    ("distill", {"teacher": "t", "pretrained": False}, {**FROM_RANDOM, "pretrained": False}),
+    ("finetune", {"mode": "head", "lr": 0.5}, {**FROM_WEIGHTS, "mode": "head", "lr": 0.5}),
+])
+def test_library_defaults_depend_on_how_a_run_starts(task: str, given: dict, expected: dict) -> None:
+    config = TrainConfig(task=task, **given)
+    assert {name: getattr(config, name) for name in expected} == expected
+
+
+def test_cli_distill_from_random_weights_takes_the_random_weights_defaults(trained_run: tuple[Path, dict], shapes: Path,
+                                                                          tmp_path: Path) -> None:
+    finetune = typer.main.get_command(app).commands["finetune"]
+    assert next(p for p in finetune.params if p.name == "mode").help.endswith("(default: last-stage)")  # the library's
+    out = tmp_path / "kd"
+    done = run_cli("distill", shapes, "--teacher", trained_run[0] / "best.pt", "--student", "cifar_resnet20",
+                   "--random-weights", "--no-baseline", "--epochs", "1", "--batch-size", "32", "-o", out, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["epochs_run"] == 1
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in ("task", "pretrained", "mode", "lr", "weight_decay")} == \
+        {"task": "distill", "pretrained": False, "mode": "full", "lr": FROM_RANDOM["lr"], "weight_decay": FROM_RANDOM["weight_decay"]}
 
 
 def test_cli_resume_extends_a_finished_run(trained_run: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir = tmp_path / "more"
     shutil.copytree(trained_run[0], run_dir)
-    done = subprocess.run([RESNETKIT, "train", "--resume", str(run_dir), "--epochs", "4", "--json"],
-                          capture_output=True, text=True, timeout=120)
+    done = run_cli("train", "--resume", run_dir, "--epochs", "4", "--json")
     assert done.returncode == 0, done.stderr
     assert "3 of 4 epochs done" in done.stderr and json.loads(done.stdout)["epochs_run"] == 4
     assert epoch_metrics(run_dir)[:3] == epoch_metrics(trained_run[0])
@@ -268,15 +299,20 @@ def test_distillation_loss_is_cross_entropy_when_teacher_agrees() -> None:
     assert loss.item() == pytest.approx(0.7 * torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_distill_reports_student_with_and_without_teacher(trained_run: tuple[Path, dict], shapes: Path, tmp_path: Path) -> None:
     config = scratch(shapes, tmp_path / "kd", task="distill", teacher=str(trained_run[0] / "best.pt"), epochs=1)
     report = distill_with_baseline(config, progress_bar=False)
-    assert report["distilled"]["final_val_top1"] is not None and report["baseline"]["final_val_top1"] is not None
-    assert (tmp_path / "kd" / "distill_report.json").is_file() and (tmp_path / "kd" / "baseline" / "best.pt").is_file()
+    for name, folder in [("distilled", tmp_path / "kd"), ("baseline", tmp_path / "kd" / "baseline")]:
+        last = epoch_metrics(folder)[-1]  # what each run wrote, so the report compares the two real runs
+        assert report[name]["final_val_top1"] == last["val_top1"] and report[name]["final_train_loss"] == last["train_loss"]
+    assert json.loads((tmp_path / "kd" / "baseline" / "config.json").read_text())["teacher"] is None
+    assert json.loads((tmp_path / "kd" / "distill_report.json").read_text()) == report
 
 
 # --- distributed ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_gloo(trained_run: tuple[Path, dict], shapes: Path, tmp_path: Path) -> None:
     """The same run as ``trained_run`` (one process) under torchrun with two gloo processes."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))

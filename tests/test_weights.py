@@ -8,8 +8,6 @@ import http.server
 import io
 import os
 import pickle
-import subprocess
-import sys
 import threading
 import time
 
@@ -22,7 +20,7 @@ from resnetkit.core import weights
 from resnetkit.core.errors import WeightsError
 from resnetkit.core.zoo import get_spec
 
-from conftest import CIFAR_WEIGHTS, require
+from conftest import CIFAR_WEIGHTS, make_image, require, run_cli
 
 PAYLOAD = {}  # file name -> bytes, served by the fixture's server
 
@@ -173,32 +171,24 @@ def test_weights_file_override_and_mismatch(tmp_path):
         load_model("cifar_resnet20", weights="IMAGENET9K")
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "resnetkit", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
-
-
 def test_cli_pull_list_import_with_real_checkpoint(server, tmp_path):
     real = require(CIFAR_WEIGHTS) / "resnet20-12fca82f.th"
     PAYLOAD[real.name] = real.read_bytes()
     env = {"TORCH_HOME": str(tmp_path / "th"), weights.MIRROR_ENV: f"{server}/good"}
-    pulled = _cli("weights", "pull", "cifar_resnet20", env=env)
+    pulled = run_cli("weights", "pull", "cifar_resnet20", env=env)
     assert pulled.returncode == 0, pulled.stderr
     assert "downloaded and verified" in pulled.stdout
-    listed = _cli("weights", "list", "--json", env=env)
+    listed = run_cli("weights", "list", "--json", env=env)
     assert '"model": "cifar_resnet20"' in listed.stdout
     env["TORCH_HOME"] = str(tmp_path / "th2")
-    wrong = _cli("weights", "import", "cifar_resnet32", str(real), env=env)
+    wrong = run_cli("weights", "import", "cifar_resnet32", str(real), env=env)
     assert wrong.returncode != 0 and "has SHA-256" in wrong.stderr and "Traceback" not in wrong.stderr
     assert not (tmp_path / "th2" / "hub" / "checkpoints" / "resnet32-d509ac18.th").exists()
 
 
 def test_cli_offline_classify_is_one_paragraph_without_traceback(tmp_path):
-    image = tmp_path / "some.jpg"
-    from conftest import make_image
-
-    make_image(image)
-    result = _cli("classify", "resnet18", str(image),
+    image = make_image(tmp_path / "some.jpg")
+    result = run_cli("classify", "resnet18", str(image),
                   env={"TORCH_HOME": str(tmp_path / "empty"), weights.MIRROR_ENV: "http://127.0.0.1:9"})
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and result.stdout == ""

@@ -8,7 +8,7 @@ import typer
 
 from ..core.measure import count_params
 from ..core.zoo import get_spec, list_models
-from .app import JsonFlag, app, console, print_json, styled
+from .app import JsonFlag, app, console, default, print_json, styled
 
 
 def _describe(name: str) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def _describe(name: str) -> dict[str, Any]:
 
 @app.command("models")
 def models_command(
-    include: str = typer.Option(None, "--include", help="Only names matching this pattern (e.g. 'resnet*')."),
+    include: str = typer.Option(None, "--include", help=default("Only names matching this pattern (e.g. 'resnet*').", "all models")),
     json_output: JsonFlag = False,
 ) -> None:
     """List the model zoo: family, params, input size, preprocessing, published accuracy, weights."""

@@ -8,20 +8,19 @@ import typer
 from rich.table import Table
 
 from ..core.datasets import require_folder
+from ..core.errors import ImageError
 from ..run.evaluate import evaluate
 from ..core.loading import load_model
 from ..run.classify import classify
 from ..backends.base import RunnerOptions
-from .app import BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json, styled
-
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16, bf16 (backend permitting); default: the backend's.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Image decoding workers.")]
+from .app import (BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, PrecisionOpt, WeightsOpt, WorkersOpt, app, console, default,
+                  err_console, print_json, styled)
 
 
 @app.command("classify")
 def classify_command(
     model: ModelArg,
-    paths: Annotated[list[str], typer.Argument(help="Image files and/or folders (walked recursively).")],
+    paths: Annotated[list[str], typer.Argument(metavar="PATH", help="Image files and/or folders (walked recursively).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per image.")] = 5,
     batch_size: BatchSizeOpt = 16,
     weights: WeightsOpt = None,
@@ -34,8 +33,7 @@ def classify_command(
     classifier = load_model(model, weights=weights, backend=backend, options=RunnerOptions(batch_size=batch_size, precision=precision))
     results = classify(classifier, paths, top_k=top_k, batch_size=batch_size, workers=workers)
     if not results:
-        err_console.print("error: no image files found in the given paths.")
-        raise typer.Exit(2)
+        raise ImageError(f"No image files found in {', '.join(paths)}: name image files, or folders that hold some.")
     failed = sum(r.error is not None for r in results)
     if json_output:
         print_json({"model": classifier.meta.name, "backend": classifier.runner.backend,
@@ -56,14 +54,14 @@ def classify_command(
 @app.command("evaluate")
 def evaluate_command(
     model: ModelArg,
-    data_dir: Annotated[str, typer.Argument(help="Folder with one sub-folder of images per class (class name or WordNet id).")],
+    data_dir: Annotated[str, typer.Argument(metavar="DATA_DIR", help="Folder with one sub-folder of images per class (class name or WordNet id).")],
     batch_size: BatchSizeOpt = 64,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate a fixed random subset of N images.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help=default("Evaluate a fixed random subset of N images.", "all images"))] = None,
     weights: WeightsOpt = None,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     workers: WorkersOpt = 2,
-    plot: Annotated[str | None, typer.Option("--plot", help="Write the confusion matrix as a PNG file.")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", help=default("Write the confusion matrix as a PNG file.", "no plot"))] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Top-1/top-5 accuracy, per-class accuracy, confusion matrix and images/s on a labelled folder."""

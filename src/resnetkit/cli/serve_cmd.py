@@ -12,32 +12,33 @@ from .app import app
 _DEFAULTS = ServeSettings()
 
 
-def _opt(flag: str, help: str, kind: Any = str, **extra: Any) -> Any:
-    """An option whose default lives in ServeSettings (shown in the help), also read from RESNETKIT_<NAME>."""
+def _opt(flag: str, help: str, kind: Any = str, unset: str = "none", **extra: Any) -> Any:
+    """An option whose default lives in ServeSettings (shown in the help, ``unset`` when None), also read
+    from RESNETKIT_<NAME>."""
     name = flag.lstrip("-").replace("-", "_")
     default = getattr(_DEFAULTS, name, None)
-    shown = f"default: {default}; " if default is not None else ""
-    return Annotated[kind | None, typer.Option(flag, help=f"{help} ({shown}env {ENV_PREFIX}{name.upper()})",
+    shown = unset if default is None else default
+    return Annotated[kind | None, typer.Option(flag, help=f"{help} (default: {shown}; env {ENV_PREFIX}{name.upper()})",
                                                show_default=False, **extra)]
 
 
 ModelsArg = Annotated[str | None, typer.Argument(
     help="Comma-separated model references (zoo names or resnetkit model files), each optionally NAME=REF "
-         f"(env {ENV_PREFIX}MODELS)", show_default=False, metavar="MODEL[,MODEL...]")]
+         f"(default: none; env {ENV_PREFIX}MODELS)", show_default=False, metavar="MODEL[,MODEL...]")]
 HostOpt = _opt("--host", "Address to bind; 0.0.0.0 exposes the server to the network.")
 PortOpt = _opt("--port", "TCP port (0: any free port).", int)
 MaxBatchOpt = _opt("--max-batch-size", "Most images per forward pass.", int, min=1)
 MaxWaitOpt = _opt("--max-wait-ms", "Longest an image waits for its batch to fill while more are being decoded.",
                   float, min=0)
-ThreadsOpt = _opt("--threads", "torch intra-op threads; default: torch's choice.", int, min=1)
+ThreadsOpt = _opt("--threads", "torch intra-op threads.", int, unset="torch's choice", min=1)
 UploadOpt = _opt("--max-upload-mb", "Largest request body, in MiB (413 above).", float)
 FilesOpt = _opt("--max-files", "Most images in one request (413 above).", int, min=1)
 PixelsOpt = _opt("--max-pixels", "Largest image in pixels (decompression-bomb guard).", int, min=1)
 QueueOpt = _opt("--max-queue", "Most images in flight per model (503 above).", int, min=1)
 WorkersOpt = _opt("--workers", "Decode/preprocess threads shared by the models.", int, min=1)
-BackendOpt = _opt("--backend", "Inference backend (see 'resnetkit backends').")
-PrecisionOpt = _opt("--precision", "fp32, fp16 or bf16, backend permitting; default: the backend's.")
-TokenOpt = _opt("--token", "Require 'Authorization: Bearer TOKEN' on /v1 and /predictions.")
+BackendOpt = _opt("--backend", "Inference backend (see 'resnetkit backends').", unset="each model's own runtime")
+PrecisionOpt = _opt("--precision", "fp32, fp16 or bf16, backend permitting.", unset="the backend's")
+TokenOpt = _opt("--token", "Require 'Authorization: Bearer TOKEN' on /v1 and /predictions.", unset="no token")
 AccessLogOpt = Annotated[bool | None, typer.Option("--access-log/--no-access-log", show_default=False,
                                                    help=f"Log every request (default: on; env {ENV_PREFIX}ACCESS_LOG)")]
 

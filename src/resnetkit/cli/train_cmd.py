@@ -13,15 +13,10 @@ import typer
 
 from ..train import TrainConfig, TrainingInterrupted, resume, run
 from ..train.checkpoint import load_resumable
+from ..train.config import FROM_RANDOM, FROM_WEIGHTS, TrainingError
 from ..train.distill import distill_with_baseline
 from ..train.distributed import launched_rank
-from .app import app, console, err_console, print_json
-
-# Defaults where they differ from TrainConfig's: training from random weights needs a higher learning
-# rate, more epochs and more weight decay than fine-tuning. A distilled student takes the defaults
-# of how it starts (--scratch or not) and trains all its layers.
-FROM_WEIGHTS = {"mode": "last-stage", "epochs": 10, "lr": 0.01}
-FROM_SCRATCH = {"mode": "full", "epochs": 30, "lr": 0.1, "weight_decay": 5e-4, "pretrained": False}
+from .app import app, console, default, err_console, print_json
 
 
 def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
@@ -32,43 +27,48 @@ def _opt(kind: Any, *flags: str, help: str, **extra: Any) -> Any:
     return Annotated[kind, typer.Option(*flags, help=help, **extra)]
 
 
+def _by_start(name: str) -> str:
+    """The default of TrainConfig field ``name`` from weights and from random weights."""
+    return f"{FROM_WEIGHTS[name]:g}; {FROM_RANDOM[name]:g} from random weights: train, distill --random-weights"
+
+
 MODEL = _param("model", Annotated[str | None, typer.Argument(
-    help="Zoo name (see 'resnetkit models') or a resnetkit model file, e.g. a previous run's best.pt.", show_default=False)])
+    metavar="MODEL", help="Zoo name (see 'resnetkit models') or a resnetkit model file, e.g. a previous run's best.pt.", show_default=False)])
 DATA = _param("data_dir", Annotated[str | None, typer.Argument(
-    help="Folder with one sub-folder of images per class, or with train/ and val/ such folders.", show_default=False)])
-MODE = _param("mode", _opt(str | None, "--mode", help="What trains: head | last-stage | full. (default: last-stage)"))
-HEAD_LR = _param("head_lr", _opt(float | None, "--head-lr", help="Peak learning rate of the classifier layer. (default: 10 x --lr for a new head, else --lr)"))
-TEACHER = _param("teacher", _opt(str | None, "--teacher", help="Teacher model reference (frozen, eval mode)."))
-STUDENT = _param("model", _opt(str | None, "--student", help="Student model reference."))
+    metavar="DATA_DIR", help="Folder with one sub-folder of images per class, or with train/ and val/ such folders.", show_default=False)])
+MODE = _param("mode", _opt(str | None, "--mode", help=default("What trains: head | last-stage | full.", FROM_WEIGHTS["mode"])))
+HEAD_LR = _param("head_lr", _opt(float | None, "--head-lr", help=default("Peak learning rate of the classifier layer.", "10 x --lr for a new head, else --lr")))
+TEACHER = _param("teacher", _opt(str | None, "--teacher", help="Teacher model reference (frozen, eval mode); required unless --resume."))
+STUDENT = _param("model", _opt(str | None, "--student", help="Student model reference; required unless --resume."))
 DISTILL_OPTIONS = [
     _param("temperature", _opt(float, "--temperature", help="Softmax temperature T of the KL term."), 4.0),
     _param("alpha", _opt(float, "--alpha", help="Weight of the KL term; 1 - alpha weights cross-entropy."), 0.5),
-    _param("scratch", _opt(bool, "--scratch", help="Start the student from random weights instead of its pretrained ones."), False),
+    _param("random_weights", _opt(bool, "--random-weights", help="Start the student from random weights instead of its trained ones."), False),
     _param("baseline", _opt(bool, "--baseline/--no-baseline", help="Also train the student without the teacher and compare."), True),
 ]
 COMMON = [
-    _param("out_dir", _opt(str | None, "-o", "--output", help="Run folder: best.pt, last.pt, metrics.csv/json, curves.png.")),
-    _param("epochs", _opt(int | None, "--epochs", min=1, help="Epochs to train (default: 10 from weights, 30 from scratch). With --resume: extend the run to this many.")),
-    _param("lr", _opt(float | None, "--lr", help="Peak learning rate; when fine-tuning, of the pretrained layers that train (default: 0.01 from weights, 0.1 from scratch).")),
+    _param("out_dir", _opt(str | None, "-o", "--output", help="Run folder: best.pt, last.pt, metrics.csv/json, curves.png; required unless --resume.")),
+    _param("epochs", _opt(int | None, "--epochs", min=1, help=default("Epochs to train; with --resume: extend the run to this many.", _by_start("epochs")))),
+    _param("lr", _opt(float | None, "--lr", help=default("Peak learning rate; when fine-tuning, of the pretrained layers that train.", _by_start("lr")))),
     _param("batch_size", _opt(int, "--batch-size", min=1, help="Images per step and process."), 64),
     _param("accum_steps", _opt(int, "--accum-steps", min=1, help="Batches per optimizer step (gradient accumulation)."), 1),
     _param("optimizer", _opt(str, "--optimizer", help="sgd (Nesterov momentum 0.9) | adamw."), "sgd"),
-    _param("weight_decay", _opt(float | None, "--weight-decay", help="Weight decay (not on biases/norms) (default: 1e-4 from weights, 5e-4 from scratch).")),
+    _param("weight_decay", _opt(float | None, "--weight-decay", help=default("Weight decay (not on biases/norms).", _by_start("weight_decay")))),
     _param("label_smoothing", _opt(float, "--label-smoothing", help="Label smoothing of the cross-entropy."), 0.0),
     _param("schedule", _opt(str, "--schedule", help="cosine | onecycle (30 % warm-up from lr/25)."), "cosine"),
     _param("warmup_epochs", _opt(float, "--warmup-epochs", help="Linear warm-up length in epochs (overrides the schedule's)."), 0.0),
-    _param("clip_grad", _opt(float | None, "--clip-grad", help="Clip the global gradient norm to this value.")),
+    _param("clip_grad", _opt(float | None, "--clip-grad", help=default("Clip the global gradient norm to this value.", "no clipping"))),
     _param("amp", _opt(bool, "--amp", help="Mixed precision: bf16 autocast on CPU, fp16 + gradient scaler on CUDA."), False),
     _param("channels_last", _opt(bool, "--channels-last", help="Channels-last memory format."), False),
-    _param("val_dir", _opt(str | None, "--val", help="Validation folder (default: DATA_DIR/val if present).")),
-    _param("val_split", _opt(float | None, "--val-split", help="Fraction of each class held out when there is no validation folder (default: 0.1; 0 = none).")),
-    _param("early_stop", _opt(int | None, "--early-stop", min=1, help="Stop after this many epochs without a better validation accuracy.")),
+    _param("val_dir", _opt(str | None, "--val", help=default("Validation folder.", "DATA_DIR/val if present"))),
+    _param("val_split", _opt(float | None, "--val-split", help=default("Fraction of each class held out when there is no validation folder; 0 = none.", 0.1))),
+    _param("early_stop", _opt(int | None, "--early-stop", min=1, help=default("Stop after this many epochs without a better validation accuracy.", "never"))),
     _param("augment", _opt(str, "--augment", help="standard (crop + flip for the model's input size) | none."), "standard"),
     _param("workers", _opt(int, "--workers", min=0, help="Data-loading processes."), 0),
     _param("seed", _opt(int, "--seed", help="Seed of initialisation, split, shuffling and augmentation."), 0),
     _param("device", _opt(str, "--device", help="auto | cpu | cuda | cuda:N."), "auto"),
-    _param("resume", _opt(str | None, "--resume", help="Continue the run in this folder exactly where it stopped (its saved settings are used).")),
-    _param("json_output", _opt(bool, "--json", help="Print the run summary as JSON."), False),
+    _param("resume", _opt(str | None, "--resume", help=default("Continue the run in this folder exactly where it stopped (its saved settings are used).", "a new run"))),
+    _param("json_output", _opt(bool, "--json", help="Print the run summary as JSON to stdout (progress goes to stderr)."), False),
 ]
 
 
@@ -76,12 +76,11 @@ def _config(task: str, options: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from the command's options; ``None`` takes the task's default."""
     if not options.get("model") or not options.get("data_dir") or not options.get("out_dir"):
         what = "--teacher, --student, DATA_DIR" if task == "distill" else "MODEL, DATA_DIR"
-        raise typer.BadParameter(f"{task} needs {what} and -o RUN_DIR (or --resume RUN_DIR).")
+        raise TrainingError(f"{task} needs {what} and -o RUN_DIR (or --resume RUN_DIR); see 'resnetkit {task} --help'.")
     options = dict(options)
-    scratch = task == "train" or options.pop("scratch", False)
-    defaults = {**(FROM_SCRATCH if scratch else FROM_WEIGHTS), **({"mode": "full"} if task == "distill" else {})}
-    given = {k: v for k, v in options.items() if v is not None}
-    return TrainConfig(task=task, **{**defaults, **given})
+    if options.pop("random_weights", False):
+        options["pretrained"] = False
+    return TrainConfig(task=task, **{k: v for k, v in options.items() if v is not None})
 
 
 def _launch(task: str, options: dict[str, Any]) -> None:

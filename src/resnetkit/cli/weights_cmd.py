@@ -9,14 +9,13 @@ from rich.table import Table
 
 from ..core import weights as weights_lib
 from ..core.zoo import get_spec
-from .app import JsonFlag, app, console, print_json
+from .app import App, JsonFlag, app, console, default, print_json
 
-weights_app = typer.Typer(help="Download, import and list pretrained weights (torch.hub cache, $TORCH_HOME).",
-                          no_args_is_help=True)
+weights_app = App(help="Download, import and list pretrained weights (torch.hub cache, $TORCH_HOME).")
 app.add_typer(weights_app, name="weights")
 
-ZooModelArg = Annotated[str, typer.Argument(help="Zoo model name, e.g. resnet50 or cifar_resnet20.")]
-TagOpt = Annotated[str | None, typer.Option("--weights", help="Weights tag (default: the model's default weights).")]
+ZooModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="Zoo model name, e.g. resnet50 or cifar_resnet20.")]
+TagOpt = Annotated[str | None, typer.Option("--weights", help=default("Weights tag.", "the model's default weights"))]
 
 
 @weights_app.command("pull")
@@ -32,7 +31,7 @@ def pull(model: ZooModelArg, tag: TagOpt = None) -> None:
 
 
 @weights_app.command("import")
-def import_(model: ZooModelArg, file: Annotated[str, typer.Argument(help="Local checkpoint file.")], tag: TagOpt = None) -> None:
+def import_(model: ZooModelArg, file: Annotated[str, typer.Argument(metavar="FILE", help="Local checkpoint file.")], tag: TagOpt = None) -> None:
     """Verify a local checkpoint file against the published hash and place it in the cache."""
     weights = get_spec(model).get_weights(tag)
     path = weights_lib.import_file(model, weights, file)

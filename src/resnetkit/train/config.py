@@ -16,6 +16,12 @@ SCHEDULES = ("cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adamw")
 AUGMENTS = ("standard", "none")
 
+# Defaults that depend on how a run starts: from trained weights (fine-tuning, the default except for
+# "train"), or from random weights, which need a higher learning rate, more epochs and more weight decay.
+# Fine-tuning trains the last stage and the new head; training from random weights and distillation train all.
+FROM_WEIGHTS = {"mode": "last-stage", "epochs": 10, "lr": 0.01, "weight_decay": 1e-4}
+FROM_RANDOM = {"mode": "full", "epochs": 30, "lr": 0.1, "weight_decay": 5e-4}
+
 
 class TrainingError(ResnetkitError):
     """Training cannot start or continue (bad settings, diverged loss, memory...)."""
@@ -29,7 +35,9 @@ class TrainingInterrupted(ResnetkitError):
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. ``None`` means "the task's default" (see :meth:`resolved`)."""
+    """Everything that defines a run. ``None`` in ``pretrained``, ``mode``, ``epochs``, ``lr`` and
+    ``weight_decay`` means the default of how the run starts (:data:`FROM_WEIGHTS` or :data:`FROM_RANDOM`),
+    filled in on creation; the CLI has the same defaults."""
 
     task: str = "finetune"
     model: str = ""
@@ -37,13 +45,13 @@ class TrainConfig:
     out_dir: str | None = None
     val_dir: str | None = None
     val_split: float | None = None  # fraction held out when there is no validation folder
-    mode: str = "full"  # finetune: head | last-stage | full
-    epochs: int = 10
-    lr: float = 0.01  # peak learning rate of the layers that train, except a new head
+    mode: str | None = None  # head | last-stage | full (what trains)
+    epochs: int | None = None
+    lr: float | None = None  # peak learning rate of the layers that train, except a new head
     head_lr: float | None = None  # None: 10 x lr for a new head on pretrained weights, else lr (set at start)
     optimizer: str = "sgd"
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None
     label_smoothing: float = 0.0
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
@@ -57,12 +65,18 @@ class TrainConfig:
     workers: int = 0
     seed: int = 0
     device: str = "auto"
-    pretrained: bool = True  # start from the model's weights (False: random init)
+    pretrained: bool | None = None  # start from the model's weights (False: random init); None: False for "train"
     teacher: str | None = None
     temperature: float = 4.0
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.pretrained is None:
+            self.pretrained = self.task != "train"
+        defaults = {**(FROM_WEIGHTS if self.pretrained else FROM_RANDOM), **({"mode": "full"} if self.task == "distill" else {})}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self._check()
 
     def _check(self) -> None:
