@@ -217,7 +217,8 @@ def recommend_command(
     models: Annotated[str, typer.Option("--models", help="Models for the quick bench run without --from.")] = ",".join(DEFAULT_MODELS),
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Models meeting every constraint, best first, with reasons; or why each was excluded."""
+    """Models meeting every constraint, best first, with reasons, or why each was excluded; without
+    constraints, one model per dataset at the knee of the measured accuracy/latency Pareto front."""
     if from_file:
         records = load_records(from_file)
     else:
@@ -227,14 +228,19 @@ def recommend_command(
     if json_output:
         print_json(result.to_dict())
     else:
-        _print_recommendation(result, from_file)
+        _print_recommendation(result, from_file, records)
     if not result.recommended:
         raise typer.Exit(1)
 
 
-def _print_recommendation(result: Recommendation, source: str | None) -> None:
+def _print_recommendation(result: Recommendation, source: str | None, records: Sequence[BenchRecord]) -> None:
     where = f"records in {source}" if source else "a quick bench run just now"
-    console.print(f"constraints: {result.constraints.describe()} (measured numbers from {where})", highlight=False)
+    loads = [v for r in records for v in (r.load_avg_before, r.load_avg_after) if v is not None]
+    load = f"; load average {min(loads):.2f}-{max(loads):.2f} on {records[0].cores} cores" if loads else ""
+    if result.picks or not result.constraints.any:
+        _print_picks(result, f"measured numbers from {where}{load}")
+        return
+    console.print(f"constraints: {result.constraints.describe()} (measured numbers from {where}{load})", highlight=False)
     if result.recommended:
         for rank, candidate in enumerate(result.recommended, 1):
             console.print(styled(f"{rank}. ", (candidate.record.label, "bold"), f": {'; '.join(candidate.reasons)}"),
@@ -243,3 +249,19 @@ def _print_recommendation(result: Recommendation, source: str | None) -> None:
         console.print(styled(("No model meets every constraint.", "red")))
     for candidate in result.excluded:
         console.print(f"   excluded {candidate.record.label}: {'; '.join(candidate.reasons)}", highlight=False)
+
+
+def _print_picks(result: Recommendation, where: str) -> None:
+    console.print(f"no constraints: one model per dataset, at the knee of its accuracy/latency Pareto front ({where})",
+                  highlight=False)
+    if not result.picks:
+        console.print(styled(("No record has an accuracy to rank by.", "red")))
+    for pick in result.picks:
+        console.print(styled(f"{pick.dataset}: ", (pick.record.label, "bold"),
+                             f" (p50 {pick.record.latency_ms_p50:.1f} ms, top-1 {pick.record.top1:.2f} %): {pick.reason}"),
+                      highlight=False)
+        front = ", ".join(f"{r.label} {r.latency_ms_p50:.1f} ms {r.top1:.2f} %" for r in pick.front)
+        console.print(f"   Pareto front, fastest first: {front}", highlight=False)
+    if result.unscored:
+        console.print(f"   not ranked (no accuracy for what ran; measure it with bench --eval DIR): "
+                      f"{', '.join(r.label for r in result.unscored)}", highlight=False)
