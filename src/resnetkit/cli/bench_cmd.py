@@ -85,12 +85,17 @@ def bench_command(
 
 @contextmanager
 def _progress_display() -> Iterator[Callable[[BenchProgress], None]]:
-    """A rich progress line on a terminal (round counter, variants done, ETA); nothing otherwise."""
+    """A rich progress line on a terminal (round counter, variants done, ETA); otherwise one
+    line when the timing rounds begin."""
+    live = err_console.is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[eta]}"),
-                  console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+                  console=err_console, transient=True, disable=not live) as bar:
         task = bar.add_task("starting", total=None, eta="")
 
         def update(progress: BenchProgress) -> None:
+            if not live and progress.phase == "measuring" and progress.round == 1:
+                err_console.print(f"measuring {progress.total} variants in interleaved rounds (first estimate: "
+                                  f"{_duration(progress.eta_seconds or 0)} m:ss)", highlight=False)
             if progress.phase == "starting":
                 bar.update(task, description="building models (one process each)", completed=progress.done,
                            total=progress.total)
