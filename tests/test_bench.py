@@ -172,7 +172,7 @@ def test_cli_bench_json_goes_to_stdout_and_sigterm_writes_partial_files(tmp_path
     (row,) = json.loads(out.read_text())
     assert row["status"] == "partial" and row["latency_runs"] > 0
     assert next(csv.DictReader((tmp_path / "p.csv").open()))["status"] == "partial"
-    assert "(partial)" in stdout
+    assert "(partial)" in stdout, stdout
 
 
 def test_median_ci_and_stability():

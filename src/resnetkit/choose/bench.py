@@ -12,6 +12,7 @@ its cap. Costs do not depend on weight values, so zoo models are measured with r
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import platform
@@ -57,7 +58,7 @@ class BenchConfig:
     min_rounds: int = 3  # ... spread over at least this many rounds
     tolerance: float = 0.03  # stop when the 95 % CI of the median is within +-3 % of it
     max_runs: int = 200  # cap per variant
-    max_seconds: float = 8.0  # cap per variant: timed batch-1 seconds
+    max_seconds: float = 8.0  # cap per variant: timed batch-1 seconds (after at least min_rounds rounds)
     burst_seconds: float = 0.1  # timed calls per variant and round (at least one)
     throughput_runs: int = 3
     eval_dir: str | None = None
@@ -286,6 +287,7 @@ class _LocalWorker:
     """A :class:`_ModelWorker` in this process, behind the same interface as :class:`_ProcessWorker`."""
 
     def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig) -> None:
+        self.model = model
         self.worker = _ModelWorker(model, variants, config)
 
     def entries(self) -> list[tuple[Variant, BenchRecord | ResnetkitError, bool]]:
@@ -375,7 +377,8 @@ class _Track:
     def update_status(self, config: BenchConfig) -> None:
         stable = (len(self.samples) >= config.min_runs and self.rounds >= config.min_rounds
                   and median_is_stable(self.samples, config.tolerance))
-        capped = len(self.samples) >= config.max_runs or sum(self.samples) / 1000.0 >= config.max_seconds
+        capped = len(self.samples) >= config.max_runs or (
+            sum(self.samples) / 1000.0 >= config.max_seconds and self.rounds >= config.min_rounds)
         if (stable and not self.needs_throughput(config)) or capped:
             self.status = "stable" if stable else "capped"
             self.load_after = load_average()
@@ -405,10 +408,12 @@ class _Run:
         self.workers: list[_LocalWorker | _ProcessWorker] = []
         self.tracks: list[_Track] = []
         self.failures: list[ResnetkitError] = []
+        self.order: dict[str, int] = {}  # model -> position in the request, for the output order
 
     def start(self, requested: dict[str, list[Variant]]) -> None:
         """Start one worker per model, at most one per core at a time (building is CPU-bound),
         before any timing begins."""
+        self.order = {model: i for i, model in enumerate(requested)}
         if not self.config.isolate:
             for model, variants in requested.items():
                 self._add(_LocalWorker(model, variants, self.config))
@@ -445,7 +450,7 @@ class _Run:
         reference = next((t for t in tracks if (t.record.backend.split()[0], t.record.precision) == REFERENCE), None)
         for track in tracks:
             track.reference = reference
-        self.tracks += tracks
+        self.tracks = sorted(self.tracks + tracks, key=lambda t: (self.order[t.variant.model], t.index))
 
     def measure(self) -> None:
         """Interleaved rounds until every variant is stable or capped."""
@@ -464,11 +469,24 @@ class _Run:
             track.load_before = load_average()
         last = track.samples[-1] / 1000.0 if track.samples else config.burst_seconds
         calls = max(1, min(20, int(config.burst_seconds / max(last, 1e-6))))
-        track.samples += track.worker.call("time", track.index, "latency", calls)
-        if track.needs_throughput(config):
-            track.throughput += track.worker.call("time", track.index, "throughput", 1)
+        try:
+            track.samples += track.worker.call("time", track.index, "latency", calls)
+            if track.needs_throughput(config):
+                track.throughput += track.worker.call("time", track.index, "throughput", 1)
+        except WorkerDied as exc:
+            self._lost(track.worker, exc)
+            return
         track.rounds += 1
         track.update_status(config)
+
+    def _lost(self, worker: _LocalWorker | _ProcessWorker, exc: WorkerDied) -> None:
+        """A measuring process died: its variants keep what was measured, marked partial."""
+        self.failures.append(exc)
+        self.on_record(exc, Variant(worker.model))
+        for track in self.tracks:
+            if track.worker is worker and track.status is None:
+                track.status = "partial"
+                track.record.notes.append(str(exc))
 
     def _finish_workers(self) -> None:
         """End the process of each model whose variants are all done (after its end-to-end timing)."""
@@ -476,9 +494,12 @@ class _Run:
             mine = [t for t in self.tracks if t.worker is worker]
             if any(t.status is None for t in mine):
                 continue
-            for track in mine:
-                if self.config.end_to_end and not track.is_reference:
-                    track.end_to_end = worker.call("end_to_end", track.index)
+            try:
+                for track in mine:
+                    if self.config.end_to_end and not track.is_reference and track.status != "partial":
+                        track.end_to_end = worker.call("end_to_end", track.index)
+            except WorkerDied as exc:
+                self._lost(worker, exc)
             worker.close()
             self.workers.remove(worker)
             for track in mine:
@@ -536,7 +557,7 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, peak_
         backend=classifier.runner.backend,
         precision=classifier.runner.precision,
         params_m=count_params(module) / 1e6 if module is not None else None,
-        gmacs=count_macs(module.float(), shape) / 1e9 if module is not None else None,
+        gmacs=count_macs(_fp32_view(module), shape) / 1e9 if module is not None else None,
         size_mb_fp32=serialized_size_bytes(module, torch.float32) / 1e6 if module is not None else None,
         size_mb_fp16=serialized_size_bytes(module, torch.float16) / 1e6 if module is not None else None,
         latency_ms_p50=float("nan"),
@@ -555,6 +576,14 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, peak_
         torch_version=torch.__version__,
         cpu=_cpu_name(),
     )
+
+
+def _fp32_view(module: torch.nn.Module) -> torch.nn.Module:
+    """The module in fp32 for counting MACs: itself if already fp32, else an fp32 copy (a bf16 or fp16
+    runner keeps running the original)."""
+    if all(p.dtype == torch.float32 for p in module.parameters()):
+        return module
+    return copy.deepcopy(module).float()
 
 
 def _published_accuracy(meta: ModelMeta, precision: str) -> dict[str, Any]:
@@ -583,13 +612,15 @@ def synthetic_photo_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> 
 
 
 def _end_to_end(classifier: Classifier, config: BenchConfig) -> tuple[float, float]:
-    """p50 of (JPEG decode + preprocessing) and of (decode + preprocessing + forward) at batch 1."""
+    """p50 of (JPEG decode + preprocessing) and of (decode + preprocessing + forward) at batch 1,
+    timed after the rounds (at least ``min_runs`` calls and 1 s each)."""
     data = synthetic_photo_jpeg()
     transform = classifier.transform
     prepare = lambda: transform(decode_image(data)).unsqueeze(0)  # noqa: E731
-    pre = time_calls(prepare, warmup=config.warmup, min_runs=config.min_runs, min_seconds=config.min_seconds)
-    full = time_calls(lambda: classifier.logits(prepare()), warmup=config.warmup,
-                      min_runs=config.min_runs, min_seconds=config.min_seconds)
+    seconds = min(1.0, config.max_seconds)
+    pre = time_calls(prepare, warmup=config.warmup, min_runs=config.min_runs, min_seconds=seconds)
+    full = time_calls(lambda: classifier.logits(prepare()), warmup=config.warmup, min_runs=config.min_runs,
+                      min_seconds=seconds)
     return pre.p50_ms, full.p50_ms
 
 
