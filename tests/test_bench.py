@@ -23,11 +23,12 @@ REQUIRED_KEYS = {"model", "params_m", "gmacs", "size_mb_fp32", "size_mb_fp16", "
                  "throughput_ips", "batch_size", "peak_mem_mb", "top1", "top5", "threads", "device", "torch_version"}
 FAST = BenchConfig.quick(min_runs=3, min_rounds=2, max_seconds=0.5, throughput_runs=1, batch_size=4)
 LOCAL = dataclasses.replace(FAST, isolate=False)
+WIDE = {**os.environ, "COLUMNS": "300"}  # tables unwrapped, whatever the terminal running the tests
 
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "resnetkit", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
+                          env=WIDE, timeout=600)
 
 
 def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
@@ -36,7 +37,7 @@ def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
     assert REQUIRED_KEYS <= set(data)
     assert round(record.params_m, 2) == 0.27 and record.gmacs == pytest.approx(0.0406, rel=0.01)
     assert record.size_mb_fp16 == pytest.approx(record.size_mb_fp32 / 2, rel=0.05)
-    assert 0 < record.latency_ms_p50 <= record.latency_ms_p90 and record.latency_runs >= 3
+    assert 0 < record.latency_ms_p50 <= record.latency_ms_p90 and record.latency_runs >= FAST.min_rounds
     assert record.throughput_ips > 0 and record.batch_size == 4
     assert record.peak_mem_mb >= record.baseline_mem_mb > 50  # Python + torch alone hold more than 50 MB
     assert record.top1 == 91.73 and "akamaster" in record.accuracy_source
@@ -161,7 +162,7 @@ def test_cli_bench_json_goes_to_stdout_and_sigterm_writes_partial_files(tmp_path
     out = tmp_path / "partial.json"
     process = subprocess.Popen([sys.executable, "-m", "resnetkit", "bench", "--models", "cifar_resnet20",
                                 "--tolerance", "0.001", "--max-seconds", "300", "-o", str(out), "--csv", str(tmp_path / "p.csv")],
-                               stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=WIDE)
     first_line = process.stderr.readline()  # printed when the timing rounds begin
     assert first_line.startswith("measuring 1 variants in interleaved rounds"), first_line
     time.sleep(1.0)
