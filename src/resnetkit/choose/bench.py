@@ -123,6 +123,9 @@ class BenchRecord:
     reference_latency_ms_p50: float | None = None  # eager fp32, measured interleaved with this variant
     speedup_vs_reference: float | None = None  # None when not comparable
     vs_reference: str = ""  # "2.10x faster", "not comparable: machine busy (...)", "is the reference"
+    build_seconds: float | None = None  # wall time to load the variant and warm it up, in its process
+    timed_seconds: float | None = None  # wall time of its timed calls (latency and throughput)
+    reference_timed_seconds: float | None = None  # ... and of its reference's (shared by a model's variants)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -239,6 +242,7 @@ class _ModelWorker:
 
     def _build(self, variant: Variant, baseline_mb: float | None, reference: bool) -> None:
         config = self.config
+        started = time.perf_counter()
         try:
             options = RunnerOptions(batch_size=config.batch_size, precision=variant.precision)
             classifier = load_model(variant.model, pretrained=config.eval_dir is not None and not reference,
@@ -255,6 +259,7 @@ class _ModelWorker:
         self.time(index, "throughput", 0 if reference else 1)
         record = _record(variant, config, classifier, peak_rss_mb())
         record.baseline_mem_mb = baseline_mb
+        record.build_seconds = time.perf_counter() - started
         if baseline_mb is None:
             record.notes.append("peak memory includes the imports before the model was built (peak RSS cannot be reset here)")
         if len(self.entries) and not reference:
@@ -527,7 +532,8 @@ class _Run:
             load_avg_after=track.load_after if track.status else load_average(), cores=os.cpu_count(),
             throughput_ips=(self.config.batch_size / (statistics.median(track.throughput) / 1000.0)
                             if track.throughput else None),
-            throughput_runs=len(track.throughput), notes=list(track.record.notes))
+            throughput_runs=len(track.throughput), notes=list(track.record.notes),
+            timed_seconds=(sum(track.samples) + sum(track.throughput)) / 1000.0)
         if track.end_to_end:
             record.preprocess_ms_p50, record.e2e_latency_ms_p50 = track.end_to_end
         self._compare_with_reference(record, track, timing)
@@ -545,6 +551,7 @@ class _Run:
             ends = [v for v in (record.load_avg_after, reference.load_after) if v is not None]
             span = LoadSpan(max(loads, default=None), max(ends, default=None), os.cpu_count() or 1)
             record.reference_latency_ms_p50 = ref_timing.p50_ms
+            record.reference_timed_seconds = sum(reference.samples) / 1000.0
             record.speedup_vs_reference, record.vs_reference = speedup(ref_timing, timing, span)
 
 

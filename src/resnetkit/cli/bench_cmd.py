@@ -170,7 +170,11 @@ def _load_note(records: Sequence[BenchRecord], wall_seconds: float) -> str:
     cores = records[0].cores
     where = (f"1-minute load average {min(loads):.2f}-{max(loads):.2f} during the measurements on {cores} cores"
              + (" (busy: other work shared the CPU)" if cores and max(loads) > cores else "")) if loads else "load average unknown"
-    return f"measured in {_duration(wall_seconds)} (m:ss) in all; {where}."
+    references = {r.model: r.reference_timed_seconds or 0.0 for r in records}
+    timed = sum(r.timed_seconds or 0.0 for r in records) + sum(references.values())
+    built = sum(r.build_seconds or 0.0 for r in records)
+    return (f"measured in {_duration(wall_seconds)} (m:ss) in all: building and warming up the models {built:.0f} s "
+            f"(summed over the processes, up to one per core at a time), their timed calls {timed:.0f} s; {where}.")
 
 
 def _baseline_note(records: Sequence[BenchRecord]) -> str:
