@@ -102,3 +102,19 @@ def test_cli_recommend_reads_records_of_older_versions(tmp_path):
     path.write_text(json.dumps([row]))
     result = CliRunner().invoke(app, ["recommend", "--from", str(path), "--max-latency-ms", "50"])
     assert result.exit_code == 0 and "1. effnet: p50 latency 40.40 ms <= 50" in result.output
+
+
+def test_pick_warns_when_the_machine_was_busy_or_the_latencies_overlap():
+    records = _imagenet_like()
+    for record in records:
+        record.latency_ms_p50_ci = [record.latency_ms_p50 * 0.97, record.latency_ms_p50 * 1.03]
+        record.load_avg_before, record.load_avg_after, record.cores = 0.3, 0.6, 2
+    (pick,) = recommend(records).picks
+    assert pick.record.model == "effnet" and pick.caveats == []
+    records[2].latency_ms_p50_ci = [27.0, 45.0]  # effnet's CI now reaches mobilenet's 27.9 ms
+    records[0].load_avg_after = 5.5
+    (pick,) = recommend(records).picks
+    assert pick.caveats == [
+        "the machine was busy while measuring (load average up to 5.50 on 2 cores): the latencies, and so this pick, "
+        "may not hold on an idle machine; measure again when it is idle",
+        "its latency's 95 % confidence interval overlaps that of mobilenet: their order by latency is not certain"]

@@ -47,11 +47,11 @@ class Pick:
     record: BenchRecord
     reason: str
     front: list[BenchRecord]  # the Pareto front of this dataset, fastest first
-    unscored: list[BenchRecord] = field(default_factory=list)  # no accuracy for this variant: not ranked
+    caveats: list[str] = field(default_factory=list)  # why the pick may not hold
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "model": self.record.label, "latency_ms_p50": self.record.latency_ms_p50,
-                "top1": self.record.top1, "reason": self.reason,
+                "top1": self.record.top1, "reason": self.reason, "caveats": self.caveats,
                 "front": [{"model": r.label, "latency_ms_p50": r.latency_ms_p50, "top1": r.top1} for r in self.front]}
 
 
@@ -112,8 +112,29 @@ def pick_per_dataset(records: Sequence[BenchRecord]) -> list[Pick]:
         front = sorted(pareto_front(mine), key=lambda r: r.latency_ms_p50)
         if front:
             chosen = knee(front)
-            picks.append(Pick(dataset, chosen, _knee_reason(chosen, front), front))
+            picks.append(Pick(dataset, chosen, _knee_reason(chosen, front), front, _caveats(chosen, front)))
     return picks
+
+
+def _caveats(chosen: BenchRecord, front: Sequence[BenchRecord]) -> list[str]:
+    """What could overturn the pick: a busy machine, latencies whose confidence intervals overlap."""
+    caveats = []
+    loads = [v for r in front for v in (r.load_avg_before, r.load_avg_after) if v is not None]
+    cores = chosen.cores
+    if loads and cores and max(loads) > cores:
+        caveats.append(f"the machine was busy while measuring (load average up to {max(loads):.2f} on {cores} cores): "
+                       "the latencies, and so this pick, may not hold on an idle machine; measure again when it is idle")
+    overlapping = [r.label for r in front if r is not chosen and _overlap(r, chosen)]
+    if overlapping:
+        caveats.append(f"its latency's 95 % confidence interval overlaps that of {', '.join(overlapping)}: "
+                       "their order by latency is not certain")
+    return caveats
+
+
+def _overlap(a: BenchRecord, b: BenchRecord) -> bool:
+    if not a.latency_ms_p50_ci or not b.latency_ms_p50_ci:
+        return False
+    return a.latency_ms_p50_ci[0] <= b.latency_ms_p50_ci[1] and b.latency_ms_p50_ci[0] <= a.latency_ms_p50_ci[1]
 
 
 def _knee_reason(chosen: BenchRecord, front: Sequence[BenchRecord]) -> str:

@@ -271,6 +271,8 @@ def _print_picks(result: Recommendation, where: str) -> None:
                       highlight=False)
         front = ", ".join(f"{r.label} {r.latency_ms_p50:.1f} ms {r.top1:.2f} %" for r in pick.front)
         console.print(f"   Pareto front, fastest first: {front}", highlight=False)
+        for caveat in pick.caveats:
+            console.print(f"   caution: {caveat}", highlight=False)
     if result.unscored:
         console.print(f"   not ranked (no accuracy for what ran; measure it with bench --eval DIR): "
                       f"{', '.join(r.label for r in result.unscored)}", highlight=False)
