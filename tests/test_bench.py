@@ -46,8 +46,9 @@ def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
 
 
 def test_bench_stops_each_variant_when_its_median_is_stable_or_at_the_cap():
-    config = dataclasses.replace(LOCAL, tolerance=0.5, min_runs=8, min_rounds=3, max_seconds=30)
-    (record,) = bench(["cifar_resnet20"], config)
+    # ONNX Runtime: eager PyTorch on a crowded machine can be too noisy to get stable even within 50 %.
+    config = dataclasses.replace(LOCAL, tolerance=0.5, min_runs=8, min_rounds=3, max_seconds=30, reference=False)
+    (record,) = bench(["cifar_resnet20"], config, backends=["onnxruntime"])
     assert record.status == "stable" and record.latency_runs >= 8 and record.latency_rounds >= 3
     low, high = record.latency_ms_p50_ci
     assert low <= record.latency_ms_p50 <= high and max(record.latency_ms_p50 - low, high - record.latency_ms_p50) <= 0.5 * record.latency_ms_p50
