@@ -155,7 +155,7 @@ def test_cli_bench_bad_input(args, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_cli_bench_json_goes_to_stdout_and_sigterm_writes_partial_files(tmp_path):
+def test_cli_bench_json_goes_to_stdout_and_ctrl_c_writes_partial_files(tmp_path):
     result = _cli("bench", "--models", "cifar_resnet20", "--quick", "--batch-size", "2", "--json")
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)
@@ -163,11 +163,12 @@ def test_cli_bench_json_goes_to_stdout_and_sigterm_writes_partial_files(tmp_path
     out = tmp_path / "partial.json"
     process = subprocess.Popen([sys.executable, "-m", "resnetkit", "bench", "--models", "cifar_resnet20",
                                 "--tolerance", "0.001", "--max-seconds", "300", "-o", str(out), "--csv", str(tmp_path / "p.csv")],
-                               stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=WIDE)
+                               stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=WIDE,
+                               start_new_session=True)
     first_line = process.stderr.readline()  # printed when the timing rounds begin
     assert first_line.startswith("measuring 1 variants in interleaved rounds"), first_line
     time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "interrupted: kept the 1 variants measured so far" in stderr and "Traceback" not in stderr

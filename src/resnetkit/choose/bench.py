@@ -224,6 +224,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Processes started meanwhile ignore SIGINT from birth (an ignored signal stays ignored across
+    exec, and Python leaves it so), so a Ctrl-C in the terminal reaches only the parent, which ends
+    them cleanly, and no child prints a KeyboardInterrupt traceback while importing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _ModelWorker:
     """The variants of one model, built in this process and timed on request."""
 
@@ -327,7 +342,8 @@ class _ProcessWorker:
         self.model = model
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, model, variants, config), daemon=True)
-        self.process.start()
+        with _sigint_ignored():
+            self.process.start()
         child.close()
 
     def _receive(self) -> Any:
