@@ -20,7 +20,7 @@ import signal
 import statistics
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
 from multiprocessing.connection import wait
@@ -212,31 +212,28 @@ def bench(
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt (like Ctrl-C) while measuring, so both keep the results."""
+def _signal_handler(signum: int, handler: Any) -> Iterator[None]:
+    """``handler`` for ``signum`` inside the block (main thread only: elsewhere nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
 
 
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
+def _sigterm_as_interrupt() -> AbstractContextManager[None]:
+    """SIGTERM raises KeyboardInterrupt (like Ctrl-C) while measuring, so both keep the results."""
+    return _signal_handler(signal.SIGTERM, signal.default_int_handler)
+
+
+def _sigint_ignored() -> AbstractContextManager[None]:
     """Processes started meanwhile ignore SIGINT from birth (an ignored signal stays ignored across
     exec, and Python leaves it so), so a Ctrl-C in the terminal reaches only the parent, which ends
     them cleanly, and no child prints a KeyboardInterrupt traceback while importing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return _signal_handler(signal.SIGINT, signal.SIG_IGN)
 
 
 class _ModelWorker:
