@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 mkdir -p results
-.venv/bin/resnetkit bench --json results/bench.json --csv results/bench.csv --plot results/bench.png "$@"
+.venv/bin/resnetkit bench -o results/bench.json --csv results/bench.csv --plot results/bench.png "$@"
 .venv/bin/resnetkit recommend --from results/bench.json

@@ -23,16 +23,16 @@ def _save(figure: plt.Figure, path: str | os.PathLike[str]) -> None:
 
 
 def plot_tradeoff(records: Sequence[BenchRecord], path: str | os.PathLike[str], title: str = "") -> None:
-    """Top-1 vs measured p50 latency (batch 1), Pareto front joined by a line, process range as bars."""
+    """Top-1 vs measured p50 latency (batch 1), Pareto front joined by a line, the median's 95 % CI as bars."""
     scored = [r for r in records if r.top1 is not None]
     figure, axes = plt.subplots(figsize=(8, 5.5))
     front = sorted(pareto_front(scored), key=lambda r: r.latency_ms_p50)
     on_front = {id(r) for r in front}
     for record in scored:
-        runs = record.latency_ms_p50_per_process
-        if len(runs) > 1:  # the spread between processes, as in the table's p50 range
-            axes.errorbar(record.latency_ms_p50, record.top1, xerr=[[record.latency_ms_p50 - min(runs)],
-                          [max(runs) - record.latency_ms_p50]], fmt="none", ecolor="lightgray", capsize=3, zorder=1)
+        if record.latency_ms_p50_ci:  # the 95 % confidence interval of the median, as in the table
+            low, high = record.latency_ms_p50_ci
+            axes.errorbar(record.latency_ms_p50, record.top1, xerr=[[record.latency_ms_p50 - low],
+                          [high - record.latency_ms_p50]], fmt="none", ecolor="lightgray", capsize=3, zorder=1)
         marker = "o" if id(record) in on_front else "x"
         axes.scatter(record.latency_ms_p50, record.top1, marker=marker, s=50, color="tab:blue" if marker == "o" else "gray")
         axes.annotate(record.label, (record.latency_ms_p50, record.top1), textcoords="offset points", xytext=(5, 4), fontsize=8)

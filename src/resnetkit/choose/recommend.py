@@ -1,7 +1,9 @@
-"""Recommend models for a user's constraints from measured bench records."""
+"""Recommend models from measured bench records: for a user's constraints, or, without any,
+one model per dataset at the knee of the measured accuracy/latency Pareto front."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -13,6 +15,10 @@ class Constraints:
     max_latency_ms: float | None = None  # on p50 at batch 1, measured here
     max_size_mb: float | None = None  # weights file as saved in the variant's precision
     min_top1: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.max_latency_ms, self.max_size_mb, self.min_top1))
 
     def describe(self) -> str:
         parts = [f"p50 latency <= {self.max_latency_ms:g} ms" if self.max_latency_ms is not None else "",
@@ -34,15 +40,35 @@ class Candidate:
 
 
 @dataclass
+class Pick:
+    """The one model recommended for a dataset without constraints: the knee of its front."""
+
+    dataset: str
+    record: BenchRecord
+    reason: str
+    front: list[BenchRecord]  # the Pareto front of this dataset, fastest first
+    caveats: list[str] = field(default_factory=list)  # why the pick may not hold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "model": self.record.label, "latency_ms_p50": self.record.latency_ms_p50,
+                "top1": self.record.top1, "reason": self.reason, "caveats": self.caveats,
+                "front": [{"model": r.label, "latency_ms_p50": r.latency_ms_p50, "top1": r.top1} for r in self.front]}
+
+
+@dataclass
 class Recommendation:
     constraints: Constraints
-    recommended: list[Candidate]  # best first
+    recommended: list[Candidate]  # best first; without constraints: the picks' records
     excluded: list[Candidate]
+    picks: list[Pick] = field(default_factory=list)  # without constraints: one per dataset
+    unscored: list[BenchRecord] = field(default_factory=list)  # without constraints: records without a top-1
 
     def to_dict(self) -> dict[str, Any]:
         return {"constraints": self.constraints.describe(),
                 "recommended": [c.to_dict() for c in self.recommended],
-                "excluded": [c.to_dict() for c in self.excluded]}
+                "excluded": [c.to_dict() for c in self.excluded],
+                "picks": [p.to_dict() for p in self.picks],
+                "unscored": [r.label for r in self.unscored]}
 
 
 def size_mb(record: BenchRecord) -> float | None:
@@ -61,8 +87,88 @@ def pareto_front(records: Sequence[BenchRecord]) -> list[BenchRecord]:
         for o in scored)]
 
 
+def knee(front: Sequence[BenchRecord]) -> BenchRecord:
+    """The knee of one dataset's Pareto front (Kneedle's rule, Satopaa et al. 2011): with
+    log latency and top-1 each scaled to [0, 1] over the front, the point furthest above the
+    line from the fastest to the most accurate model, i.e. where extra accuracy starts to
+    cost more (relative) latency than it gives. The fastest model when no point is above it."""
+    ordered = sorted(front, key=lambda r: r.latency_ms_p50)
+    fastest, slowest = ordered[0], ordered[-1]
+    x_span = math.log(slowest.latency_ms_p50 / fastest.latency_ms_p50) or 1.0
+    y_span = (slowest.top1 - fastest.top1) or 1.0  # type: ignore[operator]
+
+    def lift(r: BenchRecord) -> float:
+        return (r.top1 - fastest.top1) / y_span - math.log(r.latency_ms_p50 / fastest.latency_ms_p50) / x_span  # type: ignore[operator]
+
+    best = max(ordered, key=lift)
+    return best if lift(best) > 1e-9 else fastest
+
+
+def pick_per_dataset(records: Sequence[BenchRecord]) -> list[Pick]:
+    """One pick per dataset (accuracies on different datasets are never ranked together)."""
+    picks = []
+    for dataset in dict.fromkeys(r.accuracy_dataset for r in records):
+        mine = [r for r in records if r.accuracy_dataset == dataset]
+        front = sorted(pareto_front(mine), key=lambda r: r.latency_ms_p50)
+        if front:
+            chosen = knee(front)
+            picks.append(Pick(dataset, chosen, _knee_reason(chosen, front), front, _caveats(chosen, front)))
+    return picks
+
+
+def _caveats(chosen: BenchRecord, front: Sequence[BenchRecord]) -> list[str]:
+    """What could overturn the pick: a busy machine, latencies whose confidence intervals overlap."""
+    caveats = []
+    loads = [v for r in front for v in (r.load_avg_before, r.load_avg_after) if v is not None]
+    cores = chosen.cores
+    if loads and cores and max(loads) > cores:
+        caveats.append(f"the machine was busy while measuring (load average up to {max(loads):.2f} on {cores} cores): "
+                       "the latencies, and so this pick, may not hold on an idle machine; measure again when it is idle")
+    overlapping = [r.label for r in front if r is not chosen and _overlap(r, chosen)]
+    if overlapping:
+        caveats.append(f"its latency's 95 % confidence interval overlaps that of {', '.join(overlapping)}: "
+                       "their order by latency is not certain")
+    return caveats
+
+
+def _overlap(a: BenchRecord, b: BenchRecord) -> bool:
+    if not a.latency_ms_p50_ci or not b.latency_ms_p50_ci:
+        return False
+    return a.latency_ms_p50_ci[0] <= b.latency_ms_p50_ci[1] and b.latency_ms_p50_ci[0] <= a.latency_ms_p50_ci[1]
+
+
+def _knee_reason(chosen: BenchRecord, front: Sequence[BenchRecord]) -> str:
+    """Why the knee: what the step to it bought, and what the next step would cost."""
+    if len(front) == 1:
+        return "the only model on the Pareto front: no other is as fast or as accurate"
+    at = front.index(chosen)
+    parts = []
+    if at > 0:
+        parts.append(f"{_step(front[at - 1], chosen)} over {front[at - 1].label}")
+    if at + 1 < len(front):
+        parts.append(f"the next model on the front, {front[at + 1].label}, gives only {_step(chosen, front[at + 1])}")
+    if len(front) == 2:
+        where = "two models on the Pareto front, so no knee: the faster one"
+    elif at == 0:
+        where = ("the fastest model on the Pareto front: no model on it lies above the line from the fastest to "
+                 "the most accurate (top-1 vs log latency)")
+    else:
+        where = "at the knee of the accuracy/latency Pareto front"
+    return f"{where}: " + "; ".join(parts)
+
+
+def _step(low: BenchRecord, high: BenchRecord) -> str:
+    return (f"{high.top1 - low.top1:+.2f} top-1 points for {high.latency_ms_p50 / low.latency_ms_p50:.2f}x "  # type: ignore[operator]
+            "the latency")
+
+
 def recommend(records: Sequence[BenchRecord], constraints: Constraints = Constraints()) -> Recommendation:
-    """Variants meeting every constraint, most accurate first (then fastest), each with its reasons."""
+    """Variants meeting every constraint, most accurate first (then fastest), each with its
+    reasons; without constraints, one model per dataset at the knee of its Pareto front."""
+    if not constraints.any:
+        picks = pick_per_dataset(records)
+        return Recommendation(constraints, [Candidate(p.record, [p.reason], True) for p in picks], [], picks,
+                              [r for r in records if r.top1 is None])
     front = {id(r) for r in pareto_front(records)}
     recommended, excluded = [], []
     for record in records:
@@ -97,8 +203,6 @@ def _check(record: BenchRecord, c: Constraints) -> tuple[list[str], list[str]]:
             passed.append(f"{name} {value:.2f} {unit} {good_op} {limit:g}" + _dataset(name, record))
         else:
             failed.append(f"{name} {value:.2f} {unit} {bad_op} {limit:g}" + _dataset(name, record))
-    if not c.max_latency_ms and not c.max_size_mb and not c.min_top1:
-        passed.append(f"top-1 {_fmt(record.top1)} %{_dataset('top-1', record)}, p50 {record.latency_ms_p50:.1f} ms")
     return failed, passed
 
 
@@ -114,6 +218,3 @@ def _dominating(record: BenchRecord, records: Sequence[BenchRecord]) -> BenchRec
 def _dataset(name: str, record: BenchRecord) -> str:
     return f" on {record.accuracy_dataset}" if name == "top-1" and record.accuracy_dataset else ""
 
-
-def _fmt(value: float | None) -> str:
-    return "?" if value is None else f"{value:.2f}"

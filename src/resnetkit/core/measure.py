@@ -6,6 +6,8 @@ Library functions that return numbers; the CLI and benchmarks format them.
 from __future__ import annotations
 
 import io
+import math
+import os
 import re
 import resource
 import statistics
@@ -13,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -89,6 +91,9 @@ class Timing:
     min_ms: float
     runs: int
     warmup: int
+    p25_ms: float = math.nan
+    p75_ms: float = math.nan
+    p50_ci_ms: tuple[float, float] = (math.nan, math.nan)  # 95 % confidence interval of the median
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -115,7 +120,7 @@ def time_calls(
     return timing_from_samples(samples, warmup)
 
 
-def timing_from_samples(samples_ms: list[float], warmup: int = 0) -> Timing:
+def timing_from_samples(samples_ms: Sequence[float], warmup: int = 0) -> Timing:
     ordered = sorted(samples_ms)
     return Timing(
         p50_ms=statistics.median(ordered),
@@ -124,7 +129,30 @@ def timing_from_samples(samples_ms: list[float], warmup: int = 0) -> Timing:
         min_ms=ordered[0],
         runs=len(ordered),
         warmup=warmup,
+        p25_ms=percentile(ordered, 25),
+        p75_ms=percentile(ordered, 75),
+        p50_ci_ms=median_ci(ordered),
     )
+
+
+def median_ci(sorted_values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median (95 % for ``z=1.96``): the order
+    statistics at ranks n/2 -+ z*sqrt(n)/2 (normal approximation of the binomial, rounded
+    outwards); the whole range for small samples."""
+    n = len(sorted_values)
+    half = z * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half) - 1)
+    high = min(n - 1, math.ceil(n / 2 + half))
+    return sorted_values[low], sorted_values[high]
+
+
+def median_is_stable(samples_ms: Sequence[float], tolerance: float) -> bool:
+    """True when the 95 % confidence interval of the median lies within +-``tolerance``
+    (a fraction, e.g. 0.03) of the median."""
+    ordered = sorted(samples_ms)
+    middle = statistics.median(ordered)
+    low, high = median_ci(ordered)
+    return max(middle - low, high - middle) <= tolerance * middle
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -135,3 +163,93 @@ def percentile(sorted_values: list[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(sorted_values) - 1)
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (``os.getloadavg``); None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class LoadSpan:
+    """The 1-minute load average before and after a measurement, and the core count."""
+
+    before: float | None
+    after: float | None
+    cores: int
+
+    @property
+    def busy(self) -> bool:
+        """More runnable work than cores at either end: other processes took CPU time from the runs."""
+        return any(load is not None and load > self.cores for load in (self.before, self.after))
+
+    def describe(self) -> str:
+        fmt = lambda v: "?" if v is None else f"{v:.2f}"  # noqa: E731
+        return f"load average {fmt(self.before)} before, {fmt(self.after)} after, on {self.cores} cores"
+
+
+def start_load_span() -> LoadSpan:
+    return LoadSpan(load_average(), None, os.cpu_count() or 1)
+
+
+def end_load_span(span: LoadSpan) -> LoadSpan:
+    return LoadSpan(span.before, load_average(), span.cores)
+
+
+def speedup(reference: Timing, candidate: Timing, load: LoadSpan) -> tuple[float | None, str]:
+    """How many times faster ``candidate`` is than ``reference`` — for two timings measured
+    interleaved in one run. Returns (factor, text); the factor is None and the text says
+    "not comparable: machine busy (...)" when the machine was busy (load above the core count)
+    or the spread of the runs (mean of the two interquartile ranges) exceeds the difference of
+    the medians."""
+    difference = abs(reference.p50_ms - candidate.p50_ms)
+    spread = ((reference.p75_ms - reference.p25_ms) + (candidate.p75_ms - candidate.p25_ms)) / 2
+    if load.busy:
+        return None, f"not comparable: machine busy ({load.describe()})"
+    if spread > difference:
+        return None, (f"not comparable: machine busy (the runs' spread, {spread:.3g} ms, exceeds the "
+                      f"difference of the medians, {difference:.3g} ms)")
+    factor = reference.p50_ms / candidate.p50_ms
+    return factor, f"{factor:.2f}x faster" if factor >= 1 else f"{1 / factor:.2f}x slower"
+
+
+@dataclass(frozen=True)
+class InterleavedTimings:
+    """Timings of several callables measured in alternation, with the load around them."""
+
+    timings: dict[str, Timing]
+    load: LoadSpan
+
+    def speedup(self, reference: str, candidate: str) -> tuple[float | None, str]:
+        return speedup(self.timings[reference], self.timings[candidate], self.load)
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    warmup: int = 3,
+    min_runs: int = 10,
+    max_runs: int = 500,
+    min_seconds: float = 2.0,
+) -> InterleavedTimings:
+    """Time several callables in rounds (each called once per round, in turn) so that a slow
+    spell of the machine hits all of them alike; at least ``min_runs`` rounds and
+    ``min_seconds`` of timed calls in all, at most ``max_runs`` rounds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    load = start_load_span()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    spent, rounds = 0.0, 0
+    while rounds < max_runs and (rounds < min_runs or spent < min_seconds):
+        rounds += 1
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - t0
+            samples[name].append(elapsed * 1000.0)
+            spent += elapsed
+    return InterleavedTimings({name: timing_from_samples(s, warmup) for name, s in samples.items()}, end_load_span(load))

@@ -12,7 +12,7 @@ import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..core.errors import DatasetError
 from ..core.images import decode_image, iter_image_paths
-from ..core.measure import Timing, time_calls
+from ..core.measure import InterleavedTimings, Timing, time_calls, time_interleaved
 from ..core.loading import Classifier
 from ..core.spec import ModelMeta
 
@@ -111,6 +111,18 @@ def latency(classifier: Classifier, batch_size: int = 1) -> Timing:
     return time_calls(lambda: classifier.logits(batch), warmup=3, min_runs=10, min_seconds=LATENCY_SECONDS)
 
 
+def compare_latency(classifiers: Mapping[str, Classifier], batch_size: int = 1) -> InterleavedTimings:
+    """Before/after latency of several classifiers measured interleaved in one run (one call
+    of each per round, at least 10 rounds and ``LATENCY_SECONDS`` seconds after 3 warm-up
+    calls each), with the load average before and after. Use its ``speedup(before, after)``
+    for the "x faster" text: it says "not comparable: machine busy" when it is not."""
+    calls = {}
+    for name, classifier in classifiers.items():
+        batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape)
+        calls[name] = lambda c=classifier, b=batch: c.logits(b)
+    return time_interleaved(calls, warmup=3, min_runs=10, min_seconds=LATENCY_SECONDS)
+
+
 def top1_accuracy(classifier: Classifier, data_dir: str | os.PathLike[str], limit: int | None = None) -> float:
     """Top-1 percent on a class-per-folder dataset, via :func:`resnetkit.run.evaluate.evaluate`."""
     from ..run.evaluate import evaluate
@@ -119,5 +131,7 @@ def top1_accuracy(classifier: Classifier, data_dir: str | os.PathLike[str], limi
 
 
 def ratio(before: float, after: float) -> str:
-    """'2.04x smaller'-style factor of ``before`` over ``after``."""
+    """'2.04x'-style factor of ``before`` over ``after``, for deterministic quantities such as
+    sizes. Latency factors come from :func:`compare_latency` instead, which measures both sides
+    interleaved and says when they are not comparable."""
     return f"{before / after:.2f}x" if after else "inf"
