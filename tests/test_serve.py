@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import make_image
 from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.errors import ResnetkitError
 from resnetkit.core.loading import load_model
 from resnetkit.run.classify import classify
 from resnetkit.backends.base import EagerRunner, backend_names, register_backend
@@ -411,3 +412,43 @@ def test_a_model_that_cannot_be_loaded_stops_the_server_with_its_message(tmp_pat
     with pytest.raises(Exception, match="Could not load the models"):
         server.wait_ready()
     server.stop()
+
+
+# --- settings (pydantic-settings) -----------------------------------------------------------------
+
+def test_settings_read_the_process_environment_and_keyword_arguments_win(monkeypatch):
+    monkeypatch.setenv("RESNETKIT_MODELS", "a=resnet18, cifar_resnet20")
+    monkeypatch.setenv("RESNETKIT_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("RESNETKIT_THREADS", "")  # empty: ignored, as if unset
+    monkeypatch.setenv("RESNETKIT_TOKEN", "s3cret")
+    settings = ServeSettings(max_batch_size=4)
+    assert settings.models == ("a=resnet18", "cifar_resnet20") and settings.max_batch_size == 4
+    assert settings.threads is None and settings.token == "s3cret"
+    assert [(e.name, e.ref) for e in settings.entries] == [("a", "resnet18"), (None, "cifar_resnet20")]
+    assert "s3cret" not in repr(settings)
+    assert ServeSettings.model_construct().max_batch_size == 32  # the CLI's help shows the real defaults
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RESNETKIT_MAX_WAIT_MS": "fast"}, "RESNETKIT_MAX_WAIT_MS='fast' is not a valid float."),
+    ({"RESNETKIT_ACCESS_LOG": "maybe"}, "RESNETKIT_ACCESS_LOG='maybe' is not a valid bool."),
+    ({"RESNETKIT_WORKERS": "0"}, "--workers must be positive (got 0)."),
+    ({"RESNETKIT_PORT": "70000"}, "--port must be between 0 and 65535 (got 70000)."),
+    ({"RESNETKIT_MAX_WAIT_MS": "-1"}, "--max-wait-ms must be zero or more (got -1.0)."),
+])
+def test_bad_environment_values_raise_one_clear_sentence(monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ResnetkitError) as caught:
+        ServeSettings()
+    assert str(caught.value) == message
+    with pytest.raises(ResnetkitError) as caught:
+        ServeSettings.from_env(env)
+    assert str(caught.value) == message
+
+
+def test_settings_are_frozen_and_refuse_unknown_fields():
+    with pytest.raises(ResnetkitError, match="--max-batchsize: Extra inputs are not permitted"):
+        ServeSettings(max_batchsize=3)
+    with pytest.raises(Exception, match="frozen"):
+        ServeSettings().port = 1  # type: ignore[misc]

@@ -9,7 +9,7 @@ import typer
 from ..serve.settings import ENV_PREFIX, ServeSettings
 from .app import app
 
-_DEFAULTS = ServeSettings()
+_DEFAULTS = ServeSettings.model_construct()  # the defaults, without reading RESNETKIT_*
 
 
 def _opt(flag: str, help: str, kind: Any = str, **extra: Any) -> Any:
