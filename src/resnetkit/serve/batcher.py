@@ -160,6 +160,8 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Item]) -> None:
         self._metrics.batch_size.labels(self.name).observe(len(batch))
+        now = time.monotonic()
+        self._metrics.observe_queue_wait(self.name, sum(now - item.enqueued for item in batch))
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._inference, self._infer, [i.tensor for i in batch],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 import torch
@@ -33,8 +34,15 @@ class ServeError(ResnetkitError):
 @dataclass
 class ServedModel:
     name: str
+    ref: str  # as given when the server started: zoo name or file
     classifier: Classifier
     batcher: DynamicBatcher
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model, e.g. ``openvino/bf16``."""
+        return f"{self.classifier.runner.backend}/{self.classifier.runner.precision}"
 
     def info(self) -> ModelInfo:
         meta, runner = self.classifier.meta, self.classifier.runner
@@ -68,16 +76,15 @@ class ModelHub:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
             loaded = [await asyncio.to_thread(self._load, entry) for entry in self.settings.entries]
-            _check_unique([name for name, _ in loaded])
+            _check_unique([name for name, _, _ in loaded])
         except Exception as exc:  # noqa: BLE001 - any load failure stops the server with its message
             self._fail(str(exc) if isinstance(exc, ResnetkitError) else f"{type(exc).__name__}: {exc}")
             return
-        for name, classifier in loaded:
-            self.models[name] = ServedModel(name, classifier, self._batcher(name, classifier))
+        for name, ref, classifier in loaded:
+            self.models[name] = ServedModel(name, ref, classifier, self._batcher(name, classifier))
             self.models[name].batcher.start()
         self.ready = True
-        log.info("ready: %s", ", ".join(f"{m.name} ({m.classifier.runner.backend}/{m.classifier.runner.precision})"
-                                         for m in self.models.values()))
+        log.info("ready: %s", ", ".join(f"{m.name} ({m.runtime})" for m in self.models.values()))
 
     def _fail(self, message: str) -> None:
         self.load_error = f"Could not load the models: {message}"
@@ -101,14 +108,14 @@ class ModelHub:
         raise ServeError(404, f"Model '{name}' is not served here. Served models: {served}. "
                               "Models are chosen when the server starts, never by clients.")
 
-    def _load(self, entry: ModelEntry) -> tuple[str, Classifier]:
+    def _load(self, entry: ModelEntry) -> tuple[str, str, Classifier]:
         """Load one model (worker thread) and run it once at batch 1 and at the maximum batch size."""
         options = RunnerOptions(batch_size=self.settings.max_batch_size, precision=self.settings.precision)
         classifier = load_model(entry.ref, backend=self.settings.backend, options=options)
         shape = classifier.meta.preprocessing.input_shape
         for size in sorted({1, self.settings.max_batch_size}):
             classifier.probabilities(torch.zeros(size, *shape))
-        return entry.name or classifier.meta.name, classifier
+        return entry.name or classifier.meta.name, entry.ref, classifier
 
     def _batcher(self, name: str, classifier: Classifier) -> DynamicBatcher:
         transform, max_pixels = classifier.transform, self.settings.max_pixels
