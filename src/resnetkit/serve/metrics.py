@@ -34,6 +34,9 @@ class ServeMetrics:
                                  "(being decoded or queued).", ["model"], registry=r)
         self.images = Counter("resnetkit_images", "Images by outcome: ok, invalid, cancelled (client gone), "
                               "rejected (queue full).", ["model", "outcome"], registry=r)
+        self.cpu_split = Gauge("resnetkit_cpu_split", "Cores given to inference threads and to decode workers, "
+                               "chosen at start from the measured per-image costs (or --threads/--workers).",
+                               ["role"], registry=r)
         # TorchServe's names, so its dashboards and alerts keep working. They are counters in TorchServe;
         # gauges here only because prometheus_client would rename a counter to *_total.
         ts_labels = ["model_name", "model_version", "hostname"]

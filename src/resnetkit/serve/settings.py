@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +55,12 @@ class ServeSettings(BaseSettings):
     port: int = 8000
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
-    threads: int | None = None
+    threads: int | None = None  # None: chosen from the measured costs (cpu_split)
     max_upload_mb: float = 10.0
     max_files: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_queue: int = 256
-    workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    workers: int | None = None  # None: chosen from the measured costs (cpu_split)
     backend: str | None = None  # None: each model's own runtime (eager for PyTorch models)
     precision: str | None = None
     token: str | None = Field(default=None, repr=False)
@@ -82,9 +81,9 @@ class ServeSettings(BaseSettings):
     def _check(self) -> "ServeSettings":
         positive = {"max_batch_size": self.max_batch_size, "max_upload_mb": self.max_upload_mb,
                     "max_files": self.max_files, "max_pixels": self.max_pixels, "max_queue": self.max_queue,
-                    "workers": self.workers, "threads": self.threads or 1}
+                    "workers": self.workers, "threads": self.threads}
         for name, value in positive.items():
-            if value <= 0:
+            if value is not None and value <= 0:
                 raise ValueError(f"{_flag(name)} must be positive (got {value}).")
         if self.max_wait_ms < 0:
             raise ValueError(f"--max-wait-ms must be zero or more (got {self.max_wait_ms}).")
