@@ -35,7 +35,7 @@ from torchvision.io import ImageReadMode, decode_image as tv_decode
 
 from resnetkit.choose.bench import environment
 from resnetkit.core.errors import ResnetkitError
-from resnetkit.core.fileio import atomic_write
+from resnetkit.core.fileio import write_text_atomic
 from resnetkit.core.images import DRAFT_MARGIN, decode_image, prepare_image
 from resnetkit.core.loading import Classifier, load_model
 from resnetkit.core.zoo import get_spec
@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row = decoders(images, args.rounds)
         result["decoders"][name] = row
         print(f"{name:<32} {row['pillow_ms']:>8} {row['torchvision.io_ms']:>15}  {row['load_average']}", flush=True)
-    with atomic_write(args.json, "w") as out:
-        out.write(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     print(f"written {args.json}")
     return result
 

@@ -269,15 +269,17 @@ class Offline:
 def offline_ceilings(ref: str, images: list[bytes], args: argparse.Namespace) -> Offline:
     """Forward-only images/s at the batch size (batch / p50 time, as ``resnetkit bench``), and end-to-end
     images/s = 1 / (decode + preprocess ms per image of ``images`` + forward ms per image)."""
+    pre = get_spec(args.model).meta().preprocessing
+    # decoding first: some backends' worker threads keep spinning for a while after a forward pass
+    decode = time_calls(lambda: [prepare_image(d, pre) for d in images], warmup=1, min_runs=3, min_seconds=2.0)
+    decode_ms = decode.p50_ms / len(images)
     classifier = load_model(ref, backend=args.backend, options=RunnerOptions(batch_size=args.max_batch_size))
-    pre = classifier.meta.preprocessing
     batch = torch.randn(args.max_batch_size, *pre.input_shape)
     timing = time_calls(lambda: classifier.logits(batch), warmup=2, min_runs=5, min_seconds=5.0)
     forward_ms = timing.p50_ms / args.max_batch_size
-    decode = time_calls(lambda: [prepare_image(d, pre) for d in images], warmup=1, min_runs=3, min_seconds=2.0)
-    decode_ms = decode.p50_ms / len(images)
+    runtime = f"{classifier.runner.backend}/{classifier.runner.precision}"
     result = Offline(1000.0 / forward_ms, 1000.0 / (forward_ms + decode_ms), decode_ms, round(os.getloadavg()[0], 2))
-    print(f"offline at batch {args.max_batch_size} ({classifier.runner.backend}/{classifier.runner.precision}): "
+    print(f"offline at batch {args.max_batch_size} ({runtime}): "
           f"forward-only {result.forward_ips:.1f} img/s, decode+preprocess {decode_ms:.2f} ms/img, end-to-end "
           f"{result.end_to_end_ips:.1f} img/s (load average {result.load_average})", flush=True)
     return result

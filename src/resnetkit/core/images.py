@@ -6,7 +6,8 @@ point accepts the same inputs and refuses the same bad ones with the same messag
 :func:`prepare_image` is the fast path from bytes or file to model tensor: a JPEG much larger
 than the model's input is decoded at 1/2, 1/4 or 1/8 scale by libjpeg (Pillow's draft mode),
 resize and center crop are one Pillow call on 8-bit pixels covering only the crop, and the
-float conversion and normalization are one fused step on the small crop. Its tensors stay
+float conversion and normalization are one numpy step on the small crop (single-threaded, so
+decode workers never wait for torch's intra-op threads, which inference uses). Its tensors stay
 within a stated tolerance of ``decode_image`` + ``Preprocessing.transform()`` (measured by
 ``benchmarks/image_pipeline.py``; see docs/serve.md).
 """
@@ -116,11 +117,12 @@ def to_model_input(image: Image.Image, preprocessing: "Preprocessing") -> torch.
     sx, sy = width / new_w, height / new_h
     box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
     resample = Image.Resampling[preprocessing.interpolation.upper()]
-    cropped = image.resize((crop, crop), resample, box=box)
-    pixels = torch.from_numpy(np.asarray(cropped).copy()).permute(2, 0, 1).contiguous()
-    mean = torch.tensor(preprocessing.mean).view(3, 1, 1) * 255.0
-    inv_std = 1.0 / (torch.tensor(preprocessing.std).view(3, 1, 1) * 255.0)
-    return (pixels.float() - mean) * inv_std
+    pixels = np.asarray(image.resize((crop, crop), resample, box=box), dtype=np.float32)
+    # numpy, not torch: torch would spread these small steps over its intra-op threads, which the
+    # forward passes use; on a busy machine waiting for them costs more than the work itself.
+    mean = np.asarray(preprocessing.mean, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(preprocessing.std, dtype=np.float32) * 255.0)
+    return torch.from_numpy(np.ascontiguousarray(((pixels - mean) * inv_std).transpose(2, 0, 1)))
 
 
 def _check_geometry(image: Image.Image, what: str, max_pixels: int, allow_multi_frame: bool) -> None:
