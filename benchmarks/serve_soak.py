@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--real-weights", action="store_true")
+    parser.add_argument("--images", help="folder of JPEGs to send (default: from ../shared, else synthetic)")
     parser.add_argument("--minutes", type=float, default=10.0, help="at most 60")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--window", type=float, default=30.0, help="seconds per reported window")
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      "--max-upload-mb", str(MAX_UPLOAD_MB), *backend], "/readyz", "")
         process = start(server, Path(tmp) / "server.log")
         try:
-            soak = Soak(server, sample_images(args.model, None), args.minutes * 60.0, args.window, args.seed)
+            soak = Soak(server, sample_images(args.model, args.images), args.minutes * 60.0, args.window, args.seed)
             print(f"{args.model} ({args.backend or 'default backend'}), {args.clients} clients, {args.minutes:g} min, "
                   f"{100 * HOSTILE_SHARE:.0f} % hostile requests; load average {os.getloadavg()[0]:.2f}", flush=True)
             samples = asyncio.run(run(soak, args.clients, process.pid))
