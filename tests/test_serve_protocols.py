@@ -164,3 +164,19 @@ def ts_metric(url: str, name: str) -> float:
             if sample.name == name and sample.labels.get("model_name") == "cifar_resnet20":
                 return sample.value
     raise AssertionError(f"{name} is not in /metrics")
+
+
+def test_with_a_token_the_kserve_routes_answer_401_as_an_error_body(cifar_weights):
+    running = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False, token="t0k")).start()
+    try:
+        running.wait_ready()
+        url = running.url
+        refused = httpx.post(f"{url}{INFER}", json={"inputs": []})
+        assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
+        assert httpx.post(f"{url}/v1/models/cifar_resnet20:predict", json={}).json()["error"].startswith("Missing")
+        assert httpx.get(f"{url}/models").status_code == 401
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200  # probes stay open
+        allowed = httpx.get(f"{url}/v2/models/cifar_resnet20", headers={"Authorization": "Bearer t0k"})
+        assert allowed.status_code == 200
+    finally:
+        running.stop()
