@@ -49,6 +49,7 @@ class ImageSet:
     name: str
     model: str
     images: list[bytes]
+    labels: list[str]  # the folder names: the true class when the model knows it
 
 
 def load_average() -> float:
@@ -58,12 +59,14 @@ def load_average() -> float:
 def image_sets(cifar_limit: int, data: Path) -> list[ImageSet]:
     cifar = sorted((data / "cifar10" / "test").rglob("*.jpg"))
     cifar = cifar[:: max(1, len(cifar) // cifar_limit)][:cifar_limit]
-    photos = [p.read_bytes() for p in sorted((data / "hymenoptera" / "val").rglob("*.jpg"))]
-    cifar_bytes = [p.read_bytes() for p in cifar]
-    return [ImageSet("cifar10 test", "cifar_resnet20", cifar_bytes),
-            ImageSet("cifar10 test, 160 px", "cifar_resnet20", [upscaled(d, 160) for d in cifar_bytes]),
-            ImageSet("hymenoptera val", "resnet18", photos),
-            ImageSet("hymenoptera val, 1500 px photos", "resnet18", [upscaled(p, 1500) for p in photos])]
+    photo_paths = sorted((data / "hymenoptera" / "val").rglob("*.jpg"))
+    photos = [p.read_bytes() for p in photo_paths]
+    cifar_bytes, cifar_labels = [p.read_bytes() for p in cifar], [p.parent.name for p in cifar]
+    photo_labels = [p.parent.name for p in photo_paths]
+    return [ImageSet("cifar10 test", "cifar_resnet20", cifar_bytes, cifar_labels),
+            ImageSet("cifar10 test, 160 px", "cifar_resnet20", [upscaled(d, 160) for d in cifar_bytes], cifar_labels),
+            ImageSet("hymenoptera val", "resnet18", photos, photo_labels),
+            ImageSet("hymenoptera val, 1500 px photos", "resnet18", [upscaled(p, 1500) for p in photos], photo_labels)]
 
 
 def upscaled(data: bytes, short_side: int) -> bytes:
@@ -88,8 +91,12 @@ def classifier_for(model: str) -> tuple[Classifier, str]:
     return load_model(model, pretrained=False), "random"
 
 
-def fidelity(images: list[bytes], classifier: Classifier) -> dict[str, Any]:
+def fidelity(images: list[bytes], labels: list[str], classifier: Classifier) -> dict[str, Any]:
+    """Input differences, top-1 agreement, and top-1 accuracy of both pipelines when the labels are classes."""
     pre = classifier.meta.preprocessing
+    categories = list(classifier.meta.categories)
+    truth = torch.tensor([categories.index(label) if label in categories else -1 for label in labels])
+    right = {"reference": 0, "fast": 0}
     transform = pre.transform()
     std = torch.tensor(pre.std).view(3, 1, 1) * 255.0
     max_diff, p999, diffs, agree, drafted = 0.0, 0.0, [], 0, 0
@@ -101,12 +108,17 @@ def fidelity(images: list[bytes], classifier: Classifier) -> dict[str, Any]:
         max_diff = max(max_diff, float(difference.max()))
         p999 = max(p999, float(torch.quantile(difference.flatten()[::max(1, difference.numel() // 8_000_000)], 0.999)))
         diffs.append(float(difference.mean()))
-        agree += int((classifier.logits(reference).argmax(1) == classifier.logits(fast).argmax(1)).sum())
+        predicted = {"reference": classifier.logits(reference).argmax(1), "fast": classifier.logits(fast).argmax(1)}
+        agree += int((predicted["reference"] == predicted["fast"]).sum())
+        for name, top1 in predicted.items():
+            right[name] += int((top1 == truth[start:start + 64]).sum())
         drafted += sum(_drafted(d, pre.resize_size) for d in chunk)
     return {"images": len(images), "max_abs_diff_pixels": round(max_diff, 3),
             "p99.9_abs_diff_pixels": round(p999, 3),
             "mean_abs_diff_pixels": round(statistics.fmean(diffs), 4), "top1_agreement": round(agree / len(images), 5),
-            "decoded_at_reduced_scale": drafted}
+            "decoded_at_reduced_scale": drafted,
+            **({f"top1_accuracy_{name}": round(n / len(images), 5) for name, n in right.items()}
+               if bool((truth >= 0).all()) else {})}
 
 
 def _drafted(data: bytes, resize_size: int) -> bool:
@@ -174,17 +186,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "torch_threads": 1, "draft_margin": DRAFT_MARGIN}
     print(f"{'image set':<32} {'model (weights)':<24} {'n':>5} {'max diff':>9} {'p99.9':>6} {'mean diff':>9} {'top-1 agree':>11} "
           f"{'reduced':>7} {'ref ms':>8} {'fast ms':>8} {'speedup':>7}  load")
-    for image_set in image_sets(args.cifar_limit, args.data):
+    all_sets = image_sets(args.cifar_limit, args.data)
+    for image_set in all_sets:
         classifier, weights = classifier_for(image_set.model)
         row = {"set": image_set.name, "model": image_set.model, "weights": weights,
-               **fidelity(image_set.images, classifier),
+               **fidelity(image_set.images, image_set.labels, classifier),
                **pipelines(image_set.images[:args.timing_images], classifier, args.rounds)}
         result["sets"].append(row)
         print(f"{row['set']:<32} {row['model'] + ' (' + weights + ')':<24} {row['images']:>5} "
               f"{row['max_abs_diff_pixels']:>9} {row['p99.9_abs_diff_pixels']:>6} {row['mean_abs_diff_pixels']:>9} {100 * row['top1_agreement']:>10.2f}% "
               f"{row['decoded_at_reduced_scale']:>7} {row['reference_ms']:>8} {row['fast_ms']:>8} "
               f"{row['speedup']:>6}x  {row['load_average']}", flush=True)
-    sets = {s.name: s.images[:args.timing_images] for s in image_sets(args.cifar_limit, args.data)}
+        if "top1_accuracy_fast" in row:
+            print(f"{'':<32} top-1 accuracy: reference {100 * row['top1_accuracy_reference']:.2f} %, "
+                  f"fast {100 * row['top1_accuracy_fast']:.2f} %")
+    sets = {s.name: s.images[:args.timing_images] for s in all_sets}
     formats = {"JPEG 32x32 (cifar)": sets["cifar10 test"], "JPEG ~500x375 (hymenoptera)": sets["hymenoptera val"],
                "PNG ~500x375 (hymenoptera)": as_png(sets["hymenoptera val"])}
     print(f"\n{'decode only, ms/image':<32} {'pillow':>8} {'torchvision.io':>15}  load")

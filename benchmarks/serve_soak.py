@@ -73,7 +73,11 @@ class Soak:
     def __init__(self, server: Server, images: list[bytes], seconds: float, window_s: float, seed: int) -> None:
         self.server = server
         path = f"/v1/models/{server.name}/classify"
-        self.valid = [multipart_request(path, server.port, image) for image in images]
+        fitting = [image for image in images if len(image) < MAX_UPLOAD_MB * 1024 * 1024 - 1024]
+        if len(fitting) < len(images):  # a photo above the limit is rightly refused: it is not a valid request
+            print(f"{len(images) - len(fitting)} of {len(images)} images are above --max-upload-mb {MAX_UPLOAD_MB}; "
+                  "left out of the valid requests")
+        self.valid = [multipart_request(path, server.port, image) for image in fitting]
         self.hostile = {kind: multipart_request(path, server.port, body)
                         for kind, body in hostile_payloads(images[0]).items()}
         self.rng = random.Random(seed)

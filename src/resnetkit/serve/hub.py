@@ -118,7 +118,7 @@ class ModelHub:
                               "Models are chosen when the server starts, never by clients.")
 
     def _load(self, entry: ModelEntry) -> tuple[str, str, Classifier]:
-        """Load one model (worker thread) and run it once at batch 1 and at the maximum batch size."""
+        """Load one model (worker thread) and run it once at every batch size the batcher forms."""
         options = RunnerOptions(batch_size=self.settings.max_batch_size, precision=self.settings.precision)
         classifier = load_model(entry.ref, backend=self.settings.backend, options=options)
         shape = classifier.meta.preprocessing.input_shape
