@@ -8,10 +8,11 @@ rounds; the median round is reported. Then the raw decoders per format (Pillow v
 which is how the decoder was chosen. Load averages are recorded: the machine may be shared.
 
 Image sets (../shared): CIFAR-10 test JPEGs (32x32, cifar_resnet20 with its real weights if
-imported, else random), the same resized to 160x160 (JPEG quality 90: decoded at 1/4 scale, so
-the real weights check reduced-scale decoding), hymenoptera val photos (~500x375, resnet18 with random weights: ImageNet
-weights cannot be downloaded here), and the same photos resized to 1500 px on their shorter side and
-saved as JPEG quality 90 (~2000x1500, phone-photo size, where reduced-scale decoding applies).
+imported, else random), the same resized to 160x160 and 320x320 (JPEG quality 90; the 320 px ones
+are decoded at 1/2 scale, so the real weights check reduced-scale decoding), hymenoptera val
+photos (~500x375, resnet18 with random weights: ImageNet weights cannot be downloaded here), and
+the same photos resized to 3000 px on their shorter side (~4000x3000, a 12-megapixel phone photo,
+decoded at 1/2 scale).
 
     python benchmarks/image_pipeline.py [--cifar-limit 2000] [--rounds 5]
 """
@@ -65,8 +66,9 @@ def image_sets(cifar_limit: int, data: Path) -> list[ImageSet]:
     photo_labels = [p.parent.name for p in photo_paths]
     return [ImageSet("cifar10 test", "cifar_resnet20", cifar_bytes, cifar_labels),
             ImageSet("cifar10 test, 160 px", "cifar_resnet20", [upscaled(d, 160) for d in cifar_bytes], cifar_labels),
+            ImageSet("cifar10 test, 320 px", "cifar_resnet20", [upscaled(d, 320) for d in cifar_bytes], cifar_labels),
             ImageSet("hymenoptera val", "resnet18", photos, photo_labels),
-            ImageSet("hymenoptera val, 1500 px photos", "resnet18", [upscaled(p, 1500) for p in photos], photo_labels)]
+            ImageSet("hymenoptera val, 3000 px photos", "resnet18", [upscaled(p, 3000) for p in photos], photo_labels)]
 
 
 def upscaled(data: bytes, short_side: int) -> bytes:
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the ../shared/data folder")
     parser.add_argument("--cifar-limit", type=int, default=2000, help="CIFAR test images used (evenly spaced)")
-    parser.add_argument("--timing-images", type=int, default=100, help="images per set in each timed round")
+    parser.add_argument("--timing-images", type=int, default=40, help="images per set in each timed round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "image_pipeline.json")
     args = parser.parse_args(argv)

@@ -128,9 +128,10 @@ def test_a_crop_larger_than_the_resize_is_padded_as_the_reference_does(tmp_path)
 
 def test_a_large_jpeg_is_decoded_at_reduced_scale_and_stays_close(tmp_path):
     path = tmp_path / "photo.jpg"
-    smooth_photo((2400, 1800)).save(path, quality=90)
-    assert decode_image(path, min_size=512).size == (1200, 900)  # 1/2 scale: the shorter side stays >= 512
-    assert decode_image(path, min_size=1000).size == (2400, 1800)  # 1/2 would go below 1000: full size
+    smooth_photo((3000, 2100)).save(path, quality=90)
+    assert decode_image(path, min_size=1024).size == (1500, 1050)  # 1/2 scale: the shorter side stays >= 1024
+    assert decode_image(path, min_size=512).size == (750, 525)  # 1/4
+    assert decode_image(path, min_size=1100).size == (3000, 2100)  # 1/2 would go below 1100: full size
     difference = pixel_difference(prepare_image(path, IMAGENET), IMAGENET.transform()(decode_image(path)), IMAGENET)
     assert difference <= 8.0
 
