@@ -16,14 +16,14 @@ import torch
 from flask import Flask, jsonify, request
 
 from resnetkit.core.errors import ImageError
-from resnetkit.core.images import decode_image
+from resnetkit.core.images import prepare_image
 from resnetkit.core.loading import load_model
 from resnetkit.run.classify import predict_tensors
 
 
 def create_app(ref: str) -> Flask:
     classifier = load_model(ref)
-    transform = classifier.transform
+    preprocessing = classifier.meta.preprocessing
     app = Flask(__name__)
 
     @app.get("/ping")
@@ -36,7 +36,7 @@ def create_app(ref: str) -> Flask:
         if upload is None:
             return jsonify(error="send the image as multipart field 'file'"), 422
         try:
-            tensor = transform(decode_image(upload.read()))
+            tensor = prepare_image(upload.read(), preprocessing)
         except ImageError as exc:
             return jsonify(error=str(exc)), 422
         [predictions] = predict_tensors(classifier, tensor.unsqueeze(0), 5)

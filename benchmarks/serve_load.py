@@ -4,14 +4,16 @@ N concurrent clients each send one image (multipart field ``file``), wait for th
 send the next, for T seconds (loopback only; bounded in time and request count). For each
 server and client count: throughput, p50/p90/p99 latency, errors, and for resnetkit serve the
 mean batch size it formed. Then the ratio of the two servers, and resnetkit serve's best
-throughput as a fraction of the offline throughput of the same model at the same batch size
-(forward passes only, timed as ``resnetkit bench`` does: batch / p50 time; the ceiling).
+throughput as a fraction of two offline ceilings of the same model, backend and batch size,
+measured in the same run (before and after the load; the higher is kept): forward passes only
+(batch / p50 time, as ``resnetkit bench``), and end to end: decode + preprocess the same images
+(``prepare_image``) plus the forward pass, one after the other, per image.
 
 Weights are random by default (costs do not depend on weight values; no download needed).
 The load generator runs on the same machine and takes CPU from the servers; both servers
 pay that cost alike.
 
-    python benchmarks/serve_load.py --model resnet50 --clients 1,8,32 --seconds 15
+    python benchmarks/serve_load.py --model resnet18 --backend openvino --clients 1,16 --seconds 20
     python benchmarks/serve_load.py --model cifar_resnet20 --clients 1,32,64
 """
 
@@ -37,7 +39,9 @@ import httpx
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from resnetkit.backends.base import RunnerOptions
 from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.images import prepare_image
 from resnetkit.choose.bench import environment, synthetic_photo_jpeg
 from resnetkit.core.measure import percentile, time_calls
 from resnetkit.core.loading import load_model
@@ -178,6 +182,13 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def cpu_split(server: Server) -> dict[str, float]:
+    """The inference threads / decode workers resnetkit serve chose, from its /metrics."""
+    return {sample.labels["role"]: sample.value
+            for family in text_string_to_metric_families(httpx.get(server.url("/metrics")).text)
+            for sample in family.samples if sample.name == "resnetkit_cpu_split"}
+
+
 def batch_totals(server: Server) -> tuple[float, float]:
     """(images, batches) formed so far by resnetkit serve, from its /metrics."""
     totals = {"resnetkit_batch_size_sum": 0.0, "resnetkit_batch_size_count": 0.0}
@@ -227,6 +238,9 @@ def measure_server(server: Server, images: list[bytes], args: argparse.Namespace
     process = start(server, workdir / f"{server.port}.log")
     try:
         requests = [multipart_request(server.classify_path, server.port, image) for image in images]
+        if server.ready_path == "/readyz":
+            args.cpu_split = cpu_split(server)
+            print(f"resnetkit serve cpu split: {args.cpu_split}", flush=True)
         asyncio.run(closed_loop(server.name, server.port, requests, max(args.clients), args.warmup, args.max_requests))
         runs = []
         for clients in args.clients:
@@ -242,15 +256,33 @@ def measure_server(server: Server, images: list[bytes], args: argparse.Namespace
         stop(process)
 
 
-def offline_throughput(ref: str, batch_size: int) -> float:
-    """Forward-only images/s at ``batch_size``, measured as ``resnetkit bench`` does (batch / p50 time)."""
-    classifier = load_model(ref)
-    batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape)
+@dataclass
+class Offline:
+    """The offline ceilings: forward-only and end-to-end (decode + preprocess + forward) images/s."""
+
+    forward_ips: float
+    end_to_end_ips: float
+    decode_ms: float
+    load_average: float
+
+
+def offline_ceilings(ref: str, images: list[bytes], args: argparse.Namespace) -> Offline:
+    """Forward-only images/s at the batch size (batch / p50 time, as ``resnetkit bench``), and end-to-end
+    images/s = 1 / (decode + preprocess ms per image of ``images`` + forward ms per image)."""
+    pre = get_spec(args.model).meta().preprocessing
+    # decoding first: some backends' worker threads keep spinning for a while after a forward pass
+    decode = time_calls(lambda: [prepare_image(d, pre) for d in images], warmup=1, min_runs=3, min_seconds=2.0)
+    decode_ms = decode.p50_ms / len(images)
+    classifier = load_model(ref, backend=args.backend, options=RunnerOptions(batch_size=args.max_batch_size))
+    batch = torch.randn(args.max_batch_size, *pre.input_shape)
     timing = time_calls(lambda: classifier.logits(batch), warmup=2, min_runs=5, min_seconds=5.0)
-    ips = batch_size / (timing.p50_ms / 1000.0)
-    print(f"offline forward-only throughput at batch {batch_size}: {ips:.1f} img/s "
-          f"(load average {os.getloadavg()[0]:.2f})", flush=True)
-    return ips
+    forward_ms = timing.p50_ms / args.max_batch_size
+    runtime = f"{classifier.runner.backend}/{classifier.runner.precision}"
+    result = Offline(1000.0 / forward_ms, 1000.0 / (forward_ms + decode_ms), decode_ms, round(os.getloadavg()[0], 2))
+    print(f"offline at batch {args.max_batch_size} ({runtime}): "
+          f"forward-only {result.forward_ips:.1f} img/s, decode+preprocess {decode_ms:.2f} ms/img, end-to-end "
+          f"{result.end_to_end_ips:.1f} img/s (load average {result.load_average})", flush=True)
+    return result
 
 
 COLUMNS = ("server", "clients", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "errors", "mean_batch",
@@ -261,25 +293,30 @@ def _row(summary: dict[str, Any]) -> str:
     return "  ".join(f"{str(summary[c]):>15}" if i else f"{summary[c]:<16}" for i, c in enumerate(COLUMNS))
 
 
-def report(runs: list[Run], offline: list[float], args: argparse.Namespace) -> dict[str, Any]:
+def report(runs: list[Run], offline: list[Offline], args: argparse.Namespace) -> dict[str, Any]:
     ours = {r.clients: r for r in runs if r.server == "resnetkit serve"}
     naive = {r.clients: r for r in runs if r.server != "resnetkit serve"}
     ratios = {c: round(ours[c].throughput / naive[c].throughput, 2) for c in ours if c in naive and naive[c].throughput}
     best = max(r.throughput for r in ours.values())
-    offline_ips = max(offline, default=None)  # the higher (less disturbed) measurement: the ceiling
+    offline_ips = max((o.forward_ips for o in offline), default=None)  # the higher (less disturbed) one
+    end_to_end = max((o.end_to_end_ips for o in offline), default=None)
     result = {"model": args.model, "weights": "real" if args.real_weights else "random",
               "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "threads": args.threads, "backend": args.backend,
-              "images": args.image_count, "runs": [r.summary() for r in runs],
+              "images": args.image_count, "cpu_split": getattr(args, "cpu_split", None),
+              "runs": [r.summary() for r in runs],
               "throughput_ratio_serve_over_flask": ratios, "serve_best_rps": round(best, 1),
               "offline_throughput_ips": round(offline_ips, 1) if offline_ips else None,
-              "offline_measurements_ips": [round(x, 1) for x in offline],
+              "offline_end_to_end_ips": round(end_to_end, 1) if end_to_end else None,
+              "offline_measurements": [vars(o) for o in offline],
               "serve_fraction_of_offline": round(best / offline_ips, 3) if offline_ips else None,
+              "serve_fraction_of_end_to_end": round(best / end_to_end, 3) if end_to_end else None,
               "environment": environment()}
     for clients, ratio in ratios.items():
         print(f"{clients} clients: resnetkit serve / flask throughput = {ratio}x")
-    if offline_ips:
+    if offline_ips and end_to_end:
         print(f"resnetkit serve best {best:.1f} img/s = {100 * best / offline_ips:.1f} % of the offline forward-only "
-              f"throughput {offline_ips:.1f} img/s at batch {args.max_batch_size}")
+              f"throughput {offline_ips:.1f} img/s and {100 * best / end_to_end:.1f} % of the offline end-to-end "
+              f"ceiling {end_to_end:.1f} img/s at batch {args.max_batch_size}")
     return result
 
 
@@ -294,8 +331,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap on the requests of one run")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of both servers and of the offline run")
-    parser.add_argument("--backend", help="backend of resnetkit serve (the Flask baseline and the offline ceiling stay eager)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of both servers and of the offline run (default: resnetkit serve "
+                             "chooses its split; Flask and the offline run use torch's default)")
+    parser.add_argument("--backend", help="backend of resnetkit serve and of the offline ceilings "
+                                          "(the Flask baseline stays the classic eager demo)")
     parser.add_argument("--skip-flask", action="store_true")
     parser.add_argument("--skip-offline", action="store_true")
     parser.add_argument("--json", help="output file (default: results/serve_load_MODEL.json)")
@@ -318,10 +358,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{args.model} ({'real' if args.real_weights else 'random'} weights), {len(images)} images, "
               f"{args.seconds:.0f} s per run, torch threads {args.threads or torch.get_num_threads()}")
         print(_row({c: c for c in COLUMNS}))
-        offline = [] if args.skip_offline else [offline_throughput(ref, args.max_batch_size)]
+        offline = [] if args.skip_offline else [offline_ceilings(ref, images, args)]
         runs = [run for server in servers(args.model, ref, args) for run in measure_server(server, images, args, workdir)]
         if offline:  # again after the load: other jobs on a shared machine can slow either measurement
-            offline.append(offline_throughput(ref, args.max_batch_size))
+            offline.append(offline_ceilings(ref, images, args))
     result = report(runs, offline, args)
     out = Path(args.json or ROOT / "results" / f"serve_load_{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,11 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from resnetkit.core.errors import ImageError
-from resnetkit.core.images import decode_image, iter_image_paths, to_rgb
+from resnetkit.core.images import decode_image, iter_image_paths, prepare_image, to_rgb
 from resnetkit.core.spec import Preprocessing
 
 from conftest import make_image
@@ -87,3 +88,68 @@ def test_folders_are_walked_for_images_only(tmp_path):
     explicit.write_bytes(b"??")
     found = [p.name for p in iter_image_paths([tmp_path / "d", explicit])]
     assert found == ["b.png", "a.jpg", "x.dat"]
+
+
+# --- the fast path: prepare_image ---------------------------------------------------------------------
+
+IMAGENET = Preprocessing(crop_size=224, resize_size=256)
+
+
+def pixel_difference(a: torch.Tensor, b: torch.Tensor, pre: Preprocessing) -> float:
+    """Largest difference of two model inputs, in 0..255 pixel units (before normalization)."""
+    return float(((a - b) * torch.tensor(pre.std).view(3, 1, 1) * 255).abs().max())
+
+
+def smooth_photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    base = np.stack([x / size[0], y / size[1], (x + y) / sum(size)], axis=-1) * 200
+    return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("size, mode, pre", [
+    ((500, 375), "RGB", IMAGENET), ((375, 500), "RGB", IMAGENET), ((300, 300), "RGBA", IMAGENET),
+    ((257, 999), "L", IMAGENET), ((64, 48), "RGB", Preprocessing(crop_size=32, resize_size=36)),
+    ((32, 32), "RGB", Preprocessing(crop_size=32, resize_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))),
+])
+def test_fast_path_matches_the_reference_transform_within_two_levels(tmp_path, size, mode, pre):
+    path = make_image(tmp_path / "x.png", size=size, mode=mode)
+    reference = pre.transform()(decode_image(path))
+    fast = prepare_image(path, pre)
+    assert fast.shape == reference.shape and fast.dtype == torch.float32 and fast.is_contiguous()
+    assert pixel_difference(fast, reference, pre) <= 2.01  # 8-bit rounding of the two resize passes
+
+
+def test_a_crop_larger_than_the_resize_is_padded_as_the_reference_does(tmp_path):
+    pre = Preprocessing(crop_size=40, resize_size=32)
+    path = make_image(tmp_path / "x.png", size=(50, 50))
+    assert torch.equal(prepare_image(path, pre), pre.transform()(decode_image(path)))
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_stays_close(tmp_path):
+    path = tmp_path / "photo.jpg"
+    smooth_photo((3000, 2100)).save(path, quality=90)
+    assert decode_image(path, min_size=1024).size == (1500, 1050)  # 1/2 scale: the shorter side stays >= 1024
+    assert decode_image(path, min_size=512).size == (750, 525)  # 1/4
+    assert decode_image(path, min_size=1100).size == (3000, 2100)  # 1/2 would go below 1100: full size
+    difference = pixel_difference(prepare_image(path, IMAGENET), IMAGENET.transform()(decode_image(path)), IMAGENET)
+    assert difference <= 8.0
+
+
+def test_the_fast_path_applies_exif_orientation(tmp_path):
+    image = smooth_photo((1200, 600))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif, quality=95)
+    reference = IMAGENET.transform()(decode_image(path))
+    assert pixel_difference(prepare_image(path, IMAGENET), reference, IMAGENET) <= 8.0
+
+
+def test_the_fast_path_refuses_bad_input_with_the_same_messages():
+    with pytest.raises(ImageError, match="not an image format"):
+        prepare_image(b"hello, I am text", IMAGENET)
+    buffer = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(buffer, "PNG")
+    with pytest.raises(ImageError, match="above the limit"):
+        prepare_image(buffer.getvalue(), IMAGENET, max_pixels=1_000_000)

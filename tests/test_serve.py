@@ -26,11 +26,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import make_image
 from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.errors import ResnetkitError
 from resnetkit.core.loading import load_model
-from resnetkit.run.classify import classify
+from resnetkit.core.images import prepare_image
+from resnetkit.run.classify import classify, predict_tensors
 from resnetkit.backends.base import backend_names, register_backend
 from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
+from resnetkit.serve.batcher import batch_sizes
+from resnetkit.serve.cpu_split import choose_split, typical_upload
 from resnetkit.core.zoo import get_spec
 
 CLASSIFY = "/v1/models/cifar_resnet20/classify"
@@ -165,9 +169,11 @@ def test_health_readiness_and_model_listing(server):
     assert httpx.get(f"{server}/v1/models/cifar_resnet20").json()["categories"][3] == "cat"
 
 
-def test_multipart_and_raw_body_give_the_same_answers_as_classify(server, random_model, tmp_path):
+def test_multipart_and_raw_body_give_the_same_answers_as_the_library(server, random_model, tmp_path):
+    """The server's answers are the library's fast pipeline (prepare_image) + the model, image by image."""
     paths = [make_image(tmp_path / f"{i}.png", (40 + 10 * i, 30), seed=i) for i in range(3)]
-    expected = classify(load_model(random_model), paths, top_k=3)
+    model = load_model(random_model)
+    expected = [predict_tensors(model, prepare_image(p, model.meta.preprocessing).unsqueeze(0), 3)[0] for p in paths]
     files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
     response = httpx.post(f"{server}{CLASSIFY}?top_k=3", files=files)
     assert response.status_code == 200
@@ -176,8 +182,8 @@ def test_multipart_and_raw_body_give_the_same_answers_as_classify(server, random
     assert [r["filename"] for r in body["results"]] == [p.name for p in paths]
     for got, want in zip(body["results"], expected):
         assert got["error"] is None
-        assert [p["index"] for p in got["predictions"]] == [p.index for p in want.predictions]
-        assert [p["score"] for p in got["predictions"]] == pytest.approx([p.score for p in want.predictions], abs=1e-5)
+        assert [p["index"] for p in got["predictions"]] == [p.index for p in want]
+        assert [p["score"] for p in got["predictions"]] == pytest.approx([p.score for p in want], abs=1e-5)
     raw = httpx.post(f"{server}{CLASSIFY}?top_k=3", content=paths[0].read_bytes()).json()
     assert raw["results"][0]["filename"] is None
     assert raw["results"][0]["predictions"] == body["results"][0]["predictions"]
@@ -334,7 +340,7 @@ def test_many_simultaneous_requests_each_get_their_own_answer(cifar_weights, cif
 
 
 def test_requests_arriving_while_the_model_is_busy_form_one_batch(cifar_weights, cifar_images):
-    images = cifar_images[:12]
+    images = cifar_images[:9]  # 1 alone, then 8: a batch size the batcher forms (a power of two)
     expected = classify(load_model("cifar_resnet20", backend="eager"), images, top_k=2, batch_size=1)
     with running(models=("cifar_resnet20",), backend="test-gated", max_batch_size=32) as srv:
         with GATE.closed(), ThreadPoolExecutor(len(images)) as pool:
@@ -413,3 +419,78 @@ def test_a_model_that_cannot_be_loaded_stops_the_server_with_its_message(tmp_pat
     with pytest.raises(Exception, match="Could not load the models"):
         server.wait_ready()
     server.stop()
+
+
+# --- settings (pydantic-settings) -----------------------------------------------------------------
+
+def test_settings_read_the_process_environment_and_keyword_arguments_win(monkeypatch):
+    monkeypatch.setenv("RESNETKIT_MODELS", "a=resnet18, cifar_resnet20")
+    monkeypatch.setenv("RESNETKIT_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("RESNETKIT_THREADS", "")  # empty: ignored, as if unset
+    monkeypatch.setenv("RESNETKIT_TOKEN", "s3cret")
+    settings = ServeSettings(max_batch_size=4)
+    assert settings.models == ("a=resnet18", "cifar_resnet20") and settings.max_batch_size == 4
+    assert settings.threads is None and settings.token == "s3cret"
+    assert [(e.name, e.ref) for e in settings.entries] == [("a", "resnet18"), (None, "cifar_resnet20")]
+    assert "s3cret" not in repr(settings)
+    assert ServeSettings.model_construct().max_batch_size == 32  # the CLI's help shows the real defaults
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RESNETKIT_MAX_WAIT_MS": "fast"}, "RESNETKIT_MAX_WAIT_MS='fast' is not a valid float."),
+    ({"RESNETKIT_ACCESS_LOG": "maybe"}, "RESNETKIT_ACCESS_LOG='maybe' is not a valid bool."),
+    ({"RESNETKIT_WORKERS": "0"}, "--workers must be positive (got 0)."),
+    ({"RESNETKIT_PORT": "70000"}, "--port must be between 0 and 65535 (got 70000)."),
+    ({"RESNETKIT_MAX_WAIT_MS": "-1"}, "--max-wait-ms must be zero or more (got -1.0)."),
+])
+def test_bad_environment_values_raise_one_clear_sentence(monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ResnetkitError) as caught:
+        ServeSettings()
+    assert str(caught.value) == message
+    with pytest.raises(ResnetkitError) as caught:
+        ServeSettings.from_env(env)
+    assert str(caught.value) == message
+
+
+def test_settings_are_frozen_and_refuse_unknown_fields():
+    with pytest.raises(ResnetkitError, match="--max-batchsize: Extra inputs are not permitted"):
+        ServeSettings(max_batchsize=3)
+    with pytest.raises(Exception, match="frozen"):
+        ServeSettings().port = 1  # type: ignore[misc]
+
+
+# --- the CPU split and the batch sizes ------------------------------------------------------------
+
+@pytest.mark.parametrize("infer_ms, decode_ms, cores, threads, workers", [
+    (28.0, 3.0, 2, 2, 1),  # resnet18, eager: inference needs both cores
+    (0.9, 0.4, 2, 1, 1),  # cifar_resnet20: a core left to decoding and the event loop
+    (5.0, 5.0, 8, 4, 4),
+    (0.0, 0.0, 1, 1, 1),
+])
+def test_cpu_split_follows_the_measured_costs(infer_ms, decode_ms, cores, threads, workers):
+    split = choose_split(infer_ms, decode_ms, cores)
+    assert (split.threads, split.workers) == (threads, workers)
+    assert f"{threads} inference thread(s), {workers} decode worker(s) on {cores} cores" in split.describe()
+
+
+def test_cpu_split_flags_win():
+    assert (choose_split(28.0, 3.0, 2, threads=1).threads, choose_split(28.0, 3.0, 2, workers=3).workers) == (1, 3)
+
+
+def test_typical_upload_is_a_jpeg_of_the_usual_size():
+    photo = Image.open(io.BytesIO(typical_upload(get_spec("resnet18").meta().preprocessing)))
+    tiny = Image.open(io.BytesIO(typical_upload(get_spec("cifar_resnet20").meta().preprocessing)))
+    assert (photo.format, photo.size, tiny.size) == ("JPEG", (640, 480), (32, 32))
+
+
+def test_batches_come_in_few_sizes():
+    assert batch_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert batch_sizes(24) == [1, 2, 4, 8, 16, 24]
+    assert batch_sizes(1) == [1]
+
+
+def test_the_server_reports_its_split(server):
+    text = httpx.get(f"{server}/metrics").text
+    assert 'resnetkit_cpu_split{role="inference_threads"}' in text and 'resnetkit_cpu_split{role="decode_workers"}' in text

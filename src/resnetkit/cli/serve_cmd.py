@@ -9,7 +9,7 @@ import typer
 from ..serve.settings import ENV_PREFIX, ServeSettings
 from .app import app
 
-_DEFAULTS = ServeSettings()
+_DEFAULTS = ServeSettings.model_construct()  # the defaults, without reading RESNETKIT_*
 
 
 def _opt(flag: str, help: str, kind: Any = str, unset: str = "none", **extra: Any) -> Any:
@@ -30,13 +30,15 @@ PortOpt = _opt("--port", "TCP port (0: any free port).", int)
 MaxBatchOpt = _opt("--max-batch-size", "Most images per forward pass.", int, min=1)
 MaxWaitOpt = _opt("--max-wait-ms", "Longest an image waits for its batch to fill while more are being decoded.",
                   float, min=0)
-ThreadsOpt = _opt("--threads", "torch intra-op threads.", int, unset="torch's choice", min=1)
+ThreadsOpt = _opt("--threads", "torch intra-op threads.", int, unset="chosen from the models' measured costs", min=1)
 UploadOpt = _opt("--max-upload-mb", "Largest request body, in MiB (413 above).", float)
 FilesOpt = _opt("--max-files", "Most images in one request (413 above).", int, min=1)
 PixelsOpt = _opt("--max-pixels", "Largest image in pixels (decompression-bomb guard).", int, min=1)
 QueueOpt = _opt("--max-queue", "Most images in flight per model (503 above).", int, min=1)
-WorkersOpt = _opt("--workers", "Decode/preprocess threads shared by the models.", int, min=1)
-BackendOpt = _opt("--backend", "Inference backend (see 'resnetkit backends').", unset="each model's own runtime")
+WorkersOpt = _opt("--workers", "Decode/preprocess threads shared by the models.", int,
+                  unset="chosen from the measured costs", min=1)
+BackendOpt = _opt("--backend", "Inference backend (see 'resnetkit backends').",
+                  unset="auto for PyTorch models, a file's own runtime for exported files")
 PrecisionOpt = _opt("--precision", "fp32, fp16 or bf16, backend permitting.", unset="the backend's")
 TokenOpt = _opt("--token", "Require 'Authorization: Bearer TOKEN' on /v1 and /predictions.", unset="no token")
 AccessLogOpt = Annotated[bool | None, typer.Option("--access-log/--no-access-log", show_default=False,

@@ -16,13 +16,15 @@ from fastapi_offline import FastAPIOffline
 from .. import __version__
 from .hub import ModelHub, ServeError
 from .metrics import MetricsMiddleware, ServeMetrics
-from .routers import api, health, torchserve, web
+from .routers import api, health, kserve_v1, oip_v2, torchserve, web
 from .settings import ServeSettings
 
 DESCRIPTION = """Image classification with pretrained ResNet-family models, batched dynamically.
 
 * `POST /v1/models/{model}/classify` — one or several images (multipart field `file`) or one raw image body.
-* `POST /predictions/{model}` and `GET /ping` — TorchServe-compatible.
+* `POST /v2/models/{model}/infer` — Open Inference Protocol (KServe v2), images as a BYTES input;
+  `POST /v1/models/{model}:predict` — KServe v1 with `{"instances": [{"b64": ...}]}`.
+* `POST /predictions/{model}`, `GET /ping`, read-only `GET /models` — TorchServe-compatible.
 * `GET /healthz`, `GET /readyz`, `GET /metrics` — operations.
 
 Models are chosen when the server starts; no endpoint loads a model from a client-given path or URL."""
@@ -48,7 +50,7 @@ def create_app(settings: ServeSettings, *, on_load_error: Callable[[str], None] 
 
     app = FastAPIOffline(title="resnetkit serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.hub = hub
-    for module in (api, torchserve, health, web):
+    for module in (api, kserve_v1, oip_v2, torchserve, health, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_exception_handler(ServeError, _serve_error)
@@ -65,11 +67,18 @@ def create_app_from_env() -> FastAPI:
 async def _serve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServeError)
     headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}.get(exc.status)
-    return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+    return JSONResponse(_error_body(request, str(exc)), status_code=exc.status, headers=headers)
+
+
+def _error_body(request: Request, message: str) -> dict[str, str]:
+    """KServe's protocols answer errors as {"error": ...}; resnetkit's own API as {"detail": ...}."""
+    path = request.url.path
+    kserve = path.startswith(oip_v2.PREFIX + "/") or path == oip_v2.PREFIX or path.endswith(":predict")
+    return {"error": message} if kserve else {"detail": message}
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 as one readable sentence, e.g. "top_k: Input should be greater than or equal to 1 (got '0')"."""
     assert isinstance(exc, RequestValidationError)
     messages = [f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
-    return JSONResponse({"detail": "; ".join(messages)}, status_code=422)
+    return JSONResponse(_error_body(request, "; ".join(messages)), status_code=422)

@@ -8,7 +8,8 @@ Each image goes through two stages:
 A collector task on the event loop forms batches while the previous one runs. A batch is
 dispatched as soon as the model is free and one of these holds: it is full
 (``max_batch_size``), no more images for this model are being prepared (so an idle model
-starts at once), or its oldest image has waited ``max_wait_ms``. Images whose client went
+starts at once), or its oldest image has waited ``max_wait_ms``. A batch takes the largest
+of :func:`batch_sizes` that the queue fills; the rest waits for the next one. Images whose client went
 away are dropped before they reach the model; a bad image fails only its own request.
 """
 
@@ -29,6 +30,16 @@ from ..run.classify import Prediction, top_k
 from .metrics import ServeMetrics
 
 Prepare = Callable[[bytes], torch.Tensor]
+
+
+def batch_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes formed: powers of two up to ``max_batch_size``, and ``max_batch_size`` itself.
+
+    Backends that compile one program per input shape (OpenVINO) then compile a handful of
+    programs, all at warm-up, instead of one per size met in traffic (a long pause each time).
+    """
+    sizes = {1 << n for n in range(max_batch_size.bit_length()) if 1 << n <= max_batch_size}
+    return sorted(sizes | {max_batch_size})
 
 
 class ServerBusyError(ResnetkitError):
@@ -154,12 +165,15 @@ class DynamicBatcher:
             self._changed()
 
     def _take(self) -> list[_Item]:
-        batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+        size = max(s for s in batch_sizes(self.max_batch_size) if s <= len(self._queue))
+        batch = [self._queue.popleft() for _ in range(size)]
         self._changed()
         return batch
 
     async def _run(self, batch: list[_Item]) -> None:
         self._metrics.batch_size.labels(self.name).observe(len(batch))
+        now = time.monotonic()
+        self._metrics.observe_queue_wait(self.name, sum(now - item.enqueued for item in batch))
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._inference, self._infer, [i.tensor for i in batch],

@@ -14,7 +14,7 @@ from starlette.types import Receive
 from ..core.errors import ImageError
 from ..run.classify import Prediction
 from .batcher import ServerBusyError
-from .hub import ModelHub, ServeError
+from .hub import ModelHub, ServedModel, ServeError
 from .metrics import CLIENT_CLOSED
 from .settings import ServeSettings
 from .uploads import Upload, read_uploads
@@ -85,8 +85,19 @@ async def classify_request(request: Request, hub: ModelHub, model: str, k: int, 
     settings = hub.settings
     uploads = await read_uploads(request, max_bytes=settings.max_upload_bytes,
                                  max_files=max_files or settings.max_files, field=field)
+    return uploads, await classify_images(request, hub, served, [u.data for u in uploads], k)
+
+
+async def classify_images(request: Request, hub: ModelHub, served: ServedModel, images: list[bytes],
+                          k: int) -> list[list[Prediction] | ImageError]:
+    """Top-``k`` of each encoded image (or the error that refused it), cancelled if the client leaves."""
+    if len(images) > hub.settings.max_files:
+        raise ServeError(413, f"{len(images)} images in one request; the limit is {hub.settings.max_files} "
+                              "(--max-files). Split them over several requests.")
+    clock = Stopwatch()
     try:
-        results = await unless_disconnected(request, served.batcher.classify([u.data for u in uploads], k))
+        results = await unless_disconnected(request, served.batcher.classify(images, k))
     except ServerBusyError as exc:
         raise ServeError(503, str(exc)) from None
-    return uploads, results
+    hub.metrics.observe_inference_request(served.name, clock.ms / 1000.0)
+    return results

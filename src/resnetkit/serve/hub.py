@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 import torch
 
 from ..core.errors import ResnetkitError
-from ..core.images import decode_image
+from ..core.images import prepare_image
 from ..core.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
-from .batcher import DynamicBatcher
+from .batcher import DynamicBatcher, batch_sizes
+from .cpu_split import CpuSplit, available_cores, choose_split, measure_decode_ms, measure_infer_ms
 from .metrics import ServeMetrics
 from .schemas import ModelDetail, ModelInfo
 from .settings import ModelEntry, ServeSettings
@@ -33,8 +35,15 @@ class ServeError(ResnetkitError):
 @dataclass
 class ServedModel:
     name: str
+    ref: str  # as given when the server started: zoo name or file
     classifier: Classifier
     batcher: DynamicBatcher
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model, e.g. ``openvino/bf16``."""
+        return f"{self.classifier.runner.backend}/{self.classifier.runner.precision}"
 
     def info(self) -> ModelInfo:
         meta, runner = self.classifier.meta, self.classifier.runner
@@ -60,7 +69,8 @@ class ModelHub:
         self.ready = False
         self.load_error: str | None = None
         self._on_load_error = on_load_error
-        self._decode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="decode")
+        self.split: CpuSplit | None = None
+        self._decode_pool: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         """Load and warm every model, then start their batchers; a failure is reported, not raised."""
@@ -68,16 +78,21 @@ class ModelHub:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
             loaded = [await asyncio.to_thread(self._load, entry) for entry in self.settings.entries]
-            _check_unique([name for name, _ in loaded])
+            _check_unique([name for name, _, _ in loaded])
+            self.split = await asyncio.to_thread(self._choose_split, [classifier for _, _, classifier in loaded])
         except Exception as exc:  # noqa: BLE001 - any load failure stops the server with its message
             self._fail(str(exc) if isinstance(exc, ResnetkitError) else f"{type(exc).__name__}: {exc}")
             return
-        for name, classifier in loaded:
-            self.models[name] = ServedModel(name, classifier, self._batcher(name, classifier))
+        torch.set_num_threads(self.split.threads)
+        self._decode_pool = ThreadPoolExecutor(self.split.workers, thread_name_prefix="decode")
+        log.info("cpu split: %s", self.split.describe())
+        self.metrics.cpu_split.labels("inference_threads").set(self.split.threads)
+        self.metrics.cpu_split.labels("decode_workers").set(self.split.workers)
+        for name, ref, classifier in loaded:
+            self.models[name] = ServedModel(name, ref, classifier, self._batcher(name, classifier))
             self.models[name].batcher.start()
         self.ready = True
-        log.info("ready: %s", ", ".join(f"{m.name} ({m.classifier.runner.backend}/{m.classifier.runner.precision})"
-                                         for m in self.models.values()))
+        log.info("ready: %s", ", ".join(f"{m.name} ({m.runtime})" for m in self.models.values()))
 
     def _fail(self, message: str) -> None:
         self.load_error = f"Could not load the models: {message}"
@@ -89,7 +104,8 @@ class ModelHub:
         """Finish the admitted images of every model, then stop the workers."""
         self.ready = False
         await asyncio.gather(*(m.batcher.close() for m in self.models.values()))
-        self._decode_pool.shutdown(wait=True)
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=True)
 
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name)
@@ -101,25 +117,33 @@ class ModelHub:
         raise ServeError(404, f"Model '{name}' is not served here. Served models: {served}. "
                               "Models are chosen when the server starts, never by clients.")
 
-    def _load(self, entry: ModelEntry) -> tuple[str, Classifier]:
-        """Load one model (worker thread) and run it once at batch 1 and at the maximum batch size."""
+    def _load(self, entry: ModelEntry) -> tuple[str, str, Classifier]:
+        """Load one model (worker thread) and run it once at every batch size the batcher forms."""
         options = RunnerOptions(batch_size=self.settings.max_batch_size, precision=self.settings.precision)
         classifier = load_model(entry.ref, backend=self.settings.backend, options=options)
         shape = classifier.meta.preprocessing.input_shape
-        for size in sorted({1, self.settings.max_batch_size}):
+        for size in batch_sizes(self.settings.max_batch_size):  # the only sizes the batcher forms
             classifier.probabilities(torch.zeros(size, *shape))
-        return entry.name or classifier.meta.name, classifier
+        return entry.name or classifier.meta.name, entry.ref, classifier
+
+    def _choose_split(self, classifiers: list[Classifier]) -> CpuSplit:
+        """Inference threads and decode workers from the measured costs (the user's --threads/--workers win)."""
+        infer_ms = sum(measure_infer_ms(c, self.settings.max_batch_size) for c in classifiers)
+        decode_ms = sum(measure_decode_ms(c.meta.preprocessing) for c in classifiers) / len(classifiers)
+        return choose_split(infer_ms, decode_ms, available_cores(), threads=self.settings.threads,
+                            workers=self.settings.workers)
 
     def _batcher(self, name: str, classifier: Classifier) -> DynamicBatcher:
-        transform, max_pixels = classifier.transform, self.settings.max_pixels
+        preprocessing, max_pixels = classifier.meta.preprocessing, self.settings.max_pixels
 
         def prepare(data: bytes) -> torch.Tensor:
-            return transform(decode_image(data, max_pixels=max_pixels, allow_multi_frame=False))
+            return prepare_image(data, preprocessing, max_pixels=max_pixels, allow_multi_frame=False)
 
         s = self.settings
+        assert self._decode_pool is not None and self.split is not None
         return DynamicBatcher(name, classifier, prepare, self._decode_pool, self.metrics,
                               max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
-                              threads=s.threads)
+                              threads=self.split.threads)
 
 
 def _check_unique(names: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -9,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection before the response"
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TS_VERSION = "1.0"  # every served model has one version; TorchServe's default version name
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -32,12 +34,35 @@ class ServeMetrics:
                                  "(being decoded or queued).", ["model"], registry=r)
         self.images = Counter("resnetkit_images", "Images by outcome: ok, invalid, cancelled (client gone), "
                               "rejected (queue full).", ["model", "outcome"], registry=r)
+        self.cpu_split = Gauge("resnetkit_cpu_split", "Cores given to inference threads and to decode workers, "
+                               "chosen at start from the measured per-image costs (or --threads/--workers).",
+                               ["role"], registry=r)
+        # TorchServe's names, so its dashboards and alerts keep working. They are counters in TorchServe;
+        # gauges here only because prometheus_client would rename a counter to *_total.
+        ts_labels = ["model_name", "model_version", "hostname"]
+        self.ts_requests = Gauge("ts_inference_requests_total", "TorchServe name: inference requests answered.",
+                                 ts_labels, registry=r)
+        self.ts_latency = Gauge("ts_inference_latency_microseconds", "TorchServe name: cumulative time of the "
+                                "inference requests (queue + decode + forward pass), in microseconds.",
+                                ts_labels, registry=r)
+        self.ts_queue = Gauge("ts_queue_latency_microseconds", "TorchServe name: cumulative time images waited "
+                              "in the queue for their batch, in microseconds.", ts_labels, registry=r)
+        self._host = socket.gethostname()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         if status >= 400:
             self.errors.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
+
+    def observe_inference_request(self, model: str, seconds: float) -> None:
+        """One request that reached ``model`` (any protocol), answered after ``seconds``."""
+        self.ts_requests.labels(model, TS_VERSION, self._host).inc()
+        self.ts_latency.labels(model, TS_VERSION, self._host).inc(seconds * 1e6)
+
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        """Images of one batch waited ``seconds`` in total in the queue."""
+        self.ts_queue.labels(model, TS_VERSION, self._host).inc(seconds * 1e6)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

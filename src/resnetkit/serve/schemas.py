@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -45,13 +47,6 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
-class Limits(BaseModel):
-    max_upload_mb: float
-    max_files: int
-    max_pixels: int
-    auth_required: bool
-
-
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
@@ -74,3 +69,119 @@ class TorchServeError(BaseModel):
     code: int
     type: str
     message: str
+
+
+class TorchServeModelRef(BaseModel):
+    modelName: str
+    modelUrl: str = Field(description="The model reference given when the server started (zoo name or file).")
+
+
+class TorchServeModelList(BaseModel):
+    models: list[TorchServeModelRef]
+
+
+class TorchServeWorker(BaseModel):
+    id: str
+    startTime: str
+    status: str = Field(examples=["READY"])
+    memoryUsage: int = Field(description="Peak resident memory of the server process, in bytes.")
+    pid: int
+    gpu: bool = False
+    gpuUsage: str = "N/A"
+
+
+class TorchServeModelDescription(TorchServeModelRef):
+    modelVersion: str
+    runtime: str = Field(description="resnetkit's backend and precision, e.g. 'openvino/bf16'.")
+    minWorkers: int
+    maxWorkers: int
+    batchSize: int
+    maxBatchDelay: float = Field(description="--max-wait-ms")
+    loadedAtStartup: bool = True
+    workers: list[TorchServeWorker]
+
+
+# --- Open Inference Protocol (KServe v2) and KServe v1 ----------------------------------------------
+
+class OipError(BaseModel):
+    error: str = Field(description="What went wrong and what to do.")
+
+
+class OipServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class OipLive(BaseModel):
+    live: bool
+
+
+class OipReady(BaseModel):
+    ready: bool
+
+
+class OipModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class OipTensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1: any size.")
+
+
+class OipModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[OipTensorMetadata]
+    outputs: list[OipTensorMetadata]
+
+
+class OipRequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = Field(default=None, description="Base64 strings, one per image (row-major if nested); "
+                                                             "absent with the binary data extension.")
+
+
+class OipRequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class OipInferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description='e.g. {"top_k": 3} (default 5)')
+    inputs: list[OipRequestInput]
+    outputs: list[OipRequestOutput] | None = None
+
+
+class OipResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+
+
+class OipInferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[OipResponseOutput]
+
+
+class KServeV1Instance(BaseModel):
+    b64: str = Field(description="The image file, base64-encoded.")
+
+
+class KServeV1Request(BaseModel):
+    instances: list[KServeV1Instance | str] = Field(min_length=1)
+
+
+class KServeV1Response(BaseModel):
+    predictions: list[list[PredictionOut]] = Field(description="Top-k of each instance, most probable first.")

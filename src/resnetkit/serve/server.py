@@ -26,6 +26,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # queue connections at once: the URL is logged before uvicorn's loop starts accepting
     except OSError as exc:
         sock.close()
         raise ResnetkitError(f"Cannot listen on {host}:{port}: {exc.strerror}. Choose another --port or --host.") from None

@@ -1,13 +1,15 @@
-"""Server settings: one dataclass, filled from ``RESNETKIT_*`` environment variables and overrides."""
+"""Server settings: one pydantic-settings class, filled from ``RESNETKIT_*`` environment variables and overrides."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from ..core.errors import ResnetkitError
 from ..core.images import DEFAULT_MAX_PIXELS
@@ -15,6 +17,7 @@ from ..core.zoo import get_spec, is_zoo_name
 
 ENV_PREFIX = "RESNETKIT_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_KINDS = {"int_parsing": "int", "int_from_float": "int", "float_parsing": "float", "bool_parsing": "bool"}
 
 
 @dataclass(frozen=True)
@@ -39,40 +42,57 @@ class ModelEntry:
             get_spec(self.ref)  # raises UnknownModelError with suggestions
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """Everything ``resnetkit serve`` can be told. Each field can also come from ``RESNETKIT_<FIELD>``."""
+class ServeSettings(BaseSettings):
+    """Everything ``resnetkit serve`` can be told. Each field can also come from ``RESNETKIT_<FIELD>``.
 
-    models: tuple[str, ...] = ()
+    Keyword arguments win over the environment; a bad value raises :class:`ResnetkitError` with a clear message.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="forbid")
+
+    models: Annotated[tuple[str, ...], NoDecode] = ()
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
-    threads: int | None = None
+    threads: int | None = None  # None: chosen from the measured costs (cpu_split)
     max_upload_mb: float = 10.0
     max_files: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_queue: int = 256
-    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    workers: int | None = None  # None: chosen from the measured costs (cpu_split)
     backend: str | None = None  # None: each model's own runtime (eager for PyTorch models)
     precision: str | None = None
-    token: str | None = None
+    token: str | None = Field(default=None, repr=False)
     access_log: bool = True
 
-    def __post_init__(self) -> None:
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ResnetkitError(_explain(exc)) from None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return split_models(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServeSettings":
         positive = {"max_batch_size": self.max_batch_size, "max_upload_mb": self.max_upload_mb,
                     "max_files": self.max_files, "max_pixels": self.max_pixels, "max_queue": self.max_queue,
-                    "workers": self.workers, "threads": self.threads or 1}
+                    "workers": self.workers, "threads": self.threads}
         for name, value in positive.items():
-            if value <= 0:
-                raise ResnetkitError(f"{_flag(name)} must be positive (got {value}).")
+            if value is not None and value <= 0:
+                raise ValueError(f"{_flag(name)} must be positive (got {value}).")
         if self.max_wait_ms < 0:
-            raise ResnetkitError(f"--max-wait-ms must be zero or more (got {self.max_wait_ms}).")
+            raise ValueError(f"--max-wait-ms must be zero or more (got {self.max_wait_ms}).")
         if self.max_queue < self.max_files:
-            raise ResnetkitError(f"--max-queue ({self.max_queue}) must be at least --max-files ({self.max_files}), "
-                                 "or requests with many files could never be admitted.")
+            raise ValueError(f"--max-queue ({self.max_queue}) must be at least --max-files ({self.max_files}), "
+                             "or requests with many files could never be admitted.")
         if not 0 <= self.port <= 65535:
-            raise ResnetkitError(f"--port must be between 0 and 65535 (got {self.port}).")
+            raise ValueError(f"--port must be between 0 and 65535 (got {self.port}).")
+        return self
 
     @property
     def max_upload_bytes(self) -> int:
@@ -84,40 +104,32 @@ class ServeSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "ServeSettings":
-        """Defaults, then ``RESNETKIT_<FIELD>`` variables, then ``overrides`` that are not ``None``."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            text = environ.get(ENV_PREFIX + f.name.upper())
-            if text is not None and text.strip():
-                values[f.name] = _coerce(f.name, str(f.type), text.strip())
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(values.get("models"), str):
-            values["models"] = split_models(values["models"])
-        return cls(**values)
+        """Defaults, then ``RESNETKIT_<FIELD>`` variables (of ``environ``, default ``os.environ``), then
+        ``overrides`` that are not ``None``."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if environ is None:
+            return cls(**given)
+        env = EnvSettingsSource(cls)
+        env.env_vars = parse_env_vars(environ, env.case_sensitive, env.env_ignore_empty, env.env_parse_none_str)
+        return cls(_build_sources=((InitSettingsSource(cls, given), env), given))
 
 
 def split_models(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def _coerce(name: str, type_name: str, text: str) -> Any:
-    """Convert an environment variable to the field's type, with a clear error."""
-    kinds = {"int": int, "float": float, "bool": _parse_bool}
-    kind = next((convert for word, convert in kinds.items() if type_name.startswith(word)), None)
-    if kind is None:
-        return text
-    try:
-        return kind(text)
-    except ValueError:
-        raise ResnetkitError(f"{ENV_PREFIX}{name.upper()}='{text}' is not a valid {type_name.split()[0]}.") from None
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ValueError(text)
-    return lowered in ("1", "true", "yes", "on")
+def _explain(exc: ValidationError) -> str:
+    """The first validation error as one sentence naming the variable or option that was wrong."""
+    error = exc.errors()[0]
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    field = str(error["loc"][0]) if error["loc"] else ""
+    given = error.get("input")
+    where = f"{ENV_PREFIX}{field.upper()}" if isinstance(given, str) else _flag(field)
+    kind = _KINDS.get(error["type"])
+    if kind:
+        return f"{where}='{given}' is not a valid {kind}."
+    return f"{where}: {error['msg']} (got {given!r})."
 
 
 def _flag(name: str) -> str:

@@ -8,6 +8,8 @@ so python-multipart never rolls a part over to a temporary file.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -76,3 +78,12 @@ async def _parse_multipart(request: Request, body: bytes, field: str | None) -> 
         raise ServeError(422, f"The multipart body could not be parsed: {exc.message}") from None
     files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
     return [Upload(value.filename, await value.read()) for name, value in files if field is None or name == field]
+
+
+def decode_base64(text: str, what: str) -> bytes:
+    """The bytes of a base64 string, or a 400 saying that ``what`` is not valid base64."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ServeError(400, f"{what} is not valid base64; encode the image file with base64 "
+                              "(e.g. base64 -w0 photo.jpg).") from None

@@ -84,18 +84,20 @@ function newCard(file) {
   return body;
 }
 
-function fillCard(body, result, latencyMs) {
+function fillCard(body, result, latencyMs, model) {
   body.querySelector(".latency").remove();
   if (result.error) {
     body.append(element("div", "error", result.error.charAt(0).toUpperCase() + result.error.slice(1)));
     return;
   }
   result.predictions.forEach((p, i) => body.append(bar(p, i === 0)));
-  body.append(element("div", "latency", `server ${latencyMs.toFixed(1)} ms`));
+  const ran = model ? `${model.name} on ${model.backend}/${model.precision} · ` : "";
+  body.append(element("div", "latency", `${ran}server ${latencyMs.toFixed(1)} ms`));
 }
 
 async function classify(file) {
   const body = newCard(file);
+  const model = models.find((m) => m.name === $("model").value);
   const form = new FormData();
   form.append("file", file, file.name);
   const url = `/v1/models/${encodeURIComponent($("model").value)}/classify?top_k=${$("topk").value}`;
@@ -103,7 +105,7 @@ async function classify(file) {
     const response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
     const json = response.headers.get("content-type")?.includes("json") ? await response.clone().json() : null;
     if (json && json.results) {
-      fillCard(body, json.results[0], json.latency_ms);
+      fillCard(body, json.results[0], json.latency_ms, model);
     } else {
       fillCard(body, { error: await errorMessage(response) }, 0);
     }

@@ -1,13 +1,20 @@
-"""TorchServe-compatible inference API: clients of TorchServe's image classifier work unchanged."""
+"""TorchServe compatibility: its inference API (clients of its image classifier work unchanged) and
+read-only views of its management API. Nothing here registers, loads or scales a model."""
 
 from __future__ import annotations
+
+import os
+import resource
+import sys
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ..deps import Hub, classify_request, require_token
-from ..hub import ServeError
-from ..schemas import TorchServeError, TorchServePing
+from ..hub import ServedModel, ServeError
+from ..metrics import TS_VERSION
+from ..schemas import (TorchServeError, TorchServeModelDescription, TorchServeModelList, TorchServeModelRef,
+                       TorchServePing, TorchServeWorker)
 
 TORCHSERVE_TOP_K = 5  # TorchServe's image_classifier handler returns the top 5
 ERROR_TYPES = {404: "ModelNotFoundException", 413: "RequestEntityTooLargeException", 422: "InvalidInputException",
@@ -22,21 +29,69 @@ async def ping(hub: Hub) -> JSONResponse:
     return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"}, status_code=200 if healthy else 503)
 
 
-async def predictions(model: str, request: Request, hub: Hub) -> JSONResponse:
+async def predictions(model: str, request: Request, hub: Hub, version: str | None = None) -> JSONResponse:
     """One image as the raw body (``curl -T img.jpg``) or as any multipart file field (``-F data=@img.jpg``)."""
     try:
+        _check_version(model, version)
         _, [outcome] = await classify_request(request, hub, model, TORCHSERVE_TOP_K, field=None, max_files=1)
         if isinstance(outcome, Exception):
             raise ServeError(422, str(outcome))
     except ServeError as exc:
-        body = TorchServeError(code=exc.status, type=ERROR_TYPES.get(exc.status, "InternalServerException"),
-                               message=str(exc))
-        return JSONResponse(body.model_dump(), status_code=exc.status)
+        return _error(exc)
     return JSONResponse({p.label: p.score for p in outcome})
 
 
-for _method in ("POST", "PUT"):  # curl -T sends PUT; TorchServe accepts both
-    router.add_api_route("/predictions/{model}", predictions, methods=[_method], dependencies=[Depends(require_token)],
-                         response_model=dict[str, float], operation_id=f"torchserve_predictions_{_method.lower()}",
-                         responses={code: {"model": TorchServeError} for code in ERROR_TYPES},
-                         summary="TorchServe-style prediction: {label: probability} of the top 5")
+for _path in ("/predictions/{model}", "/predictions/{model}/{version}"):
+    for _method in ("POST", "PUT"):  # curl -T sends PUT; TorchServe accepts both
+        router.add_api_route(_path, predictions, methods=[_method], dependencies=[Depends(require_token)],
+                             response_model=dict[str, float], responses={c: {"model": TorchServeError} for c in ERROR_TYPES},
+                             operation_id=f"torchserve_predictions{'_version' * ('version' in _path)}_{_method.lower()}",
+                             summary="TorchServe-style prediction: {label: probability} of the top 5")
+
+
+@router.get("/models", response_model=TorchServeModelList, dependencies=[Depends(require_token)],
+            summary="TorchServe management view (read-only): the served models")
+async def list_models(hub: Hub) -> TorchServeModelList:
+    return TorchServeModelList(models=[TorchServeModelRef(modelName=m.name, modelUrl=m.ref)
+                                       for m in hub.models.values()])
+
+
+@router.get("/models/{model}", response_model=list[TorchServeModelDescription], dependencies=[Depends(require_token)],
+            responses={404: {"model": TorchServeError}}, summary="TorchServe management view (read-only): one model")
+@router.get("/models/{model}/{version}", response_model=list[TorchServeModelDescription],
+            dependencies=[Depends(require_token)], responses={404: {"model": TorchServeError}}, include_in_schema=False)
+async def describe_model(model: str, hub: Hub, version: str | None = None) -> JSONResponse:
+    try:
+        _check_version(model, version)
+        served = hub.get(model)
+    except ServeError as exc:
+        return _error(exc)
+    return JSONResponse([_describe(served).model_dump()])
+
+
+def _describe(served: ServedModel) -> TorchServeModelDescription:
+    batcher = served.batcher
+    worker = TorchServeWorker(id="1", startTime=served.started.isoformat(), status="READY",
+                              memoryUsage=_rss_bytes(), pid=os.getpid())
+    return TorchServeModelDescription(
+        modelName=served.name, modelUrl=served.ref, modelVersion=TS_VERSION, runtime=served.runtime,
+        minWorkers=1, maxWorkers=1, batchSize=batcher.max_batch_size, maxBatchDelay=batcher.max_wait * 1000.0,
+        workers=[worker])
+
+
+def _check_version(model: str, version: str | None) -> None:
+    if version not in (None, TS_VERSION):
+        raise ServeError(404, f"Model version {version} does not exist for model {model}; "
+                              f"each served model has the single version {TS_VERSION}.")
+
+
+def _error(exc: ServeError) -> JSONResponse:
+    body = TorchServeError(code=exc.status, type=ERROR_TYPES.get(exc.status, "InternalServerException"),
+                           message=str(exc))
+    return JSONResponse(body.model_dump(), status_code=exc.status)
+
+
+def _rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

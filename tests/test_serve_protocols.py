@@ -1,0 +1,182 @@
+"""The protocols users migrate from: Open Inference Protocol (KServe v2), KServe v1, TorchServe's
+management views and metric names, against a real uvicorn on 127.0.0.1 serving the real CIFAR ResNet-20."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from resnetkit.core.loading import load_model
+from resnetkit.run.classify import classify
+from resnetkit.serve import ServerThread, ServeSettings
+
+INFER = "/v2/models/cifar_resnet20/infer"
+
+
+@pytest.fixture(scope="module")
+def server(cifar_weights: Path) -> Iterator[str]:
+    running = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False)).start()
+    try:
+        running.wait_ready()
+        yield running.url
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def images(cifar_test_dir: Path) -> list[Path]:
+    """Two CIFAR-10 test JPEGs of each class."""
+    return [path for folder in sorted(cifar_test_dir.iterdir()) for path in sorted(folder.glob("*.jpg"))[:2]]
+
+
+@pytest.fixture(scope="module")
+def expected(images: list[Path]) -> list[list[str]]:
+    """The top-3 labels ``resnetkit classify`` gives each image."""
+    return [[p.label for p in r.predictions] for r in classify(load_model("cifar_resnet20"), images, top_k=3)]
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def bytes_input(data: list[str], name: str = "image") -> dict:
+    return {"name": name, "shape": [len(data)], "datatype": "BYTES", "data": data}
+
+
+def test_v2_infer_with_base64_jpegs_answers_the_right_labels(server, images, expected):
+    body = {"id": "r1", "parameters": {"top_k": 3}, "inputs": [bytes_input([b64(p) for p in images])]}
+    response = httpx.post(f"{server}{INFER}", json=body, timeout=60)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["model_name"] == "cifar_resnet20" and answer["id"] == "r1"
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert {name: (o["datatype"], o["shape"]) for name, o in outputs.items()} == {
+        "label": ("BYTES", [20, 3]), "score": ("FP32", [20, 3]), "index": ("INT64", [20, 3])}
+    labels = [outputs["label"]["data"][i * 3:i * 3 + 3] for i in range(20)]
+    assert labels == expected
+    truth = [p.parent.name for p in images]
+    assert sum(row[0] == t for row, t in zip(labels, truth)) >= 16  # ResNet-20 is ~91 % right on CIFAR-10
+    categories = httpx.get(f"{server}/v1/models/cifar_resnet20").json()["categories"]
+    assert [categories[i] for i in outputs["index"]["data"]] == outputs["label"]["data"]
+    scores = outputs["score"]["data"]
+    assert all(scores[i] >= scores[i + 1] for i in range(0, 60, 3))
+
+
+def test_v2_binary_data_extension_gives_the_same_answer(server, images):
+    chosen = images[:4]
+    raw = b"".join(struct.pack("<I", len(p.read_bytes())) + p.read_bytes() for p in chosen)
+    header = json.dumps({"inputs": [{"name": "image", "shape": [4], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": [{"name": "label"}]}).encode()
+    response = httpx.post(f"{server}{INFER}", content=header + raw,
+                          headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 200
+    [output] = response.json()["outputs"]
+    as_json = httpx.post(f"{server}{INFER}", json={"inputs": [bytes_input([b64(p) for p in chosen])],
+                                                   "outputs": [{"name": "label"}]}).json()["outputs"]
+    assert output["name"] == "label" and output["shape"] == [4, 5] and [output] == as_json
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ("junk-image", 400, "Image 1 of input 'image': the uploaded data is not an image format"),
+    ({"inputs": [bytes_input(["not base64!"])]}, 400, "Element 0 of the BYTES input is not valid base64"),
+    ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}, 400, "datatype FP32"),
+    ({"inputs": [{**bytes_input(["aGk="]), "shape": [2]}]}, 400, "has shape [2] but holds 1 images"),
+    ({"inputs": []}, 400, "exactly one input"),
+    ({"instances": []}, 400, "Not an inference request: inputs: Field required"),
+    ({"parameters": {"top_k": 0}, "inputs": [bytes_input(["aGk="])]}, 400, "top_k must be an integer from 1"),
+    ({"inputs": [bytes_input(["aGk="])], "outputs": [{"name": "logits"}]}, 400, "Unknown output logits"),
+])
+def test_v2_bad_requests_are_4xx_with_an_error_body(server, images, body, status, message):
+    if body == "junk-image":
+        body = {"inputs": [bytes_input([b64(images[0]), base64.b64encode(b"GIF89a junk").decode()])]}
+    response = httpx.post(f"{server}{INFER}", json=body)
+    assert response.status_code == status and message in response.json()["error"]
+
+
+def test_v2_unknown_model_and_bad_json(server):
+    missing = httpx.post(f"{server}/v2/models/resnet50/infer", json={"inputs": []})
+    assert missing.status_code == 404 and "not served here" in missing.json()["error"]
+    assert httpx.get(f"{server}/v2/models/resnet50/ready").status_code == 404
+    broken = httpx.post(f"{server}{INFER}", content=b"{not json")
+    assert broken.status_code == 400 and "Not an inference request" in broken.json()["error"]
+    cut = httpx.post(f"{server}{INFER}", content=b"{}", headers={"Inference-Header-Content-Length": "99"})
+    assert cut.status_code == 400 and "not a length within the body" in cut.json()["error"]
+
+
+def test_v2_health_and_metadata(server):
+    assert httpx.get(f"{server}/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert httpx.get(f"{server}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{server}/v2/models/cifar_resnet20/ready").json() == {"name": "cifar_resnet20", "ready": True}
+    metadata = httpx.get(f"{server}/v2/models/cifar_resnet20").json()
+    assert metadata["platform"] == "resnetkit/eager/fp32"
+    assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [
+        ("label", "BYTES"), ("score", "FP32"), ("index", "INT64")]
+
+
+def test_kserve_v1_predict(server, images, expected):
+    body = {"instances": [{"b64": b64(p)} for p in images[:6]]}
+    response = httpx.post(f"{server}/v1/models/cifar_resnet20:predict?top_k=3", json=body)
+    assert response.status_code == 200
+    assert [[p["label"] for p in row] for row in response.json()["predictions"]] == expected[:6]
+    junk = httpx.post(f"{server}/v1/models/cifar_resnet20:predict", json={"instances": [{"b64": "aGVsbG8="}]})
+    assert junk.status_code == 400 and junk.json()["error"].startswith("Instance 0: the uploaded data is not an image")
+    wrong = httpx.post(f"{server}/v1/models/cifar_resnet20:predict", json={"inputs": []})
+    assert wrong.status_code == 400 and "instances" in wrong.json()["error"]
+    bad_k = httpx.post(f"{server}/v1/models/cifar_resnet20:predict?top_k=0", json=body)
+    assert bad_k.status_code == 422 and bad_k.json()["error"].startswith("top_k: ")
+
+
+def test_torchserve_management_views_versions_and_metric_names(server, images):
+    assert httpx.get(f"{server}/models").json() == {
+        "models": [{"modelName": "cifar_resnet20", "modelUrl": "cifar_resnet20"}]}
+    [described] = httpx.get(f"{server}/models/cifar_resnet20").json()
+    assert described["modelVersion"] == "1.0" and described["batchSize"] == 32 and described["runtime"] == "eager/fp32"
+    assert described["workers"][0]["status"] == "READY" and described["workers"][0]["memoryUsage"] > 10_000_000
+    assert httpx.get(f"{server}/models/nope").json()["type"] == "ModelNotFoundException"
+    before = ts_metric(server, "ts_inference_requests_total")
+    image = images[0].read_bytes()
+    plain = httpx.put(f"{server}/predictions/cifar_resnet20", content=image)
+    versioned = httpx.put(f"{server}/predictions/cifar_resnet20/1.0", content=image)
+    assert plain.status_code == versioned.status_code == 200 and plain.json() == versioned.json()
+    assert next(iter(plain.json())) == images[0].parent.name
+    other = httpx.put(f"{server}/predictions/cifar_resnet20/2.0", content=image)
+    assert other.status_code == 404 and "version 2.0 does not exist" in other.json()["message"]
+    assert ts_metric(server, "ts_inference_requests_total") == before + 2
+    assert ts_metric(server, "ts_inference_latency_microseconds") > 0
+    assert ts_metric(server, "ts_queue_latency_microseconds") >= 0
+    assert "resnetkit_http_requests_total" in httpx.get(f"{server}/metrics").text
+    assert httpx.post(f"{server}/models", json={"url": "http://evil/x.mar"}).status_code == 405  # never registers
+
+
+def ts_metric(url: str, name: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("model_name") == "cifar_resnet20":
+                return sample.value
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def test_with_a_token_the_kserve_routes_answer_401_as_an_error_body(cifar_weights):
+    running = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False, token="t0k")).start()
+    try:
+        running.wait_ready()
+        url = running.url
+        refused = httpx.post(f"{url}{INFER}", json={"inputs": []})
+        assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
+        assert httpx.post(f"{url}/v1/models/cifar_resnet20:predict", json={}).json()["error"].startswith("Missing")
+        assert httpx.get(f"{url}/models").status_code == 401
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200  # probes stay open
+        allowed = httpx.get(f"{url}/v2/models/cifar_resnet20", headers={"Authorization": "Bearer t0k"})
+        assert allowed.status_code == 200
+    finally:
+        running.stop()
