@@ -26,9 +26,10 @@ def require_ray() -> ModuleType:
 
 
 @contextlib.contextmanager
-def ray_runtime(address: str | None = None) -> Iterator[bool]:
+def ray_runtime(address: str | None = None, **local_options: object) -> Iterator[bool]:
     """Use the Ray this process is already connected to, else join ``address`` or ``RAY_ADDRESS``,
-    else start a local Ray on 127.0.0.1 (no dashboard) and stop it, and every process it started, on exit.
+    else start a local Ray on 127.0.0.1 (no dashboard; ``local_options`` such as ``num_cpus`` go to
+    ``ray.init``) and stop it, and every process it started, on exit.
 
     Yields whether the Ray in use was started here.
     """
@@ -47,7 +48,7 @@ def ray_runtime(address: str | None = None) -> Iterator[bool]:
         finally:
             ray.shutdown()
         return
-    _init(ray, include_dashboard=False)
+    _init(ray, include_dashboard=False, **local_options)
     try:
         yield True
     finally:
