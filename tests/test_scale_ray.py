@@ -74,6 +74,7 @@ def test_serve_ray_two_replicas_right_labels_junk_4xx_nothing_left_after_sigterm
         junk = httpx.post(f"{url}/v1/models/cifar_resnet20/classify", content=b"junk", timeout=60)
         assert junk.status_code == 422 and "not an image format" in junk.json()["results"][0]["error"]
         assert httpx.post(f"{url}/v1/models/nope/classify", content=b"x", timeout=60).status_code == 404
+        _kill_one_replica_under_load(url, process, (cifar_test_dir / "cat" / "0000.jpg").read_bytes())
     finally:
         started = psutil.Process(process.pid).children(recursive=True)  # Ray's processes, workers included
         process.send_signal(signal.SIGTERM)
@@ -117,6 +118,24 @@ def test_predict_ray_and_local_give_the_same_rows_on_1000_cifar_images(local_ray
                                                                            abs=1e-4)
     correct = sum(r["label"] == Path(r["source"]).parent.name for r in ray_rows if r["error"] is None)
     assert 100.0 * correct / 1000 == pytest.approx(evaluate(request.load(), labelled).top1, abs=1e-9)
+
+
+def _kill_one_replica_under_load(url: str, process: subprocess.Popen, image: bytes, requests: int = 40) -> None:
+    """kill -9 one model replica while requests are in flight: every request is still answered 200."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    replicas = [p for p in psutil.Process(process.pid).children(recursive=True)
+                if "ServeReplica:resnetkit:model0" in " ".join(p.cmdline())]
+    assert len(replicas) == 2
+
+    def send(_: int) -> int:
+        return httpx.post(f"{url}/v1/models/cifar_resnet20/classify", content=image, timeout=120).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = pool.map(send, range(requests))
+        time.sleep(0.5)
+        replicas[0].kill()
+        assert list(answers) == [200] * requests
 
 
 def _free_port() -> int:

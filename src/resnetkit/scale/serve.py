@@ -12,18 +12,19 @@ that ``--config-out`` writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -44,6 +45,7 @@ from .runtime import ray_runtime
 
 APP_NAME = "resnetkit"
 IMPORT_PATH = "resnetkit.scale.serve:build_app"
+RETRIES = 2  # sends of an image whose replica died mid-request
 
 
 @serve.deployment
@@ -107,7 +109,12 @@ class RemoteModel:
 
 
 class RayBatcher:
-    """The batcher interface of :class:`resnetkit.serve.batcher.DynamicBatcher`, over a deployment handle."""
+    """The batcher interface of :class:`resnetkit.serve.batcher.DynamicBatcher`, over a deployment handle.
+
+    Ray Serve retries a request on another replica only while it is being assigned; an image whose
+    replica dies while classifying it fails with ``RayActorError``. Classifying is idempotent, so such
+    an image is sent again (at most :data:`RETRIES` times) and the client sees no error.
+    """
 
     def __init__(self, handle: DeploymentHandle, max_batch_size: int) -> None:
         self.handle = handle
@@ -115,9 +122,15 @@ class RayBatcher:
 
     async def classify(self, images: list[bytes], k: int) -> list[list[Prediction] | ImageError]:
         try:
-            return list(await asyncio.gather(*(self.handle.classify.remote(data, k) for data in images)))
+            return list(await asyncio.gather(*(self._classify_one(data, k) for data in images)))
         except BackPressureError:
             raise ServerBusyError("The model's replicas have a full queue (--max-queue); retry shortly.") from None
+
+    async def _classify_one(self, data: bytes, k: int) -> list[Prediction] | ImageError:
+        for _ in range(RETRIES):
+            with contextlib.suppress(RayActorError):
+                return await self.handle.classify.remote(data, k)
+        return await self.handle.classify.remote(data, k)
 
     async def close(self) -> None:
         """Nothing to drain here: Ray Serve drains the replicas when the application stops."""
@@ -236,19 +249,36 @@ def run_ray_serve(settings: ServeSettings, *, replicas: int | None = None, autos
         return
     application = build_app(app_args(settings, replicas, autoscale))
     port = settings.port or _free_port(settings.host)
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with ray_runtime(address) as local_ray:
+    with ray_runtime(address) as local_ray, _until_signal():
+        try:
             serve.start(http_options={"host": settings.host, "port": port})
-            try:
-                serve.run(application, name=APP_NAME, route_prefix="/")
-                print(f"resnetkit serve on Ray Serve at http://{settings.host}:{port} (page /, API docs /docs); "
-                      "Ctrl-C stops it", file=sys.stderr, flush=True)
-                while not stop.wait(0.5):
-                    pass
-            finally:
-                serve.shutdown() if local_ray else serve.delete(APP_NAME)  # leave a shared cluster's other apps
+            serve.run(application, name=APP_NAME, route_prefix="/")
+            print(f"resnetkit serve on Ray Serve at http://{settings.host}:{port} (page /, API docs /docs); "
+                  "Ctrl-C stops it", file=sys.stderr, flush=True)
+            while True:
+                signal.pause()
+        finally:
+            serve.shutdown() if local_ray else serve.delete(APP_NAME)  # leave a shared cluster's other apps
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+@contextlib.contextmanager
+def _until_signal() -> Iterator[None]:
+    """Run the block until it ends or SIGINT/SIGTERM interrupts it (then leave quietly, exit status 0).
+
+    Entered after ``ray.init``, which installs a SIGTERM handler of its own; that one is put back on exit.
+    """
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Stopped:
+        pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
