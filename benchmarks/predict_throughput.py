@@ -7,7 +7,11 @@ starting the model actors, since every job pays it. The 1-minute load average is
 each run: the machine may be shared.
 
     python benchmarks/predict_throughput.py --images 2000 --rounds 3
-    python benchmarks/predict_throughput.py --model resnet18 --random-weights --data ../shared/data/hymenoptera/val
+    python benchmarks/predict_throughput.py --model resnet50 --random-weights --data ../shared/data/hymenoptera/val \
+        --stages-only    # per-core rates of the two stages, for the cluster estimate in docs/scale.md
+
+``--stages-only`` measures, on one thread, decode + preprocess (images/s) and the forward pass at
+``--batch-size`` (images/s, median of 5 timed batches after one warm-up).
 """
 
 from __future__ import annotations
@@ -39,6 +43,31 @@ def run_once(engine: str, request: ModelRequest, listing: Path, args: argparse.N
             "images_per_s": round(summary.images_per_s, 2), "load_average_1m": load}
 
 
+def stage_rates(request: ModelRequest, paths: list[str]) -> dict:
+    """Per-core images/s of decode + preprocess, and of the forward pass (one torch thread)."""
+    import torch
+
+    from resnetkit.core.images import decode_image
+
+    torch.set_num_threads(1)
+    classifier = request.load()
+    load = round(os.getloadavg()[0], 2)
+    start = time.perf_counter()
+    tensors = [classifier.transform(decode_image(p)) for p in paths]
+    decode = len(paths) / (time.perf_counter() - start)
+    batch = torch.stack((tensors * request.batch_size)[:request.batch_size])
+    classifier.probabilities(batch)  # warm-up
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        classifier.probabilities(batch)
+        times.append(time.perf_counter() - start)
+    forward = request.batch_size / statistics.median(times)
+    return {"decode_preprocess_images_per_s_per_core": round(decode, 1),
+            "forward_images_per_s_per_core": round(forward, 1), "images_decoded": len(paths),
+            "load_average_1m": load}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="cifar_resnet20")
@@ -49,11 +78,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="decode threads (per actor on Ray)")
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1, help="Ray model actors")
+    parser.add_argument("--stages-only", action="store_true", help="per-core rates of decode and forward only")
     parser.add_argument("--json", help="output file (default: results/predict_throughput_MODEL.json)")
     args = parser.parse_args()
 
     paths = resolve_inputs([args.data])[:args.images]
     request = ModelRequest(args.model, random_weights=args.random_weights, batch_size=args.batch_size)
+    if args.stages_only:
+        rates = stage_rates(request, paths)
+        print(f"{args.model}, {len(paths)} images from {args.data}, one thread, batch {args.batch_size}: {rates}")
+        out = Path(args.json or ROOT / "results" / f"predict_stages_{args.model}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"model": args.model, "data": args.data, **rates, "environment": environment(),
+                                   "command": " ".join(sys.argv)}, indent=2) + "\n")
+        return
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "inputs.txt"
