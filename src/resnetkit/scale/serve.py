@@ -226,7 +226,7 @@ def deploy_config(settings: ServeSettings, replicas: int | None, autoscale: str 
         "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
                           "args": app_args(settings, replicas, autoscale)}],
     }
-    ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    ServeDeploySchema.model_validate(config)
     return config
 
 
@@ -252,13 +252,20 @@ def run_ray_serve(settings: ServeSettings, *, replicas: int | None = None, autos
     with ray_runtime(address) as local_ray, _until_signal():
         try:
             serve.start(http_options={"host": settings.host, "port": port})
-            serve.run(application, name=APP_NAME, route_prefix="/")
+            _run(application)
             print(f"resnetkit serve on Ray Serve at http://{settings.host}:{port} (page /, API docs /docs); "
                   "Ctrl-C stops it", file=sys.stderr, flush=True)
             while True:
                 signal.pause()
         finally:
             serve.shutdown() if local_ray else serve.delete(APP_NAME)  # leave a shared cluster's other apps
+
+
+def _run(application: serve.Application) -> None:
+    try:
+        serve.run(application, name=APP_NAME, route_prefix="/")
+    except RuntimeError as exc:  # Ray Serve's "Deploying application ... failed", e.g. a model file that fails to load
+        raise ResnetkitError(f"Ray Serve could not start the models: {exc}".strip()) from None
 
 
 class _Stopped(Exception):
