@@ -84,6 +84,8 @@ def predict(request: ModelRequest, data: Iterable[str | os.PathLike[str]], outpu
     ``ray=True`` runs the classification on Ray Data (``address``: a cluster; default ``RAY_ADDRESS``
     or a local Ray for this run), with ``concurrency`` model actors; otherwise it runs here.
     """
+    if address and not ray:
+        raise InputError(f"--address {address} is a Ray cluster address: add --ray to run there.")
     request.check()
     sources = resolve_inputs(data, path_column)
     if not sources:

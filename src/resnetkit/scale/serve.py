@@ -187,7 +187,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                              max_queued_requests=settings.max_queue, **scaling).bind(text, settings)
         for i, text in enumerate(settings.models)
     ]
-    return Ingress.options(name="ingress").bind(settings, replicas)
+    # Ray Serve's default of 5 requests in flight per replica would cap the ingress (it only awaits the models)
+    return Ingress.options(name="ingress", max_ongoing_requests=settings.max_queue).bind(settings, replicas)
 
 
 def _scaling(replicas: int | None, autoscale: str | None, max_batch_size: int | None) -> dict[str, Any]:
