@@ -48,6 +48,11 @@ def test_config_out_writes_a_serve_deploy_config(tmp_path: Path):
     from resnetkit.scale.serve import build_app
 
     assert build_app(app["args"]) is not None  # the builder accepts what the file holds
+    for scaling, message in [({"replicas": 2, "autoscale": "1:2"}, "not both"), ({"autoscale": "3:1"}, "MIN <= MAX")]:
+        with pytest.raises(ResnetkitError, match=message):
+            build_app({"models": "cifar_resnet20", **scaling})
+    with pytest.raises(ResnetkitError, match="Unknown model 'resnet_51'"):
+        build_app({"models": "resnet_51"})
 
 
 @pytest.mark.slow
