@@ -5,7 +5,9 @@ from __future__ import annotations
 from .app import app
 
 # Each module adds its commands to ``app``; a new command is a new module listed here.
-from . import bench_cmd, models_cmd, run_cmd, train_cmd, weights_cmd, optimize_cmd, serve_cmd, tune_cmd  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    bench_cmd, models_cmd, optimize_cmd, predict_cmd, run_cmd, serve_cmd, train_cmd, tune_cmd, weights_cmd,
+)
 
 
 def main() -> None:

@@ -43,6 +43,16 @@ PrecisionOpt = _opt("--precision", "fp32, fp16 or bf16, backend permitting.", un
 TokenOpt = _opt("--token", "Require 'Authorization: Bearer TOKEN' on /v1 and /predictions.", unset="no token")
 AccessLogOpt = Annotated[bool | None, typer.Option("--access-log/--no-access-log", show_default=False,
                                                    help=f"Log every request (default: on; env {ENV_PREFIX}ACCESS_LOG)")]
+RayFlag = Annotated[bool, typer.Option("--ray", help="Run as a Ray Serve application (pip install 'resnetkit[ray]'); "
+                                               "joins RAY_ADDRESS, else starts a local Ray.")]
+ReplicasOpt = Annotated[int | None, typer.Option("--replicas", min=1, show_default=False,
+                                                 help="With --ray: replicas per model (default: 1).")]
+AutoscaleOpt = Annotated[str | None, typer.Option("--autoscale", metavar="MIN:MAX", show_default=False,
+                                                  help="With --ray: autoscale each model between MIN and MAX replicas.")]
+ConfigOutOpt = Annotated[str | None, typer.Option("--config-out", show_default=False,
+                                                  help="Write the Ray Serve config for 'serve deploy' to this YAML "
+                                                       "file and exit.")]
+RAY_OPTIONS = ("ray", "replicas", "autoscale", "config_out")
 
 
 @app.command("serve")
@@ -51,13 +61,18 @@ def serve_command(
     max_wait_ms: MaxWaitOpt = None, threads: ThreadsOpt = None, max_upload_mb: UploadOpt = None,
     max_files: FilesOpt = None, max_pixels: PixelsOpt = None, max_queue: QueueOpt = None, workers: WorkersOpt = None,
     backend: BackendOpt = None, precision: PrecisionOpt = None, token: TokenOpt = None,
-    access_log: AccessLogOpt = None,
+    access_log: AccessLogOpt = None, ray: RayFlag = False, replicas: ReplicasOpt = None,
+    autoscale: AutoscaleOpt = None, config_out: ConfigOutOpt = None,
 ) -> None:
     """Serve models over HTTP: web page at /, JSON API (docs at /docs), TorchServe-compatible /predictions and /ping, /healthz, /readyz, Prometheus /metrics.
 
     Example: resnetkit serve resnet50,cifar_resnet20 --port 8000. Ctrl-C or SIGTERM finishes in-flight requests, then exits.
     """
-    settings = ServeSettings.from_env(**locals())
+    settings = ServeSettings.from_env(**{k: v for k, v in locals().items() if k not in RAY_OPTIONS})
+    if ray or config_out:
+        from ..scale import run_ray_serve
+
+        return run_ray_serve(settings, replicas=replicas, autoscale=autoscale, config_out=config_out)
     from ..serve.server import run_server  # imported here so that 'resnetkit --help' stays fast
 
     run_server(settings)

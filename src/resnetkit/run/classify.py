@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -64,6 +65,17 @@ def classify(
         raise ResnetkitError("--top-k must be at least 1.")
     classifier = model if isinstance(model, Classifier) else load_model(model)
     sources = [str(p) for p in iter_image_paths(paths)]
+    return [r for chunk in iter_classify(classifier, sources, top_k=top_k, batch_size=batch_size, workers=workers)
+            for r in chunk]
+
+
+def iter_classify(classifier: Classifier, sources: Iterable[str], *, top_k: int = 5, batch_size: int = 16,
+                  workers: int = 2) -> Iterator[list[ImageResult]]:
+    """Classify image files batch by batch, in input order, decoding the next batch during each forward pass.
+
+    Yields one list of results per batch of ``batch_size`` sources; memory stays bounded whatever
+    the number of sources. Unreadable files come back with an ``error``.
+    """
     transform = classifier.transform
 
     def prepare(path: str) -> torch.Tensor | ImageError:
@@ -72,16 +84,26 @@ def classify(
         except ImageError as exc:
             return exc
 
-    results = [ImageResult(source) for source in sources]
+    remaining = iter(sources)
+    chunks = iter(lambda: list(islice(remaining, batch_size)), [])  # lists of batch_size until exhausted
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decode releases the GIL
-        for start in range(0, len(sources), batch_size):
-            chunk = list(pool.map(prepare, sources[start:start + batch_size]))
-            good = [(start + i, t) for i, t in enumerate(chunk) if isinstance(t, torch.Tensor)]
-            for i, item in enumerate(chunk):
-                if isinstance(item, ImageError):
-                    results[start + i].error = str(item)
-            if good:
-                predictions = predict_tensors(classifier, torch.stack([t for _, t in good]), top_k)
-                for (index, _), preds in zip(good, predictions):
-                    results[index].predictions = preds
+        pending = _submit(pool, prepare, next(chunks, []))
+        while pending:
+            chunk_sources, futures = pending
+            pending = _submit(pool, prepare, next(chunks, []))  # decoded while this batch runs
+            yield _classify_prepared(classifier, chunk_sources, [f.result() for f in futures], top_k)
+
+
+def _submit(pool: ThreadPoolExecutor, prepare: Callable[[str], torch.Tensor | ImageError],
+            chunk: list[str]) -> tuple[list[str], list[Future]] | None:
+    return (chunk, [pool.submit(prepare, s) for s in chunk]) if chunk else None
+
+
+def _classify_prepared(classifier: Classifier, sources: list[str], prepared: list[torch.Tensor | ImageError],
+                       k: int) -> list[ImageResult]:
+    results = [ImageResult(s, error=str(p) if isinstance(p, ImageError) else None) for s, p in zip(sources, prepared)]
+    good = [(r, t) for r, t in zip(results, prepared) if isinstance(t, torch.Tensor)]
+    if good:
+        for (result, _), preds in zip(good, predict_tensors(classifier, torch.stack([t for _, t in good]), k)):
+            result.predictions = preds
     return results

@@ -30,13 +30,15 @@ DESCRIPTION = """Image classification with pretrained ResNet-family models, batc
 Models are chosen when the server starts; no endpoint loads a model from a client-given path or URL."""
 
 
-def create_app(settings: ServeSettings, *, on_load_error: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(settings: ServeSettings, *, on_load_error: Callable[[str], None] | None = None,
+               hub_factory: Callable[..., ModelHub] = ModelHub) -> FastAPI:
     """A new app serving ``settings.models``; they load in the background once the app starts.
 
     ``on_load_error`` is called with the message if a model cannot be loaded (the CLI stops the server).
+    ``hub_factory(settings, metrics, on_load_error)`` makes the hub (Ray Serve passes one whose models run remotely).
     """
     metrics = ServeMetrics()
-    hub = ModelHub(settings, metrics, on_load_error)
+    hub = hub_factory(settings, metrics, on_load_error)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,0 +1,57 @@
+"""``resnetkit predict``: label many images into Parquet/CSV/JSONL part files, locally or on Ray Data."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..batch.engine import ModelRequest, predict
+from .app import BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, print_json
+
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16, bf16 (backend permitting); default: the backend's.")]
+
+
+@app.command("predict")
+def predict_command(
+    model: ModelArg,
+    data: Annotated[list[str], typer.Argument(
+        help="Folders (walked), globs ('photos/**/*.jpg'), text files of paths (.txt/.lst), Parquet/CSV tables "
+             "with a path column, or image files.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output folder of part files; its suffix "
+                                        "(.parquet, .csv, .jsonl) is the format.")],
+    fmt: Annotated[str | None, typer.Option("--format", help="parquet, csv or jsonl (default: from the -o suffix, "
+                                            "else parquet).", show_default=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels kept per image.")] = 5,
+    batch_size: BatchSizeOpt = 32,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode threads (per actor with --ray).")] = 2,
+    part_size: Annotated[int, typer.Option("--part-size", min=1, help="Rows per part file (rows held in memory "
+                                           "before a flush).")] = 5000,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip every image the "
+                                         "output already holds.")] = False,
+    path_column: Annotated[str, typer.Option("--path-column", help="Column of image paths in Parquet/CSV "
+                                             "inputs.")] = "path",
+    ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Data (pip install 'resnetkit[ray]').")] = False,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address for --ray (default: "
+                                                "RAY_ADDRESS, else a local Ray started for this run).",
+                                                show_default=False)] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Model actors with --ray.")] = 2,
+    weights: WeightsOpt = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights (to measure speed; "
+                                                 "labels are meaningless).")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Label every image into part files under -o, with a progress bar and a summary line; unreadable files are rows with an error.
+
+    Example: resnetkit predict resnet50 photos/ -o labels.parquet (add --resume after an interruption, --ray for Ray Data).
+    """
+    request = ModelRequest(model, weights=weights, random_weights=random_weights, backend=backend,
+                           precision=precision, batch_size=batch_size)
+    summary = predict(request, data, output, fmt=fmt, top_k=top_k, workers=workers, part_size=part_size,
+                      resume=resume, path_column=path_column, ray=ray, address=address, concurrency=concurrency)
+    if json_output:
+        print_json(summary.to_dict())
+    else:
+        console.print(summary.line(), highlight=False)

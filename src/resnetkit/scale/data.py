@@ -1,0 +1,57 @@
+"""``predict --ray``: the classification of :mod:`resnetkit.batch` as a Ray Data job.
+
+The driver hands Ray the list of paths; an actor pool of resnetkit runners (``map_batches`` with
+``concurrency`` actors) reads, decodes and classifies them with the same pipeline as the local
+engine (:func:`resnetkit.run.classify.iter_classify`), so a missing or broken file becomes the
+same error row. Result tables stream back to the driver, which writes the same atomic part files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterator
+
+import pyarrow as pa
+
+from ..batch.engine import ModelRequest
+from ..batch.output import result_rows
+from ..run.classify import iter_classify
+from .runtime import ray_runtime
+
+ROWS_PER_CALL = 4  # forward batches per actor call, so decoding overlaps inference inside the actor
+
+
+class Predictor:
+    """A Ray Data actor: one loaded model, called with tables of ``source`` paths."""
+
+    def __init__(self, request: ModelRequest, top_k: int, workers: int) -> None:
+        self.classifier = request.load()
+        self.batch_size = request.batch_size
+        self.top_k = top_k
+        self.workers = workers
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        chunks = iter_classify(self.classifier, batch.column("source").to_pylist(), top_k=self.top_k,
+                               batch_size=self.batch_size, workers=self.workers)
+        return pa.concat_tables([result_rows(chunk) for chunk in chunks])
+
+
+def ray_batches(request: ModelRequest, sources: list[str], *, top_k: int, workers: int, concurrency: int,
+                address: str | None = None) -> Iterator[pa.Table]:
+    """Result tables of ``sources`` (in no particular order) from ``concurrency`` model actors on Ray."""
+    with ray_runtime(address):
+        import ray.data
+
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # predict shows its own
+        context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        call_size = request.batch_size * ROWS_PER_CALL
+        blocks = max(1, min(len(sources), max(concurrency, math.ceil(len(sources) / call_size))))
+        dataset = ray.data.from_arrow(pa.table({"source": sources}), override_num_blocks=blocks)
+        results = dataset.map_batches(Predictor, fn_constructor_kwargs={"request": request, "top_k": top_k,
+                                                                        "workers": workers},
+                                      batch_size=call_size, batch_format="pyarrow", num_cpus=1,
+                                      compute=ray.data.ActorPoolStrategy(size=concurrency))
+        yield from results.iter_batches(batch_format="pyarrow", batch_size=None)

@@ -1,0 +1,83 @@
+"""Joining a Ray cluster, or starting a local Ray for one command and stopping it afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from types import ModuleType
+from typing import Iterator
+
+from ..core.errors import ResnetkitError
+
+INSTALL_HINT = "pip install 'resnetkit[ray]'"
+# Ray on Linux replaces a 127.0.0.1 node address by the machine's routable one, unless it believes it runs
+# a single-node, non-cluster Ray (its setting for laptops); a local Ray for one command is exactly that.
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def require_ray() -> ModuleType:
+    """The ``ray`` module, or a clear error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ResnetkitError(f"--ray needs Ray, which is not installed here. Install it with: {INSTALL_HINT}") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_runtime(address: str | None = None, **local_options: object) -> Iterator[bool]:
+    """Use the Ray this process is already connected to, else join ``address`` or ``RAY_ADDRESS``,
+    else start a local Ray on 127.0.0.1 (no dashboard; ``local_options`` such as ``num_cpus`` go to
+    ``ray.init``) and stop it, and every process it started, on exit.
+
+    Yields whether the Ray in use was started here.
+    """
+    target = address or os.environ.get("RAY_ADDRESS")
+    if not target:
+        for name, value in LOOPBACK_ONLY.items():
+            os.environ.setdefault(name, value)  # read when ray is first imported
+    ray = require_ray()
+    if ray.is_initialized():
+        yield False
+        return
+    if target:
+        _init(ray, address=target)
+        try:
+            yield False
+        finally:
+            ray.shutdown()
+        return
+    _init(ray, include_dashboard=False, **local_options)
+    try:
+        yield True
+    finally:
+        started = _own_processes()
+        ray.shutdown()
+        _stop(started)
+
+
+def _init(ray: ModuleType, **kwargs: object) -> None:
+    try:
+        ray.init(logging_level=logging.WARNING, configure_logging=True, **kwargs)
+    except ConnectionError as exc:
+        raise ResnetkitError(f"Could not join the Ray cluster at {kwargs.get('address')}: {exc}. Check the address "
+                             "(ray status on a cluster node prints it) or leave --address out for a local Ray.") from None
+
+
+def _own_processes() -> list:
+    """The processes a local ``ray.init`` started here (GCS, raylet, agents, workers)."""
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _stop(processes: list, timeout: float = 15.0) -> None:
+    """After ``ray.shutdown()``: end what is still running of ``processes`` (Ray's agents sometimes outlive it)."""
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=timeout)

@@ -1,0 +1,299 @@
+"""``serve --ray``: the same FastAPI app and routes as ``resnetkit serve``, as a Ray Serve application.
+
+* one :class:`ModelReplica` deployment per model: loads the model, decodes images in a thread pool and
+  runs forward passes grouped by ``@serve.batch`` (``--max-batch-size``, ``--max-wait-ms``);
+* an :class:`Ingress` deployment (``@serve.ingress``) running :func:`resnetkit.serve.app.create_app`
+  with a :class:`RayHub`, whose models classify through the replicas' deployment handles.
+
+:func:`build_app` is the application builder, so ``serve deploy`` runs the same thing from the YAML
+that ``--config-out`` writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from ..backends.base import RunnerOptions
+from ..core.errors import ImageError, ResnetkitError
+from ..core.fileio import write_text_atomic
+from ..core.images import decode_image
+from ..core.loading import load_model
+from ..core.spec import ModelMeta
+from ..run.classify import Prediction, top_k
+from ..serve.app import create_app
+from ..serve.batcher import ServerBusyError
+from ..serve.hub import ModelHub, ServedModel
+from ..serve.metrics import ServeMetrics
+from ..serve.server import bind_socket
+from ..serve.settings import ModelEntry, ServeSettings
+from .runtime import ray_runtime
+
+APP_NAME = "resnetkit"
+IMPORT_PATH = "resnetkit.scale.serve:build_app"
+RETRIES = 2  # sends of an image whose replica died mid-request
+
+
+@serve.deployment
+class ModelReplica:
+    """One model on one Ray actor; concurrent images are grouped into forward passes by ``@serve.batch``."""
+
+    def __init__(self, entry: str, settings: ServeSettings) -> None:
+        parsed = ModelEntry.parse(entry)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        options = RunnerOptions(batch_size=settings.max_batch_size, precision=settings.precision)
+        self.classifier = load_model(parsed.ref, backend=settings.backend, options=options)
+        for size in sorted({1, settings.max_batch_size}):  # warm up, as the local hub does
+            self.classifier.probabilities(torch.zeros(size, *self.classifier.meta.preprocessing.input_shape))
+        self.name = parsed.name or self.classifier.meta.name
+        self.max_pixels = settings.max_pixels
+        self.transform = self.classifier.transform
+        self.decode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="decode")
+        self.forward.set_max_batch_size(settings.max_batch_size)
+        self.forward.set_batch_wait_timeout_s(settings.max_wait_ms / 1000.0)
+
+    def describe(self) -> tuple[str, ModelMeta, str, str]:
+        """Served name, metadata, backend and precision."""
+        runner = self.classifier.runner
+        return self.name, self.classifier.meta, runner.backend, runner.precision
+
+    async def classify(self, data: bytes, k: int) -> list[Prediction] | ImageError:
+        """Top-``k`` of one encoded image, or the :class:`ImageError` that refused it."""
+        try:
+            tensor = await asyncio.get_running_loop().run_in_executor(self.decode_pool, self._prepare, data)
+        except ImageError as exc:
+            return exc
+        return await self.forward(tensor, k)
+
+    def _prepare(self, data: bytes) -> torch.Tensor:
+        return self.transform(decode_image(data, max_pixels=self.max_pixels, allow_multi_frame=False))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)  # replaced by the settings in __init__
+    async def forward(self, tensors: list[torch.Tensor], ks: list[int]) -> list[list[Prediction]]:
+        return await asyncio.to_thread(self._infer, tensors, ks)
+
+    def _infer(self, tensors: list[torch.Tensor], ks: list[int]) -> list[list[Prediction]]:
+        rows = top_k(self.classifier.probabilities(torch.stack(tensors)), self.classifier.meta.categories, max(ks))
+        return [row[:k] for row, k in zip(rows, ks)]
+
+
+@dataclass(frozen=True)
+class RemoteRuntime:
+    """What the routes show of a remote model's runner."""
+
+    backend: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """What the routes read of a model served by replicas: its metadata and runtime."""
+
+    meta: ModelMeta
+    runner: RemoteRuntime
+
+
+class RayBatcher:
+    """The batcher interface of :class:`resnetkit.serve.batcher.DynamicBatcher`, over a deployment handle.
+
+    Ray Serve retries a request on another replica only while it is being assigned; an image whose
+    replica dies while classifying it fails with ``RayActorError``. Classifying is idempotent, so such
+    an image is sent again (at most :data:`RETRIES` times) and the client sees no error.
+    """
+
+    def __init__(self, handle: DeploymentHandle, max_batch_size: int) -> None:
+        self.handle = handle
+        self.max_batch_size = max_batch_size
+
+    async def classify(self, images: list[bytes], k: int) -> list[list[Prediction] | ImageError]:
+        try:
+            return list(await asyncio.gather(*(self._classify_one(data, k) for data in images)))
+        except BackPressureError:
+            raise ServerBusyError("The model's replicas have a full queue (--max-queue); retry shortly.") from None
+
+    async def _classify_one(self, data: bytes, k: int) -> list[Prediction] | ImageError:
+        for _ in range(RETRIES):
+            with contextlib.suppress(RayActorError):
+                return await self.handle.classify.remote(data, k)
+        return await self.handle.classify.remote(data, k)
+
+    async def close(self) -> None:
+        """Nothing to drain here: Ray Serve drains the replicas when the application stops."""
+
+
+class RayHub(ModelHub):
+    """The hub of the FastAPI app, with models living in Ray Serve replicas instead of this process."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServeMetrics, on_load_error: Callable[[str], None] | None,
+                 *, handles: list[DeploymentHandle]) -> None:
+        super().__init__(settings, metrics, on_load_error)
+        self.handles = handles
+
+    async def start(self) -> None:
+        try:
+            described = await asyncio.gather(*(h.describe.remote() for h in self.handles))
+        except Exception as exc:  # noqa: BLE001 - a replica that cannot load reports its error here
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        for (name, meta, backend, precision), handle in zip(described, self.handles):
+            if name in self.models:
+                self._fail(f"two models would be served as '{name}'. Name them with NAME=REF.")
+                return
+            batcher = RayBatcher(handle, self.settings.max_batch_size)
+            self.models[name] = ServedModel(name, RemoteModel(meta, RemoteRuntime(backend, precision)), batcher)
+        self.ready = True
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Ingress:
+    """The FastAPI app of ``resnetkit serve`` (routes, page, metrics), classifying through the replicas."""
+
+    def __init__(self, settings: ServeSettings, handles: list[DeploymentHandle]) -> None:
+        self.settings = settings
+        self.handles = handles
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.settings, hub_factory=partial(RayHub, handles=self.handles))
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Ray Serve application builder: ``args`` are ServeSettings fields plus ``replicas`` or ``autoscale``."""
+    args = dict(args)
+    scaling = _scaling(args.pop("replicas", None), args.pop("autoscale", None), args.get("max_batch_size"))
+    settings = ServeSettings.from_env(**args)
+    if not settings.models:
+        raise ResnetkitError("Name at least one model to serve, e.g. 'resnetkit serve resnet50 --ray'.")
+    for entry in settings.entries:
+        entry.check()
+    ongoing = max(settings.max_batch_size * 2, 8)  # room for a full batch while the previous one runs
+    replicas = [
+        ModelReplica.options(name=_deployment_name(i, text), max_ongoing_requests=ongoing,
+                             max_queued_requests=settings.max_queue, **scaling).bind(text, settings)
+        for i, text in enumerate(settings.models)
+    ]
+    # Ray Serve's default of 5 requests in flight per replica would cap the ingress (it only awaits the models)
+    return Ingress.options(name="ingress", max_ongoing_requests=settings.max_queue).bind(settings, replicas)
+
+
+def _scaling(replicas: int | None, autoscale: str | None, max_batch_size: int | None) -> dict[str, Any]:
+    if replicas is not None and autoscale is not None:
+        raise ResnetkitError("Give --replicas N or --autoscale MIN:MAX, not both.")
+    if autoscale is None:
+        return {"num_replicas": replicas or 1}
+    match = re.fullmatch(r"(\d+):(\d+)", autoscale.strip())
+    if not match or int(match[1]) > int(match[2]) or int(match[2]) < 1:
+        raise ResnetkitError(f"--autoscale '{autoscale}' is not MIN:MAX with MIN <= MAX and MAX >= 1, e.g. 1:4.")
+    target = max_batch_size or ServeSettings().max_batch_size
+    return {"autoscaling_config": {"min_replicas": int(match[1]), "max_replicas": int(match[2]),
+                                   "target_ongoing_requests": target}}
+
+
+def _deployment_name(index: int, entry: str) -> str:
+    return f"model{index}-" + re.sub(r"[^A-Za-z0-9_.-]", "_", ModelEntry.parse(entry).name or Path(entry).stem)
+
+
+def app_args(settings: ServeSettings, replicas: int | None, autoscale: str | None) -> dict[str, Any]:
+    """The builder's arguments for ``settings`` (what differs from the defaults) and the scaling options."""
+    defaults = asdict(ServeSettings())
+    args = {k: v for k, v in asdict(settings).items() if v != defaults[k] and k not in ("host", "port")}
+    args["models"] = ",".join(settings.models)
+    args.update({k: v for k, v in (("replicas", replicas), ("autoscale", autoscale)) if v is not None})
+    return args
+
+
+def deploy_config(settings: ServeSettings, replicas: int | None, autoscale: str | None) -> dict[str, Any]:
+    """A ``serve deploy`` config (checked against Ray's schema) for this application."""
+    from ray.serve.schema import ServeDeploySchema
+
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": settings.host, "port": settings.port},
+        "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
+                          "args": app_args(settings, replicas, autoscale)}],
+    }
+    ServeDeploySchema.model_validate(config)
+    return config
+
+
+def write_config(path: str, settings: ServeSettings, replicas: int | None, autoscale: str | None) -> None:
+    import yaml
+
+    write_text_atomic(path, yaml.safe_dump(deploy_config(settings, replicas, autoscale), sort_keys=False))
+
+
+def run_ray_serve(settings: ServeSettings, *, replicas: int | None = None, autoscale: str | None = None,
+                  config_out: str | None = None, address: str | None = None) -> None:
+    """Write the ``serve deploy`` config (``config_out``), or run the application until SIGINT/SIGTERM.
+
+    Joins ``address``/``RAY_ADDRESS`` or starts a local Ray; on exit the application is deleted and a
+    local Ray is stopped, so no process is left behind.
+    """
+    if config_out:
+        write_config(config_out, settings, replicas, autoscale)
+        print(f"Ray Serve config written to {config_out}; deploy it with: serve deploy {config_out}", file=sys.stderr)
+        return
+    application = build_app(app_args(settings, replicas, autoscale))
+    port = settings.port or _free_port(settings.host)
+    with ray_runtime(address) as local_ray, _until_signal():
+        try:
+            serve.start(http_options={"host": settings.host, "port": port})
+            _run(application)
+            print(f"resnetkit serve on Ray Serve at http://{settings.host}:{port} (page /, API docs /docs); "
+                  "Ctrl-C stops it", file=sys.stderr, flush=True)
+            while True:
+                signal.pause()
+        finally:
+            serve.shutdown() if local_ray else serve.delete(APP_NAME)  # leave a shared cluster's other apps
+
+
+def _run(application: serve.Application) -> None:
+    try:
+        serve.run(application, name=APP_NAME, route_prefix="/")
+    except RuntimeError as exc:  # Ray Serve's "Deploying application ... failed", e.g. a model file that fails to load
+        raise ResnetkitError(f"Ray Serve could not start the models: {exc}".strip()) from None
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+@contextlib.contextmanager
+def _until_signal() -> Iterator[None]:
+    """Run the block until it ends or SIGINT/SIGTERM interrupts it (then leave quietly, exit status 0).
+
+    Entered after ``ray.init``, which installs a SIGTERM handler of its own; that one is put back on exit.
+    """
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Stopped:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _free_port(host: str) -> int:
+    sock = bind_socket(host, 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    return port

@@ -1,0 +1,132 @@
+"""resnetkit predict (local engine): inputs, part files, bad files as rows, --resume after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_image
+from resnetkit.batch import PartStore, predict, resolve_inputs
+from resnetkit.batch.engine import ModelRequest
+from resnetkit.batch.inputs import InputError
+from resnetkit.batch.output import OutputError
+from resnetkit.cli import app
+from resnetkit.run.classify import classify
+
+RANDOM = ModelRequest("cifar_resnet20", random_weights=True, batch_size=4)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """Five small images in two folders, plus one file that is not an image."""
+    folder = tmp_path / "images"
+    for i in range(5):
+        make_image(folder / ("a" if i < 3 else "b") / f"{i}.png", size=(40, 30), seed=i)
+    (folder / "b" / "broken.jpg").write_bytes(b"not an image")
+    return folder
+
+
+def test_inputs_folders_globs_lists_and_tables_give_each_path_once(images: Path, tmp_path: Path):
+    walked = resolve_inputs([images])
+    assert [Path(p).name for p in walked] == ["0.png", "1.png", "2.png", "3.png", "4.png", "broken.jpg"]
+    (images / "list.txt").write_text("# two of them\na/0.png\n\nb/3.png\n")
+    pq.write_table(pa.table({"file": [str(images / "a/1.png")], "other": [1]}), tmp_path / "t.parquet")
+    pcsv.write_csv(pa.table({"path": ["a/2.png"]}), images / "t.csv")
+    mixed = resolve_inputs([str(images / "a" / "*.png"), images / "list.txt", images / "t.csv"])
+    assert mixed == [str(images / "a" / f"{i}.png") for i in range(3)] + [str(images / "b/3.png")]
+    assert resolve_inputs([tmp_path / "t.parquet"], path_column="file") == [str(images / "a/1.png")]
+    with pytest.raises(InputError, match="has no column 'path' \\(columns: file, other\\).*--path-column"):
+        resolve_inputs([tmp_path / "t.parquet"])
+    with pytest.raises(InputError, match="matches no file"):
+        resolve_inputs([str(tmp_path / "nothing" / "*.jpg")])
+    with pytest.raises(InputError, match="No such file or folder"):
+        resolve_inputs([tmp_path / "missing.txt"])
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_predict_writes_one_row_per_input_and_bad_files_are_rows(images: Path, tmp_path: Path, fmt: str):
+    out = tmp_path / f"labels.{fmt}"
+    summary = predict(RANDOM, [images, tmp_path / "gone.png"], out, top_k=3, part_size=4)
+    rows = {r["source"]: r for r in PartStore(out).read().to_pylist()}
+    assert (summary.inputs, summary.written, summary.errors) == (7, 7, 2)
+    assert sorted(p.name for p in out.iterdir()) == ["_run.json", f"part-000000.{fmt}", f"part-000001.{fmt}"]
+    expected = {r.source: r for r in classify(RANDOM.load(), [images], top_k=3)}
+    for source, result in expected.items():
+        row = rows[source]
+        if result.error:
+            assert row["label"] is None and row["predictions"] == [] and "not an image format" in row["error"]
+        else:
+            assert row["error"] is None and len(row["predictions"]) == 3
+            assert (row["label"], row["index"]) == (result.predictions[0].label, result.predictions[0].index)
+            assert row["score"] == pytest.approx(result.predictions[0].score, abs=1e-6)
+    assert rows[str(tmp_path / "gone.png")]["error"] == f"No such file: {tmp_path / 'gone.png'}"
+
+
+def test_resume_skips_what_the_output_holds_and_refuses_to_mix_runs(images: Path, tmp_path: Path):
+    out = tmp_path / "labels.parquet"
+    predict(RANDOM, [images / "a"], out, part_size=2)
+    with pytest.raises(OutputError, match="already holds 1 part file\\(s\\). Add --resume"):
+        predict(RANDOM, [images], out)
+    (out / ".part-000002.parquet.x.partial").write_bytes(b"half a part")  # as a kill -9 mid-write leaves it
+    summary = predict(RANDOM, [images], out, resume=True)
+    assert (summary.already_done, summary.written) == (3, 3)
+    sources = PartStore(out).read().column("source").to_pylist()
+    assert sorted(sources) == sorted(resolve_inputs([images])) and not list(out.glob(".*.partial"))
+    with pytest.raises(OutputError, match="written by another run"):
+        predict(ModelRequest("cifar_resnet32", random_weights=True), [images], out, resume=True)
+
+
+def test_cli_errors_are_one_clear_line(images: Path, tmp_path: Path, capsys):
+    from resnetkit.cli import main
+
+    for args, message in [
+        (["predict", "resnet_51", str(images), "-o", str(tmp_path / "x")], "Unknown model 'resnet_51'"),
+        (["predict", "cifar_resnet20", str(images), "-o", str(tmp_path / "x.xlsx")], "Unknown output format 'xlsx'"),
+    ]:
+        sys.argv = ["resnetkit", *args]
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_json_summary(images: Path, tmp_path: Path):
+    import json
+
+    result = CliRunner().invoke(app, ["predict", "cifar_resnet20", "--random-weights", str(images), "-o",
+                                      str(tmp_path / "o.jsonl"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["written"], summary["errors"], summary["format"]) == (6, 1, "jsonl")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_labels_every_image_exactly_once(cifar_weights, cifar_test_dir, tmp_path: Path):
+    paths = resolve_inputs([cifar_test_dir])[:6000]
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("\n".join(paths))
+    out = tmp_path / "labels.parquet"
+    command = [sys.executable, "-m", "resnetkit", "predict", "cifar_resnet20", str(listing), "-o", str(out),
+               "--part-size", "250", "--batch-size", "50"]
+    process = subprocess.Popen(command, env=os.environ, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("part-*"))) < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = PartStore(out).read().num_rows
+    assert 0 < before < 6000
+    subprocess.run(command + ["--resume"], env=os.environ, check=True, stderr=subprocess.DEVNULL, timeout=900)
+    sources = PartStore(out).read().column("source").to_pylist()
+    assert len(sources) == 6000 and set(sources) == set(paths)
