@@ -1,0 +1,90 @@
+"""Cosine nearest neighbours: exact with NumPy for small sets, a faiss HNSW index above a measured size.
+
+``EXACT_MAX_ROWS`` comes from ``benchmarks/similar_search.py`` (see docs/features.md): below it
+one exact matrix product answers a query faster than loading a prebuilt HNSW index and searching
+it. The index is built once per embedding file and cached next to it (``FILE.hnsw.faiss``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.fileio import atomic_write
+
+EXACT_MAX_ROWS = 50_000  # measured crossover, see benchmarks/similar_search.py
+HNSW_NEIGHBOURS = 32  # graph degree M (faiss default for HNSW is 32)
+HNSW_EF_SEARCH = 128  # candidates per query; recall@5 >= 0.95 in the benchmark
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (cosine similarity becomes an inner product)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` cosine scores and row indices of unit-row ``base`` for each unit-row query."""
+    scores = queries @ base.T
+    k = min(k, base.shape[0])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+    indices = np.take_along_axis(top, order, axis=1)
+    return np.take_along_axis(scores, indices, axis=1), indices
+
+
+def build_hnsw(base: np.ndarray):
+    """A faiss HNSW inner-product index over unit-row ``base``."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(base.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+    index.add(np.ascontiguousarray(base, dtype=np.float32))
+    return index
+
+
+def hnsw_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
+
+
+def cached_hnsw(base: np.ndarray, embeddings_file: Path):
+    """The HNSW index of ``embeddings_file`` from its cache file, built and saved (atomically) if stale."""
+    import faiss
+
+    cache = embeddings_file.with_name(embeddings_file.name + ".hnsw.faiss")
+    if cache.is_file() and cache.stat().st_mtime >= embeddings_file.stat().st_mtime:
+        index = faiss.deserialize_index(np.fromfile(cache, dtype=np.uint8))
+        if index.ntotal == base.shape[0] and index.d == base.shape[1]:
+            return index
+    index = build_hnsw(base)
+    with atomic_write(cache) as handle:
+        handle.write(faiss.serialize_index(index).tobytes())
+    return index
+
+
+@dataclass
+class CosineIndex:
+    """Unit-normalized base vectors searched exactly or through a cached HNSW index."""
+
+    base: np.ndarray
+    method: str  # "exact" or "hnsw"
+    index: object = None
+
+    @classmethod
+    def create(cls, vectors: np.ndarray, embeddings_file: Path | None = None, method: str = "auto") -> "CosineIndex":
+        base = unit_rows(vectors)
+        if method == "auto":
+            method = "exact" if len(base) <= EXACT_MAX_ROWS else "hnsw"
+        if method == "exact":
+            return cls(base, "exact")
+        index = cached_hnsw(base, embeddings_file) if embeddings_file else build_hnsw(base)
+        return cls(base, "hnsw", index)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, row indices), best first, for each query vector."""
+        queries = unit_rows(queries)
+        if self.method == "exact":
+            return exact_search(self.base, queries, k)
+        return hnsw_search(self.index, queries, k)
