@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import ResnetkitError
 from ..core.fileio import atomic_write
 
 EXACT_MAX_ROWS = 50_000  # measured crossover, see benchmarks/similar_search.py
 HNSW_NEIGHBOURS = 32  # graph degree M (faiss default for HNSW is 32)
 HNSW_EF_SEARCH = 128  # candidates per query; recall@5 >= 0.95 in the benchmark
+METHODS = ("auto", "exact", "hnsw")
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -74,6 +76,8 @@ class CosineIndex:
 
     @classmethod
     def create(cls, vectors: np.ndarray, embeddings_file: Path | None = None, method: str = "auto") -> "CosineIndex":
+        if method not in METHODS:
+            raise ResnetkitError(f"Unknown search method '{method}'. Choose one of: {', '.join(METHODS)}.")
         base = unit_rows(vectors)
         if method == "auto":
             method = "exact" if len(base) <= EXACT_MAX_ROWS else "hnsw"

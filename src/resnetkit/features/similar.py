@@ -62,7 +62,10 @@ def find_similar(
     weights = info["weights"] if is_zoo_name(info["model"]) else None  # artifacts carry their weights
     extractor = load_extractor(info["model"], layer=info.get("layer"), weights=weights, backend=backend,
                                precision=precision, batch_size=batch_size)
-    queries = collect(extractor, [str(p) for p in iter_image_paths(images)], batch_size, workers, progress=False)
+    sources = [str(p) for p in iter_image_paths(images)]
+    if not sources:
+        raise EmbeddingFileError("No query images found in the given paths.")
+    queries = collect(extractor, sources, batch_size, workers, progress=False)
     index = CosineIndex.create(stored.vectors[valid], Path(embeddings_file), method)
     results = [SimilarResult(source, error=error) for source, error in zip(queries.sources, queries.errors)]
     good = queries.valid
