@@ -146,7 +146,8 @@ def test_hnsw_agrees_with_exact_search_on_clustered_vectors():
     centres = rng.normal(size=(50, 64))
     vectors = (centres[rng.integers(0, 50, 5000)] + 0.3 * rng.normal(size=(5000, 64))).astype(np.float32)
     queries = vectors[:100] + 0.05 * rng.normal(size=(100, 64)).astype(np.float32)
-    _, exact = CosineIndex.create(vectors, method="exact").search(queries, 5)
-    _, approx = CosineIndex.create(vectors, method="hnsw").search(queries, 5)
+    _, exact, _ = CosineIndex(vectors, method="exact").search(queries, 5)
+    _, approx, used = CosineIndex(vectors, method="hnsw").search(queries, 5)
+    assert used == "hnsw" and CosineIndex(vectors).choose(1) == "exact"
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx, exact)])
     assert recall >= 0.95

@@ -1,8 +1,9 @@
 """Cosine nearest neighbours: exact with NumPy for small sets, a faiss HNSW index above a measured size.
 
-``EXACT_MAX_ROWS`` comes from ``benchmarks/similar_search.py`` (see docs/features.md): below it
-one exact matrix product answers a query faster than loading a prebuilt HNSW index and searching
-it. The index is built once per embedding file and cached next to it (``FILE.hnsw.faiss``).
+``EXACT_MAX_COMPARISONS`` (queries x stored rows) comes from ``benchmarks/similar_search.py``
+(see docs/features.md): below it one exact matrix product is faster than reading a prebuilt HNSW
+index and searching it. The index is built once per embedding file and cached next to it
+(``FILE.hnsw.faiss``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from ..core.errors import ResnetkitError
 from ..core.fileio import atomic_write
 
-EXACT_MAX_ROWS = 50_000  # measured crossover, see benchmarks/similar_search.py
+EXACT_MAX_COMPARISONS = 50_000_000  # queries x stored rows; measured crossover, see benchmarks/similar_search.py
 HNSW_NEIGHBOURS = 32  # graph degree M (faiss default for HNSW is 32)
 HNSW_EF_SEARCH = 128  # candidates per query; recall@5 >= 0.95 in the benchmark
 METHODS = ("auto", "exact", "hnsw")
@@ -37,12 +38,12 @@ def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
     return np.take_along_axis(scores, indices, axis=1), indices
 
 
-def build_hnsw(base: np.ndarray):
-    """A faiss HNSW inner-product index over unit-row ``base``."""
+def build_hnsw(vectors: np.ndarray):
+    """A faiss HNSW inner-product index over ``vectors`` scaled to unit length."""
     import faiss
 
-    index = faiss.IndexHNSWFlat(base.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-    index.add(np.ascontiguousarray(base, dtype=np.float32))
+    index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+    index.add(np.ascontiguousarray(unit_rows(vectors)))
     return index
 
 
@@ -51,16 +52,16 @@ def hnsw_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
 
 
-def cached_hnsw(base: np.ndarray, embeddings_file: Path):
+def cached_hnsw(vectors: np.ndarray, embeddings_file: Path):
     """The HNSW index of ``embeddings_file`` from its cache file, built and saved (atomically) if stale."""
     import faiss
 
     cache = embeddings_file.with_name(embeddings_file.name + ".hnsw.faiss")
     if cache.is_file() and cache.stat().st_mtime >= embeddings_file.stat().st_mtime:
         index = faiss.deserialize_index(np.fromfile(cache, dtype=np.uint8))
-        if index.ntotal == base.shape[0] and index.d == base.shape[1]:
+        if index.ntotal == vectors.shape[0] and index.d == vectors.shape[1]:
             return index
-    index = build_hnsw(base)
+    index = build_hnsw(vectors)
     with atomic_write(cache) as handle:
         handle.write(faiss.serialize_index(index).tobytes())
     return index
@@ -68,27 +69,27 @@ def cached_hnsw(base: np.ndarray, embeddings_file: Path):
 
 @dataclass
 class CosineIndex:
-    """Unit-normalized base vectors searched exactly or through a cached HNSW index."""
+    """Stored vectors searched by cosine similarity, exactly or through a cached HNSW index."""
 
-    base: np.ndarray
-    method: str  # "exact" or "hnsw"
-    index: object = None
+    vectors: np.ndarray
+    cache_file: Path | None = None  # the embedding file; its HNSW index is cached next to it
+    method: str = "auto"
 
-    @classmethod
-    def create(cls, vectors: np.ndarray, embeddings_file: Path | None = None, method: str = "auto") -> "CosineIndex":
-        if method not in METHODS:
-            raise ResnetkitError(f"Unknown search method '{method}'. Choose one of: {', '.join(METHODS)}.")
-        base = unit_rows(vectors)
-        if method == "auto":
-            method = "exact" if len(base) <= EXACT_MAX_ROWS else "hnsw"
-        if method == "exact":
-            return cls(base, "exact")
-        index = cached_hnsw(base, embeddings_file) if embeddings_file else build_hnsw(base)
-        return cls(base, "hnsw", index)
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ResnetkitError(f"Unknown search method '{self.method}'. Choose one of: {', '.join(METHODS)}.")
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, row indices), best first, for each query vector."""
+    def choose(self, n_queries: int) -> str:
+        """``exact`` or ``hnsw``: ``auto`` takes HNSW once the exact product would exceed the measured crossover."""
+        if self.method != "auto":
+            return self.method
+        return "exact" if n_queries * len(self.vectors) <= EXACT_MAX_COMPARISONS else "hnsw"
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """(scores, row indices) best first for each query vector, and the method used."""
         queries = unit_rows(queries)
-        if self.method == "exact":
-            return exact_search(self.base, queries, k)
-        return hnsw_search(self.index, queries, k)
+        method = self.choose(len(queries))
+        if method == "exact":
+            return (*exact_search(unit_rows(self.vectors), queries, k), method)
+        index = cached_hnsw(self.vectors, self.cache_file) if self.cache_file else build_hnsw(self.vectors)
+        return (*hnsw_search(index, queries, k), method)

@@ -46,7 +46,7 @@ def find_similar(
     """The ``k`` most cosine-similar stored images for each query image, and the search method used.
 
     Queries are embedded with the model, weights and layer recorded in the file. ``method`` is
-    ``exact``, ``hnsw`` (faiss) or ``auto`` (exact up to ``search.EXACT_MAX_ROWS`` rows).
+    ``exact``, ``hnsw`` (faiss) or ``auto`` (exact up to ``search.EXACT_MAX_COMPARISONS`` queries x rows).
     """
     stored = load_embeddings(embeddings_file)
     info = stored.info
@@ -66,12 +66,12 @@ def find_similar(
     if not sources:
         raise EmbeddingFileError("No query images found in the given paths.")
     queries = collect(extractor, sources, batch_size, workers, progress=False)
-    index = CosineIndex.create(stored.vectors[valid], Path(embeddings_file), method)
+    index = CosineIndex(stored.vectors[valid], Path(embeddings_file), method)
     results = [SimilarResult(source, error=error) for source, error in zip(queries.sources, queries.errors)]
-    good = queries.valid
+    good, used = queries.valid, index.choose(len(queries.valid))
     if len(good):
-        scores, rows = index.search(queries.vectors[good], k)
+        scores, rows, used = index.search(queries.vectors[good], k)
         for i, score_row, index_row in zip(good, scores, rows):
             results[i].neighbours = [Neighbour(stored.sources[valid[r]], round(float(s), 6))
                                      for s, r in zip(score_row, index_row) if r >= 0]
-    return results, index.method
+    return results, used

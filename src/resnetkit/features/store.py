@@ -136,10 +136,10 @@ def _read_parquet(path: Path) -> Embeddings:
     if raw is None or table.column_names[:3] != ["source", "embedding", "error"]:
         raise EmbeddingFileError(f"{path} is a Parquet file but not one written by 'resnetkit embed'.")
     info = json.loads(raw)
-    rows = table.column("embedding").to_pylist()
-    vectors = np.array([r if r is not None else [np.nan] * info["dim"] for r in rows], dtype=np.float32)
-    return Embeddings(table.column("source").to_pylist(), vectors.reshape(len(rows), info["dim"]),
-                      table.column("error").to_pylist(), info)
+    column = table.column("embedding").combine_chunks()
+    vectors = np.full((len(column), info["dim"]), np.nan, dtype=np.float32)
+    vectors[column.is_valid().to_numpy(zero_copy_only=False)] = column.flatten().to_numpy().reshape(-1, info["dim"])
+    return Embeddings(table.column("source").to_pylist(), vectors, table.column("error").to_pylist(), info)
 
 
 def _read_npy(path: Path) -> Embeddings:

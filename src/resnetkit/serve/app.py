@@ -17,6 +17,7 @@ from .. import __version__
 from .hub import ModelHub, ServeError
 from .metrics import MetricsMiddleware, ServeMetrics
 from .routers import api, health, torchserve, web
+from .routers.explain import router as explanations_router
 from .settings import ServeSettings
 
 DESCRIPTION = """Image classification with pretrained ResNet-family models, batched dynamically.
@@ -50,6 +51,7 @@ def create_app(settings: ServeSettings, *, on_load_error: Callable[[str], None] 
     app.state.hub = hub
     for module in (api, torchserve, health, web):
         app.include_router(module.router)
+    app.include_router(explanations_router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_exception_handler(ServeError, _serve_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
