@@ -130,3 +130,35 @@ def test_explanations_route_errors(client):
     scripted = client.post("/explanations/scripted", content=b"x")
     assert scripted.status_code == 501 and "needs the PyTorch model" in scripted.json()["detail"]
     assert client.post("/explanations/nope", content=b"x").status_code == 404
+
+
+@pytest.mark.slow
+def test_web_page_shows_the_heatmap_on_request(cifar_weights, cifar_test_dir, tmp_path):
+    from test_serve_browser import CHROMIUM, CHROMIUM_ARGS  # the browser set-up of the page's own test
+
+    from resnetkit.serve import ServerThread, ServeSettings
+
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    image = first_image(cifar_test_dir / "cat")
+    [expected] = classify("cifar_resnet20", [image], top_k=1)
+    server = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False)).start()
+    try:
+        server.wait_ready()
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(server.url)
+            page.wait_for_selector("#model option[value='cifar_resnet20']", state="attached")
+            page.set_input_files("#files", [str(image)])
+            page.click(".card button.heatmap")
+            page.wait_for_function("document.querySelector('.card button.heatmap').textContent.startsWith('heatmap:')")
+            label = expected.predictions[0].label
+            assert page.locator(".card button.heatmap").inner_text() == f"heatmap: {label}"
+            thumb = page.locator(".card img.thumb")
+            assert thumb.get_attribute("alt") == f"heatmap of {label} over {image.name}"
+            assert thumb.evaluate("img => img.naturalWidth") == 32
+            browser.close()
+    finally:
+        server.stop()
