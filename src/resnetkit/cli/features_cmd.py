@@ -74,5 +74,6 @@ def similar_command(
             console.print(f"{result.source}:", highlight=False)
             for n in result.neighbours:
                 console.print(f"  {n.score:.4f}  {n.source}", highlight=False)
+        err_console.print(f"cosine similarity, {used} search", highlight=False)
     if any(r.error for r in results):
         raise typer.Exit(1)

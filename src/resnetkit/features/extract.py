@@ -37,8 +37,8 @@ def require_module(classifier: Classifier, command: str) -> nn.Module:
     """The classifier's PyTorch module, or a clear error for exported files that only keep the logits."""
     if classifier.module is None:
         raise FeaturesUnavailableError(
-            f"'{command}' needs the PyTorch model, but {classifier.meta.name} was loaded from an exported "
-            f"{classifier.runner.backend} file, which keeps only the logits output. Use the zoo name "
+            f"'{command}' needs the PyTorch model, but {classifier.meta.name} was loaded from an exported file "
+            f"(run by {classifier.runner.backend}), which keeps only the logits output. Use the zoo name "
             f"({classifier.meta.arch}) or the .pt model it was exported from."
         )
     return classifier.module
