@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -15,24 +14,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import make_image
-from resnetkit.cli import main
 from resnetkit.core.errors import ResnetkitError
 from resnetkit.explain import explain
 from resnetkit.features import FeaturesUnavailableError
 from resnetkit.run.classify import classify
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    old, sys.argv = sys.argv, ["resnetkit", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from test_features import run_cli
 
 
 def first_image(folder: Path) -> Path:

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from ..explain import METHODS, explain
-from .app import JsonFlag, ModelArg, WeightsOpt, app, console, print_json, styled
+from .app import JsonFlag, ModelArg, WeightsOpt, app, print_json
+from .features_cmd import print_per_source
 from .optimize_cmd import RandomWeightsFlag
 
 
@@ -27,12 +28,6 @@ def explain_command(
     if json_output:
         print_json([r.to_dict() for r in results])
     else:
-        for result in results:
-            if result.error:
-                console.print(styled(f"{result.source}: ", ("error:", "red"), f" {result.error}"), highlight=False)
-                continue
-            console.print(f"{result.source}:", highlight=False)
-            for h in result.heatmaps:
-                console.print(f"  {h.label} {100 * h.score:.2f}%  {h.path}", highlight=False)
+        print_per_source(results, lambda r: [f"{h.label} {100 * h.score:.2f}%  {h.path}" for h in r.heatmaps])
     if any(r.error for r in results):
         raise typer.Exit(1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Callable, Sequence
 
 import typer
 
@@ -67,13 +67,18 @@ def similar_command(
     if json_output:
         print_json({"embeddings": embeddings, "method": used, "results": [r.to_dict() for r in results]})
     else:
-        for result in results:
-            if result.error:
-                console.print(styled(f"{result.source}: ", ("error:", "red"), f" {result.error}"), highlight=False)
-                continue
-            console.print(f"{result.source}:", highlight=False)
-            for n in result.neighbours:
-                console.print(f"  {n.score:.4f}  {n.source}", highlight=False)
+        print_per_source(results, lambda r: [f"{n.score:.4f}  {n.source}" for n in r.neighbours])
         err_console.print(f"cosine similarity, {used} search", highlight=False)
     if any(r.error for r in results):
         raise typer.Exit(1)
+
+
+def print_per_source(results: Sequence[Any], lines: Callable[[Any], list[str]]) -> None:
+    """Per result: ``source: error: ...``, or ``source:`` followed by its indented ``lines``."""
+    for result in results:
+        if result.error:
+            console.print(styled(f"{result.source}: ", ("error:", "red"), f" {result.error}"), highlight=False)
+            continue
+        console.print(f"{result.source}:", highlight=False)
+        for line in lines(result):
+            console.print(f"  {line}", highlight=False)
