@@ -151,3 +151,22 @@ def test_hnsw_agrees_with_exact_search_on_clustered_vectors():
     assert used == "hnsw" and CosineIndex(vectors).choose(1) == "exact"
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx, exact)])
     assert recall >= 0.95
+
+
+@pytest.mark.slow
+def test_artifact_on_onnxruntime_gives_the_eager_embeddings_and_is_searchable(cifar_weights, cifar_test_dir, tmp_path):
+    from resnetkit.core.artifacts import save_artifact
+    from resnetkit.core.loading import load_model
+
+    classifier = load_model("cifar_resnet20")
+    artifact = save_artifact(tmp_path / "r20.pt", classifier.module, classifier.meta)
+    files = cifar_files(cifar_test_dir, 4, ("cat", "ship"))
+    eager = extract_features("cifar_resnet20", files)
+    onnx = extract_features(artifact, files, backend="onnxruntime")
+    assert onnx.info["backend"] == "onnxruntime" and onnx.info["model"] == str(artifact.resolve())
+    assert np.allclose(onnx.vectors, eager.vectors, atol=1e-4)
+    from resnetkit.features import embed_to_file
+
+    out = embed_to_file(artifact, files, tmp_path / "e.npy").path
+    [result], method = find_similar(out, [files[5]], k=1)
+    assert method == "exact" and result.neighbours[0].source == str(files[5])

@@ -8,6 +8,7 @@ index and searching it. The index is built once per embedding file and cached ne
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def cached_hnsw(vectors: np.ndarray, embeddings_file: Path):
         if index.ntotal == vectors.shape[0] and index.d == vectors.shape[1]:
             return index
     index = build_hnsw(vectors)
-    with atomic_write(cache) as handle:
-        handle.write(faiss.serialize_index(index).tobytes())
+    with contextlib.suppress(OSError):  # a read-only folder: search without caching
+        with atomic_write(cache) as handle:
+            handle.write(faiss.serialize_index(index).tobytes())
     return index
 
 
