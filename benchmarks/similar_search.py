@@ -7,7 +7,9 @@ median of the runs. Also the one-time index build and HNSW's recall@5 against ex
 synthetic and clustered (200 Gaussian clusters, 512 floats like resnet18's pooled features): the
 timings depend on N and the width only; recall on real embeddings may differ.
 
-    python benchmarks/similar_search.py [--sizes 10000 30000 100000] [--queries 8 64 512] [--runs 3] [--json out.json]
+    python benchmarks/similar_search.py [--sizes 10000 30000 100000] [--queries 8 64 512] [--runs 3]
+
+Writes results/similar_search.json (rows and the load average before and after).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnetkit.core.fileio import write_text_atomic
 from resnetkit.features.search import CosineIndex
 
 DIM, K = 512, 5
@@ -58,7 +61,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 30000, 100000])
     parser.add_argument("--queries", type=int, nargs="+", default=[8, 64, 512])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--output", default="results/similar_search.json")
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
@@ -79,8 +82,9 @@ def main() -> None:
     note = (f"k={K}, dim {DIM}, median of {args.runs} interleaved runs; "
             f"shared 2-core machine, load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print(note)
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "note": note}, indent=2))
+    write_text_atomic(args.output, json.dumps({"rows": rows, "note": note, "load_average": [load_before, load_after]},
+                                              indent=2))
+    print(f"written to {args.output}")
 
 
 if __name__ == "__main__":

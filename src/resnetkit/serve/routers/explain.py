@@ -20,14 +20,14 @@ from ..uploads import read_uploads
 router = APIRouter(tags=["Explanations"], dependencies=[Depends(require_token)])
 
 
-def _explainer(request: Request, name: str, classifier: Classifier) -> Explainer:
-    """One explainer per served model, made on first use (a float32 copy of its PyTorch module)."""
+async def _explainer(request: Request, name: str, classifier: Classifier) -> Explainer:
+    """One explainer per served model, made on first use (a float32 copy of its PyTorch module, off the loop)."""
     cache: dict[str, Explainer] | None = getattr(request.app.state, "explainers", None)
     if cache is None:
         cache = request.app.state.explainers = {}
     if name not in cache:
         try:
-            cache[name] = Explainer(classifier)
+            cache[name] = await asyncio.to_thread(Explainer, classifier)
         except ResnetkitError as exc:  # an exported file: no module to take gradients from
             raise ServeError(501, str(exc)) from None
     return cache[name]
@@ -44,7 +44,7 @@ async def explanations(model: str, request: Request, hub: Hub,
     served = hub.get(model)
     settings = hub.settings
     [upload] = await read_uploads(request, max_bytes=settings.max_upload_bytes, max_files=1, field=None)
-    explainer = _explainer(request, served.name, served.classifier)
+    explainer = await _explainer(request, served.name, served.classifier)
     try:
         image = decode_image(upload.data, max_pixels=settings.max_pixels, allow_multi_frame=False)
     except ImageError as exc:
