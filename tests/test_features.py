@@ -170,3 +170,6 @@ def test_artifact_on_onnxruntime_gives_the_eager_embeddings_and_is_searchable(ci
     out = embed_to_file(artifact, files, tmp_path / "e.npy").path
     [result], method = find_similar(out, [files[5]], k=1)
     assert method == "exact" and result.neighbours[0].source == str(files[5])
+    artifact.rename(tmp_path / "moved.pt")
+    with pytest.raises(ResnetkitError, match="was embedded with .*r20.pt, which no longer exists"):
+        find_similar(out, [files[5]])

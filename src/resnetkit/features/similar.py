@@ -56,6 +56,9 @@ def find_similar(
     if info.get("weights") == "random":
         raise EmbeddingFileError(f"{embeddings_file} was made with random weights, which cannot be recreated to embed "
                                  "the queries. Embed the images again with real weights.")
+    if not is_zoo_name(info["model"]) and not Path(info["model"]).is_file():
+        raise EmbeddingFileError(f"{embeddings_file} was embedded with {info['model']}, which no longer exists. "
+                                 "Put the model file back there, or embed the images again.")
     valid = stored.valid
     if not len(valid):
         raise EmbeddingFileError(f"{embeddings_file} has no embeddings (every row is an error).")
