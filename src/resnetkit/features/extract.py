@@ -25,6 +25,7 @@ from ..core.images import decode_image, iter_image_paths
 from ..core.loading import Classifier, load_model
 from ..core.progress import track
 from ..core.zoo import get_spec, is_zoo_name
+from .exported import onnx_features_runner
 
 FEATURES_NODE = "features"
 
@@ -153,11 +154,28 @@ def load_extractor(
     else:
         classifier = load_model(model, weights=weights, pretrained=pretrained)
         ref = str(model) if is_zoo_name(str(model)) else os.path.abspath(model)
+    if classifier.module is None:
+        return FeatureExtractor(classifier, _exported_runner(classifier, layer, backend, precision), layer, normalize, ref)
     features = feature_module(classifier, layer)
     # No backend given: run as the model runs by default (fp16 artifacts stay fp16).
     precision = precision or (classifier.runner.precision if backend is None else None)
     runner = make_runner(features, classifier.meta, backend, RunnerOptions(batch_size=batch_size, precision=precision))
     return FeatureExtractor(classifier, runner, layer, normalize, ref)
+
+
+def _exported_runner(classifier: Classifier, layer: str | None, backend: str | None, precision: str | None) -> Runner:
+    """The pooled-features runner of an exported ONNX graph, as stored; other exported files cannot give one."""
+    runner = onnx_features_runner(classifier)
+    if runner is None:
+        require_module(classifier, "embed")  # raises: no PyTorch module and no features output
+    name = classifier.meta.name
+    if layer is not None:
+        raise FeaturesUnavailableError(f"{name} is an ONNX graph: it gives the pooled features only. --layer needs "
+                                       f"the PyTorch model: the zoo name ({classifier.meta.arch}) or its .pt file.")
+    if backend not in (None, runner.backend) or precision not in (None, runner.precision):
+        raise FeaturesUnavailableError(f"The features of {name}'s ONNX graph run as stored, on {runner.backend} "
+                                       f"({runner.precision}); leave out --backend and --precision.")
+    return runner
 
 
 @dataclass
