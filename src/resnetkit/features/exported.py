@@ -1,9 +1,9 @@
-"""Features from exported ONNX graphs: the input of the final Gemm/MatMul, added as the graph's output.
+"""Features from exported graphs (ONNX, OpenVINO IR): the input of the final linear layer made the output.
 
-resnetkit's ONNX export ends ``... -> pooled features -> Gemm (or MatMul + Add) -> logits``; int8
-graphs put QuantizeLinear/DequantizeLinear pairs in between. Walking back from ``logits`` to the
-first Gemm/MatMul finds the pooled features, which ONNX Runtime can return once they are an output.
-Other exported kinds (OpenVINO IR, TorchScript) keep only the logits.
+resnetkit's exports end ``... -> pooled features -> Gemm or MatMul (+ Add) -> logits``; int8 graphs
+put quantize/dequantize (or FakeQuantize) nodes in between. Walking back from the output to the
+first Gemm/MatMul finds the pooled features, which the runtime returns once they are the output.
+TorchScript files keep only the logits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..core.loading import Classifier
 if TYPE_CHECKING:
     import onnx
 
-    from ..backends.onnxruntime import OnnxRuntimeRunner
+    from ..backends.base import Runner
 
 LINEAR_OPS = ("Gemm", "MatMul")
 MAX_STEPS = 6  # nodes between the head and the output: Add, QuantizeLinear, DequantizeLinear, Identity...
@@ -39,15 +39,23 @@ def head_input(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def onnx_features_runner(classifier: Classifier) -> OnnxRuntimeRunner | None:
-    """A runner returning the pooled features of an ONNX Runtime classifier, or None if it has none."""
+def exported_features_runner(classifier: Classifier) -> Runner | None:
+    """A runner returning the pooled features of a classifier loaded from an exported graph, or None."""
+    from ..backends.onnxruntime import OnnxRuntimeRunner
+    from ..backends.openvino import OpenVinoRunner
+
+    if isinstance(classifier.runner, OnnxRuntimeRunner):
+        return _onnx_features(classifier.runner)
+    if isinstance(classifier.runner, OpenVinoRunner):
+        return _openvino_features(classifier.runner)
+    return None
+
+
+def _onnx_features(runner) -> Runner | None:
     import onnx
 
     from ..backends.onnxruntime import OnnxRuntimeRunner
 
-    runner = classifier.runner
-    if not isinstance(runner, OnnxRuntimeRunner):
-        return None
     name = head_input(runner.model)
     if name is None:
         return None
@@ -56,3 +64,21 @@ def onnx_features_runner(classifier: Classifier) -> OnnxRuntimeRunner | None:
     del model.graph.output[:]
     model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return OnnxRuntimeRunner(model, runner.precision)
+
+
+def _openvino_features(runner) -> Runner | None:
+    import openvino as ov
+
+    from ..backends.openvino import HINTS, OpenVinoRunner
+
+    node = runner.model.outputs[0].get_node()
+    for _ in range(MAX_STEPS):
+        if node.get_type_name() == "MatMul":
+            features = ov.Model([node.input_value(0)], runner.model.get_parameters(), "features")
+            hint = runner.config.get("INFERENCE_PRECISION_HINT")
+            return OpenVinoRunner(features, next((k for k, v in HINTS.items() if v == hint), None))
+        upstream = [v for v in node.input_values() if v.get_node().get_type_name() != "Constant"]
+        if not upstream:
+            return None
+        node = upstream[0].get_node()
+    return None

@@ -25,7 +25,7 @@ from ..core.images import decode_image, iter_image_paths
 from ..core.loading import Classifier, load_model
 from ..core.progress import track
 from ..core.zoo import get_spec, is_zoo_name
-from .exported import onnx_features_runner
+from .exported import exported_features_runner
 
 FEATURES_NODE = "features"
 
@@ -164,16 +164,16 @@ def load_extractor(
 
 
 def _exported_runner(classifier: Classifier, layer: str | None, backend: str | None, precision: str | None) -> Runner:
-    """The pooled-features runner of an exported ONNX graph, as stored; other exported files cannot give one."""
-    runner = onnx_features_runner(classifier)
+    """The pooled-features runner of an exported ONNX/OpenVINO graph, as stored; TorchScript files cannot give one."""
+    runner = exported_features_runner(classifier)
     if runner is None:
         require_module(classifier, "embed")  # raises: no PyTorch module and no features output
     name = classifier.meta.name
     if layer is not None:
-        raise FeaturesUnavailableError(f"{name} is an ONNX graph: it gives the pooled features only. --layer needs "
+        raise FeaturesUnavailableError(f"{name} is an exported graph: it gives the pooled features only. --layer needs "
                                        f"the PyTorch model: the zoo name ({classifier.meta.arch}) or its .pt file.")
     if backend not in (None, runner.backend) or precision not in (None, runner.precision):
-        raise FeaturesUnavailableError(f"The features of {name}'s ONNX graph run as stored, on {runner.backend} "
+        raise FeaturesUnavailableError(f"The features of {name}'s exported graph run as stored, on {runner.backend} "
                                        f"({runner.precision}); leave out --backend and --precision.")
     return runner
 
