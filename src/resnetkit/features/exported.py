@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import onnx
 
     from ..backends.base import Runner
+    from ..backends.onnxruntime import OnnxRuntimeRunner
+    from ..backends.openvino import OpenVinoRunner
 
 LINEAR_OPS = ("Gemm", "MatMul")
 MAX_STEPS = 6  # nodes between the head and the output: Add, QuantizeLinear, DequantizeLinear, Identity...
@@ -51,7 +53,8 @@ def exported_features_runner(classifier: Classifier) -> Runner | None:
     return None
 
 
-def _onnx_features(runner) -> Runner | None:
+def _onnx_features(runner: OnnxRuntimeRunner) -> OnnxRuntimeRunner | None:
+    """The same graph with the head's input as its only output (ONNX Runtime prunes the head)."""
     import onnx
 
     from ..backends.onnxruntime import OnnxRuntimeRunner
@@ -66,7 +69,8 @@ def _onnx_features(runner) -> Runner | None:
     return OnnxRuntimeRunner(model, runner.precision)
 
 
-def _openvino_features(runner) -> Runner | None:
+def _openvino_features(runner: OpenVinoRunner) -> OpenVinoRunner | None:
+    """A model from the same parameters to the input of the head's MatMul, with the runner's precision hint."""
     import openvino as ov
 
     from ..backends.openvino import HINTS, OpenVinoRunner
