@@ -11,6 +11,8 @@ from .run.classify import ImageResult, Prediction, classify
 from .choose.recommend import Constraints, Recommendation, recommend
 from .core.spec import ModelMeta, ModelSpec, Preprocessing, PublishedMetrics, WeightsSpec
 from .core.zoo import get_spec, list_models
+from .features import Embeddings, embed_to_file, extract_features, find_similar, load_embeddings
+from .explain import explain
 
 __version__ = "0.1.0"
 
@@ -19,3 +21,4 @@ __all__ = [
     "Prediction", "Preprocessing", "PublishedMetrics", "Recommendation", "ResnetkitError", "WeightsSpec",
     "bench", "classify", "evaluate", "get_spec", "list_models", "load_model", "recommend", "__version__",
 ]
+__all__ += ["Embeddings", "embed_to_file", "explain", "extract_features", "find_similar", "load_embeddings"]

@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 from .. import __version__
 from .hub import ModelHub, ServeError
 from .metrics import MetricsMiddleware, ServeMetrics
-from .routers import api, health, kserve_v1, oip_v2, torchserve, web
+from .routers import api, explain, health, kserve_v1, oip_v2, torchserve, web
 from .settings import ServeSettings
 
 DESCRIPTION = """Image classification with pretrained ResNet-family models, batched dynamically.
@@ -52,7 +52,7 @@ def create_app(settings: ServeSettings, *, on_load_error: Callable[[str], None] 
 
     app = FastAPIOffline(title="resnetkit serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.hub = hub
-    for module in (api, kserve_v1, oip_v2, torchserve, health, web):
+    for module in (api, kserve_v1, oip_v2, torchserve, explain, health, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_exception_handler(ServeError, _serve_error)

@@ -106,6 +106,7 @@ async function classify(file) {
     const json = response.headers.get("content-type")?.includes("json") ? await response.clone().json() : null;
     if (json && json.results) {
       fillCard(body, json.results[0], json.latency_ms, model);
+      if (!json.results[0].error) offerHeatmap(body, file);
     } else {
       fillCard(body, { error: await errorMessage(response) }, 0);
     }
@@ -132,6 +133,31 @@ function setUp() {
   $("model").addEventListener("change", describeModel);
   $("token").addEventListener("change", loadModels);
   loadModels();
+}
+
+// Heatmap on request: POST /explanations/{model} (grad-cam of the top class), shown in place of the thumbnail.
+function offerHeatmap(body, file) {
+  const button = element("button", "heatmap", "show heatmap");
+  button.type = "button";
+  button.onclick = async () => {
+    button.disabled = true;
+    button.textContent = "computing heatmap…";
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const url = `/explanations/${encodeURIComponent($("model").value)}`;
+    try {
+      const response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
+      if (!response.ok) throw new Error(await errorMessage(response));
+      const img = element("img", "thumb");
+      img.alt = `heatmap of ${response.headers.get("X-Label")} over ${file.name}`;
+      img.src = URL.createObjectURL(await response.blob());
+      body.parentElement.querySelector(".thumb").replaceWith(img);
+      button.textContent = `heatmap: ${response.headers.get("X-Label")}`;
+    } catch (e) {
+      button.replaceWith(element("div", "error", e.message));
+    }
+  };
+  body.append(button);
 }
 
 document.addEventListener("DOMContentLoaded", setUp);

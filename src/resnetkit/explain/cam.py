@@ -1,0 +1,108 @@
+"""Class activation heatmaps with the ``grad-cam`` library (pytorch_grad_cam), drawn over the input image.
+
+The CAM is computed on the model's input (the center crop after resizing) at the output of the
+architecture's last feature stage (the zoo spec's ``last_stage``), then placed back over the
+crop's area of the original image, so every heatmap has the size of the image it explains.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from ..core.loading import Classifier
+from ..core.zoo import get_spec
+from ..features.extract import require_module
+from ..run.classify import Prediction, top_k
+
+METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
+
+
+def _cam_class(method: str):
+    import pytorch_grad_cam as gc
+
+    classes = {"gradcam": gc.GradCAM, "gradcam++": gc.GradCAMPlusPlus, "hirescam": gc.HiResCAM,
+               "xgradcam": gc.XGradCAM, "layercam": gc.LayerCAM, "eigencam": gc.EigenCAM}
+    if method not in classes:
+        from ..core.errors import ResnetkitError
+
+        raise ResnetkitError(f"Unknown explanation method '{method}'. Choose one of: {', '.join(METHODS)}.")
+    return classes[method]
+
+
+@dataclass
+class Heatmap:
+    """One class's heatmap over one image: an RGB overlay of the image's size."""
+
+    prediction: Prediction
+    overlay: np.ndarray  # H x W x 3 uint8
+    method: str
+
+    def png(self, model: str) -> bytes:
+        """The overlay as PNG, with the label, score, method and model as text chunks."""
+        info = PngInfo()
+        for key, value in (("label", self.prediction.label), ("score", f"{self.prediction.score:.6f}"),
+                           ("method", self.method), ("model", model)):
+            info.add_text(key, value)
+        buffer = io.BytesIO()
+        Image.fromarray(self.overlay).save(buffer, format="PNG", pnginfo=info)
+        return buffer.getvalue()
+
+
+def crop_box(size: tuple[int, int], resize_size: int, crop_size: int) -> tuple[int, int, int, int]:
+    """The area of an image of ``size`` (W, H) that 'resize shorter side, then center-crop' keeps."""
+    width, height = size
+    side = crop_size * min(width, height) / resize_size
+    left, top = (width - side) / 2, (height - side) / 2
+    return round(left), round(top), round(left + side), round(top + side)
+
+
+def place_on_image(cam: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The crop-sized ``cam`` (values 0..1) resized into ``box`` of a zero map of ``size`` (W, H)."""
+    full = np.zeros((size[1], size[0]), dtype=np.float32)
+    left, top, right, bottom = box
+    resized = Image.fromarray(cam.astype(np.float32), mode="F").resize((right - left, bottom - top), Image.BILINEAR)
+    # parts of the box outside the image (crop larger than a side) are clipped
+    x0, y0 = max(left, 0), max(top, 0)
+    x1, y1 = min(right, size[0]), min(bottom, size[1])
+    full[y0:y1, x0:x1] = np.asarray(resized)[y0 - top:y1 - top, x0 - left:x1 - left]
+    return np.clip(full, 0.0, 1.0)
+
+
+class Explainer:
+    """A float32 copy of a classifier's module with a CAM on its last stage; one image at a time."""
+
+    def __init__(self, classifier: Classifier, method: str = "gradcam") -> None:
+        module = copy.deepcopy(require_module(classifier, "explain")).float().eval()
+        self.cam_class = _cam_class(method)
+        self.method = method
+        self.meta = classifier.meta
+        self.transform = classifier.transform
+        self.module = module
+        self.target_layer = module.get_submodule(get_spec(classifier.meta.arch).last_stage)
+        self._lock = threading.Lock()  # the CAM's hooks are per module: one image at a time
+
+    def explain(self, image: Image.Image, k: int = 3) -> list[Heatmap]:
+        """Heatmaps of the ``k`` most probable classes of ``image`` (an RGB PIL image)."""
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        batch = self.transform(image).unsqueeze(0)
+        with self._lock:
+            with torch.no_grad():
+                predictions = top_k(torch.softmax(self.module(batch), dim=1), self.meta.categories, k)[0]
+            targets = [ClassifierOutputTarget(p.index) for p in predictions]
+            with torch.enable_grad(), self.cam_class(model=self.module, target_layers=[self.target_layer]) as cam:
+                maps = cam(input_tensor=batch.repeat(len(targets), 1, 1, 1), targets=targets)
+        pre = self.meta.preprocessing
+        box = crop_box(image.size, pre.resize_size, pre.crop_size)
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        return [Heatmap(p, show_cam_on_image(pixels, place_on_image(m, image.size, box), use_rgb=True), self.method)
+                for p, m in zip(predictions, maps)]

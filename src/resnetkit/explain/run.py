@@ -1,0 +1,99 @@
+"""``explain``: heatmap PNGs for the top-k classes of image files, written into one folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from ..core.errors import ImageError, ResnetkitError
+from ..core.fileio import atomic_write, write_text_atomic
+from ..core.images import decode_image, iter_image_paths
+from ..core.loading import Classifier, load_model
+from ..core.progress import track
+from .cam import Explainer
+
+INDEX_FILE = "explanations.json"
+
+
+@dataclass(frozen=True)
+class HeatmapFile:
+    label: str
+    index: int
+    score: float
+    path: str
+
+
+@dataclass
+class ExplainResult:
+    """The heatmap files of one image, or why it could not be explained."""
+
+    source: str
+    heatmaps: list[HeatmapFile] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _file_stem(source: str, used: set[str]) -> str:
+    """The image's name without suffix, made unique within this run (same names in other folders)."""
+    stem, n = Path(source).stem, 1
+    while (stem if n == 1 else f"{stem}-{n}") in used:
+        n += 1
+    unique = stem if n == 1 else f"{stem}-{n}"
+    used.add(unique)
+    return unique
+
+
+def _safe(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "class"
+
+
+def explain(
+    model: Classifier | str | os.PathLike[str],
+    paths: Iterable[str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    *,
+    top_k: int = 3,
+    method: str = "gradcam",
+    weights: str | None = None,
+    pretrained: bool = True,
+    progress: bool | None = None,
+) -> list[ExplainResult]:
+    """Write ``STEM_top<r>_<label>.png`` heatmaps for the ``top_k`` classes of each image into ``output_dir``.
+
+    Also writes ``explanations.json`` (sources, labels, scores, files). Unreadable images get an
+    error; the others are still explained. Needs a PyTorch model (zoo name or .pt artifact).
+    """
+    if top_k < 1:
+        raise ResnetkitError("--top-k must be at least 1.")
+    sources = [str(p) for p in iter_image_paths(paths)]
+    if not sources:
+        raise ResnetkitError("No image files found in the given paths.")
+    classifier = model if isinstance(model, Classifier) else load_model(model, weights=weights, pretrained=pretrained)
+    explainer = Explainer(classifier, method)
+    folder = Path(output_dir)
+    used: set[str] = set()
+    results = []
+    for source in track(sources, len(sources), "explaining", progress):
+        result = ExplainResult(source)
+        try:
+            heatmaps = explainer.explain(decode_image(source), top_k)
+        except ImageError as exc:
+            result.error = str(exc)
+        else:
+            stem = _file_stem(source, used)
+            for rank, heatmap in enumerate(heatmaps, 1):
+                p = heatmap.prediction
+                path = folder / f"{stem}_top{rank}_{_safe(p.label)}.png"
+                with atomic_write(path) as handle:
+                    handle.write(heatmap.png(classifier.meta.name))
+                result.heatmaps.append(HeatmapFile(p.label, p.index, p.score, str(path)))
+        results.append(result)
+    index = {"model": classifier.meta.name, "method": method, "results": [r.to_dict() for r in results]}
+    write_text_atomic(folder / INDEX_FILE, json.dumps(index, indent=2))
+    return results

@@ -1,0 +1,227 @@
+"""Embeddings: a classifier's pooled features (the input of its final linear layer) instead of its logits.
+
+The feature module is the zoo architecture with its head replaced by ``nn.Identity`` (the
+spec's ``head`` path), or, for ``layer``, torchvision's ``create_feature_extractor`` cut at
+that stage and global-average-pooled. It runs on any backend that runs a PyTorch module.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from ..backends.base import Runner, RunnerOptions, make_runner
+from ..core.errors import ImageError, ResnetkitError
+from ..core.images import decode_image, iter_image_paths
+from ..core.loading import Classifier, load_model
+from ..core.progress import track
+from ..core.zoo import get_spec, is_zoo_name
+from .exported import exported_features_runner
+
+FEATURES_NODE = "features"
+
+
+class FeaturesUnavailableError(ResnetkitError):
+    """The model has no PyTorch module to take features or gradients from (an exported file)."""
+
+
+def require_module(classifier: Classifier, command: str) -> nn.Module:
+    """The classifier's PyTorch module, or a clear error for exported files that only keep the logits."""
+    if classifier.module is None:
+        raise FeaturesUnavailableError(
+            f"'{command}' needs the PyTorch model, but {classifier.meta.name} was loaded from an exported file "
+            f"(run by {classifier.runner.backend}), which keeps only the logits output. Use the zoo name "
+            f"({classifier.meta.arch}) or the .pt model it was exported from."
+        )
+    return classifier.module
+
+
+class PooledFeatures(nn.Module):
+    """``body``'s output (a tensor or the ``features`` entry of a dict) as one vector per image."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if isinstance(out, dict):
+            out = out[FEATURES_NODE]
+        if out.dim() == 4:
+            out = F.adaptive_avg_pool2d(out, 1)
+        return out.flatten(1)
+
+
+def stage_names(arch: str, module: nn.Module) -> list[str]:
+    """Layers ``--layer`` suggests: the siblings of the architecture's last stage, without the head."""
+    spec = get_spec(arch)
+    parent = spec.last_stage.rpartition(".")[0]
+    container = module.get_submodule(parent) if parent else module
+    prefix = f"{parent}." if parent else ""
+    return [prefix + name for name, _ in container.named_children() if prefix + name != spec.head]
+
+
+def feature_module(classifier: Classifier, layer: str | None = None) -> nn.Module:
+    """A float32 copy of the classifier that outputs pooled features (before the head, or after ``layer``)."""
+    module = require_module(classifier, "embed")
+    body = copy.deepcopy(module).float().eval()
+    if layer is None:
+        head = get_spec(classifier.meta.arch).head
+        parent, _, child = head.rpartition(".")
+        setattr(body.get_submodule(parent) if parent else body, child, nn.Identity())
+        return PooledFeatures(body).eval()
+    if layer not in dict(body.named_modules()) or not layer:
+        choices = ", ".join(stage_names(classifier.meta.arch, body))
+        raise ResnetkitError(f"{classifier.meta.arch} has no layer '{layer}'. Choose one of: {choices}.")
+    return PooledFeatures(create_feature_extractor(body, {layer: FEATURES_NODE})).eval()
+
+
+@dataclass
+class FeatureExtractor:
+    """A loaded model turned into a features runner, plus what an embedding file records about it."""
+
+    classifier: Classifier
+    runner: Runner
+    layer: str | None
+    normalize: bool
+    model_ref: str | None
+    dim: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dim = int(self.runner(torch.zeros(1, *self.classifier.meta.preprocessing.input_shape)).shape[1])
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The recipe stored with the embeddings, so that queries are embedded the same way."""
+        meta = self.classifier.meta
+        return {"model": self.model_ref, "arch": meta.arch, "weights": meta.weights, "layer": self.layer,
+                "normalize": self.normalize, "dim": self.dim, "backend": self.runner.backend,
+                "precision": self.runner.precision, "preprocessing": meta.preprocessing.to_dict()}
+
+    def embed(self, batch: torch.Tensor) -> np.ndarray:
+        vectors = self.runner(batch).float().numpy().astype(np.float32, copy=False)
+        if self.normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+    def batches(self, sources: Sequence[str], batch_size: int = 16, workers: int = 2,
+                progress: bool | None = None) -> Iterator[tuple[Sequence[str], np.ndarray, list[str | None]]]:
+        """Per batch of ``sources``: the sources, their vectors (NaN rows for unreadable files) and errors."""
+        transform = self.classifier.transform
+
+        def prepare(path: str) -> torch.Tensor | ImageError:
+            try:
+                return transform(decode_image(path))
+            except ImageError as exc:
+                return exc
+
+        starts = range(0, len(sources), batch_size)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decode releases the GIL
+            for start in track(starts, len(sources), "embedding", progress, advance=lambda s: len(sources[s:s + batch_size])):
+                chunk = sources[start:start + batch_size]
+                items = list(pool.map(prepare, chunk))
+                vectors = np.full((len(chunk), self.dim), np.nan, dtype=np.float32)
+                good = [i for i, item in enumerate(items) if isinstance(item, torch.Tensor)]
+                if good:
+                    vectors[good] = self.embed(torch.stack([items[i] for i in good]))
+                errors = [str(item) if isinstance(item, ImageError) else None for item in items]
+                yield chunk, vectors, errors
+
+
+def load_extractor(
+    model: Classifier | str | os.PathLike[str],
+    *,
+    layer: str | None = None,
+    normalize: bool = False,
+    weights: str | None = None,
+    pretrained: bool = True,
+    backend: str | None = None,
+    precision: str | None = None,
+    batch_size: int = 16,
+) -> FeatureExtractor:
+    """Load ``model`` (zoo name, .pt artifact or a loaded Classifier) as a features runner on ``backend``."""
+    if isinstance(model, Classifier):
+        classifier, ref = model, (model.meta.name if is_zoo_name(model.meta.name) else None)
+    else:
+        classifier = load_model(model, weights=weights, pretrained=pretrained)
+        ref = str(model) if is_zoo_name(str(model)) else os.path.abspath(model)
+    if classifier.module is None:
+        return FeatureExtractor(classifier, _exported_runner(classifier, layer, backend, precision), layer, normalize, ref)
+    features = feature_module(classifier, layer)
+    # No backend given: run as the model runs by default (fp16 artifacts stay fp16).
+    precision = precision or (classifier.runner.precision if backend is None else None)
+    runner = make_runner(features, classifier.meta, backend, RunnerOptions(batch_size=batch_size, precision=precision))
+    return FeatureExtractor(classifier, runner, layer, normalize, ref)
+
+
+def _exported_runner(classifier: Classifier, layer: str | None, backend: str | None, precision: str | None) -> Runner:
+    """The pooled-features runner of an exported ONNX/OpenVINO graph, as stored; TorchScript files cannot give one."""
+    runner = exported_features_runner(classifier)
+    if runner is None:
+        require_module(classifier, "embed")  # raises: no PyTorch module and no features output
+    name = classifier.meta.name
+    if layer is not None:
+        raise FeaturesUnavailableError(f"{name} is an exported graph: it gives the pooled features only. --layer needs "
+                                       f"the PyTorch model: the zoo name ({classifier.meta.arch}) or its .pt file.")
+    if backend not in (None, runner.backend) or precision not in (None, runner.precision):
+        raise FeaturesUnavailableError(f"The features of {name}'s exported graph run as stored, on {runner.backend} "
+                                       f"({runner.precision}); leave out --backend and --precision.")
+    return runner
+
+
+@dataclass
+class Embeddings:
+    """One row per input: ``vectors[i]`` is NaN where ``errors[i]`` says why the file could not be embedded."""
+
+    sources: list[str]
+    vectors: np.ndarray
+    errors: list[str | None]
+    info: dict[str, Any]
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Indices of the rows that have an embedding."""
+        return np.array([i for i, e in enumerate(self.errors) if e is None], dtype=np.int64)
+
+
+def collect(extractor: FeatureExtractor, sources: Sequence[str], batch_size: int = 16, workers: int = 2,
+            progress: bool | None = None) -> Embeddings:
+    """All batches of ``extractor`` over ``sources`` in memory."""
+    parts = list(extractor.batches(sources, batch_size, workers, progress))
+    vectors = np.concatenate([v for _, v, _ in parts]) if parts else np.zeros((0, extractor.dim), np.float32)
+    errors = [e for _, _, errs in parts for e in errs]
+    return Embeddings(list(sources), vectors, errors, extractor.info)
+
+
+def extract_features(
+    model: Classifier | str | os.PathLike[str],
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    layer: str | None = None,
+    normalize: bool = False,
+    batch_size: int = 16,
+    workers: int = 2,
+    weights: str | None = None,
+    pretrained: bool = True,
+    backend: str | None = None,
+    precision: str | None = None,
+    progress: bool | None = None,
+) -> Embeddings:
+    """Embed image files and folders (walked recursively) with ``model``'s pooled features.
+
+    ``layer`` (e.g. ``layer3``) takes an earlier stage, average-pooled; ``normalize`` gives unit
+    vectors. Unreadable files get an error and a NaN row; the rest are still embedded.
+    """
+    extractor = load_extractor(model, layer=layer, normalize=normalize, weights=weights, pretrained=pretrained,
+                               backend=backend, precision=precision, batch_size=batch_size)
+    sources = [str(p) for p in iter_image_paths(paths)]
+    return collect(extractor, sources, batch_size, workers, progress)

@@ -1,0 +1,150 @@
+"""Heatmaps (grad-cam) on real CIFAR-10 and hymenoptera photos: files, sizes, labels, HTTP route."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import make_image
+from resnetkit.core.errors import ResnetkitError
+from resnetkit.explain import explain
+from resnetkit.features import FeaturesUnavailableError
+from resnetkit.run.classify import classify
+from test_features import run_cli
+
+
+def first_image(folder: Path) -> Path:
+    return sorted(p for p in folder.iterdir() if p.suffix == ".jpg")[0]
+
+
+def test_explain_writes_top_k_heatmaps_of_the_image_size(cifar_weights, cifar_test_dir, hymenoptera_dir, tmp_path, capsys):
+    cat = first_image(cifar_test_dir / "cat")
+    bee = first_image(hymenoptera_dir / "val" / "bees")  # larger than the 32 px input: mapped back over the crop
+    code, stdout, _ = run_cli(capsys, "explain", "cifar_resnet20", str(cat), str(bee), "-o", str(tmp_path), "-k", "3")
+    assert code == 0
+    expected = classify("cifar_resnet20", [cat, bee], top_k=3)
+    index = json.loads((tmp_path / "explanations.json").read_text())
+    assert index["model"] == "cifar_resnet20" and index["method"] == "gradcam"
+    for source, want, entry in zip((cat, bee), expected, index["results"]):
+        labels = [p.label for p in want.predictions]
+        assert [h["label"] for h in entry["heatmaps"]] == labels
+        for rank, heatmap in enumerate(entry["heatmaps"], 1):
+            path = Path(heatmap["path"])
+            assert path.name == f"{source.stem}_top{rank}_{heatmap['label']}.png" and str(path) in stdout
+            with Image.open(path) as png:
+                assert png.format == "PNG" and png.text["label"] == heatmap["label"]
+                assert png.size == Image.open(source).size
+                pixels = np.asarray(png.convert("RGB"), dtype=np.float32)
+            assert pixels.std() > 10  # not a constant image
+            original = np.asarray(Image.open(source).convert("RGB"), dtype=np.float32)
+            assert np.abs(pixels - original).mean() > 10  # a heatmap was drawn over the photo
+
+
+def test_heatmaps_differ_between_classes(cifar_weights, cifar_test_dir, tmp_path):
+    [result] = explain("cifar_resnet20", [first_image(cifar_test_dir / "ship")], tmp_path, top_k=2)
+    first, second = (np.asarray(Image.open(h.path), dtype=np.float32) for h in result.heatmaps)
+    assert np.abs(first - second).mean() > 1
+
+
+def test_bad_images_are_error_rows_and_bad_options_explain_themselves(tmp_path):
+    broken = tmp_path / "in" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"nope")
+    good = make_image(tmp_path / "in" / "good.png", size=(50, 40))
+    results = explain("resnet18", [broken, good], tmp_path / "out", top_k=1, pretrained=False)
+    assert "is not an image format" in results[0].error and not results[0].heatmaps
+    assert Image.open(results[1].heatmaps[0].path).size == (50, 40)
+    with pytest.raises(ResnetkitError, match="Unknown explanation method 'magic'. Choose one of: gradcam"):
+        explain("resnet18", [good], tmp_path / "out", method="magic", pretrained=False)
+
+
+def test_exported_files_say_they_cannot_be_explained(tmp_path, capsys):
+    from resnetkit.backends.torchscript import save_torchscript
+    from resnetkit.core.zoo import get_spec
+
+    spec = get_spec("cifar_resnet20")
+    path = save_torchscript(spec.build().eval(), spec.meta().replace(weights="random"), tmp_path / "m.torchscript")
+    image = make_image(tmp_path / "a.png")
+    with pytest.raises(FeaturesUnavailableError, match="'explain' needs the PyTorch model"):
+        explain(path, [image], tmp_path / "out")
+    code, _, stderr = run_cli(capsys, "explain", str(path), str(image), "-o", str(tmp_path / "out"))
+    assert code == 2 and "error: 'explain' needs the PyTorch model" in stderr
+
+
+@pytest.fixture
+def client(cifar_weights, tmp_path):
+    from resnetkit.backends.torchscript import save_torchscript
+    from resnetkit.core.zoo import get_spec
+    from resnetkit.serve import ServeSettings
+    from resnetkit.serve.app import create_app
+
+    spec = get_spec("cifar_resnet20")
+    script = save_torchscript(spec.build().eval(), spec.meta().replace(weights="random"), tmp_path / "ts.torchscript")
+    settings = ServeSettings(models=("cifar_resnet20", f"scripted={script}"), max_batch_size=4)
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.2)
+        yield client
+
+
+def test_explanations_route_returns_the_top_class_heatmap(client, cifar_test_dir):
+    image = first_image(cifar_test_dir / "horse")
+    [expected] = classify("cifar_resnet20", [image], top_k=2)
+    response = client.post("/explanations/cifar_resnet20", content=image.read_bytes())
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.headers["x-label"] == expected.predictions[0].label
+    png = Image.open(io.BytesIO(response.content))
+    assert png.size == (32, 32) and png.text["label"] == expected.predictions[0].label
+    both = client.post("/explanations/cifar_resnet20?format=json&top_k=2", files={"data": image.read_bytes()}).json()
+    assert [h["label"] for h in both["heatmaps"]] == [p.label for p in expected.predictions]
+    assert Image.open(io.BytesIO(base64.b64decode(both["heatmaps"][1]["png_base64"]))).size == (32, 32)
+
+
+def test_explanations_route_errors(client):
+    bad = client.post("/explanations/cifar_resnet20", content=b"not an image")
+    assert bad.status_code == 422 and "not an image format" in bad.json()["detail"]
+    scripted = client.post("/explanations/scripted", content=b"x")
+    assert scripted.status_code == 501 and "needs the PyTorch model" in scripted.json()["detail"]
+    assert client.post("/explanations/nope", content=b"x").status_code == 404
+
+
+@pytest.mark.slow
+def test_web_page_shows_the_heatmap_on_request(cifar_weights, cifar_test_dir, tmp_path):
+    from test_serve_browser import CHROMIUM, CHROMIUM_ARGS  # the browser set-up of the page's own test
+
+    from resnetkit.serve import ServerThread, ServeSettings
+
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    image = first_image(cifar_test_dir / "cat")
+    [expected] = classify("cifar_resnet20", [image], top_k=1)
+    server = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False)).start()
+    try:
+        server.wait_ready()
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(server.url)
+            page.wait_for_selector("#model option[value='cifar_resnet20']", state="attached")
+            page.set_input_files("#files", [str(image)])
+            page.click(".card button.heatmap")
+            page.wait_for_function("document.querySelector('.card button.heatmap').textContent.startsWith('heatmap:')")
+            label = expected.predictions[0].label
+            assert page.locator(".card button.heatmap").inner_text() == f"heatmap: {label}"
+            thumb = page.locator(".card img.thumb")
+            assert thumb.get_attribute("alt") == f"heatmap of {label} over {image.name}"
+            assert thumb.evaluate("img => img.naturalWidth") == 32
+            browser.close()
+    finally:
+        server.stop()
