@@ -8,7 +8,7 @@ from ..core.errors import ResnetkitError
 from .app import app, err_console, styled
 
 # Each module adds its commands to ``app``; a new command is a new module listed here.
-from . import bench_cmd, models_cmd, run_cmd, train_cmd, weights_cmd, optimize_cmd, serve_cmd  # noqa: E402,F401
+from . import bench_cmd, models_cmd, run_cmd, train_cmd, weights_cmd, optimize_cmd, serve_cmd, video_cmd  # noqa: E402,F401
 
 
 def main() -> None:
