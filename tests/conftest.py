@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("RESNETKIT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 CIFAR_WEIGHTS = SHARED / "weights" / "cifar10"
 CIFAR_TEST = SHARED / "data" / "cifar10" / "test"
 CIFAR_TRAIN = SHARED / "data" / "cifar10" / "train"
