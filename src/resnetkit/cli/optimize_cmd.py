@@ -63,7 +63,7 @@ def export_command(
     batch_size: LatencyBatchOpt = 1,
     json_output: JsonFlag = False,
 ) -> None:
-    """Export to ONNX, TorchScript or OpenVINO IR with the class names and preprocessing, then check it against eager."""
+    """Export to ONNX, TorchScript, OpenVINO IR or a Hugging Face folder (hf) with the class names and preprocessing, then check it against eager."""
     report = export_model(model, fmt, output, weights=weights, pretrained=not random_weights, dynamic_batch=dynamic_batch,
                           opset=opset, check_dir=check_data, batch_size=batch_size)
     if json_output:

@@ -102,6 +102,10 @@ def load_model(
         if weights:
             raise UnknownModelError(f"--weights only applies to zoo models; {ref} already carries its weights.")
         load_backend_modules()  # backends register the file types they read
+        if path.is_dir():  # a Hugging Face transformers-format folder
+            from ..interop.hf import load_folder
+
+            return load_folder(path, backend, options)
         loader = _ARTIFACT_LOADERS.get(path.suffix.lower())
         if loader is None:
             known = ", ".join(sorted(_ARTIFACT_LOADERS))
