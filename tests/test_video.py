@@ -135,11 +135,10 @@ def test_cli_text_output_prints_segments_and_realtime_factor(cifar_weights, ship
 def test_not_a_video_is_a_clear_error(cifar_weights, tmp_path):
     fake = tmp_path / "notes.mp4"
     fake.write_text("not a video\n" * 20)
-    result = _cli("classify", "cifar_resnet20", str(fake))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "could not be opened as a video" in result.stderr
-    missing = _cli("classify", "cifar_resnet20", str(tmp_path / "missing.mkv"))
-    assert missing.returncode == 2 and "No such file" in missing.stderr
+    result = _cli("classify", "cifar_resnet20", str(fake), str(tmp_path / "missing.mkv"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "could not be opened as a video" in result.stdout and "No such file" in result.stdout
+    assert "2 of 2 file(s) could not be classified" in result.stderr
 
 
 def test_smoothing_absorbs_a_single_outlier_frame():

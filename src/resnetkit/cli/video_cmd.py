@@ -33,7 +33,10 @@ def _timing_line(report: VideoReport) -> str:
 
 
 def print_video_report(report: VideoReport) -> None:
-    """Segments, then the real-time factor; a decoding error goes to stderr."""
+    """Segments, then the real-time factor and any error (after the frames that were done)."""
+    if report.error and not report.frames_decoded:
+        console.print(styled(("error:", "red"), f" {report.error}"), highlight=False)
+        return
     duration = report.frames_decoded / report.source_fps if report.source_fps else 0.0
     console.print(f"{report.source}: {report.frames_decoded} frames decoded ({report.width}x{report.height}, "
                   f"{_rate(report)}, {duration:.2f} s), {len(report.frames)} classified ({report.sampling})",
@@ -43,7 +46,7 @@ def print_video_report(report: VideoReport) -> None:
                       f"({100 * segment.score:.1f} % smoothed, {segment.frames} frames)", highlight=False)
     console.print(_timing_line(report), highlight=False)
     if report.error:
-        err_console.print(styled(("error:", "red"), f" {report.error}"), highlight=False)
+        console.print(styled(("error:", "red"), f" {report.error}"), highlight=False)
 
 
 @app.command("video-bench")

@@ -216,15 +216,19 @@ def classify_video(
     ``fps`` keeps that many frames per second of video, ``every`` keeps every N-th frame
     (default: every frame). ``smooth`` is the window (in classified frames) over which
     probabilities are averaged before labelling segments. ``max_frames`` stops after that
-    many decoded frames (for endless streams). Decoding errors do not raise: the frames done
-    so far are kept and the report's ``error`` says what happened.
+    many decoded frames (for endless streams). A source that cannot be opened or stops
+    decoding does not raise: the frames done so far are kept and ``error`` says what happened.
     """
     sampling = Sampling(fps, every)
     if top_k < 1 or batch_size < 1 or smooth < 1:
         raise VideoError("--top-k, --batch-size and --smooth must be at least 1.")
     classifier = model if isinstance(model, Classifier) else load_model(model)
     source = str(source)
-    container = _open(source)
+    try:
+        container = _open(source)
+    except VideoError as exc:  # like an unreadable image: this source fails, the others go on
+        return VideoReport(source, None, 0, 0, sampling.describe(), classifier.runner.backend,
+                           classifier.runner.precision, batch_size, error=str(exc))
     stream = container.streams.video[0]
     report = VideoReport(source, _frame_rate(stream), stream.codec_context.width, stream.codec_context.height,
                          sampling.describe(), classifier.runner.backend, classifier.runner.precision, batch_size)
@@ -307,5 +311,8 @@ def measure_stream(
     """
     classifier = model if isinstance(model, Classifier) else load_model(model)
     classifier.logits(torch.zeros(1, *classifier.meta.preprocessing.input_shape))  # warm-up, not timed
-    return classify_video(classifier, source, fps=fps, every=every, top_k=1, batch_size=1, max_frames=max_frames)
+    report = classify_video(classifier, source, fps=fps, every=every, top_k=1, batch_size=1, max_frames=max_frames)
+    if report.error and not report.frames_decoded:
+        raise VideoError(report.error)
+    return report
 
