@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
+import torch
 import typer
 
 from ..backends.base import RunnerOptions
@@ -29,7 +30,8 @@ def _timing_line(report: VideoReport) -> str:
     return (f"{head}: {report.decoded_per_s:.1f} frames decoded/s vs the source's {_rate(report)}; "
             f"decode {ms['decode_ms']:.1f} ms per decoded frame, preprocess {ms['preprocess_ms']:.1f} ms + "
             f"infer {ms['infer_ms']:.1f} ms per classified frame ({report.backend}/{report.precision}, "
-            f"batch {report.batch_size}, 1 run of {report.elapsed_s:.2f} s, load average {os.getloadavg()[0]:.2f})")
+            f"batch {report.batch_size}, {torch.get_num_threads()} threads, 1 run of {report.elapsed_s:.2f} s, "
+            f"load average {os.getloadavg()[0]:.2f})")
 
 
 def print_video_report(report: VideoReport) -> None:
@@ -59,14 +61,18 @@ def video_bench_command(
     weights: WeightsOpt = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights (offline; speed only).")] = False,
     backend: BackendOpt = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads [default: torch's].")] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Can this machine keep up with this video or stream? Decode + preprocess + infer per frame (batch 1), timed."""
+    if threads:
+        torch.set_num_threads(threads)
     classifier = load_model(model, weights=weights, pretrained=not random_weights, backend=backend,
                             options=RunnerOptions(batch_size=1))
     report = measure_stream(classifier, source, fps=fps, every=every, max_frames=max_frames)
     if json_output:
-        print_json({"model": classifier.meta.name, "load_average": os.getloadavg()[0], **report.to_dict()})
+        print_json({"model": classifier.meta.name, "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
+                    **report.to_dict()})
     else:
         console.print(_timing_line(report), highlight=False)
         verdict = report.realtime_factor is not None and report.realtime_factor >= 1

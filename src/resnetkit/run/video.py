@@ -156,7 +156,8 @@ def _open(source: str) -> Any:
         container = av.open(source, format="v4l2" if source.startswith(CAMERA_PREFIX) else None, timeout=30.0)
     except av.FFmpegError as exc:
         raise VideoError(f"{source} could not be opened as a video ({exc}). Is it a video file or a reachable "
-                         "stream URL? Any container and codec FFmpeg reads works.") from None
+                         "stream URL? Any container and codec FFmpeg reads works; an MP4 cut short before its "
+                         "index (moov atom) cannot be opened at all: re-download or re-encode it.") from None
     if not container.streams.video:
         container.close()
         raise VideoError(f"{source} has no video stream.")
