@@ -9,6 +9,7 @@ from .core.errors import ResnetkitError
 from .run import EvalReport, evaluate
 from .core.loading import Classifier, load_model
 from .run.classify import ImageResult, Prediction, classify
+from .run.video import VideoReport, classify_video, measure_stream
 from .choose.recommend import Constraints, Recommendation, recommend
 from .core.spec import ModelMeta, ModelSpec, Preprocessing, PublishedMetrics, WeightsSpec
 from .core.zoo import get_spec, list_models
@@ -18,5 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BenchConfig", "BenchRecord", "Classifier", "Constraints", "EvalReport", "ImageResult", "ModelMeta", "ModelSpec",
     "Prediction", "Preprocessing", "PublishedMetrics", "Recommendation", "ResnetkitError", "WeightsSpec",
+    "VideoReport", "classify_video", "measure_stream",
     "bench", "classify", "evaluate", "get_spec", "list_models", "load_model", "recommend", "__version__",
 ]
