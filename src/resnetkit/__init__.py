@@ -8,6 +8,7 @@ from .core.errors import ResnetkitError
 from .run import EvalReport, evaluate
 from .core.loading import Classifier, load_model
 from .run.classify import ImageResult, Prediction, classify
+from .run.video import VideoReport, classify_video, measure_stream
 from .choose.recommend import Constraints, Recommendation, recommend
 from .core.spec import ModelMeta, ModelSpec, Preprocessing, PublishedMetrics, WeightsSpec
 from .core.zoo import get_spec, list_models
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BenchConfig", "BenchRecord", "Classifier", "Constraints", "EvalReport", "ImageResult", "ModelMeta", "ModelSpec",
     "Prediction", "Preprocessing", "PublishedMetrics", "Recommendation", "ResnetkitError", "WeightsSpec",
+    "VideoReport", "classify_video", "measure_stream",
     "bench", "classify", "evaluate", "get_spec", "list_models", "load_model", "recommend", "__version__",
 ]
 __all__ += ["Embeddings", "embed_to_file", "explain", "extract_features", "find_similar", "load_embeddings"]

@@ -7,7 +7,7 @@ from .app import app
 # Each module adds its commands to ``app``; a new command is a new module listed here.
 from . import (  # noqa: E402,F401
     bench_cmd, explain_cmd, features_cmd, models_cmd, optimize_cmd, predict_cmd, run_cmd, serve_cmd, train_cmd,
-    tune_cmd, weights_cmd,
+    tune_cmd, video_cmd, weights_cmd,
 )
 
 

@@ -71,7 +71,7 @@ def export_command(
     batch_size: LatencyBatchOpt = 1,
     json_output: JsonFlag = False,
 ) -> None:
-    """Export to ONNX, TorchScript or OpenVINO IR with the class names and preprocessing, then check it against eager."""
+    """Export to ONNX, TorchScript, OpenVINO IR or a Hugging Face folder (hf) with the class names and preprocessing, then check it against eager."""
     check_export_request(fmt, output)
     report = export_model(_load_source(model, weights, random_weights), fmt, output, dynamic_batch=dynamic_batch,
                           opset=opset, check_dir=check_data, batch_size=batch_size)

@@ -12,32 +12,45 @@ from ..core.errors import ImageError
 from ..run.evaluate import evaluate
 from ..core.loading import load_model
 from ..run.classify import classify
+from ..run.video import classify_video, is_video_source
 from ..backends.base import RunnerOptions
 from .app import (BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, PrecisionOpt, WeightsOpt, WorkersOpt, app, console, default,
                   err_console, print_json, styled)
+from .video_cmd import EveryOpt, FpsOpt, MaxFramesOpt, SmoothOpt, print_video_report
 
 
 @app.command("classify")
 def classify_command(
     model: ModelArg,
-    paths: Annotated[list[str], typer.Argument(metavar="PATH", help="Image files and/or folders (walked recursively).")],
+    paths: Annotated[list[str], typer.Argument(
+        metavar="PATH", help="Image files and/or folders (walked recursively); videos, stream URLs, /dev/videoN.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per image.")] = 5,
     batch_size: BatchSizeOpt = 16,
     weights: WeightsOpt = None,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     workers: WorkersOpt = 2,
+    fps: FpsOpt = None,
+    every: EveryOpt = None,
+    smooth: SmoothOpt = 5,
+    max_frames: MaxFramesOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Top-k labels with probabilities for each image. Unreadable files get an error; the rest are still classified."""
+    """Top-k labels with probabilities for each image, and per frame plus smoothed segments for each video.
+
+    Unreadable files get an error; the rest are still classified."""
     classifier = load_model(model, weights=weights, backend=backend, options=RunnerOptions(batch_size=batch_size, precision=precision))
-    results = classify(classifier, paths, top_k=top_k, batch_size=batch_size, workers=workers)
-    if not results:
-        raise ImageError(f"No image files found in {', '.join(paths)}: name image files, or folders that hold some.")
-    failed = sum(r.error is not None for r in results)
+    images = [p for p in paths if not is_video_source(p)]
+    results = classify(classifier, images, top_k=top_k, batch_size=batch_size, workers=workers) if images else []
+    videos = [classify_video(classifier, p, fps=fps, every=every, top_k=top_k, batch_size=batch_size, smooth=smooth,
+                             max_frames=max_frames) for p in paths if is_video_source(p)]
+    if not results and not videos:
+        raise ImageError(f"No image files found in {', '.join(paths)}: name image or video files, or folders that hold images.")
+    failed = sum(r.error is not None for r in results) + sum(v.error is not None for v in videos)
     if json_output:
         print_json({"model": classifier.meta.name, "backend": classifier.runner.backend,
-                    "precision": classifier.runner.precision, "results": [r.to_dict() for r in results]})
+                    "precision": classifier.runner.precision, "results": [r.to_dict() for r in results],
+                    **({"videos": [v.to_dict() for v in videos]} if videos else {})})
     else:
         for result in results:
             if result.error:
@@ -45,8 +58,10 @@ def classify_command(
             else:
                 labels = ", ".join(f"{p.label} {100 * p.score:.2f}%" for p in result.predictions)
                 console.print(f"{result.source}: {labels}", highlight=False)
+        for video in videos:
+            print_video_report(video)
         if failed:
-            err_console.print(f"{failed} of {len(results)} file(s) could not be classified.")
+            err_console.print(f"{failed} of {len(results) + len(videos)} file(s) could not be classified.")
     if failed:
         raise typer.Exit(1)
 

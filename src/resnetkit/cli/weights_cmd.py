@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,6 +10,7 @@ from rich.table import Table
 
 from ..core import weights as weights_lib
 from ..core.zoo import get_spec
+from ..interop.timm import import_checkpoint, read_sidecar
 from .app import App, JsonFlag, app, console, default, print_json
 
 weights_app = App(help="Download, import and list pretrained weights (torch.hub cache, $TORCH_HOME).")
@@ -31,8 +33,26 @@ def pull(model: ZooModelArg, tag: TagOpt = None) -> None:
 
 
 @weights_app.command("import")
-def import_(model: ZooModelArg, file: Annotated[str, typer.Argument(metavar="FILE", help="Local checkpoint file.")], tag: TagOpt = None) -> None:
-    """Verify a local checkpoint file against the published hash and place it in the cache."""
+def import_(
+    model: ZooModelArg,
+    file: Annotated[str, typer.Argument(metavar="FILE", help="Local checkpoint file (.pth, .th, .safetensors).")],
+    tag: TagOpt = None,
+    preprocessing: Annotated[str | None, typer.Option(
+        "--preprocessing", help=default("Other weights (e.g. timm's): timm:crop_pct=0.95,interpolation=bicubic,mean=...,"
+                                        "std=...,input_size=224; writes a model file instead of filling the cache.",
+                                        "none"))] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help=default("Model file for other weights.", "FILE with suffix .pt"))] = None,
+) -> None:
+    """Place a published checkpoint in the cache (hash-checked), or turn other weights (timm, .safetensors) into a model file.
+
+    Other weights are recognised by --preprocessing, a .safetensors file, or a timm pretrained_cfg next to the
+    file (config.json, pretrained_cfg.json, FILE.json); their preprocessing comes from those."""
+    if preprocessing or Path(file).suffix.lower() == ".safetensors" or read_sidecar(Path(file)):
+        path, prep = import_checkpoint(model, file, preprocessing, output)
+        console.print(f"{model}: weights from {file} with preprocessing {prep.describe()} -> {path} "
+                      f"(use it as MODEL, e.g. 'resnetkit classify {path} photo.jpg')", highlight=False)
+        return
     weights = get_spec(model).get_weights(tag)
     path = weights_lib.import_file(model, weights, file)
     console.print(f"{model} {weights.tag}: verified (sha256 {weights.expected_hash[:16]}...) and imported -> {path}")

@@ -105,6 +105,10 @@ def load_model(
     if path.exists():
         if weights:
             raise UnknownModelError(f"--weights only applies to zoo models; {ref} already carries its weights.")
+        if path.is_dir():  # a Hugging Face transformers-format folder
+            from ..interop.hf import load_folder
+
+            return load_folder(path, backend, options)
         if path.suffix.lower() in ARTIFACT_SUFFIXES:
             module, meta = load_artifact(path)
             return module_classifier(module, meta, backend, _stored_precision(meta, options))

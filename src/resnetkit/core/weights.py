@@ -184,6 +184,23 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
+def load_state_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The state dict in a ``.safetensors`` file or a torch checkpoint (loaded with ``weights_only=True``)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return extract_state_dict(safe_load(path))
+    if not Path(path).is_file():
+        raise WeightsError(f"No such file: {path}.")
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsError(f"Reading {path} needs the safetensors package: pip install 'resnetkit[hf]'.") from None
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{path} is not a readable safetensors file ({exc}). Is it truncated?") from None
+
+
 def extract_state_dict(checkpoint: Any, key: str | None = None, strip_prefix: str = "") -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint, unwrapped and with any prefix removed."""
     if key is None and isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):

@@ -20,8 +20,9 @@ from ..core.loading import Classifier, load_model
 from ..core.measure import serialized_size_bytes
 from ..core.spec import ModelMeta, Step
 from .compare import Agreement, agreement, latency, sample_batches
+from ..interop.hf import save_folder
 
-FORMATS = {"onnx": ".onnx", "torchscript": torchscript_backend.SUFFIX, "openvino": ".xml"}
+FORMATS = {"onnx": ".onnx", "torchscript": torchscript_backend.SUFFIX, "openvino": ".xml", "hf": ""}  # hf: a folder
 CHECK_IMAGES = 64
 
 
@@ -48,14 +49,16 @@ class ExportReport:
 
 
 def artifact_size(path: Path) -> int:
-    """Bytes on disk, including an OpenVINO .xml's .bin."""
+    """Bytes on disk, including an OpenVINO .xml's .bin and all files of an hf folder."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     extra = path.with_suffix(".bin") if path.suffix.lower() == ".xml" else None
     return path.stat().st_size + (extra.stat().st_size if extra and extra.exists() else 0)
 
 
 def check_output_path(output: str | os.PathLike[str], suffix: str, what: str) -> Path:
     path = Path(output)
-    if path.suffix.lower() != suffix:
+    if suffix and path.suffix.lower() != suffix:
         raise ResnetkitError(f"{what} files end in {suffix}: use -o {path.with_suffix(suffix)}.")
     return path
 
@@ -82,7 +85,9 @@ def write_artifact(source: Classifier, fmt: str, output: Path, *, dynamic_batch:
         onnx_backend.save_onnx(onnx_backend.to_onnx(module, meta, dynamic_batch=dynamic_batch, batch_size=batch_size,
                                                        opset=opset), output)
         return "passed"
-    if fmt == "openvino":
+    if fmt == "hf":
+        save_folder(module, meta, output)
+    elif fmt == "openvino":
         openvino_backend.save_openvino(openvino_backend.to_openvino(module, meta), output)
     else:
         torchscript_backend.save_torchscript(module, meta, output)
@@ -106,7 +111,7 @@ def export_model(
     check_images: int = CHECK_IMAGES,
     batch_size: int = 1,
 ) -> ExportReport:
-    """Export the loaded model ``source`` to ``output`` in ``fmt`` (onnx | torchscript | openvino) and check it.
+    """Export the loaded model ``source`` to ``output`` in ``fmt`` (onnx | torchscript | openvino | hf) and check it.
 
     Without ``dynamic_batch`` an ONNX graph has a fixed batch of ``batch_size``; OpenVINO
     and TorchScript artifacts accept any batch size. The check runs ``check_images``

@@ -1,0 +1,84 @@
+"""Video in the CLI: the report printed by ``classify`` for videos, and ``resnetkit video-bench``."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import torch
+import typer
+
+from ..backends.base import RunnerOptions
+from ..core.loading import load_model
+from ..run.video import VideoReport, measure_stream
+from .app import BackendOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json, styled
+
+FpsOpt = Annotated[float | None, typer.Option("--fps", help="Videos: classify this many frames per second of video [default: every frame].")]
+EveryOpt = Annotated[int | None, typer.Option("--every", min=1, help="Videos: classify every N-th frame [default: every frame].")]
+SmoothOpt = Annotated[int, typer.Option("--smooth", min=1, help="Videos: average probabilities over this many classified frames before labelling segments.")]
+MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, help="Videos and streams: stop after N decoded frames [default: the whole video].")]
+
+
+def _rate(report: VideoReport) -> str:
+    return f"{report.source_fps:.2f} fps" if report.source_fps else "unknown frame rate"
+
+
+def _timing_line(report: VideoReport) -> str:
+    ms = report.per_frame_ms()
+    factor = report.realtime_factor
+    head = f"real-time factor {factor:.2f}x" if factor is not None else "real-time factor unknown (no frame rate)"
+    return (f"{head}: {report.decoded_per_s:.1f} frames decoded/s vs the source's {_rate(report)}; "
+            f"decode {ms['decode_ms']:.1f} ms per decoded frame, preprocess {ms['preprocess_ms']:.1f} ms + "
+            f"infer {ms['infer_ms']:.1f} ms per classified frame ({report.backend}/{report.precision}, "
+            f"batch {report.batch_size}, {torch.get_num_threads()} threads, 1 run of {report.elapsed_s:.2f} s, "
+            f"load average {os.getloadavg()[0]:.2f})")
+
+
+def print_video_report(report: VideoReport) -> None:
+    """Segments, then the real-time factor and any error (after the frames that were done)."""
+    if report.error and not report.frames_decoded:
+        console.print(styled(("error:", "red"), f" {report.error}"), highlight=False)
+        return
+    duration = report.frames_decoded / report.source_fps if report.source_fps else 0.0
+    console.print(f"{report.source}: {report.frames_decoded} frames decoded ({report.width}x{report.height}, "
+                  f"{_rate(report)}, {duration:.2f} s), {len(report.frames)} classified ({report.sampling})",
+                  highlight=False)
+    for segment in report.segments:
+        console.print(f"  {segment.start_s:8.2f} - {segment.end_s:8.2f} s  {segment.label} "
+                      f"({100 * segment.score:.1f} % smoothed, {segment.frames} frames)", highlight=False)
+    console.print(_timing_line(report), highlight=False)
+    if report.error:
+        console.print(styled(("error:", "red"), f" {report.error}"), highlight=False)
+
+
+@app.command("video-bench")
+def video_bench_command(
+    model: ModelArg,
+    source: Annotated[str, typer.Argument(help="Video file, stream URL (rtsp://...) or camera (/dev/video0).")],
+    fps: FpsOpt = None,
+    every: EveryOpt = None,
+    max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Frames to decode and time.")] = 300,
+    weights: WeightsOpt = None,
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights (offline; speed only).")] = False,
+    backend: BackendOpt = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads [default: torch's].")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Can this machine keep up with this video or stream? Decode + preprocess + infer per frame (batch 1), timed."""
+    if threads:
+        torch.set_num_threads(threads)
+    classifier = load_model(model, weights=weights, pretrained=not random_weights, backend=backend,
+                            options=RunnerOptions(batch_size=1))
+    report = measure_stream(classifier, source, fps=fps, every=every, max_frames=max_frames)
+    if json_output:
+        print_json({"model": classifier.meta.name, "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
+                    **report.to_dict()})
+    else:
+        console.print(_timing_line(report), highlight=False)
+        verdict = report.realtime_factor is not None and report.realtime_factor >= 1
+        console.print(f"{classifier.meta.name} {'keeps' if verdict else 'does not keep'} up with {report.source} "
+                      f"({report.sampling}) on this machine.", highlight=False)
+        if report.error:
+            err_console.print(styled(("error:", "red"), f" {report.error}"), highlight=False)
+    if report.error:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Checkpoints from other ecosystems: Hugging Face transformers folders and timm weights."""

@@ -1,0 +1,164 @@
+"""Video and streams: clips encoded here with PyAV from real CIFAR photos, classified frame by frame."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from PIL import Image
+
+from resnetkit import load_model
+from resnetkit.run.video import FrameResult, VideoError, classify_video, is_video_source, measure_stream, smooth_segments
+
+FPS = 25
+
+
+def encode_clip(path: Path, images: list[Path], repeat: int = 5, size: tuple[int, int] = (128, 128)) -> Path:
+    """An MPEG-4 clip at 25 fps showing each image for ``repeat`` frames (moov atom first, so a cut file opens)."""
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for image in images:
+            frame = av.VideoFrame.from_image(Image.open(image).convert("RGB").resize(size, Image.Resampling.BICUBIC))
+            for _ in range(repeat):
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def ship_clip(cifar_test_dir, tmp_path_factory) -> Path:
+    """2 s of video: 10 real CIFAR-10 test photos of ships, 5 frames each, upscaled to 128x128."""
+    photos = sorted((cifar_test_dir / "ship").glob("*.jpg"))[:10]
+    return encode_clip(tmp_path_factory.mktemp("video") / "ships.mp4", photos)
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    return load_model("cifar_resnet20", pretrained=False)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resnetkit", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=600)
+
+
+def test_clip_of_one_class_gets_that_class_for_most_frames(cifar_weights, ship_clip):
+    report = classify_video("cifar_resnet20", ship_clip, top_k=3)
+    assert report.error is None and report.frames_decoded == 50 and len(report.frames) == 50
+    assert report.source_fps == FPS and (report.width, report.height) == (128, 128)
+    top1 = [f.predictions[0].label for f in report.frames]
+    assert top1.count("ship") >= 0.8 * len(top1)
+    longest = max(report.segments, key=lambda s: s.frames)
+    assert longest.label == "ship" and longest.frames >= 25
+    assert sum(s.frames for s in report.segments) == 50
+    assert report.segments[0].start_s == 0.0 and report.segments[-1].end_s == pytest.approx(2.0)
+    assert [f.time_s for f in report.frames[:3]] == pytest.approx([0.0, 0.04, 0.08])
+
+
+@pytest.mark.parametrize("sampling, expected", [
+    ({"every": 7}, [0, 7, 14, 21, 28, 35, 42, 49]),
+    ({"fps": 5}, [0, 5, 10, 15, 20, 25, 30, 35, 40, 45]),
+    ({"fps": 100}, list(range(50))),  # above the source's rate: every frame once
+    ({}, list(range(50))),
+])
+def test_sampling_picks_the_expected_frames(random_model, ship_clip, sampling, expected):
+    report = classify_video(random_model, ship_clip, batch_size=4, **sampling)
+    assert [f.frame for f in report.frames] == expected
+    assert report.frames_decoded == 50  # decoding is sequential: every frame is decoded, only samples classified
+
+
+def test_sampling_options_are_checked(random_model, ship_clip):
+    with pytest.raises(VideoError, match="either --fps or --every"):
+        classify_video(random_model, ship_clip, fps=5, every=2)
+    with pytest.raises(VideoError, match="--fps must be above 0"):
+        classify_video(random_model, ship_clip, fps=0)
+
+
+def test_max_frames_stops_a_stream_early(random_model, ship_clip):
+    report = classify_video(random_model, ship_clip, every=2, max_frames=12)
+    assert report.frames_decoded == 12 and [f.frame for f in report.frames] == [0, 2, 4, 6, 8, 10]
+    assert report.error is None
+
+
+def test_truncated_video_keeps_the_frames_done_and_says_so(cifar_weights, ship_clip, tmp_path):
+    data = ship_clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    report = classify_video("cifar_resnet20", cut, top_k=1)
+    assert 0 < report.frames_decoded < 50 and len(report.frames) == report.frames_decoded
+    assert report.error and "truncated or corrupted" in report.error
+    assert f"{report.frames_decoded} of the 50 frames" in report.error
+    assert [f.predictions[0].label for f in report.frames].count("ship") >= 0.6 * len(report.frames)
+
+
+@pytest.mark.slow  # a CLI process each
+def test_cli_reports_truncation_and_keeps_results(cifar_weights, ship_clip, tmp_path):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(ship_clip.read_bytes()[:5000])
+    result = _cli("classify", "cifar_resnet20", str(cut), "--json", "-k", "1")
+    assert result.returncode == 1
+    video = json.loads(result.stdout)["videos"][0]
+    assert video["frames"] and "truncated or corrupted" in video["error"]
+
+
+@pytest.mark.slow  # a CLI process each
+def test_cli_json_has_per_frame_results_segments_and_realtime_factor(cifar_weights, ship_clip):
+    result = _cli("classify", "cifar_resnet20", str(ship_clip), "--fps", "5", "--json", "-k", "2")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    video = data["videos"][0]
+    assert data["results"] == [] and video["source"] == str(ship_clip)
+    assert [f["frame"] for f in video["frames"]] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45]
+    first = video["frames"][0]
+    assert set(first) == {"source", "frame", "time_s", "predictions"} and len(first["predictions"]) == 2
+    assert video["frames"][1]["time_s"] == pytest.approx(0.2)
+    assert max(video["segments"], key=lambda s: s["frames"])["label"] == "ship"
+    assert video["realtime_factor"] == pytest.approx(video["decoded_per_s"] / 25.0)
+
+
+@pytest.mark.slow  # a CLI process each
+def test_cli_text_output_prints_segments_and_realtime_factor(cifar_weights, ship_clip):
+    result = _cli("classify", "cifar_resnet20", str(ship_clip), "--every", "5")
+    assert result.returncode == 0, result.stderr
+    assert "50 frames decoded (128x128, 25.00 fps, 2.00 s), 10 classified (every 5 frames)" in result.stdout
+    assert "ship (" in result.stdout and "real-time factor" in result.stdout and "load average" in result.stdout
+
+
+@pytest.mark.slow  # a CLI process each
+def test_not_a_video_is_a_clear_error(cifar_weights, tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video\n" * 20)
+    result = _cli("classify", "cifar_resnet20", str(fake), str(tmp_path / "missing.mkv"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "could not be opened as a video" in result.stdout and "No such file" in result.stdout
+    assert "2 of 2 file(s) could not be classified" in result.stderr
+
+
+def test_smoothing_absorbs_a_single_outlier_frame():
+    probs = torch.tensor([[0.9, 0.1]] * 4 + [[0.2, 0.8]] + [[0.9, 0.1]] * 4)
+    frames = [FrameResult("clip", i, i / 10, []) for i in range(9)]
+    smoothed = smooth_segments(frames, probs, ["a", "b"], window=5, end_s=0.9)
+    assert [(s.label, s.frames, s.start_s, s.end_s) for s in smoothed] == [("a", 9, 0.0, 0.9)]
+    raw = smooth_segments(frames, probs, ["a", "b"], window=1, end_s=0.9)
+    assert [(s.label, s.frames, s.start_s, s.end_s) for s in raw] == [("a", 4, 0.0, 0.4), ("b", 1, 0.4, 0.5),
+                                                                       ("a", 4, 0.5, 0.9)]
+
+
+def test_measure_stream_times_every_stage(random_model, ship_clip):
+    report = measure_stream(random_model, ship_clip, max_frames=20)
+    assert report.frames_decoded == 20 and len(report.frames) == 20 and report.batch_size == 1
+    stages = report.per_frame_ms()
+    assert all(stages[k] > 0 for k in ("decode_ms", "preprocess_ms", "infer_ms"))
+    assert report.realtime_factor == pytest.approx(20 / report.elapsed_s / FPS)
+
+
+def test_video_sources_are_recognised():
+    assert all(map(is_video_source, ["a.mp4", "B.MKV", "rtsp://cam/stream", "/dev/video0", "x.webm"]))
+    assert not any(map(is_video_source, ["a.jpg", "folder", "model.onnx"]))
