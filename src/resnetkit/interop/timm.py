@@ -19,7 +19,6 @@ from typing import Any
 
 from ..core.artifacts import save_artifact
 from ..core.errors import WeightsError
-from ..core.loading import load_weights_into
 from ..core.spec import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, PublishedMetrics
 from ..core.weights import load_state_file
 from ..core.zoo import get_spec
@@ -124,7 +123,7 @@ def import_checkpoint(model: str, file: str | os.PathLike[str], preprocessing: s
         raise WeightsError(f"{source} has no '{spec.head}.weight': it is not a {model} checkpoint with torchvision/timm names.")
     module = spec.build(num_classes=head.shape[0])
     try:
-        load_weights_into(module, state)
+        module.load_state_dict(state)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split()).removeprefix("Error(s) in loading state_dict for ")
         raise WeightsError(f"{source} does not fit {model}: {detail[:400]}. Is it a checkpoint of this architecture?") from None
