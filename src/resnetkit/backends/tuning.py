@@ -105,7 +105,7 @@ class Tuning:
     precision: str | None  # requested (None: auto's default)
     choice: Candidate
     timings_ms: dict[str, float]  # candidate label -> median latency
-    machine: dict[str, Any] = field(default_factory=machine)
+    machine: dict[str, Any] = field(default_factory=lambda: machine())  # looked up at call time
     measured_at: float = field(default_factory=time.time)
     load_1min: float | None = field(default_factory=lambda: os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
 
