@@ -37,7 +37,7 @@ from ..core.measure import (LoadSpan, Timing, count_macs, count_params, load_ave
                             reset_peak_rss, serialized_size_bytes, speedup, time_calls, timing_from_samples)
 from ..core.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
-from ..core.spec import ModelMeta
+from ..core.spec import ModelMeta, PublishedMetrics
 from ..core.zoo import get_spec, is_zoo_name
 
 DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -591,7 +591,7 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, peak_
         throughput_runs=0,
         peak_mem_mb=peak_mb,
         **_published_accuracy(meta, classifier.runner.precision, default_precision=variant.precision is None),
-        published_gmacs=meta.metrics.gmacs,
+        published_gmacs=_published_metrics(meta)[0].gmacs,
         input_size=shape[-1],
         threads=torch.get_num_threads(),
         device="cpu",
@@ -609,19 +609,30 @@ def _fp32_view(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).float()
 
 
+def _published_metrics(meta: ModelMeta) -> tuple[PublishedMetrics, str]:
+    """The published figures that describe this model, and how they apply.
+
+    A zoo model timed with random weights (costs do not depend on weight values) is reported with its
+    default checkpoint's published figures, said so; artifacts and loaded weights carry their own."""
+    if meta.weights == "random" and is_zoo_name(meta.arch) and meta.provenance is None:
+        weights = get_spec(meta.arch).default_weights
+        return weights.metrics, f" (for {weights.tag}; timed with random weights of the same architecture)"
+    return meta.metrics, ""
+
+
 def _published_accuracy(meta: ModelMeta, precision: str, *, default_precision: bool) -> dict[str, Any]:
     """The weights' published top-1/top-5 where they describe this variant: unmodified weights run in
     fp32, or in the default precision (bf16 where the CPU computes it natively), which resnetkit holds to
     0.2 points of fp32 (measured on the CIFAR-10 ResNets, docs/optimize.md); said so in the source."""
-    metrics = meta.metrics
+    metrics, applies = _published_metrics(meta)
     if metrics.top1 is None:
         source = "none published for these weights (measure with --eval DIR)"
     elif precision == "fp32":
-        return {"top1": metrics.top1, "top5": metrics.top5, "accuracy_source": f"published: {metrics.source}",
+        return {"top1": metrics.top1, "top5": metrics.top5, "accuracy_source": f"published: {metrics.source}{applies}",
                 "accuracy_dataset": metrics.dataset}
     elif precision == "bf16" and default_precision:
         return {"top1": metrics.top1, "top5": metrics.top5, "accuracy_dataset": metrics.dataset,
-                "accuracy_source": f"published for fp32: {metrics.source}; ran bf16, the default precision "
+                "accuracy_source": f"published for fp32: {metrics.source}{applies}; ran bf16, the default precision "
                                    f"(within {DEFAULT_PRECISION_BOUND} points of fp32 on the CIFAR-10 ResNets; "
                                    "check with --eval DIR)"}
     else:
