@@ -39,6 +39,7 @@ def _same_weights(backend: str, options: RunnerOptions, eager):
     return runners.make_runner(copy.deepcopy(eager.module), eager.meta, backend, options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_fp32_backends_match_eager(backend: str, eager) -> None:
     runner = _same_weights(backend, FP32, eager)
@@ -48,6 +49,7 @@ def test_fp32_backends_match_eager(backend: str, eager) -> None:
         assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_compile_backend_matches_eager(eager) -> None:
     runner = _same_weights("compile", FP32, eager)
     batch = torch.randn(2, 3, 32, 32)
@@ -62,6 +64,7 @@ def test_openvino_reports_the_precision_it_chose(eager) -> None:
     assert runner.precision == default_precision()  # bf16 on CPUs with AVX512-BF16/AMX, else fp32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_int8_backends_run_int8_and_stay_close(backend: str, cifar_weights, cifar_test_dir) -> None:
     trained = load_model("cifar_resnet20", backend="eager")  # the real weights, imported by cifar_weights
@@ -76,6 +79,7 @@ def test_int8_backends_run_int8_and_stay_close(backend: str, cifar_weights, cifa
     assert (logits.argmax(1) == reference.argmax(1)).float().mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_auto_says_what_it_picked(eager) -> None:
     runner = _same_weights("auto", FP32, eager)
     choice = runner.tuning.choice

@@ -32,6 +32,7 @@ def _cli(*args):
     return run_cli(*args, env={"COLUMNS": "300"})
 
 
+@pytest.mark.slow
 def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
     (record,) = bench(["cifar_resnet20"], dataclasses.replace(FAST, end_to_end=True))
     data = record.to_dict()
@@ -46,6 +47,7 @@ def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
     assert record.preprocess_ms_p50 > 0 and record.e2e_latency_ms_p50 > 0
 
 
+@pytest.mark.slow
 def test_bench_stops_each_variant_when_its_median_is_stable_or_at_the_cap():
     # ONNX Runtime: eager PyTorch on a crowded machine can be too noisy to get stable even within 50 %.
     config = dataclasses.replace(LOCAL, tolerance=0.5, min_runs=8, min_rounds=3, max_seconds=30, reference=False)
@@ -58,6 +60,7 @@ def test_bench_stops_each_variant_when_its_median_is_stable_or_at_the_cap():
     assert record.status == "capped" and 12 <= record.latency_runs <= 12 + 20  # the last burst may overshoot
 
 
+@pytest.mark.slow
 def test_bench_times_eager_fp32_alongside_as_the_reference():
     (record,) = bench(["cifar_resnet20"], LOCAL, backends=["onnxruntime"])
     assert (record.backend, record.precision) == ("onnxruntime", "fp32")
@@ -72,6 +75,7 @@ def test_bench_times_eager_fp32_alongside_as_the_reference():
     assert alone.reference_latency_ms_p50 is None and alone.vs_reference == "no eager fp32 reference (not requested)"
 
 
+@pytest.mark.slow
 def test_bench_interrupted_keeps_what_was_measured():
     def stop_at_round_two(progress):
         if progress.phase == "measuring" and progress.round == 2:
@@ -84,6 +88,7 @@ def test_bench_interrupted_keeps_what_was_measured():
     assert all(r.status == "partial" and r.latency_runs >= 2 and r.latency_rounds == 2 for r in records)
 
 
+@pytest.mark.slow
 def test_bench_peak_memory_holds_the_model_weights():
     (record,) = bench(["resnet18"], FAST)
     assert record.peak_mem_mb - record.baseline_mem_mb >= record.size_mb_fp32  # 46.8 MB of fp32 weights stay resident
@@ -149,6 +154,7 @@ def test_cli_bench_bad_input(args, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_bench_json_goes_to_stdout(tmp_path):
     result = _cli("bench", "--models", "cifar_resnet20", "--quick", "--batch-size", "2", "--json")
     assert result.returncode == 0, result.stderr
@@ -218,6 +224,7 @@ def test_speedup_says_not_comparable_when_busy_or_within_the_spread():
     assert factor is None and text.startswith("not comparable: machine busy (the runs' spread")
 
 
+@pytest.mark.slow
 def test_compare_latency_interleaves_before_and_after():
     before = load_model("cifar_resnet20", pretrained=False)
     after = load_model("cifar_resnet20", pretrained=False, backend="onnxruntime")

@@ -112,6 +112,7 @@ def test_json_is_all_that_is_printed(args):
     assert result.returncode == 0 and isinstance(json.loads(result.stdout), list)
 
 
+@pytest.mark.slow
 def test_classify_json_is_all_that_is_printed_even_with_a_bad_file(cifar_weights, cifar_test_dir, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")

@@ -25,6 +25,7 @@ def first_image(folder: Path) -> Path:
     return sorted(p for p in folder.iterdir() if p.suffix == ".jpg")[0]
 
 
+@pytest.mark.slow
 def test_explain_writes_top_k_heatmaps_of_the_image_size(cifar_weights, cifar_test_dir, hymenoptera_dir, tmp_path, capsys):
     cat = first_image(cifar_test_dir / "cat")
     bee = first_image(hymenoptera_dir / "val" / "bees")  # larger than the 32 px input: mapped back over the crop
@@ -97,6 +98,7 @@ def client(cifar_weights, tmp_path):
         yield client
 
 
+@pytest.mark.slow
 def test_explanations_route_returns_the_top_class_heatmap(client, cifar_test_dir):
     image = first_image(cifar_test_dir / "horse")
     [expected] = classify("cifar_resnet20", [image], top_k=2)

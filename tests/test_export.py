@@ -26,6 +26,7 @@ def fast_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("openvino", ".xml"), ("torchscript", ".torchscript")])
 def test_export_matches_eager_and_keeps_metadata(tmp_path: Path, fmt: str, suffix: str) -> None:
     source = eager_source("cifar_resnet20", pretrained=False)
@@ -67,6 +68,7 @@ def test_onnx_passes_checker_and_fixed_batch(tmp_path: Path) -> None:
     assert logits.shape == (5, 10) and torch.allclose(logits, exact_size, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_artifact_runs_on_openvino_and_auto(tmp_path: Path) -> None:
     path = export_model(eager_source("cifar_resnet20", pretrained=False), "onnx", tmp_path / "m.onnx", dynamic_batch=True,
                         check_images=4).path

@@ -51,6 +51,7 @@ def test_leave_one_out_nearest_neighbour_accuracy_is_far_above_chance(cifar_weig
     assert accuracy >= 0.60  # chance is 10 %; an independent measurement gives about 75 %
 
 
+@pytest.mark.slow
 def test_embed_writes_parquet_rows_with_error_rows(cifar_weights, cifar_test_dir, tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -73,6 +74,7 @@ def test_embed_writes_parquet_rows_with_error_rows(cifar_weights, cifar_test_dir
     assert not list(tmp_path.glob(".*partial"))  # atomic write left no temporary file
 
 
+@pytest.mark.slow
 def test_embed_npy_with_sidecar_matches_python_api(cifar_weights, cifar_test_dir, tmp_path, capsys):
     files = cifar_files(cifar_test_dir, 2, CLASSES[:3])
     out = tmp_path / "emb.npy"
@@ -86,6 +88,7 @@ def test_embed_npy_with_sidecar_matches_python_api(cifar_weights, cifar_test_dir
     assert np.allclose(array, direct.vectors, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_layer_takes_an_earlier_stage_pooled(cifar_weights, cifar_test_dir):
     files = cifar_files(cifar_test_dir, 1, CLASSES[:2])
     assert extract_features("cifar_resnet20", files, layer="layer2").vectors.shape == (2, 32)
@@ -93,6 +96,7 @@ def test_layer_takes_an_earlier_stage_pooled(cifar_weights, cifar_test_dir):
         extract_features("cifar_resnet20", files, layer="layer9")
 
 
+@pytest.mark.slow
 def test_random_weights_imagenet_model_gives_its_feature_width(tmp_path):
     image = make_image(tmp_path / "a.png", size=(80, 60))
     assert extract_features("resnet18", [image], pretrained=False).vectors.shape == (1, 512)
@@ -117,6 +121,7 @@ def test_exported_files_say_they_cannot_embed(tmp_path):
         extract_features(path, [make_image(tmp_path / "a.png")])
 
 
+@pytest.mark.slow
 def test_similar_finds_the_query_itself_then_its_class(cifar_weights, cifar_test_dir, tmp_path, capsys):
     files = cifar_files(cifar_test_dir, 30, ("automobile", "frog", "ship"))
     out = tmp_path / "emb.parquet"
@@ -133,6 +138,7 @@ def test_similar_finds_the_query_itself_then_its_class(cifar_weights, cifar_test
     assert (tmp_path / "emb.parquet.hnsw.faiss").is_file()
 
 
+@pytest.mark.slow
 def test_similar_refuses_random_weight_embeddings(tmp_path):
     from resnetkit.features import embed_to_file
 

@@ -50,8 +50,9 @@ def hf_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_hf_folder_logits_equal_transformers(hf_folder):
-    model = load_model(hf_folder)
+    model = load_model(hf_folder, backend="eager")  # exact fp32, to compare logits
     reference = transformers.AutoModelForImageClassification.from_pretrained(hf_folder).eval()
     x = torch.randn(2, 3, 64, 64)  # a tiny image is enough to compare the networks
     with torch.no_grad():
@@ -127,7 +128,7 @@ def test_export_hf_folder_loads_in_transformers_with_equal_logits(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     loaded = transformers.AutoModelForImageClassification.from_pretrained(out).eval()
     processor = transformers.AutoImageProcessor.from_pretrained(out)
-    ours = load_model(out)
+    ours = load_model(out, backend="eager")
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(loaded(pixel_values=x).logits, ours.logits(x), atol=1e-4)
@@ -154,12 +155,13 @@ def timm_model():
     return timm.create_model("resnet18", pretrained=False).eval()
 
 
+@pytest.mark.slow
 def test_timm_import_logits_equal_and_preprocessing_matches_timm(timm_model, hymenoptera_dir, tmp_path):
     weights = tmp_path / "resnet18.a1_in1k.safetensors"
     safetensors_torch.save_file(timm_model.state_dict(), weights)
     path, prep = timm_interop.import_checkpoint("resnet18", weights, "timm:crop_pct=0.95,interpolation=bicubic")
     assert path == tmp_path / "resnet18.a1_in1k.pt"
-    model = load_model(path)
+    model = load_model(path, backend="eager")  # exact fp32, to compare logits
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(model.logits(x), timm_model(x), atol=1e-4)

@@ -53,6 +53,7 @@ def test_inputs_folders_globs_lists_and_tables_give_each_path_once(images: Path,
         resolve_inputs([tmp_path / "missing.txt"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_predict_writes_one_row_per_input_and_bad_files_are_rows(images: Path, tmp_path: Path, fmt: str):
     out = tmp_path / f"labels.{fmt}"
@@ -72,6 +73,7 @@ def test_predict_writes_one_row_per_input_and_bad_files_are_rows(images: Path, t
     assert rows[str(tmp_path / "gone.png")]["error"] == f"No such file: {tmp_path / 'gone.png'}"
 
 
+@pytest.mark.slow
 def test_resume_skips_what_the_output_holds_and_refuses_to_mix_runs(images: Path, tmp_path: Path):
     out = tmp_path / "labels.parquet"
     predict(RANDOM, [images / "a"], out, part_size=2)
@@ -101,6 +103,7 @@ def test_cli_errors_are_one_clear_line(images: Path, tmp_path: Path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cli_json_summary(images: Path, tmp_path: Path):
     import json
 

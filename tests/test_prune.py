@@ -21,6 +21,7 @@ def fast_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compare, "LATENCY_SECONDS", 0.05)
 
 
+@pytest.mark.slow
 def test_channel_pruning_resnet18_shrinks_consistently(tmp_path: Path) -> None:
     report = prune(eager_source("resnet18", pretrained=False), "channel", tmp_path / "r18.pt", amount=0.3, check_images=8)
     assert report.params_after < 0.75 * report.params_before

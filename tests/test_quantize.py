@@ -39,6 +39,7 @@ def _round_trip(path: str, tmp_path: Path) -> None:
     assert result.error is None and len(result.predictions) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,suffix", [("openvino", ".xml"), ("onnxruntime", ".onnx")])
 def test_static_int8_round_trip(tmp_path: Path, calib_dir: Path, backend: str, suffix: str) -> None:
     report = quantize(eager_source("cifar_resnet20", pretrained=False), "static-int8", tmp_path / f"q{suffix}", backend=backend,
@@ -58,6 +59,7 @@ def test_static_int8_round_trip(tmp_path: Path, calib_dir: Path, backend: str, s
     _round_trip(report.path, tmp_path)
 
 
+@pytest.mark.slow
 def test_dynamic_int8_says_only_linear_is_touched(tmp_path: Path) -> None:
     report = quantize(eager_source("cifar_resnet20", pretrained=False), "dynamic-int8", tmp_path / "d.onnx", check_images=16)
     assert report.backend == "onnxruntime" and report.int8_kernels
@@ -66,6 +68,7 @@ def test_dynamic_int8_says_only_linear_is_touched(tmp_path: Path) -> None:
     _round_trip(report.path, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,backend,suffix", [("fp16", "eager", ".pt"), ("bf16", "openvino", ".xml")])
 def test_float_round_trip(tmp_path: Path, method: str, backend: str, suffix: str) -> None:
     report = quantize(eager_source("cifar_resnet20", pretrained=False), method, tmp_path / f"f{suffix}", backend=backend,
@@ -108,6 +111,7 @@ def test_calibration_folder_without_images(tmp_path: Path) -> None:
         quantize(eager_source("cifar_resnet20", pretrained=False), "static-int8", tmp_path / "q.onnx", calib_dir=str(tmp_path / "nope"))
 
 
+@pytest.mark.slow
 def test_cli_prints_error_without_traceback(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -133,6 +137,7 @@ def test_static_int8_keeps_cifar_accuracy(tmp_path: Path, cifar_weights: Path, c
     assert report.agreement.top1_agreement >= 95.0
 
 
+@pytest.mark.slow
 def test_openvino_int8_can_keep_first_and_last_layer_in_float(calib_dir: Path) -> None:
     from resnetkit.backends import openvino as openvino_backend
     from resnetkit.shrink.compare import image_batches

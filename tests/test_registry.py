@@ -144,7 +144,7 @@ def test_random_weights_carry_no_accuracy_anywhere(tmp_path: Path) -> None:
     assert model.meta.weights == "random" and model.meta.metrics == PublishedMetrics()
     derived = model.meta.derived("r18-pruned", Step("prune", "channel"))
     assert derived.provenance.source_metrics is None
-    served = ServedModel("resnet18", model, SimpleNamespace(max_batch_size=8)).info().model_dump()
+    served = ServedModel("resnet18", "resnet18", model, SimpleNamespace(max_batch_size=8)).info().model_dump()
     assert served["published_top1"] is None and served["weights"] == "random"
     cifar = load_model("cifar_resnet20", pretrained=False, backend="eager")
     artifact = save_artifact(tmp_path / "r20-random.pt", cifar.module, cifar.meta)
@@ -207,6 +207,7 @@ def test_a_changed_machine_or_library_retunes(fresh_cache: Path, monkeypatch: py
     assert entry.machine["libraries"]["openvino"] == "0.0-faked"
 
 
+@pytest.mark.slow
 def test_threads_are_applied_per_runner() -> None:
     from resnetkit.backends.eager import EagerRunner
     from resnetkit.backends.onnxruntime import OnnxRuntimeRunner, to_onnx
@@ -250,6 +251,7 @@ def test_torchscript_export_prints_no_deprecation_warnings(tmp_path: Path) -> No
     assert not [w for w in caught if "torch.jit" in str(w.message)]
 
 
+@pytest.mark.slow
 def test_tuning_cache_keeps_the_fastest_and_rebuilds_only_it(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 

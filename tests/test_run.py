@@ -28,6 +28,7 @@ def test_cifar_accuracy_matches_reference(cifar_weights, cifar_test_dir, model, 
     assert sum(map(sum, report.confusion)) == 10_000
 
 
+@pytest.mark.slow
 def test_classify_real_images_with_a_bad_file_among_them(cifar_weights, cifar_test_dir, tmp_path):
     cats = sorted((cifar_test_dir / "ship").glob("*.jpg"))[:4]
     bad = tmp_path / "broken.jpg"
@@ -45,6 +46,7 @@ def test_classify_real_images_with_a_bad_file_among_them(cifar_weights, cifar_te
     assert results[4].error and "could not be decoded" in results[4].error and results[4].predictions == []
 
 
+@pytest.mark.slow
 def test_batched_classify_equals_one_by_one(tmp_path):
     model = load_model("cifar_resnet20", pretrained=False)
     paths = [make_image(tmp_path / f"{i}.png", size=(40 + i, 30), seed=i) for i in range(5)]
@@ -55,6 +57,7 @@ def test_batched_classify_equals_one_by_one(tmp_path):
         assert [p.score for p in a.predictions] == pytest.approx([p.score for p in b.predictions], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_artifact_is_a_model_reference_everywhere(tmp_path):
     model = load_model("cifar_resnet20", pretrained=False)
     meta = model.meta.replace(name="my-cifar", categories=tuple(c.upper() for c in CIFAR10_CLASSES))
@@ -88,6 +91,7 @@ def test_folder_matching_by_name_and_wordnet_id():
         match_folders_to_categories(["goldfish", "unicorn"], categories)
 
 
+@pytest.mark.slow
 def test_evaluate_on_generated_folder_counts_skipped_files(tmp_path):
     for name in ("Cat", "dog"):
         for i in range(3):
@@ -100,6 +104,7 @@ def test_evaluate_on_generated_folder_counts_skipped_files(tmp_path):
         evaluate("cifar_resnet20", tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_cli_classify_json_and_exit_codes(cifar_weights, cifar_test_dir, tmp_path):
     folder = tmp_path / "imgs"
     shutil.copytree(cifar_test_dir / "horse", folder, ignore=lambda d, names: sorted(names)[3:])

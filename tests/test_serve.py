@@ -169,6 +169,7 @@ def test_health_readiness_and_model_listing(server):
     assert httpx.get(f"{server}/v1/models/cifar_resnet20").json()["categories"][3] == "cat"
 
 
+@pytest.mark.slow
 def test_multipart_and_raw_body_give_the_same_answers_as_the_library(server, random_model, tmp_path):
     """The server's answers are the library's fast pipeline (prepare_image) + the model, image by image."""
     paths = [make_image(tmp_path / f"{i}.png", (40 + 10 * i, 30), seed=i) for i in range(3)]
@@ -308,6 +309,7 @@ def test_openapi_docs_and_page_work_offline(server):
         assert response.status_code == 200 and "http://" not in response.text and "https://" not in response.text
 
 
+@pytest.mark.slow
 def test_bearer_token_protects_the_api_but_not_the_probes(random_model):
     with running(models=(str(random_model),), token="s3cret") as srv:
         url = srv.url
@@ -322,6 +324,7 @@ def test_bearer_token_protects_the_api_but_not_the_probes(random_model):
 
 # --- batching and concurrency ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_many_simultaneous_requests_each_get_their_own_answer(cifar_weights, cifar_images):
     expected = dict(zip(cifar_images, classify(load_model("cifar_resnet20"), cifar_images, top_k=3, batch_size=1)))
     with running(models=("cifar_resnet20",), max_batch_size=16) as srv, httpx.Client() as client:

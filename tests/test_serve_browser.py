@@ -31,7 +31,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server_url(cifar_weights):
-    server = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False)).start()
+    # pinned to eager so the page can be checked for the runtime it names (the default, auto, depends on the CPU)
+    server = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False, backend="eager")).start()
     try:
         server.wait_ready()
         yield server.url
@@ -39,6 +40,7 @@ def server_url(cifar_weights):
         server.stop()
 
 
+@pytest.mark.slow
 def test_upload_an_image_and_see_its_label(browser, server_url, cifar_test_dir, tmp_path):
     images = [sorted((cifar_test_dir / name).glob("*.jpg"))[i] for i, name in enumerate(("cat", "ship"))]
     expected = [r.predictions[0].label for r in classify(load_model("cifar_resnet20"), images, top_k=3)]

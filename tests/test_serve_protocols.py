@@ -22,7 +22,7 @@ INFER = "/v2/models/cifar_resnet20/infer"
 
 @pytest.fixture(scope="module")
 def server(cifar_weights: Path) -> Iterator[str]:
-    running = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False)).start()
+    running = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False, backend="eager")).start()
     try:
         running.wait_ready()
         yield running.url
@@ -166,6 +166,7 @@ def ts_metric(url: str, name: str) -> float:
     raise AssertionError(f"{name} is not in /metrics")
 
 
+@pytest.mark.slow
 def test_with_a_token_the_kserve_routes_answer_401_as_an_error_body(cifar_weights):
     running = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False, token="t0k")).start()
     try:

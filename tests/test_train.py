@@ -94,6 +94,7 @@ def test_training_learns_and_writes_a_run_folder(trained_run: tuple[Path, dict])
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,lr,train_loss")
 
 
+@pytest.mark.slow
 def test_checkpoint_is_a_model_reference(trained_run: tuple[Path, dict], shapes: Path) -> None:
     out, summary = trained_run
     classifier = load_model(out / "best.pt")

@@ -49,6 +49,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ), timeout=600)
 
 
+@pytest.mark.slow
 def test_clip_of_one_class_gets_that_class_for_most_frames(cifar_weights, ship_clip):
     report = classify_video("cifar_resnet20", ship_clip, top_k=3)
     assert report.error is None and report.frames_decoded == 50 and len(report.frames) == 50
@@ -62,6 +63,7 @@ def test_clip_of_one_class_gets_that_class_for_most_frames(cifar_weights, ship_c
     assert [f.time_s for f in report.frames[:3]] == pytest.approx([0.0, 0.04, 0.08])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling, expected", [
     ({"every": 7}, [0, 7, 14, 21, 28, 35, 42, 49]),
     ({"fps": 5}, [0, 5, 10, 15, 20, 25, 30, 35, 40, 45]),
@@ -87,6 +89,7 @@ def test_max_frames_stops_a_stream_early(random_model, ship_clip):
     assert report.error is None
 
 
+@pytest.mark.slow
 def test_truncated_video_keeps_the_frames_done_and_says_so(cifar_weights, ship_clip, tmp_path):
     data = ship_clip.read_bytes()
     cut = tmp_path / "cut.mp4"

@@ -36,16 +36,16 @@ def bench_command(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads (default: torch's).")] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Run in channels_last memory layout.")] = False,
     end_to_end: Annotated[bool, typer.Option("--end-to-end", help="Also time JPEG decode + preprocessing + forward.")] = False,
-    eval_dir: Annotated[str | None, typer.Option("--eval", help="Measure top-1/top-5 on this labelled folder (needs weights).")] = None,
-    eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Images to evaluate with --eval.")] = None,
+    eval_dir: Annotated[str | None, typer.Option("--eval", help="Measure top-1/top-5 on this labelled folder (needs weights; default: none, the published figures).")] = None,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Images to evaluate with --eval (default: all).")] = None,
     tolerance: Annotated[float | None, typer.Option("--tolerance", min=0.001, max=1, help="Stop a variant once the 95 % confidence interval of its median latency is within this fraction of it (default: 0.03, quick: 0.1).")] = None,
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=0.1, help="Cap per variant: timed batch-1 seconds (default: 8, quick: 2).")] = None,
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also time eager fp32 interleaved in the same process, for the 'vs eager' column.")] = True,
     quick: Annotated[bool, typer.Option("--quick", help="A looser tolerance, a lower cap and a smaller batch: a fast, rough pass.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the records as a JSON list to stdout instead of the table.")] = False,
-    output: Annotated[str | None, typer.Option("-o", "--output", help="Write the records as a JSON list to FILE.")] = None,
-    csv_file: Annotated[str | None, typer.Option("--csv", help="Write the records as CSV to FILE.")] = None,
-    plot: Annotated[str | None, typer.Option("--plot", help="Write top-1 vs latency (Pareto front marked) as PNG to FILE.")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Write the records as a JSON list to FILE (default: none).")] = None,
+    csv_file: Annotated[str | None, typer.Option("--csv", help="Write the records as CSV to FILE (default: none).")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", help="Write top-1 vs latency (Pareto front marked) as PNG to FILE (default: none).")] = None,
 ) -> None:
     """Measure params, GMACs, size, latency, throughput and memory of models on this machine, as deployed.
 
@@ -219,10 +219,10 @@ def load_records(path: str) -> list[BenchRecord]:
 
 @app.command("recommend")
 def recommend_command(
-    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", min=0, help="Upper bound on p50 latency at batch 1.")] = None,
-    max_size_mb: Annotated[float | None, typer.Option("--max-size-mb", min=0, help="Upper bound on weights size.")] = None,
-    min_top1: Annotated[float | None, typer.Option("--min-top1", min=0, max=100, help="Lower bound on top-1 (%).")] = None,
-    from_file: Annotated[str | None, typer.Option("--from", help="Use a 'bench -o FILE' file instead of measuring now.")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", min=0, help="Upper bound on p50 latency at batch 1 (default: no bound).")] = None,
+    max_size_mb: Annotated[float | None, typer.Option("--max-size-mb", min=0, help="Upper bound on weights size (default: no bound).")] = None,
+    min_top1: Annotated[float | None, typer.Option("--min-top1", min=0, max=100, help="Lower bound on top-1 (%) (default: no bound).")] = None,
+    from_file: Annotated[str | None, typer.Option("--from", help="Use a 'bench -o FILE' file instead of measuring now (default: measure now).")] = None,
     models: Annotated[str, typer.Option("--models", help="Models for the quick bench run without --from.")] = ",".join(DEFAULT_MODELS),
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:

@@ -24,8 +24,8 @@ from .app import JsonFlag, ModelArg, WeightsOpt, app, console, print_json, style
 
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="File to write.")]
 RandomWeightsFlag = Annotated[bool, typer.Option("--random-weights", help="Random weights (offline; cost and speed only).")]
-EvalOpt = Annotated[str | None, typer.Option("--eval", help="Labelled class-per-folder images: report top-1 before and after.")]
-EvalLimitOpt = Annotated[int | None, typer.Option("--eval-limit", min=1, help="Evaluate a fixed random subset of N images.")]
+EvalOpt = Annotated[str | None, typer.Option("--eval", help="Labelled class-per-folder images: report top-1 before and after (default: none).")]
+EvalLimitOpt = Annotated[int | None, typer.Option("--eval-limit", min=1, help="Evaluate a fixed random subset of N images (default: all).")]
 LatencyBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Batch size of the latency measurement.")]
 
 
@@ -94,7 +94,7 @@ def quantize_command(
     method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(QUANTIZE_METHODS)}.")],
     output: OutputOpt,
     backend: Annotated[str | None, typer.Option("--backend", help="onnxruntime (.onnx; default for int8), openvino (.xml; default for fp16/bf16) or eager (.pt, fp16/bf16).")] = None,
-    calib: Annotated[str | None, typer.Option("--calib", help="Calibration images (static-int8), any folder layout.")] = None,
+    calib: Annotated[str | None, typer.Option("--calib", help="Calibration images (static-int8), any folder layout (default: none).")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", min=1, help="Calibration images to use.")] = 300,
     calibration: Annotated[str | None, typer.Option("--calibration", help=f"Activation ranges: {', '.join(CALIBRATION_METHODS)} (default: histogram on openvino, percentile on onnxruntime).")] = None,
     eval_dir: EvalOpt = None,
@@ -147,7 +147,7 @@ def prune_command(
     output: OutputOpt,
     amount: Annotated[float, typer.Option("--amount", help="Fraction of weights (l1-unstructured) or channels (channel) to remove.")] = 0.3,
     round_to: Annotated[int | None, typer.Option("--round-to", min=1, help="Channel counts kept as multiples of N (default 8; 4 for CIFAR ResNets).")] = None,
-    finetune_dir: Annotated[str | None, typer.Option("--finetune", help="Class-per-folder training images for a short recovery fine-tune.")] = None,
+    finetune_dir: Annotated[str | None, typer.Option("--finetune", help="Class-per-folder training images for a short recovery fine-tune (default: none).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Fine-tune epochs.")] = 1,
     lr: Annotated[float, typer.Option("--lr", help="Fine-tune learning rate.")] = 0.01,
     eval_dir: EvalOpt = None,

@@ -31,7 +31,7 @@ def predict_command(
                                          "output already holds.")] = False,
     path_column: Annotated[str, typer.Option("--path-column", help="Column of image paths in Parquet/CSV "
                                              "inputs.")] = "path",
-    ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Data (pip install 'resnetkit[ray]').")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Data (needs the ray extra, see docs/scale.md).")] = False,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address for --ray (default: "
                                                 "RAY_ADDRESS, else a local Ray started for this run).",
                                                 show_default=False)] = None,

@@ -71,7 +71,7 @@ def evaluate_command(
     model: ModelArg,
     data_dir: Annotated[str, typer.Argument(metavar="DATA_DIR", help="Folder with one sub-folder of images per class (class name or WordNet id).")],
     batch_size: BatchSizeOpt = 64,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help=default("Evaluate a fixed random subset of N images.", "all images"))] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help=default("Evaluate a fixed random subset of N images (default: all).", "all images"))] = None,
     weights: WeightsOpt = None,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,

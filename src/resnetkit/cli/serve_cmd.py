@@ -43,15 +43,15 @@ PrecisionOpt = _opt("--precision", "fp32, fp16 or bf16, backend permitting.", un
 TokenOpt = _opt("--token", "Require 'Authorization: Bearer TOKEN' on /v1 and /predictions.", unset="no token")
 AccessLogOpt = Annotated[bool | None, typer.Option("--access-log/--no-access-log", show_default=False,
                                                    help=f"Log every request (default: on; env {ENV_PREFIX}ACCESS_LOG)")]
-RayFlag = Annotated[bool, typer.Option("--ray", help="Run as a Ray Serve application (pip install 'resnetkit[ray]'); "
+RayFlag = Annotated[bool, typer.Option("--ray", help="Run as a Ray Serve application (needs the ray extra, see docs/scale.md); "
                                                "joins RAY_ADDRESS, else starts a local Ray.")]
 ReplicasOpt = Annotated[int | None, typer.Option("--replicas", min=1, show_default=False,
                                                  help="With --ray: replicas per model (default: 1).")]
 AutoscaleOpt = Annotated[str | None, typer.Option("--autoscale", metavar="MIN:MAX", show_default=False,
-                                                  help="With --ray: autoscale each model between MIN and MAX replicas.")]
+                                                  help="With --ray: autoscale each model between MIN and MAX replicas (default: fixed --replicas).")]
 ConfigOutOpt = Annotated[str | None, typer.Option("--config-out", show_default=False,
                                                   help="Write the Ray Serve config for 'serve deploy' to this YAML "
-                                                       "file and exit.")]
+                                                       "file and exit (default: none).")]
 RAY_OPTIONS = ("ray", "replicas", "autoscale", "config_out")
 
 

@@ -18,7 +18,7 @@ from .app import JsonFlag, ModelArg, app, console, print_json
 def tune_command(
     model: ModelArg,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size to tune for.")] = 1,
-    precision: Annotated[str | None, typer.Option("--precision", help="Precision to tune for [default: auto's default on this CPU].")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="Precision to tune for (default: auto's default on this CPU).")] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Measure again, replacing the cached entry.")] = False,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every cached entry of this model (all batch sizes).")] = False,
     json_output: JsonFlag = False,

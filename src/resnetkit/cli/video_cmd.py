@@ -13,10 +13,10 @@ from ..core.loading import load_model
 from ..run.video import VideoReport, measure_stream
 from .app import BackendOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json, styled
 
-FpsOpt = Annotated[float | None, typer.Option("--fps", help="Videos: classify this many frames per second of video [default: every frame].")]
-EveryOpt = Annotated[int | None, typer.Option("--every", min=1, help="Videos: classify every N-th frame [default: every frame].")]
+FpsOpt = Annotated[float | None, typer.Option("--fps", help="Videos: classify this many frames per second of video (default: every frame).")]
+EveryOpt = Annotated[int | None, typer.Option("--every", min=1, help="Videos: classify every N-th frame (default: every frame).")]
 SmoothOpt = Annotated[int, typer.Option("--smooth", min=1, help="Videos: average probabilities over this many classified frames before labelling segments.")]
-MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, help="Videos and streams: stop after N decoded frames [default: the whole video].")]
+MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, help="Videos and streams: stop after N decoded frames (default: the whole video).")]
 
 
 def _rate(report: VideoReport) -> str:
@@ -61,7 +61,7 @@ def video_bench_command(
     weights: WeightsOpt = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights (offline; speed only).")] = False,
     backend: BackendOpt = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads [default: torch's].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads (default: torch's).")] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Can this machine keep up with this video or stream? Decode + preprocess + infer per frame (batch 1), timed."""
