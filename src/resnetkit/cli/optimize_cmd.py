@@ -80,7 +80,7 @@ def export_command(
         return
     rows = [("eager (fp32)", _mb(report.eager_size_bytes), f"{report.eager_latency_ms:.2f}", ""),
             (f"{fmt} on {report.backend} ({report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
-             f"{ratio(report.eager_latency_ms, report.latency_ms)} faster")]
+             report.speedup)]
     console.print(_table(f"{report.source} -> {report.path} ({report.name})", rows,
                          ("", "size (MB)", f"latency p50 (ms, batch {batch_size})", "vs eager")))
     if report.onnx_checker:
@@ -120,10 +120,9 @@ def _print_quantize(report: QuantizeReport) -> None:
     rows = [
         ("fp32 eager", _mb(report.fp32_size_bytes), f"{report.fp32_latency_ms:.2f}", "1.00x",
          f"{report.fp32_top1:.2f}" if top1 else "-"),
-        (f"fp32 {report.backend}", "", f"{report.fp32_backend_latency_ms:.2f}",
-         ratio(report.fp32_latency_ms, report.fp32_backend_latency_ms), "-"),
+        (f"fp32 {report.backend}", "", f"{report.fp32_backend_latency_ms:.2f}", report.fp32_backend_speedup, "-"),
         (f"{report.method} {report.backend} (ran {report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
-         ratio(report.fp32_latency_ms, report.latency_ms), f"{report.top1:.2f}" if top1 else "-"),
+         report.speedup, f"{report.top1:.2f}" if top1 else "-"),
     ]
     columns = ("", "size (MB)", f"latency p50 (ms, batch {report.batch_size})", "speed-up vs eager", "top-1 %")
     console.print(_table(f"{report.source} {report.method} -> {report.path} ({report.name})", rows, columns))
@@ -175,7 +174,7 @@ def _print_prune(report: PruneReport) -> None:
             ("after", f"{report.params_after / 1e6:.3f}", f"{report.macs_after / 1e9:.3f}", _mb(report.size_bytes_after),
              f"{report.latency_ms_after:.2f}"),
             ("change", _pct(report.params_before, report.params_after), _pct(report.macs_before, report.macs_after),
-             _pct(report.size_bytes_before, report.size_bytes_after), _pct(report.latency_ms_before, report.latency_ms_after))]
+             _pct(report.size_bytes_before, report.size_bytes_after), report.speedup)]
     columns = ("", params, "GMACs", "size (MB)", f"latency p50 (ms, batch {report.batch_size}, eager)")
     console.print(_table(f"{report.source} {report.method} {report.amount:g} -> {report.path} ({report.name})", rows,
                          columns))

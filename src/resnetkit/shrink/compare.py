@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..core.errors import DatasetError
 from ..core.images import decode_image, iter_image_paths
-from ..core.measure import InterleavedTimings, Timing, time_calls, time_interleaved
+from ..core.measure import InterleavedTimings, time_interleaved
 from ..core.loading import Classifier
 from ..core.spec import ModelMeta
 
@@ -102,13 +102,6 @@ def agreement(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Call
 
 
 LATENCY_SECONDS = 2.0  # minimum timed wall-clock per measurement
-
-
-def latency(classifier: Classifier, batch_size: int = 1) -> Timing:
-    """Wall-clock latency of one forward pass at ``batch_size`` (generated input), median of
-    at least 10 calls and ``LATENCY_SECONDS`` seconds after 3 warm-up calls."""
-    batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape)
-    return time_calls(lambda: classifier.logits(batch), warmup=3, min_runs=10, min_seconds=LATENCY_SECONDS)
 
 
 def compare_latency(classifiers: Mapping[str, Classifier], batch_size: int = 1) -> InterleavedTimings:

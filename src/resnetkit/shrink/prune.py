@@ -24,7 +24,7 @@ from ..core.loading import Classifier
 from ..core.measure import count_macs, count_params, serialized_size_bytes
 from ..core.spec import ModelMeta, Step
 from ..core.zoo import get_spec
-from .compare import Agreement, agreement, latency, random_weights_notes, sample_batches, top1_accuracy
+from .compare import Agreement, agreement, compare_latency, random_weights_notes, sample_batches, top1_accuracy
 from .export import check_output_path, require_module
 
 METHODS = ("l1-unstructured", "channel")
@@ -63,6 +63,7 @@ class PruneReport:
     top1_finetuned: float | None = None
     finetune: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    speedup: str = ""  # after vs before, from latencies measured interleaved in one run (or why not comparable)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,6 +150,7 @@ def prune(
     pruned = Classifier(meta, make_runner(module, meta, "eager"), module)
     before, after = conv_widths(source.module), conv_widths(module)
     check, inputs = sample_batches(meta, eval_dir or finetune_dir, count=check_images, seed=1)
+    timings = compare_latency({"before": source, "after": pruned}, batch_size)
     report = PruneReport(
         name=path.stem, source=meta.name, method=method, amount=amount, path=str(path),
         params_before=count_params(source.module),
@@ -156,7 +158,8 @@ def prune(
         macs_before=count_macs(source.module, shape), macs_after=count_macs(module, shape),
         size_bytes_before=serialized_size_bytes(source.module), size_bytes_after=0,
         batch_size=batch_size,
-        latency_ms_before=latency(source, batch_size).p50_ms, latency_ms_after=latency(pruned, batch_size).p50_ms,
+        latency_ms_before=timings.timings["before"].p50_ms, latency_ms_after=timings.timings["after"].p50_ms,
+        speedup=timings.speedup("before", "after")[1],
         agreement=agreement(source.logits, pruned.logits, check, inputs),
         sparsity=report_sparsity, round_to=round_to if method == "channel" else None,
         widths={name: [before[name], after[name]] for name in before if before[name] != after[name]},

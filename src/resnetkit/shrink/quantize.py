@@ -28,7 +28,7 @@ from ..core.errors import ResnetkitError
 from ..core.loading import Classifier, load_model
 from ..core.measure import serialized_size_bytes
 from ..core.spec import ModelMeta, Step
-from .compare import Agreement, agreement, image_batches, latency, random_weights_notes, sample_batches, top1_accuracy
+from .compare import Agreement, agreement, compare_latency, image_batches, random_weights_notes, sample_batches, top1_accuracy
 from .export import artifact_size, check_output_path, require_module
 
 METHODS = ("fp16", "bf16", "dynamic-int8", "static-int8")
@@ -64,6 +64,9 @@ class QuantizeReport:
     fp32_top1: float | None = None
     top1: float | None = None
     notes: list[str] = field(default_factory=list)
+    # vs fp32 eager, from latencies measured interleaved in one run (or why not comparable)
+    fp32_backend_speedup: str = ""
+    speedup: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,14 +149,18 @@ def quantize(
     quantized = load_model(request.output)
     kernels = int8_kernels(quantized, request)
     check, inputs = sample_batches(source.meta, eval_dir or calib_dir, count=check_images, seed=1)
+    timings = compare_latency({"fp32": source, "fp32_backend": _fp32_on_backend(source, request.backend, batch_size),
+                               "quantized": quantized}, batch_size)
     report = QuantizeReport(
         name=quantized.meta.name, source=source.meta.name, method=method, backend=request.backend,
         path=str(request.output), precision=quantized.runner.precision,
         size_bytes=artifact_size(request.output), fp32_size_bytes=serialized_size_bytes(source.module),
         batch_size=batch_size,
-        fp32_latency_ms=latency(source, batch_size).p50_ms,
-        fp32_backend_latency_ms=_fp32_backend_latency(source, request.backend, batch_size),
-        latency_ms=latency(quantized, batch_size).p50_ms,
+        fp32_latency_ms=timings.timings["fp32"].p50_ms,
+        fp32_backend_latency_ms=timings.timings["fp32_backend"].p50_ms,
+        latency_ms=timings.timings["quantized"].p50_ms,
+        fp32_backend_speedup=timings.speedup("fp32", "fp32_backend")[1],
+        speedup=timings.speedup("fp32", "quantized")[1],
         agreement=agreement(source.logits, quantized.logits, check, inputs),
         int8_kernels=kernels, calibration=calibration[1] if calibration else None,
         notes=_notes(source, quantized, request, eval_dir),
@@ -173,11 +180,11 @@ def _calibration(meta: ModelMeta, request: QuantizeRequest) -> tuple[list[torch.
     return batches, f"{count} images from {request.calib_dir}, {request.calibration_method} ranges"
 
 
-def _fp32_backend_latency(source: Classifier, backend: str, batch_size: int) -> float:
-    """Latency of the source's weights on ``backend`` in exact fp32 (built from the loaded module)."""
+def _fp32_on_backend(source: Classifier, backend: str, batch_size: int) -> Classifier:
+    """The source's weights on ``backend`` in exact fp32 (built from the loaded module)."""
     options = RunnerOptions(batch_size=batch_size, precision="fp32")
     runner = make_runner(copy.deepcopy(source.module), source.meta, backend, options)  # type: ignore[arg-type]
-    return latency(Classifier(source.meta, runner), batch_size).p50_ms
+    return Classifier(source.meta, runner)
 
 
 def int8_kernels(quantized: Classifier, request: QuantizeRequest) -> dict[str, int]:
