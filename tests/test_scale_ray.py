@@ -62,7 +62,9 @@ def test_serve_ray_two_replicas_right_labels_junk_4xx_nothing_left_after_sigterm
     env = {**os.environ, **LOOPBACK_ONLY}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen([sys.executable, "-m", "resnetkit", "serve", "cifar_resnet20", "--ray", "--replicas",
-                                "2", "--port", str(port), "--threads", "1"], env=env,
+                                "2", "--port", str(port), "--threads", "1",
+                                # eager: a fixed backend keeps replica start-up short on 2 cores (auto tunes at start)
+                                "--backend", "eager"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     started: list = []

@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -150,12 +150,13 @@ class RayHub(ModelHub):
         except Exception as exc:  # noqa: BLE001 - a replica that cannot load reports its error here
             self._fail(f"{type(exc).__name__}: {exc}")
             return
-        for (name, meta, backend, precision), handle in zip(described, self.handles):
+        refs = [ModelEntry.parse(entry).ref for entry in self.settings.models]
+        for (name, meta, backend, precision), handle, ref in zip(described, self.handles, refs):
             if name in self.models:
                 self._fail(f"two models would be served as '{name}'. Name them with NAME=REF.")
                 return
             batcher = RayBatcher(handle, self.settings.max_batch_size)
-            self.models[name] = ServedModel(name, RemoteModel(meta, RemoteRuntime(backend, precision)), batcher)
+            self.models[name] = ServedModel(name, ref, RemoteModel(meta, RemoteRuntime(backend, precision)), batcher)
         self.ready = True
 
 
@@ -199,7 +200,7 @@ def _scaling(replicas: int | None, autoscale: str | None, max_batch_size: int | 
     match = re.fullmatch(r"(\d+):(\d+)", autoscale.strip())
     if not match or int(match[1]) > int(match[2]) or int(match[2]) < 1:
         raise ResnetkitError(f"--autoscale '{autoscale}' is not MIN:MAX with MIN <= MAX and MAX >= 1, e.g. 1:4.")
-    target = max_batch_size or ServeSettings().max_batch_size
+    target = max_batch_size or ServeSettings.model_construct().max_batch_size
     return {"autoscaling_config": {"min_replicas": int(match[1]), "max_replicas": int(match[2]),
                                    "target_ongoing_requests": target}}
 
@@ -210,8 +211,8 @@ def _deployment_name(index: int, entry: str) -> str:
 
 def app_args(settings: ServeSettings, replicas: int | None, autoscale: str | None) -> dict[str, Any]:
     """The builder's arguments for ``settings`` (what differs from the defaults) and the scaling options."""
-    defaults = asdict(ServeSettings())
-    args = {k: v for k, v in asdict(settings).items() if v != defaults[k] and k not in ("host", "port")}
+    defaults = ServeSettings.model_construct().model_dump()  # the defaults, without reading RESNETKIT_*
+    args = {k: v for k, v in settings.model_dump().items() if v != defaults[k] and k not in ("host", "port")}
     args["models"] = ",".join(settings.models)
     args.update({k: v for k, v in (("replicas", replicas), ("autoscale", autoscale)) if v is not None})
     return args
