@@ -25,9 +25,7 @@ for arg in "$@"; do
 done
 
 # The suite drives PyTorch, ONNX Runtime and OpenVINO, whose native thread pools would otherwise
-# pile up in one long process: each module gets a process of its own. A module whose process dies
-# by a signal (an intermittent native crash was seen once, see the README) is run once more and
-# reported; a test that fails is never re-run.
+# pile up in one long process: each module gets a process of its own.
 reports=$(mktemp -d)
 trap 'rm -rf "$reports"' EXIT
 status=0
@@ -35,11 +33,7 @@ for module in tests/test_*.py; do
   name=$(basename "$module" .py)
   code=0
   .venv/bin/python -m pytest "$module" --junitxml="$reports/$name.xml" "$@" || code=$?
-  if [ "$code" -gt 128 ]; then
-    echo "warning: $module: the Python process died by signal $((code - 128)); running the module once more" >&2
-    code=0
-    .venv/bin/python -m pytest "$module" --junitxml="$reports/$name.xml" "$@" || code=$?
-  fi
+  [ "$code" -le 128 ] || echo "error: $module: the Python process died by signal $((code - 128))" >&2
   [ "$code" -eq 0 ] || [ "$code" -eq 5 ] || status=1  # 5: every test of the module deselected
 done
 .venv/bin/python - "$reports" <<'EOF'

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -62,6 +64,31 @@ def test_openvino_reports_the_precision_it_chose(eager) -> None:
 
     runner = _same_weights("openvino", RunnerOptions(), eager)
     assert runner.precision == default_precision()  # bf16 on CPUs with AVX512-BF16/AMX, else fp32
+
+
+OUT_OF_ORDER_RUNNERS = """
+import gc, os, signal, torch
+from resnetkit import load_model
+from resnetkit.backends.base import make_runner
+eager = load_model("cifar_resnet20", pretrained=False, backend="eager")
+first = make_runner(eager.module, eager.meta, "openvino")
+second = make_runner(eager.module, eager.meta, "openvino")
+first(torch.zeros(1, 3, 32, 32)); second(torch.zeros(1, 3, 32, 32))
+del first; gc.collect()
+del second; gc.collect()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+except KeyboardInterrupt:
+    print("Ctrl-C handled")
+"""
+
+
+def test_ctrl_c_after_openvino_runners_are_freed_out_of_order() -> None:
+    """Each OpenVINO Core swaps the thread's signal stack; freeing two Cores out of order used to
+    leave a freed one in place, and the next Ctrl-C killed the process with SIGSEGV."""
+    done = subprocess.run([sys.executable, "-c", OUT_OF_ORDER_RUNNERS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.strip() == "Ctrl-C handled"
 
 
 @pytest.mark.slow

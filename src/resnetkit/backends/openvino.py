@@ -7,6 +7,7 @@ for an fp32 model); runners read back what the compiled model actually uses and 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import os
 import tempfile
@@ -29,6 +30,20 @@ META_PATH = [META_KEY, "meta"]
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 FROM_HINT = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 INT8_TYPES = ("i8", "u8")
+
+
+@functools.cache
+def shared_core() -> ov.Core:
+    """The process's one OpenVINO ``Core``, kept alive until exit.
+
+    OpenVINO's CPU plugin gives each ``Core`` an alternate signal stack on the thread that
+    loads it, and on destruction restores the one it found. Cores destroyed out of creation
+    order (runner A, runner B, A freed, B freed) leave the thread on A's freed stack, and
+    the next Python signal handler (Ctrl-C, SIGTERM) crashes the process with SIGSEGV.
+    One Core for the whole process, as OpenVINO's docs recommend anyway, never does that."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def to_openvino(module: nn.Module, meta: ModelMeta) -> ov.Model:
@@ -174,9 +189,7 @@ class OpenVinoRunner:
     backend = "openvino"
 
     def __init__(self, model: ov.Model, precision: str | None = None, threads: int | None = None) -> None:
-        import openvino as ov
-
-        self.core = ov.Core()
+        self.core = shared_core()
         self.model = model
         self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision]} if precision else {}
         if threads:
@@ -234,9 +247,7 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Open
 
 
 def _read(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta]:
-    import openvino as ov
-
-    model = ov.Core().read_model(str(path))
+    model = shared_core().read_model(str(path))
     meta = read_meta(model, path)
     return OpenVinoRunner(model, _float_hint(options, meta), options.threads), meta
 
@@ -244,19 +255,16 @@ def _read(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta
 def _read_onnx(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, ModelMeta]:
     """An ONNX graph compiled by OpenVINO; the metadata is read with onnx, where the exporter put it."""
     import onnx
-    import openvino as ov
 
     from .onnxruntime import read_meta as read_onnx_meta
 
     meta = read_onnx_meta(onnx.load(str(path), load_external_data=False), path)
-    return OpenVinoRunner(ov.Core().read_model(str(path)), _float_hint(options, meta), options.threads), meta
+    return OpenVinoRunner(shared_core().read_model(str(path)), _float_hint(options, meta), options.threads), meta
 
 
 def default_precision() -> str:
     """The float precision OpenVINO picks on this CPU when not told (bf16 where the CPU has it)."""
-    import openvino as ov
-
-    return FROM_HINT.get(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
+    return FROM_HINT.get(shared_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
 
 
 register(Backend("openvino", "OpenVINO CPU; int8 = NNCF", ("fp32", "bf16", "fp16", "int8"),

@@ -49,9 +49,9 @@ def machine() -> dict[str, Any]:
 def _cpu_model() -> str:
     """The CPU's model name as OpenVINO reads it (``FULL_DEVICE_NAME``), else what ``platform`` knows."""
     try:
-        import openvino as ov
+        from .openvino import shared_core
 
-        return str(ov.Core().get_property("CPU", "FULL_DEVICE_NAME"))
+        return str(shared_core().get_property("CPU", "FULL_DEVICE_NAME"))
     except Exception:  # noqa: BLE001 - OpenVINO missing or without a CPU plugin: fall back
         return platform.processor() or platform.machine()
 
