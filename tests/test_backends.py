@@ -66,6 +66,31 @@ def test_openvino_reports_the_precision_it_chose(eager) -> None:
     assert runner.precision == default_precision()  # bf16 on CPUs with AVX512-BF16/AMX, else fp32
 
 
+def test_converted_models_are_cached_on_disk(eager, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.backends import openvino as ov_backend
+
+    monkeypatch.setenv("RESNETKIT_TUNING_CACHE", str(tmp_path / "tuning.json"))
+    trained = dataclasses.replace(eager.meta, weights="my-weights")
+    first = ov_backend.converted(eager.module, trained)
+    [stored] = (tmp_path / "openvino-models").glob("*.xml")
+    monkeypatch.setattr(ov_backend, "to_openvino", lambda *_: pytest.fail("converted again"))
+    again = ov_backend.converted(eager.module, trained)
+    batch = torch.randn(2, 3, 32, 32)
+    runner = ov_backend.OpenVinoRunner(again, "fp32")
+    assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
+    assert ov_backend.read_meta(again, stored) == trained
+    other = copy.deepcopy(eager.module)
+    with torch.no_grad():
+        other.linear.bias += 1.0  # other weights: another entry
+    monkeypatch.undo()
+    monkeypatch.setenv("RESNETKIT_TUNING_CACHE", str(tmp_path / "tuning.json"))
+    monkeypatch.setattr(ov_backend, "CONVERTED_KEPT", 1)
+    ov_backend.converted(other, trained)
+    assert [p.name for p in (tmp_path / "openvino-models").glob("*.xml")] != [stored.name]  # the older one evicted
+    assert len(list((tmp_path / "openvino-models").iterdir())) == 2  # one .xml + its .bin, no temp files
+    assert first.get_parameters()[0].get_partial_shape().to_string() == "[?,3,32,32]"
+
+
 OUT_OF_ORDER_RUNNERS = """
 import gc, os, signal, torch
 from resnetkit import load_model

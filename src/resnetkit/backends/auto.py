@@ -51,8 +51,10 @@ class AutoRunner:
         return self.chosen(batch)
 
 
-def thread_counts() -> list[int]:
-    """Intra-op thread counts to try: one, and every usable core."""
+def thread_counts(asked: int | None = None) -> list[int]:
+    """Intra-op thread counts to try: the one asked for, else one and every usable core."""
+    if asked:
+        return [asked]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return sorted({1, cores})
 
@@ -96,7 +98,7 @@ def tuned(name: str, key: str, meta: ModelMeta, options: RunnerOptions,
           builders: Mapping[Candidate, Callable[[], Runner]]) -> AutoRunner:
     """The cached choice for this model, batch size and precision if there is one, else measure
     every candidate that builds, keep the fastest and store the measurements."""
-    cached = None if options.retune else tuning.lookup(key, options.batch_size, options.precision)
+    cached = None if options.retune else tuning.lookup(key, options.batch_size, options.precision, options.threads)
     if cached is not None and cached.choice in builders:
         return AutoRunner(builders[cached.choice](), cached, cached=True)
     runners = {}
@@ -112,7 +114,8 @@ def tuned(name: str, key: str, meta: ModelMeta, options: RunnerOptions,
     batch = torch.randn(max(options.batch_size, 1), *meta.preprocessing.input_shape)
     timings = median_latencies(runners, batch)
     best = min(timings, key=timings.__getitem__)
-    entry = Tuning(name, key, options.batch_size, options.precision, best, {c.label: t for c, t in timings.items()})
+    entry = Tuning(name, key, options.batch_size, options.precision, options.threads, best,
+                   {c.label: t for c, t in timings.items()})
     tuning.store(entry)
     return AutoRunner(runners[best], entry, cached=False)
 
@@ -123,7 +126,7 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Auto
         return make_runner(copy.deepcopy(module), meta, candidate.backend, chosen)
 
     tried = [Candidate(b.name, _precision_for(b, options.precision), threads)
-             for b in candidates(options.precision) for threads in thread_counts()]
+             for b in candidates(options.precision) for threads in thread_counts(options.threads)]
     return tuned(meta.name, tuning.module_key(module), meta, options, {c: (lambda c=c: build(c)) for c in tried})
 
 
@@ -137,7 +140,7 @@ def _read_any(path: Path, options: RunnerOptions) -> tuple[AutoRunner, ModelMeta
         return read[candidate][0]
 
     tried = [Candidate(name, options.precision, threads) for name in readers_of(path.suffix.lower())
-             for threads in thread_counts()]
+             for threads in thread_counts(options.threads)]
     build(tried[0])  # the file's metadata (input shape) is needed before measuring
     meta = read[tried[0]][1]
     builders = {c: (lambda c=c: read[c][0] if c in read else build(c)) for c in tried}

@@ -25,7 +25,7 @@ from torch import nn
 from ..core.fileio import write_text_atomic
 
 ENV_VAR = "RESNETKIT_TUNING_CACHE"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 LIBRARIES = ("torch", "onnxruntime", "openvino")
 
 
@@ -103,14 +103,16 @@ class Tuning:
     model_key: str
     batch_size: int
     precision: str | None  # requested (None: auto's default)
+    threads: int | None  # requested (None: auto tried one thread and every core)
     choice: Candidate
     timings_ms: dict[str, float]  # candidate label -> median latency
     machine: dict[str, Any] = field(default_factory=lambda: machine())  # looked up at call time
     measured_at: float = field(default_factory=time.time)
     load_1min: float | None = field(default_factory=lambda: os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
 
-    def matches(self, model_key: str, batch_size: int, precision: str | None) -> bool:
-        return (self.model_key, self.batch_size, self.precision) == (model_key, batch_size, precision)
+    def matches(self, model_key: str, batch_size: int, precision: str | None, threads: int | None) -> bool:
+        return (self.model_key, self.batch_size, self.precision, self.threads) == (model_key, batch_size, precision,
+                                                                                  threads)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,14 +133,16 @@ def entries() -> list[Tuning]:
         return []
 
 
-def lookup(model_key: str, batch_size: int, precision: str | None) -> Tuning | None:
-    """The entry for this model, batch size and precision measured on this machine with these libraries."""
-    return next((t for t in entries() if t.matches(model_key, batch_size, precision) and t.machine == machine()), None)
+def lookup(model_key: str, batch_size: int, precision: str | None, threads: int | None) -> Tuning | None:
+    """The entry for this model, batch size, precision and thread request measured on this machine with these
+    libraries."""
+    return next((t for t in entries() if t.matches(model_key, batch_size, precision, threads)
+                 and t.machine == machine()), None)
 
 
 def store(tuning: Tuning) -> None:
-    """Add ``tuning``, replacing any entry for the same model, batch size and precision (atomic write)."""
-    kept = [t for t in entries() if not t.matches(tuning.model_key, tuning.batch_size, tuning.precision)]
+    """Add ``tuning``, replacing any entry for the same model, batch size, precision and threads (atomic write)."""
+    kept = [t for t in entries() if not t.matches(tuning.model_key, tuning.batch_size, tuning.precision, tuning.threads)]
     _write([*kept, tuning])
 
 

@@ -19,6 +19,8 @@ def tune_command(
     model: ModelArg,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size to tune for.")] = 1,
     precision: Annotated[str | None, typer.Option("--precision", help="Precision to tune for (default: auto's default on this CPU).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Tune for this many intra-op threads "
+                                                "(default: try one thread and every core).")] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Measure again, replacing the cached entry.")] = False,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every cached entry of this model (all batch sizes).")] = False,
     json_output: JsonFlag = False,
@@ -29,7 +31,7 @@ def tune_command(
         console.print(f"removed {removed} tuning entr{'y' if removed == 1 else 'ies'} of {model} from {tuning.cache_path()}",
                       highlight=False)
         return
-    options = RunnerOptions(batch_size=batch_size, precision=precision, retune=refresh)
+    options = RunnerOptions(batch_size=batch_size, precision=precision, threads=threads, retune=refresh)
     classifier = load_model(model, pretrained=not is_zoo_name(model), backend="auto", options=options)
     runner = classifier.runner
     entry = runner.tuning

@@ -56,7 +56,7 @@ class ModelReplica:
         parsed = ModelEntry.parse(entry)
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        options = RunnerOptions(batch_size=settings.max_batch_size, precision=settings.precision)
+        options = RunnerOptions(batch_size=settings.max_batch_size, precision=settings.precision, threads=settings.threads)
         self.classifier = load_model(parsed.ref, backend=settings.backend, options=options)
         for size in sorted({1, settings.max_batch_size}):  # warm up, as the local hub does
             self.classifier.probabilities(torch.zeros(size, *self.classifier.meta.preprocessing.input_shape))

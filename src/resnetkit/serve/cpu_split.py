@@ -3,7 +3,11 @@
 On a CPU box, decode + preprocess (worker threads) and the forward passes (the backend's
 intra-op threads) compete for the same cores. A model that takes a few ms per image leaves
 the cores mostly to decoding and the event loop; a large one needs them all for inference.
-The split gives each side cores in proportion to its measured per-image cost.
+The split gives each side cores in proportion to its measured per-image cost in core time
+(inference wall time x the threads it ran on; decoding runs on one core per image). The
+inference runners are then built for exactly that many threads: an OpenVINO or ONNX Runtime
+pool of two threads that shares two cores with a decode worker stalls at every layer's barrier
+whenever the decoder holds one of the cores.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ class CpuSplit:
 
 def choose_split(infer_ms: float, decode_ms: float, cores: int, *, threads: int | None = None,
                  workers: int | None = None) -> CpuSplit:
-    """Cores to inference in proportion to its share of the per-image cost (at least one each);
-    ``threads`` / ``workers`` given by the user win."""
+    """Cores to inference in proportion to its share of the per-image cost in core-milliseconds (at
+    least one each); ``threads`` / ``workers`` given by the user win."""
     share = infer_ms / (infer_ms + decode_ms) if infer_ms + decode_ms > 0 else 1.0
     auto_threads = min(cores, max(1, round(cores * share)))
     chosen_threads = threads or auto_threads
@@ -54,10 +58,15 @@ def choose_split(infer_ms: float, decode_ms: float, cores: int, *, threads: int 
 
 
 def measure_infer_ms(classifier: Classifier, batch_size: int) -> float:
-    """Milliseconds per image of a forward pass at ``batch_size`` (the model is already warm); the fastest
-    of a few runs, as other work on the machine only ever adds time."""
+    """Core-milliseconds per image of a forward pass at ``batch_size`` (the model is already warm): the
+    fastest of a few runs (other work on the machine only ever adds time) times the runner's threads."""
     batch = torch.zeros(batch_size, *classifier.meta.preprocessing.input_shape)
-    return _fastest_ms(lambda: classifier.probabilities(batch), INFER_RUNS) / batch_size
+    return _fastest_ms(lambda: classifier.probabilities(batch), INFER_RUNS) / batch_size * runner_threads(classifier)
+
+
+def runner_threads(classifier: Classifier) -> int:
+    """The intra-op threads the classifier's runner was built with (the runtimes' default: every core)."""
+    return getattr(classifier.runner, "threads", None) or available_cores()
 
 
 def measure_decode_ms(preprocessing: Preprocessing) -> float:

@@ -16,7 +16,7 @@ from ..core.images import prepare_image
 from ..core.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
 from .batcher import DynamicBatcher, batch_sizes
-from .cpu_split import CpuSplit, available_cores, choose_split, measure_decode_ms, measure_infer_ms
+from .cpu_split import CpuSplit, available_cores, choose_split, measure_decode_ms, measure_infer_ms, runner_threads
 from .metrics import ServeMetrics
 from .schemas import ModelDetail, ModelInfo
 from .settings import ModelEntry, ServeSettings
@@ -77,9 +77,11 @@ class ModelHub:
         try:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
-            loaded = [await asyncio.to_thread(self._load, entry) for entry in self.settings.entries]
+            entries = self.settings.entries
+            loaded = [await asyncio.to_thread(self._load, entry, self.settings.threads) for entry in entries]
             _check_unique([name for name, _, _ in loaded])
             self.split = await asyncio.to_thread(self._choose_split, [classifier for _, _, classifier in loaded])
+            loaded = [await self._fit_to_split(entry, model) for entry, model in zip(entries, loaded)]
         except Exception as exc:  # noqa: BLE001 - any load failure stops the server with its message
             self._fail(str(exc) if isinstance(exc, ResnetkitError) else f"{type(exc).__name__}: {exc}")
             return
@@ -117,14 +119,23 @@ class ModelHub:
         raise ServeError(404, f"Model '{name}' is not served here. Served models: {served}. "
                               "Models are chosen when the server starts, never by clients.")
 
-    def _load(self, entry: ModelEntry) -> tuple[str, str, Classifier]:
-        """Load one model (worker thread) and run it once at every batch size the batcher forms."""
-        options = RunnerOptions(batch_size=self.settings.max_batch_size, precision=self.settings.precision)
+    def _load(self, entry: ModelEntry, threads: int | None) -> tuple[str, str, Classifier]:
+        """Load one model for ``threads`` intra-op threads (worker thread) and run it once at every batch
+        size the batcher forms. Loaded again when the CPU split gives inference fewer threads."""
+        options = RunnerOptions(batch_size=self.settings.max_batch_size, precision=self.settings.precision,
+                                threads=threads)
         classifier = load_model(entry.ref, backend=self.settings.backend, options=options)
         shape = classifier.meta.preprocessing.input_shape
         for size in batch_sizes(self.settings.max_batch_size):  # the only sizes the batcher forms
             classifier.probabilities(torch.zeros(size, *shape))
         return entry.name or classifier.meta.name, entry.ref, classifier
+
+    async def _fit_to_split(self, entry: ModelEntry, model: tuple[str, str, Classifier]) -> tuple[str, str, Classifier]:
+        """``model`` built again for the split's inference threads, unless it already runs on that many."""
+        assert self.split is not None
+        if runner_threads(model[2]) == self.split.threads:
+            return model
+        return await asyncio.to_thread(self._load, entry, self.split.threads)
 
     def _choose_split(self, classifiers: list[Classifier]) -> CpuSplit:
         """Inference threads and decode workers from the measured costs (the user's --threads/--workers win)."""

@@ -233,7 +233,7 @@ def _write_openvino_float(module: nn.Module, meta: ModelMeta, request: QuantizeR
 
 def _write_openvino_int8(module: nn.Module, meta: ModelMeta, request: QuantizeRequest,
                          batches: list[torch.Tensor]) -> None:
-    model = openvino_backend.to_openvino(module, meta)
+    model = openvino_backend.converted(module, meta)
     openvino_backend.save_openvino(openvino_backend.quantize_static(model, batches, request.calibration_method),
                                    request.output)
 
