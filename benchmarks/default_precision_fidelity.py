@@ -22,7 +22,7 @@ import torch
 from resnetkit import load_model
 from resnetkit.backends.base import RunnerOptions
 from resnetkit.backends.openvino import default_precision
-from resnetkit.core.datasets import ImageFileDataset, collate_skipping_bad, labelled_samples
+from resnetkit.core.datasets import DecodeAndTransform, ImageFileDataset, collate_skipping_bad, labelled_samples
 from resnetkit.core.fileio import write_text_atomic
 
 from optimize_fidelity import SHARED, import_weights  # noqa: E402
@@ -42,7 +42,7 @@ def compare(model: str, test_dir: str) -> dict[str, Any]:
     fp32 = load_model(model, backend="openvino", options=RunnerOptions(batch_size=100, precision="fp32"))
     default = load_model(model, backend="openvino", options=RunnerOptions(batch_size=100))
     _, samples = labelled_samples(test_dir, fp32.meta.categories)
-    data = ImageFileDataset(samples, fp32.transform)
+    data = ImageFileDataset(samples, DecodeAndTransform(fp32.transform))
     loader = torch.utils.data.DataLoader(data, batch_size=100, num_workers=2, collate_fn=collate_skipping_bad)
     correct = {"fp32": 0, "default": 0}
     agree, total, max_diff = 0, 0, 0.0

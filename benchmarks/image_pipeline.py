@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image as tv_decode

@@ -32,7 +32,6 @@ import torch
 from PIL import Image
 
 from ..core.errors import ResnetkitError
-from ..core.images import decode_image
 from ..core.measure import (LoadSpan, Timing, count_macs, count_params, load_average, median_ci, median_is_stable, peak_rss_mb,
                             reset_peak_rss, serialized_size_bytes, speedup, time_calls, timing_from_samples)
 from ..core.loading import Classifier, load_model
@@ -656,8 +655,7 @@ def _end_to_end(classifier: Classifier, config: BenchConfig) -> tuple[float, flo
     """p50 of (JPEG decode + preprocessing) and of (decode + preprocessing + forward) at batch 1,
     timed after the rounds (at least ``min_runs`` calls and 1 s each)."""
     data = synthetic_photo_jpeg()
-    transform = classifier.transform
-    prepare = lambda: transform(decode_image(data)).unsqueeze(0)  # noqa: E731
+    prepare = lambda: classifier.prepare(data).unsqueeze(0)  # noqa: E731
     seconds = min(1.0, config.max_seconds)
     pre = time_calls(prepare, warmup=config.warmup, min_runs=config.min_runs, min_seconds=seconds)
     full = time_calls(lambda: classifier.logits(prepare()), warmup=config.warmup, min_runs=config.min_runs,

@@ -92,12 +92,23 @@ def labelled_samples(root: str | os.PathLike[str], categories: Sequence[str] | N
     return classes, samples
 
 
-class ImageFileDataset(Dataset):
-    """Decodes and transforms images on access; unreadable files come back as ``None``."""
+@dataclass(frozen=True)
+class DecodeAndTransform:
+    """A file as a PIL image through ``transform`` (e.g. training augmentation); picklable for loader workers."""
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor]) -> None:
+    transform: Callable[[Any], torch.Tensor]
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        return self.transform(decode_image(path))
+
+
+class ImageFileDataset(Dataset):
+    """Loads images on access with ``load`` (path -> tensor); unreadable files come back as ``None``.
+    ``load``: :class:`DecodeAndTransform`, or ``functools.partial(prepare_image, preprocessing=...)``."""
+
+    def __init__(self, samples: Sequence[Sample], load: Callable[[Path], torch.Tensor]) -> None:
         self.samples = list(samples)
-        self.transform = transform
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -105,7 +116,7 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str] | tuple[None, int, str]:
         sample = self.samples[index]
         try:
-            return self.transform(decode_image(sample.path)), sample.label, str(sample.path)
+            return self.load(sample.path), sample.label, str(sample.path)
         except ImageError:
             return None, sample.label, str(sample.path)
 

@@ -14,6 +14,7 @@ from torch import nn
 from ..backends.base import FLOAT_DTYPES, Runner, RunnerOptions, file_suffixes, module_backend, read_file
 from .artifacts import ARTIFACT_SUFFIXES, load_artifact
 from .errors import UnknownModelError, WeightsError
+from .images import prepare_image
 from .spec import ModelMeta, ModelSpec
 from .weights import extract_state_dict, load_published, safe_load
 from .zoo import get_spec, is_zoo_name
@@ -29,7 +30,13 @@ class Classifier:
 
     @property
     def transform(self) -> Callable[[Any], torch.Tensor]:
+        """The reference preprocessing of a PIL image (torchvision's transforms)."""
         return self.meta.preprocessing.transform()
+
+    def prepare(self, source: bytes | str | os.PathLike[str], **checks: Any) -> torch.Tensor:
+        """``source`` (file or encoded bytes) as this model's input tensor, by the fast image path
+        (:func:`~resnetkit.core.images.prepare_image`; ``checks``: its ``max_pixels`` / ``allow_multi_frame``)."""
+        return prepare_image(source, self.meta.preprocessing, **checks)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self.runner(batch)

@@ -21,7 +21,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from ..backends.base import Runner, RunnerOptions, make_runner
 from ..core.errors import ImageError, ResnetkitError
-from ..core.images import decode_image, iter_image_paths
+from ..core.images import iter_image_paths
 from ..core.loading import Classifier, load_model
 from ..core.progress import track
 from ..core.zoo import get_spec, is_zoo_name
@@ -116,11 +116,9 @@ class FeatureExtractor:
     def batches(self, sources: Sequence[str], batch_size: int = 16, workers: int = 2,
                 progress: bool | None = None) -> Iterator[tuple[Sequence[str], np.ndarray, list[str | None]]]:
         """Per batch of ``sources``: the sources, their vectors (NaN rows for unreadable files) and errors."""
-        transform = self.classifier.transform
-
         def prepare(path: str) -> torch.Tensor | ImageError:
             try:
-                return transform(decode_image(path))
+                return self.classifier.prepare(path)
             except ImageError as exc:
                 return exc
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from ..core.errors import ImageError, ResnetkitError
-from ..core.images import decode_image, iter_image_paths
+from ..core.images import iter_image_paths
 from ..core.loading import Classifier, load_model
 
 
@@ -76,11 +76,9 @@ def iter_classify(classifier: Classifier, sources: Iterable[str], *, top_k: int 
     Yields one list of results per batch of ``batch_size`` sources; memory stays bounded whatever
     the number of sources. Unreadable files come back with an ``error``.
     """
-    transform = classifier.transform
-
     def prepare(path: str) -> torch.Tensor | ImageError:
         try:
-            return transform(decode_image(path))
+            return classifier.prepare(path)
         except ImageError as exc:
             return exc
 

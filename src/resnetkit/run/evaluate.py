@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..core.datasets import ImageFileDataset, collate_skipping_bad, labelled_samples, require_folder
 from ..core.errors import DatasetError
+from ..core.images import prepare_image
 from ..core.loading import Classifier, load_model
 from ..core.progress import track
 
@@ -60,7 +62,8 @@ def evaluate(
     _, samples = labelled_samples(data_dir, classifier.meta.categories)
     if limit is not None and limit < len(samples):
         samples = sorted(random.Random(seed).sample(samples, limit), key=lambda s: str(s.path))
-    loader = DataLoader(ImageFileDataset(samples, classifier.transform), batch_size=batch_size, shuffle=False,
+    prepare = functools.partial(prepare_image, preprocessing=classifier.meta.preprocessing)
+    loader = DataLoader(ImageFileDataset(samples, prepare), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_skipping_bad, persistent_workers=False)
     num_classes = classifier.meta.num_classes
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)

@@ -31,7 +31,6 @@ from ray.serve.handle import DeploymentHandle
 from ..backends.base import RunnerOptions
 from ..core.errors import ImageError, ResnetkitError
 from ..core.fileio import write_text_atomic
-from ..core.images import decode_image
 from ..core.loading import load_model
 from ..core.spec import ModelMeta
 from ..run.classify import Prediction, top_k
@@ -62,7 +61,6 @@ class ModelReplica:
             self.classifier.probabilities(torch.zeros(size, *self.classifier.meta.preprocessing.input_shape))
         self.name = parsed.name or self.classifier.meta.name
         self.max_pixels = settings.max_pixels
-        self.transform = self.classifier.transform
         self.decode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="decode")
         self.forward.set_max_batch_size(settings.max_batch_size)
         self.forward.set_batch_wait_timeout_s(settings.max_wait_ms / 1000.0)
@@ -81,7 +79,7 @@ class ModelReplica:
         return await self.forward(tensor, k)
 
     def _prepare(self, data: bytes) -> torch.Tensor:
-        return self.transform(decode_image(data, max_pixels=self.max_pixels, allow_multi_frame=False))
+        return self.classifier.prepare(data, max_pixels=self.max_pixels, allow_multi_frame=False)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)  # replaced by the settings in __init__
     async def forward(self, tensors: list[torch.Tensor], ks: list[int]) -> list[list[Prediction]]:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
-from ..core.datasets import ImageFileDataset, Sample, collate_skipping_bad, labelled_samples, scan_class_folders
+from ..core.datasets import DecodeAndTransform, ImageFileDataset, Sample, collate_skipping_bad, labelled_samples, scan_class_folders
 from ..core.errors import DatasetError
 from ..core.spec import Preprocessing
 
@@ -155,6 +155,6 @@ class ShardedSampler(Sampler[int]):
 def make_loader(samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor], sampler: ShardedSampler,
                 batch_size: int, workers: int) -> DataLoader:
     """A loader of :class:`~resnetkit.core.datasets.Batch` es; unreadable files are skipped and reported."""
-    return DataLoader(ImageFileDataset(samples, transform), batch_size=batch_size, sampler=sampler,
+    return DataLoader(ImageFileDataset(samples, DecodeAndTransform(transform)), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, collate_fn=collate_skipping_bad, persistent_workers=False,
                       generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch))
