@@ -27,14 +27,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import make_image
 from resnetkit.core.artifacts import save_artifact
 from resnetkit.core.errors import ResnetkitError
-from resnetkit.core.loading import load_model
+from resnetkit.core.loading import Classifier, load_model
 from resnetkit.core.images import prepare_image
 from resnetkit.run.classify import classify, predict_tensors
 from resnetkit.backends.base import backend_names, register_backend
 from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
 from resnetkit.serve.batcher import batch_sizes
-from resnetkit.serve.cpu_split import choose_split, typical_upload
+from resnetkit.serve.cpu_split import choose_split, runner_threads, typical_upload
 from resnetkit.core.zoo import get_spec
 
 CLASSIFY = "/v1/models/cifar_resnet20/classify"
@@ -144,10 +144,20 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(random_model: Path) -> Iterator[str]:
+def server_thread(random_model: Path) -> Iterator[ServerThread]:
     """One server for the API and bad-input tests: 4 MB uploads, 4 files, 1 Mpixel per image."""
     with running(models=(str(random_model),), max_upload_mb=4, max_files=4, max_pixels=1_000_000) as running_server:
-        yield running_server.url
+        yield running_server
+
+
+@pytest.fixture(scope="module")
+def server(server_thread: ServerThread) -> str:
+    return server_thread.url
+
+
+def served_classifier(server: ServerThread, name: str) -> Classifier:
+    """The classifier the in-process server runs (call it only while the server is idle)."""
+    return server.app.state.hub.get(name).classifier
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +180,11 @@ def test_health_readiness_and_model_listing(server):
 
 
 @pytest.mark.slow
-def test_multipart_and_raw_body_give_the_same_answers_as_the_library(server, random_model, tmp_path):
-    """The server's answers are the library's fast pipeline (prepare_image) + the model, image by image."""
+def test_multipart_and_raw_body_give_the_same_answers_as_the_library(server, server_thread, tmp_path):
+    """The server's answers are the library's fast pipeline (prepare_image) + the served runner, image by image
+    (the server may run another backend than a fresh load_model: auto tunes it for the CPU split's threads)."""
     paths = [make_image(tmp_path / f"{i}.png", (40 + 10 * i, 30), seed=i) for i in range(3)]
-    model = load_model(random_model)
+    model = served_classifier(server_thread, "cifar_resnet20")
     expected = [predict_tensors(model, prepare_image(p, model.meta.preprocessing).unsqueeze(0), 3)[0] for p in paths]
     files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
     response = httpx.post(f"{server}{CLASSIFY}?top_k=3", files=files)
@@ -326,8 +337,9 @@ def test_bearer_token_protects_the_api_but_not_the_probes(random_model):
 
 @pytest.mark.slow
 def test_many_simultaneous_requests_each_get_their_own_answer(cifar_weights, cifar_images):
-    expected = dict(zip(cifar_images, classify(load_model("cifar_resnet20"), cifar_images, top_k=3, batch_size=1)))
     with running(models=("cifar_resnet20",), max_batch_size=16) as srv, httpx.Client() as client:
+        served = served_classifier(srv, "cifar_resnet20")
+        expected = dict(zip(cifar_images, classify(served, cifar_images, top_k=3, batch_size=1)))
         def ask(path: Path) -> tuple[Path, list[dict]]:
             response = client.post(f"{srv.url}{CLASSIFY}?top_k=3", files={"file": (path.name, path.read_bytes())})
             return path, response.json()["results"][0]["predictions"]
@@ -494,6 +506,13 @@ def test_batches_come_in_few_sizes():
     assert batch_sizes(1) == [1]
 
 
-def test_the_server_reports_its_split(server):
-    text = httpx.get(f"{server}/metrics").text
-    assert 'resnetkit_cpu_split{role="inference_threads"}' in text and 'resnetkit_cpu_split{role="decode_workers"}' in text
+def test_the_server_reports_its_split_and_runs_on_it(server, server_thread):
+    threads = metric(server, "resnetkit_cpu_split", role="inference_threads")
+    assert threads >= 1 and metric(server, "resnetkit_cpu_split", role="decode_workers") >= 1
+    assert runner_threads(served_classifier(server_thread, "cifar_resnet20")) == threads  # built for the split
+
+
+def test_serve_threads_flag_reaches_the_runner(random_model):
+    with running(models=(str(random_model),), threads=1, workers=1) as srv:
+        runner = served_classifier(srv, "cifar_resnet20").runner
+        assert runner.threads == 1 and runner.tuning.choice.threads == 1
