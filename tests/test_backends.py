@@ -91,6 +91,18 @@ def test_converted_models_are_cached_on_disk(eager, tmp_path, monkeypatch: pytes
     assert first.get_parameters()[0].get_partial_shape().to_string() == "[?,3,32,32]"
 
 
+def test_openvino_runner_serves_several_threads_at_once(eager) -> None:
+    """A threaded web server calls one runner from many threads: every call gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = _same_weights("openvino", FP32, eager)
+    batches = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(24)]
+    expected = [runner(batch) for batch in batches]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(runner, batches))
+    assert all(torch.equal(got, want) for got, want in zip(answers, expected))
+
+
 OUT_OF_ORDER_RUNNERS = """
 import gc, os, signal, torch
 from resnetkit import load_model

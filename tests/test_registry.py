@@ -221,7 +221,7 @@ def test_threads_are_applied_per_runner() -> None:
     ort = OnnxRuntimeRunner(to_onnx(model.module, model.meta), threads=1)
     assert ort.session.get_session_options().intra_op_num_threads == 1
     ov = OpenVinoRunner(to_openvino(model.module, model.meta), threads=1)
-    assert ov._request(1).get_compiled_model().get_property("INFERENCE_NUM_THREADS") == 1
+    assert ov.compiled(1).get_property("INFERENCE_NUM_THREADS") == 1
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -231,7 +232,10 @@ def _top1_fraction(compiled: Any, data: Any) -> tuple[float, list[float]]:
 
 
 class OpenVinoRunner:
-    """An OpenVINO CPU model compiled once per batch size (static shapes run fastest)."""
+    """An OpenVINO CPU model compiled once per batch size (static shapes run fastest).
+
+    Safe to call from several threads at once (e.g. a threaded web server): the compiled models
+    are shared, and each thread gets infer requests of its own (one request runs one call at a time)."""
 
     backend = "openvino"
 
@@ -242,18 +246,27 @@ class OpenVinoRunner:
         self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision]} if precision else {}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = threads
-        self._requests: dict[int, Any] = {}
-        self.precision = self._actual_precision(self._request(1))
+        self._compiled: dict[int, Any] = {}
+        self._compile_lock = threading.Lock()
+        self._per_thread = threading.local()
+        self.precision = self._actual_precision(self.compiled(1))
+
+    def compiled(self, batch_size: int) -> Any:
+        """The model compiled for ``batch_size`` (compiled on first use)."""
+        with self._compile_lock:
+            if batch_size not in self._compiled:
+                model = self.model.clone()
+                model.reshape([batch_size, *self.model.inputs[0].partial_shape[1:].to_shape()])
+                self._compiled[batch_size] = self.core.compile_model(model, "CPU", self.config)
+            return self._compiled[batch_size]
 
     def _request(self, batch_size: int) -> Any:
-        if batch_size not in self._requests:
-            model = self.model.clone()
-            model.reshape([batch_size, *self.model.inputs[0].partial_shape[1:].to_shape()])
-            self._requests[batch_size] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
-        return self._requests[batch_size]
+        requests = self._per_thread.__dict__.setdefault("requests", {})
+        if batch_size not in requests:
+            requests[batch_size] = self.compiled(batch_size).create_infer_request()
+        return requests[batch_size]
 
-    def _actual_precision(self, request: Any) -> str:
-        compiled = request.get_compiled_model()
+    def _actual_precision(self, compiled: Any) -> str:
         floating = FROM_HINT.get(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
         return "int8" if int8_layers(compiled) else floating
 
@@ -275,7 +288,7 @@ def int8_layers(compiled: Any) -> dict[str, int]:
 
 
 def runner_int8_layers(runner: OpenVinoRunner) -> dict[str, int]:
-    return int8_layers(runner._request(1).get_compiled_model())
+    return int8_layers(runner.compiled(1))
 
 
 def _float_hint(options: RunnerOptions, meta: ModelMeta) -> str | None:
