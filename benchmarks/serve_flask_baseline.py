@@ -1,10 +1,11 @@
 """The naive baseline of the serve load benchmark: the classic Flask demo.
 
 One request -> decode -> preprocess -> one forward pass at batch 1 -> top-5, no batching, Flask's
-own threaded server. It reuses resnetkit's loader and image pipeline so that only the serving
-strategy differs from ``resnetkit serve``.
+own threaded server. It reuses resnetkit's loader and image pipeline. ``--backend eager`` (the
+default) is the classic PyTorch demo; ``--backend auto`` runs resnetkit's default runtime, so
+that only the serving strategy differs from ``resnetkit serve``.
 
-    python benchmarks/serve_flask_baseline.py MODEL_REF --port 8001 [--threads N]
+    python benchmarks/serve_flask_baseline.py MODEL_REF --port 8001 [--backend eager] [--threads N]
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from resnetkit.core.loading import load_model
 from resnetkit.run.classify import predict_tensors
 
 
-def create_app(ref: str) -> Flask:
-    classifier = load_model(ref)
+def create_app(ref: str, backend: str) -> Flask:
+    classifier = load_model(ref, backend=backend)
     preprocessing = classifier.meta.preprocessing
     app = Flask(__name__)
 
@@ -49,12 +50,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="zoo name or resnetkit model file")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--backend", default="eager", help="resnetkit backend (default: eager, the classic demo)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request log line, as for resnetkit serve
-    create_app(args.model).run(host="127.0.0.1", port=args.port, threaded=True)
+    create_app(args.model, args.backend).run(host="127.0.0.1", port=args.port, threaded=True)
 
 
 if __name__ == "__main__":

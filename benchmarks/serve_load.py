@@ -1,9 +1,13 @@
 """Closed-loop load on `resnetkit serve` and on the naive Flask baseline, in one run.
 
 N concurrent clients each send one image (multipart field ``file``), wait for the answer and
-send the next, for T seconds (loopback only; bounded in time and request count). For each
-server and client count: throughput, p50/p90/p99 latency, errors, and for resnetkit serve the
-mean batch size it formed. Then the ratio of the two servers, and resnetkit serve's best
+send the next, for T seconds (loopback only; bounded in time and request count). Every server
+is started first; the runs are interleaved (for each client count, each server in turn), so a
+change in background load hits all of them alike. For each server and client count:
+throughput, p50/p90/p99 latency, errors, and for resnetkit serve the mean batch size it
+formed. The Flask baseline runs once per ``--flask-backends`` entry: ``eager`` is the classic
+PyTorch Flask demo users write today; ``auto`` is the same demo on resnetkit's default runtime,
+which isolates the serving strategy. Then the ratios, and resnetkit serve's best
 throughput as a fraction of two offline ceilings of the same model, backend and batch size,
 measured in the same run (before and after the load; the higher is kept): forward passes only
 (batch / p50 time, as ``resnetkit bench``), and end to end: decode + preprocess the same images
@@ -223,37 +227,50 @@ def sample_images(model: str, folder: str | None, count: int = 64) -> list[bytes
 
 # --- the run ---------------------------------------------------------------------------------------------
 
+SERVE = "resnetkit serve"
+
+
 def servers(model: str, ref: str, args: argparse.Namespace) -> Iterator[Server]:
     threads = ["--threads", str(args.threads)] if args.threads else []
     backend = ["--backend", args.backend] if args.backend else []
-    yield Server("resnetkit serve", [sys.executable, "-m", "resnetkit", "serve", f"{model}={ref}", "--no-access-log",
-                                     "--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
-                                     str(args.max_wait_ms), *threads, *backend], "/readyz", f"/v1/models/{model}/classify")
-    if not args.skip_flask:
-        yield Server("flask (naive)", [sys.executable, str(Path(__file__).with_name("serve_flask_baseline.py")), ref,
-                                       *threads], "/ping", "/predict")
+    yield Server(SERVE, [sys.executable, "-m", "resnetkit", "serve", f"{model}={ref}", "--no-access-log",
+                         "--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
+                         str(args.max_wait_ms), *threads, *backend], "/readyz", f"/v1/models/{model}/classify")
+    for flask_backend in args.flask_backends:
+        yield Server(f"flask ({flask_backend})", [sys.executable, str(Path(__file__).with_name("serve_flask_baseline.py")),
+                                                  ref, "--backend", flask_backend, *threads], "/ping", "/predict")
 
 
-def measure_server(server: Server, images: list[bytes], args: argparse.Namespace, workdir: Path) -> list[Run]:
-    process = start(server, workdir / f"{server.port}.log")
+def measure_servers(started: list[Server], images: list[bytes], args: argparse.Namespace, workdir: Path) -> list[Run]:
+    """Start every server, warm each up, then for each client count run each server in turn."""
+    processes = []
     try:
-        requests = [multipart_request(server.classify_path, server.port, image) for image in images]
-        if server.ready_path == "/readyz":
-            args.cpu_split = cpu_split(server)
-            print(f"resnetkit serve cpu split: {args.cpu_split}", flush=True)
-        asyncio.run(closed_loop(server.name, server.port, requests, max(args.clients), args.warmup, args.max_requests))
+        for server in started:
+            processes.append(start(server, workdir / f"{server.port}.log"))
+        requests = {s.name: [multipart_request(s.classify_path, s.port, image) for image in images] for s in started}
+        args.cpu_split = cpu_split(started[0])
+        print(f"resnetkit serve cpu split: {args.cpu_split}", flush=True)
+        for server in started:
+            asyncio.run(closed_loop(server.name, server.port, requests[server.name], max(args.clients), args.warmup,
+                                    args.max_requests))
         runs = []
         for clients in args.clients:
-            before = batch_totals(server) if server.ready_path == "/readyz" else None
-            run = asyncio.run(closed_loop(server.name, server.port, requests, clients, args.seconds, args.max_requests))
-            if before:
-                images_done, batches = (a - b for a, b in zip(batch_totals(server), before))
-                run.mean_batch = round(images_done / batches, 2) if batches else None
-            print(_row(run.summary()), flush=True)
-            runs.append(run)
+            for server in started:
+                runs.append(measure_run(server, requests[server.name], clients, args))
+                print(_row(runs[-1].summary()), flush=True)
         return runs
     finally:
-        stop(process)
+        for process in processes:
+            stop(process)
+
+
+def measure_run(server: Server, requests: list[bytes], clients: int, args: argparse.Namespace) -> Run:
+    before = batch_totals(server) if server.name == SERVE else None
+    run = asyncio.run(closed_loop(server.name, server.port, requests, clients, args.seconds, args.max_requests))
+    if before:
+        images_done, batches = (a - b for a, b in zip(batch_totals(server), before))
+        run.mean_batch = round(images_done / batches, 2) if batches else None
+    return run
 
 
 @dataclass
@@ -294,9 +311,9 @@ def _row(summary: dict[str, Any]) -> str:
 
 
 def report(runs: list[Run], offline: list[Offline], args: argparse.Namespace) -> dict[str, Any]:
-    ours = {r.clients: r for r in runs if r.server == "resnetkit serve"}
-    naive = {r.clients: r for r in runs if r.server != "resnetkit serve"}
-    ratios = {c: round(ours[c].throughput / naive[c].throughput, 2) for c in ours if c in naive and naive[c].throughput}
+    ours = {r.clients: r for r in runs if r.server == SERVE}
+    ratios = {f"{r.server} @ {r.clients}": round(ours[r.clients].throughput / r.throughput, 2)
+              for r in runs if r.server != SERVE and r.throughput}
     best = max(r.throughput for r in ours.values())
     offline_ips = max((o.forward_ips for o in offline), default=None)  # the higher (less disturbed) one
     end_to_end = max((o.end_to_end_ips for o in offline), default=None)
@@ -311,8 +328,8 @@ def report(runs: list[Run], offline: list[Offline], args: argparse.Namespace) ->
               "serve_fraction_of_offline": round(best / offline_ips, 3) if offline_ips else None,
               "serve_fraction_of_end_to_end": round(best / end_to_end, 3) if end_to_end else None,
               "environment": environment()}
-    for clients, ratio in ratios.items():
-        print(f"{clients} clients: resnetkit serve / flask throughput = {ratio}x")
+    for versus, ratio in ratios.items():
+        print(f"resnetkit serve / {versus} clients: throughput {ratio}x (same run, interleaved)")
     if offline_ips and end_to_end:
         print(f"resnetkit serve best {best:.1f} img/s = {100 * best / offline_ips:.1f} % of the offline forward-only "
               f"throughput {offline_ips:.1f} img/s and {100 * best / end_to_end:.1f} % of the offline end-to-end "
@@ -334,13 +351,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of both servers and of the offline run (default: resnetkit serve "
                              "chooses its split; Flask and the offline run use torch's default)")
-    parser.add_argument("--backend", help="backend of resnetkit serve and of the offline ceilings "
-                                          "(the Flask baseline stays the classic eager demo)")
+    parser.add_argument("--backend", help="backend of resnetkit serve and of the offline ceilings (default: auto)")
+    parser.add_argument("--flask-backends", default="eager",
+                        help="comma-separated backends of the Flask baseline, one server each (default: eager, the "
+                             "classic PyTorch demo; 'eager,auto' adds the demo on resnetkit's default runtime)")
     parser.add_argument("--skip-flask", action="store_true")
     parser.add_argument("--skip-offline", action="store_true")
     parser.add_argument("--json", help="output file (default: results/serve_load_MODEL.json)")
     args = parser.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
+    args.flask_backends = [] if args.skip_flask else [b for b in args.flask_backends.split(",") if b]
     if not 0 < args.seconds <= MAX_SECONDS or not 0 <= args.warmup <= MAX_SECONDS:
         parser.error(f"--seconds and --warmup must be at most {MAX_SECONDS}")
     return args
@@ -359,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{args.seconds:.0f} s per run, torch threads {args.threads or torch.get_num_threads()}")
         print(_row({c: c for c in COLUMNS}))
         offline = [] if args.skip_offline else [offline_ceilings(ref, images, args)]
-        runs = [run for server in servers(args.model, ref, args) for run in measure_server(server, images, args, workdir)]
+        runs = measure_servers(list(servers(args.model, ref, args)), images, args, workdir)
         if offline:  # again after the load: other jobs on a shared machine can slow either measurement
             offline.append(offline_ceilings(ref, images, args))
     result = report(runs, offline, args)

@@ -34,7 +34,7 @@ from resnetkit.backends.base import backend_names, register_backend
 from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
 from resnetkit.serve.batcher import batch_sizes
-from resnetkit.serve.cpu_split import choose_split, runner_threads, typical_upload
+from resnetkit.serve.cpu_split import TRIAL_BATCH, candidate_threads, fastest_split, pipeline_rate, runner_threads, typical_upload
 from resnetkit.core.zoo import get_spec
 
 CLASSIFY = "/v1/models/cifar_resnet20/classify"
@@ -478,20 +478,24 @@ def test_settings_are_frozen_and_refuse_unknown_fields():
 
 # --- the CPU split and the batch sizes ------------------------------------------------------------
 
-@pytest.mark.parametrize("infer_ms, decode_ms, cores, threads, workers", [
-    (28.0, 3.0, 2, 2, 1),  # resnet18, eager: inference needs both cores
-    (0.9, 0.4, 2, 1, 1),  # cifar_resnet20: a core left to decoding and the event loop
-    (5.0, 5.0, 8, 4, 4),
-    (0.0, 0.0, 1, 1, 1),
-])
-def test_cpu_split_follows_the_measured_costs(infer_ms, decode_ms, cores, threads, workers):
-    split = choose_split(infer_ms, decode_ms, cores)
-    assert (split.threads, split.workers) == (threads, workers)
-    assert f"{threads} inference thread(s), {workers} decode worker(s) on {cores} cores" in split.describe()
+def test_cpu_split_keeps_the_fastest_measured_thread_count():
+    assert candidate_threads(2) == [1, 2] and candidate_threads(8) == [4, 7, 8] and candidate_threads(1) == [1]
+    split = fastest_split({1: 120.4, 2: 159.1}, cores=2)
+    assert (split.threads, split.workers) == (2, 1)
+    assert split.describe() == ("2 inference thread(s), 1 decode worker(s) on 2 cores (measured decode + inference "
+                                "pipeline: 1 thread(s) 120.4 img/s, 2 thread(s) 159.1 img/s)")
+    assert (fastest_split({4: 300.0, 7: 310.0, 8: 290.0}, cores=8).threads, fastest_split({1: 5.0, 2: 5.0}, 2).threads) == (7, 1)
+    assert fastest_split({1: 1.0, 2: 2.0}, cores=2, workers=3).workers == 3  # --workers wins
 
 
-def test_cpu_split_flags_win():
-    assert (choose_split(28.0, 3.0, 2, threads=1).threads, choose_split(28.0, 3.0, 2, workers=3).workers) == (1, 3)
+def test_pipeline_rate_runs_decoded_uploads_in_trial_batches(random_model):
+    model = load_model(random_model, backend="eager")
+    seen: list[torch.Tensor] = []
+    counting = Classifier(model.meta, lambda batch: seen.append(batch) or model.runner(batch))
+    rate = pipeline_rate([counting], workers=1, seconds=0.2)
+    assert rate > 0 and len(seen) >= 2  # the warm-up batch and at least one timed one
+    assert all(batch.shape == (TRIAL_BATCH, 3, 32, 32) for batch in seen)
+    assert torch.equal(seen[-1][0], prepare_image(typical_upload(model.meta.preprocessing), model.meta.preprocessing))
 
 
 def test_typical_upload_is_a_jpeg_of_the_usual_size():

@@ -1,13 +1,13 @@
-"""How many cores go to inference and how many to decoding, from the served models' measured costs.
+"""How many cores go to inference and how many to decoding, chosen by measuring the served models.
 
 On a CPU box, decode + preprocess (worker threads) and the forward passes (the backend's
-intra-op threads) compete for the same cores. A model that takes a few ms per image leaves
-the cores mostly to decoding and the event loop; a large one needs them all for inference.
-The split gives each side cores in proportion to its measured per-image cost in core time
-(inference wall time x the threads it ran on; decoding runs on one core per image). The
-inference runners are then built for exactly that many threads: an OpenVINO or ONNX Runtime
-pool of two threads that shares two cores with a decode worker stalls at every layer's barrier
-whenever the decoder holds one of the cores.
+intra-op threads) compete for the same cores. Whether an OpenVINO or ONNX Runtime pool of N
+threads beats one of N-1 next to a busy decoder depends on the model, the backend and the
+CPU (a pool stalls at every layer's barrier while the decoder holds one of its cores; on the
+other hand a thread fewer is a core idle whenever decoding keeps up). Rules of thumb got it
+wrong here in both directions, so the server measures instead: for each candidate thread
+count it runs the models in a short decode + batched-inference pipeline, as serving does,
+and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from __future__ import annotations
 import io
 import os
 import time
-from dataclasses import dataclass
-from typing import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,63 +27,76 @@ from ..core.images import prepare_image
 from ..core.loading import Classifier
 from ..core.spec import Preprocessing
 
-INFER_RUNS = 3
-DECODE_RUNS = 8
+TRIAL_SECONDS = 1.0  # per candidate and model, after one warm-up batch
+TRIAL_BATCH = 8  # images per forward pass in the trial: the mean batch under load (docs/serve.md)
 
 
 @dataclass(frozen=True)
 class CpuSplit:
-    """Inference threads and decode workers, and the measurements they came from."""
+    """Inference threads and decode workers, and the pipeline rates (images/s per thread count) behind them."""
 
     threads: int
     workers: int
-    infer_ms_per_image: float
-    decode_ms_per_image: float
     cores: int
+    rates: dict[int, float] = field(default_factory=dict)  # empty when --threads chose
 
     def describe(self) -> str:
-        return (f"{self.threads} inference thread(s), {self.workers} decode worker(s) on {self.cores} cores "
-                f"(measured per image: inference {self.infer_ms_per_image:.2f} ms, "
-                f"decode + preprocess {self.decode_ms_per_image:.2f} ms)")
+        chosen = f"{self.threads} inference thread(s), {self.workers} decode worker(s) on {self.cores} cores"
+        if not self.rates:
+            return f"{chosen} (as asked)"
+        measured = ", ".join(f"{threads} thread(s) {rate:.1f} img/s" for threads, rate in sorted(self.rates.items()))
+        return f"{chosen} (measured decode + inference pipeline: {measured})"
 
 
-def choose_split(infer_ms: float, decode_ms: float, cores: int, *, threads: int | None = None,
-                 workers: int | None = None) -> CpuSplit:
-    """Cores to inference in proportion to its share of the per-image cost in core-milliseconds (at
-    least one each); ``threads`` / ``workers`` given by the user win."""
-    share = infer_ms / (infer_ms + decode_ms) if infer_ms + decode_ms > 0 else 1.0
-    auto_threads = min(cores, max(1, round(cores * share)))
-    chosen_threads = threads or auto_threads
-    chosen_workers = workers or max(1, cores - chosen_threads)
-    return CpuSplit(chosen_threads, chosen_workers, round(infer_ms, 3), round(decode_ms, 3), cores)
+def candidate_threads(cores: int) -> list[int]:
+    """Inference thread counts worth trying: every core, one fewer, half of them."""
+    return sorted({cores, max(1, cores - 1), max(1, cores // 2)})
 
 
-def measure_infer_ms(classifier: Classifier, batch_size: int) -> float:
-    """Core-milliseconds per image of a forward pass at ``batch_size`` (the model is already warm): the
-    fastest of a few runs (other work on the machine only ever adds time) times the runner's threads."""
-    batch = torch.zeros(batch_size, *classifier.meta.preprocessing.input_shape)
-    return _fastest_ms(lambda: classifier.probabilities(batch), INFER_RUNS) / batch_size * runner_threads(classifier)
+def workers_for(threads: int, cores: int, workers: int | None = None) -> int:
+    """Decode workers next to ``threads`` inference threads: the cores left, at least one (``workers`` wins)."""
+    return workers or max(1, cores - threads)
+
+
+def fastest_split(rates: dict[int, float], cores: int, workers: int | None = None) -> CpuSplit:
+    """The split of the highest measured rate (fewer threads on a tie)."""
+    threads = max(sorted(rates), key=lambda t: rates[t])
+    return CpuSplit(threads, workers_for(threads, cores, workers), cores, {t: round(r, 1) for t, r in rates.items()})
+
+
+def pipeline_rate(classifiers: Sequence[Classifier], workers: int, seconds: float = TRIAL_SECONDS) -> float:
+    """Images per second of serving one typical upload to each model in turn: ``workers`` threads decode
+    the next batch while the current one runs (as the server's pipeline does); the models' combined rate."""
+    seconds_per_image = 0.0
+    with ThreadPoolExecutor(workers) as pool:
+        for classifier in classifiers:
+            seconds_per_image += 1.0 / _model_rate(classifier, pool, seconds)
+    return 1.0 / seconds_per_image
+
+
+def _model_rate(classifier: Classifier, pool: ThreadPoolExecutor, seconds: float) -> float:
+    preprocessing = classifier.meta.preprocessing
+    upload = typical_upload(preprocessing)
+
+    def submit() -> list:
+        return [pool.submit(prepare_image, upload, preprocessing) for _ in range(TRIAL_BATCH)]
+
+    classifier.probabilities(torch.stack([f.result() for f in submit()]))  # warm-up
+    pending, images, start = submit(), 0, time.perf_counter()
+    while images == 0 or time.perf_counter() - start < seconds:
+        batch = torch.stack([f.result() for f in pending])
+        pending = submit()
+        classifier.probabilities(batch)
+        images += len(batch)
+    elapsed = time.perf_counter() - start
+    for future in pending:
+        future.result()
+    return images / elapsed
 
 
 def runner_threads(classifier: Classifier) -> int:
     """The intra-op threads the classifier's runner was built with (the runtimes' default: every core)."""
     return getattr(classifier.runner, "threads", None) or available_cores()
-
-
-def measure_decode_ms(preprocessing: Preprocessing) -> float:
-    """Milliseconds per image to decode and preprocess a typical upload for this input size (fastest run)."""
-    data = typical_upload(preprocessing)
-    prepare_image(data, preprocessing)
-    return _fastest_ms(lambda: prepare_image(data, preprocessing), DECODE_RUNS)
-
-
-def _fastest_ms(call: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return min(times)
 
 
 def typical_upload(preprocessing: Preprocessing) -> bytes:
@@ -106,3 +120,4 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+

@@ -16,10 +16,10 @@ from ..core.images import prepare_image
 from ..core.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
 from .batcher import DynamicBatcher, batch_sizes
-from .cpu_split import CpuSplit, available_cores, choose_split, measure_decode_ms, measure_infer_ms, runner_threads
+from .cpu_split import CpuSplit, available_cores, candidate_threads, fastest_split, pipeline_rate, workers_for
 from .metrics import ServeMetrics
 from .schemas import ModelDetail, ModelInfo
-from .settings import ModelEntry, ServeSettings
+from .settings import ServeSettings
 
 log = logging.getLogger("uvicorn.error")
 
@@ -77,11 +77,8 @@ class ModelHub:
         try:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
-            entries = self.settings.entries
-            loaded = [await asyncio.to_thread(self._load, entry, self.settings.threads) for entry in entries]
+            loaded, self.split = await asyncio.to_thread(self._load_for_split)
             _check_unique([name for name, _, _ in loaded])
-            self.split = await asyncio.to_thread(self._choose_split, [classifier for _, _, classifier in loaded])
-            loaded = [await self._fit_to_split(entry, model) for entry, model in zip(entries, loaded)]
         except Exception as exc:  # noqa: BLE001 - any load failure stops the server with its message
             self._fail(str(exc) if isinstance(exc, ResnetkitError) else f"{type(exc).__name__}: {exc}")
             return
@@ -119,30 +116,32 @@ class ModelHub:
         raise ServeError(404, f"Model '{name}' is not served here. Served models: {served}. "
                               "Models are chosen when the server starts, never by clients.")
 
-    def _load(self, entry: ModelEntry, threads: int | None) -> tuple[str, str, Classifier]:
-        """Load one model for ``threads`` intra-op threads (worker thread) and run it once at every batch
-        size the batcher forms. Loaded again when the CPU split gives inference fewer threads."""
+    def _load_for_split(self) -> tuple[list[tuple[str, str, Classifier]], CpuSplit]:
+        """The models built for the CPU split, and the split: ``--threads`` if given, else the thread count
+        whose decode + inference pipeline measured fastest (worker thread; see :mod:`.cpu_split`)."""
+        cores, asked, workers = available_cores(), self.settings.threads, self.settings.workers
+        if asked:
+            return self._load_all(asked), CpuSplit(asked, workers_for(asked, cores, workers), cores)
+        built, rates = {}, {}
+        for threads in candidate_threads(cores):
+            built[threads] = self._load_all(threads)
+            rates[threads] = pipeline_rate([c for _, _, c in built[threads]], workers_for(threads, cores, workers))
+        split = fastest_split(rates, cores, workers)
+        return built[split.threads], split
+
+    def _load_all(self, threads: int) -> list[tuple[str, str, Classifier]]:
+        """Every configured model for ``threads`` intra-op threads, run once at every batch size the batcher
+        forms (backends that compile per shape compile now, not on a client's request)."""
         options = RunnerOptions(batch_size=self.settings.max_batch_size, precision=self.settings.precision,
                                 threads=threads)
-        classifier = load_model(entry.ref, backend=self.settings.backend, options=options)
-        shape = classifier.meta.preprocessing.input_shape
-        for size in batch_sizes(self.settings.max_batch_size):  # the only sizes the batcher forms
-            classifier.probabilities(torch.zeros(size, *shape))
-        return entry.name or classifier.meta.name, entry.ref, classifier
-
-    async def _fit_to_split(self, entry: ModelEntry, model: tuple[str, str, Classifier]) -> tuple[str, str, Classifier]:
-        """``model`` built again for the split's inference threads, unless it already runs on that many."""
-        assert self.split is not None
-        if runner_threads(model[2]) == self.split.threads:
-            return model
-        return await asyncio.to_thread(self._load, entry, self.split.threads)
-
-    def _choose_split(self, classifiers: list[Classifier]) -> CpuSplit:
-        """Inference threads and decode workers from the measured costs (the user's --threads/--workers win)."""
-        infer_ms = sum(measure_infer_ms(c, self.settings.max_batch_size) for c in classifiers)
-        decode_ms = sum(measure_decode_ms(c.meta.preprocessing) for c in classifiers) / len(classifiers)
-        return choose_split(infer_ms, decode_ms, available_cores(), threads=self.settings.threads,
-                            workers=self.settings.workers)
+        loaded = []
+        for entry in self.settings.entries:
+            classifier = load_model(entry.ref, backend=self.settings.backend, options=options)
+            shape = classifier.meta.preprocessing.input_shape
+            for size in batch_sizes(self.settings.max_batch_size):  # the only sizes the batcher forms
+                classifier.probabilities(torch.zeros(size, *shape))
+            loaded.append((entry.name or classifier.meta.name, entry.ref, classifier))
+        return loaded
 
     def _batcher(self, name: str, classifier: Classifier) -> DynamicBatcher:
         preprocessing, max_pixels = classifier.meta.preprocessing, self.settings.max_pixels
