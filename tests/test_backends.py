@@ -103,6 +103,26 @@ def test_openvino_runner_serves_several_threads_at_once(eager) -> None:
     assert all(torch.equal(got, want) for got, want in zip(answers, expected))
 
 
+def test_a_lazy_runner_is_built_once_when_threads_race_for_it() -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from resnetkit.core.loading import LazyRunner
+
+    builds = []
+
+    def build():
+        builds.append(threading.get_ident())
+        time.sleep(0.2)  # a slow build (auto tuning): every thread arrives while it runs
+        return lambda batch: batch * 2
+
+    lazy = LazyRunner(build)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lazy, [torch.full((1,), float(i)) for i in range(8)]))
+    assert len(builds) == 1 and [a.item() for a in answers] == [2.0 * i for i in range(8)]
+
+
 OUT_OF_ORDER_RUNNERS = """
 import gc, os, signal, torch
 from resnetkit import load_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -47,16 +48,20 @@ class Classifier:
 
 class LazyRunner:
     """A runner built on first use, so loading a model only for its module (to train or export
-    it) builds and tunes nothing; attributes are those of the built runner."""
+    it) builds and tunes nothing; attributes are those of the built runner. Built once even when
+    several threads (a threaded web server) make the first call together."""
 
     def __init__(self, build: Callable[[], Runner]) -> None:
         self._build = build
         self._runner: Runner | None = None
+        self._building = threading.Lock()
 
     @property
     def built(self) -> Runner:
         if self._runner is None:
-            self._runner = self._build()
+            with self._building:
+                if self._runner is None:
+                    self._runner = self._build()
         return self._runner
 
     def __getattr__(self, name: str) -> Any:  # backend, precision, timings_ms, ...
