@@ -250,7 +250,8 @@ def measure_servers(started: list[Server], images: list[bytes], args: argparse.N
         requests = {s.name: [multipart_request(s.classify_path, s.port, image) for image in images] for s in started}
         args.cpu_split = cpu_split(started[0])
         print(f"resnetkit serve cpu split: {args.cpu_split}", flush=True)
-        for server in started:
+        for server in started:  # a first answer (a lazily built model is built now), then warm-up load
+            httpx.post(server.url(server.classify_path), files={"file": ("image.jpg", images[0])}, timeout=300)
             asyncio.run(closed_loop(server.name, server.port, requests[server.name], max(args.clients), args.warmup,
                                     args.max_requests))
         runs = []
