@@ -123,6 +123,25 @@ def test_a_lazy_runner_is_built_once_when_threads_race_for_it() -> None:
     assert len(builds) == 1 and [a.item() for a in answers] == [2.0 * i for i in range(8)]
 
 
+def test_one_conversion_serves_runners_for_several_thread_counts(eager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto builds a runner per thread count from the same module: the graph is converted once."""
+    from resnetkit.backends import openvino as ov_backend
+
+    real, calls = ov_backend.to_openvino, []
+    monkeypatch.setattr(ov_backend, "to_openvino", lambda *args: calls.append(1) or real(*args))
+    module = copy.deepcopy(eager.module)
+    with torch.no_grad():
+        module.linear.bias += torch.rand(1).item() + 0.5  # weights no other test converted
+    one, two = (runners.make_runner(module, eager.meta, "openvino", RunnerOptions(precision="fp32", threads=n))
+                for n in (1, 2))
+    batch = torch.randn(2, 3, 32, 32)
+    assert len(calls) == 1 and torch.equal(one(batch), two(batch))
+    with torch.no_grad():
+        module.linear.bias += 1.0  # new weights: converted again, never served stale
+    three = runners.make_runner(module, eager.meta, "openvino", FP32)
+    assert len(calls) == 2 and not torch.allclose(three(batch), one(batch))
+
+
 OUT_OF_ORDER_RUNNERS = """
 import gc, os, signal, torch
 from resnetkit import load_model

@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from resnetkit import BenchConfig, bench
 from resnetkit.choose.bench import BenchInterrupted
 from resnetkit.core.loading import load_model
-from resnetkit.core.measure import LoadSpan, median_ci, median_is_stable, speedup, timing_from_samples
+from resnetkit.core.measure import CpuMeter, LoadSpan, median_ci, median_is_stable, speedup, timing_from_samples
 from resnetkit.shrink.compare import compare_latency
 
 REQUIRED_KEYS = {"model", "params_m", "gmacs", "size_mb_fp32", "size_mb_fp16", "latency_ms_p50", "latency_ms_p90",
@@ -222,9 +223,28 @@ def test_speedup_says_not_comparable_when_busy_or_within_the_spread():
     assert speedup(fast, slow, idle)[1] == "2.00x slower"
     factor, text = speedup(slow, fast, LoadSpan(0.5, 7.3, 2))
     assert factor is None and text == "not comparable: machine busy (load average 0.50 before, 7.30 after, on 2 cores)"
+    # where the other processes' CPU use was measured, it decides: the load average counts our own threads
+    assert speedup(slow, fast, LoadSpan(0.5, 7.3, 2, foreign=0.05))[1] == "2.00x faster"
+    factor, text = speedup(slow, fast, LoadSpan(0.5, 0.7, 2, foreign=0.4))
+    assert factor is None and text.startswith("not comparable: machine busy (other processes used 40 % of the CPU")
     noisy = timing_from_samples([5.0, 12.0, 30.0, 9.0])
     factor, text = speedup(noisy, fast, idle)
     assert factor is None and text.startswith("not comparable: machine busy (the runs' spread")
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the CPU meter reads Linux's /proc")
+def test_cpu_meter_counts_other_processes_not_ours():
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"])
+    try:
+        theirs, ours = CpuMeter(), CpuMeter([spinner.pid])
+        time.sleep(1.0)
+        ours.note(spinner.pid)
+        foreign, foreign_without_spinner = theirs.foreign_share(), ours.foreign_share()
+    finally:
+        spinner.wait()
+    # the spinner is someone else's work for one meter and the meter's own for the other
+    assert foreign is not None and foreign_without_spinner is not None
+    assert foreign - foreign_without_spinner > 0.1 * 2 / (os.cpu_count() or 1)
 
 
 @pytest.mark.slow

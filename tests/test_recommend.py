@@ -115,6 +115,7 @@ def test_pick_warns_when_the_machine_was_busy_or_the_latencies_overlap():
     records[0].load_avg_after = 5.5
     (pick,) = recommend(records).picks
     assert pick.caveats == [
-        "the machine was busy while measuring (load average up to 5.50 on 2 cores): the latencies, and so this pick, "
+        "the machine was busy while measuring (load average 0.30 before, 5.50 after, on 2 cores): the latencies, and so "
+        "this pick, "
         "may not hold on an idle machine; measure again when it is idle",
         "its latency's 95 % confidence interval overlaps that of mobilenet: their order by latency is not certain"]

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import sys
+import threading
 import warnings
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
+from torch import nn
 
 from ..core.spec import ModelMeta
 from .base import RunnerOptions
 
 META_KEY = "resnetkit"  # key under which artifacts store ModelMeta.to_dict() as JSON
 GENERATED_CALIBRATION_IMAGES = 32
+RECENT_CONVERSIONS = 2  # converted graphs kept in memory per process
+
+Converted = TypeVar("Converted")
+_recent: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_recent_lock = threading.Lock()
 
 
 def meta_to_json(meta: ModelMeta) -> str:
@@ -31,6 +40,33 @@ def meta_from_json(text: str, path: Path) -> ModelMeta:
         return ModelMeta.from_dict(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
         raise UnknownModelError(f"{path}: the resnetkit metadata is unreadable ({exc}).") from None
+
+
+def content_key(module: nn.Module, meta: ModelMeta, *versions: str) -> str:
+    """A digest of the module's weight values and the metadata (and of ``versions``, e.g. of the converter)."""
+    digest = hashlib.sha256(";".join([*versions, meta_to_json(meta)]).encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:24]
+
+
+def convert_once(kind: str, module: nn.Module, meta: ModelMeta, convert: Callable[[], Converted],
+                 copy: Callable[[Converted], Converted]) -> Converted:
+    """``convert()``, or a ``copy`` of its result for the same weights and metadata converted a moment
+    ago in this process: ``auto`` builds one runner per thread count from the same module, and the
+    conversion (torch.export + the backend's converter) is most of a runner's build time."""
+    key = (kind, content_key(module, meta))
+    with _recent_lock:
+        if key in _recent:
+            _recent.move_to_end(key)
+            return copy(_recent[key])
+    converted = convert()
+    with _recent_lock:
+        _recent[key] = converted
+        while len(_recent) > RECENT_CONVERSIONS:
+            _recent.popitem(last=False)
+    return copy(converted)
 
 
 def calibration_batches(meta: ModelMeta, options: RunnerOptions) -> Sequence[torch.Tensor]:

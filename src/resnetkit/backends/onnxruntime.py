@@ -21,7 +21,8 @@ from ..core.errors import ResnetkitError, UnknownModelError
 from ..core.fileio import atomic_write
 from ..core.spec import ModelMeta
 from .base import Backend, FileFormat, RunnerOptions, register
-from .common import META_KEY, calibration_batches, captured_stdout, cpu_has_vnni, meta_from_json, meta_to_json
+from .common import (META_KEY, calibration_batches, captured_stdout, convert_once, cpu_has_vnni, meta_from_json,
+                     meta_to_json)
 
 if TYPE_CHECKING:
     import onnx
@@ -203,10 +204,18 @@ def graph_precision(model: onnx.ModelProto) -> str:
 
 
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> OnnxRuntimeRunner:
-    model = to_onnx(module, meta)
+    model = convert_once("onnx", module, meta, lambda: to_onnx(module, meta), _copy_of)
     if options.precision == "int8":
         model = quantize_static(model, calibration_batches(meta, options))
     return OnnxRuntimeRunner(model, graph_precision(model), options.threads)
+
+
+def _copy_of(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
+
+    copied = onnx.ModelProto()
+    copied.CopyFrom(model)
+    return copied
 
 
 def _read(path: Path, options: RunnerOptions) -> tuple[OnnxRuntimeRunner, ModelMeta]:

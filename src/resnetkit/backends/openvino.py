@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import importlib.util
 import logging
 import os
@@ -23,7 +22,8 @@ from torch import nn
 from ..core.errors import BackendUnavailableError, UnknownModelError
 from ..core.spec import RANDOM_WEIGHTS, ModelMeta
 from .base import Backend, FileFormat, RunnerOptions, register
-from .common import META_KEY, calibration_batches, meta_from_json, meta_to_json, progress_to_stderr
+from .common import (META_KEY, calibration_batches, content_key, convert_once, meta_from_json, meta_to_json,
+                     progress_to_stderr)
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -74,13 +74,16 @@ def converted(module: nn.Module, meta: ModelMeta) -> ov.Model:
 
     Converting resnet50 takes about 7 s here, reading it back well under one. Keyed by the
     weight values, the metadata and the torch and OpenVINO versions; random weights (drawn
-    anew on every load) are converted every time."""
+    anew on every load) are converted every time, except for a conversion of the very same
+    module moments ago in this process (:func:`~.common.convert_once`)."""
     if meta.weights == RANDOM_WEIGHTS:
-        return to_openvino(module, meta)
+        return convert_once("openvino", module, meta, lambda: to_openvino(module, meta), lambda m: m.clone())
+    import openvino as ov
+
     from .tuning import cache_path
 
     folder = cache_path().parent / "openvino-models"
-    xml = folder / f"{_content_key(module, meta)}.xml"
+    xml = folder / f"{content_key(module, meta, torch.__version__, ov.__version__)}.xml"
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         os.utime(xml)  # recently used
         return shared_core().read_model(str(xml))
@@ -91,16 +94,6 @@ def converted(module: nn.Module, meta: ModelMeta) -> ov.Model:
     except OSError as exc:  # a read-only or full cache directory costs speed, not the result
         log.warning("could not cache the converted model in %s: %s", folder, exc)
     return model
-
-
-def _content_key(module: nn.Module, meta: ModelMeta) -> str:
-    import openvino as ov
-
-    digest = hashlib.sha256(f"{torch.__version__};{ov.__version__};{meta_to_json(meta)}".encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()[:24]
 
 
 def _evict_least_recent(folder: Path, kept: int) -> None:

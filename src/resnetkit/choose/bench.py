@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from ..core.errors import ResnetkitError
-from ..core.measure import (LoadSpan, Timing, count_macs, count_params, load_average, median_ci, median_is_stable, peak_rss_mb,
+from ..core.measure import (CpuMeter, LoadSpan, Timing, count_macs, count_params, load_average, median_ci, median_is_stable, peak_rss_mb,
                             reset_peak_rss, serialized_size_bytes, speedup, time_calls, timing_from_samples)
 from ..core.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
@@ -119,6 +119,7 @@ class BenchRecord:
     load_avg_before: float | None = None  # 1-minute load average when the variant's first round began
     load_avg_after: float | None = None  # ... and when it stopped
     cores: int | None = None
+    other_cpu_share: float | None = None  # share of all cores used by other processes while measuring (Linux)
     reference_latency_ms_p50: float | None = None  # eager fp32, measured interleaved with this variant
     speedup_vs_reference: float | None = None  # None when not comparable
     vs_reference: str = ""  # "2.10x faster", "not comparable: machine busy (...)", "is the reference"
@@ -126,6 +127,11 @@ class BenchRecord:
     timed_seconds: float | None = None  # wall time of its timed calls (latency and throughput)
     reference_timed_seconds: float | None = None  # ... and of its reference's (shared by a model's variants)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def load_span(self) -> LoadSpan:
+        """The machine's load while this variant was measured; ``.busy`` says whether others took CPU."""
+        return LoadSpan(self.load_avg_before, self.load_avg_after, self.cores or 1, self.other_cpu_share)
 
     @property
     def label(self) -> str:
@@ -308,6 +314,7 @@ class _LocalWorker:
     def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig) -> None:
         self.model = model
         self.worker = _ModelWorker(model, variants, config)
+        self.pid = os.getpid()
 
     def entries(self) -> list[tuple[Variant, BenchRecord | ResnetkitError, bool]]:
         return self.worker.entries
@@ -344,6 +351,10 @@ class _ProcessWorker:
         with _sigint_ignored():
             self.process.start()
         child.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
 
     def _receive(self) -> Any:
         try:
@@ -429,6 +440,7 @@ class _Run:
         self.tracks: list[_Track] = []
         self.failures: list[ResnetkitError] = []
         self.order: dict[str, int] = {}  # model -> position in the request, for the output order
+        self.meter: CpuMeter | None = None  # other processes' CPU use while timing
 
     def start(self, requested: dict[str, list[Variant]]) -> None:
         """Start one worker per model, at most one per core at a time (building is CPU-bound),
@@ -474,6 +486,7 @@ class _Run:
 
     def measure(self) -> None:
         """Interleaved rounds until every variant is stable or capped."""
+        self.meter = CpuMeter([worker.pid for worker in self.workers])
         round_number = 0
         while active := [t for t in self.tracks if t.status is None]:
             round_number += 1
@@ -496,6 +509,8 @@ class _Run:
         except WorkerDied as exc:
             self._lost(track.worker, exc)
             return
+        if self.meter is not None:
+            self.meter.note(track.worker.pid)
         track.rounds += 1
         track.update_status(config)
 
@@ -545,6 +560,7 @@ class _Run:
             latency_ms_p50_ci=list(timing.p50_ci_ms), latency_ms_p25=timing.p25_ms, latency_ms_p75=timing.p75_ms,
             latency_rounds=track.rounds, status=track.status or "partial", load_avg_before=track.load_before,
             load_avg_after=track.load_after if track.status else load_average(), cores=os.cpu_count(),
+            other_cpu_share=round(share, 3) if (share := self.meter and self.meter.foreign_share()) is not None else None,
             throughput_ips=(self.config.batch_size / (statistics.median(track.throughput) / 1000.0)
                             if track.throughput else None),
             throughput_runs=len(track.throughput), notes=list(track.record.notes),
@@ -564,7 +580,8 @@ class _Run:
             ref_timing = timing_from_samples(reference.samples)
             loads = [v for v in (track.load_before, reference.load_before) if v is not None]
             ends = [v for v in (record.load_avg_after, reference.load_after) if v is not None]
-            span = LoadSpan(max(loads, default=None), max(ends, default=None), os.cpu_count() or 1)
+            span = LoadSpan(max(loads, default=None), max(ends, default=None), os.cpu_count() or 1,
+                            record.other_cpu_share)
             record.reference_latency_ms_p50 = ref_timing.p50_ms
             record.reference_timed_seconds = sum(reference.samples) / 1000.0
             record.speedup_vs_reference, record.vs_reference = speedup(ref_timing, timing, span)

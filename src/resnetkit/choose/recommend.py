@@ -119,10 +119,9 @@ def pick_per_dataset(records: Sequence[BenchRecord]) -> list[Pick]:
 def _caveats(chosen: BenchRecord, front: Sequence[BenchRecord]) -> list[str]:
     """What could overturn the pick: a busy machine, latencies whose confidence intervals overlap."""
     caveats = []
-    loads = [v for r in front for v in (r.load_avg_before, r.load_avg_after) if v is not None]
-    cores = chosen.cores
-    if loads and cores and max(loads) > cores:
-        caveats.append(f"the machine was busy while measuring (load average up to {max(loads):.2f} on {cores} cores): "
+    busy = [r.load_span for r in front if r.load_span.busy]
+    if busy:
+        caveats.append(f"the machine was busy while measuring ({busy[0].describe()}): "
                        "the latencies, and so this pick, may not hold on an idle machine; measure again when it is idle")
     overlapping = [r.label for r in front if r is not chosen and _overlap(r, chosen)]
     if overlapping:

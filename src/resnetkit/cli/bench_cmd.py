@@ -168,8 +168,11 @@ def _rounds_note(records: Sequence[BenchRecord], config: BenchConfig) -> str:
 def _load_note(records: Sequence[BenchRecord], wall_seconds: float) -> str:
     loads = [v for r in records for v in (r.load_avg_before, r.load_avg_after) if v is not None]
     cores = records[0].cores
-    where = (f"1-minute load average {min(loads):.2f}-{max(loads):.2f} during the measurements on {cores} cores"
-             + (" (busy: other work shared the CPU)" if cores and max(loads) > cores else "")) if loads else "load average unknown"
+    shares = [r.other_cpu_share for r in records if r.other_cpu_share is not None]
+    others = f", other processes used up to {100 * max(shares):.0f} % of the CPU" if shares else ""
+    busy = " (busy: other work shared the CPU)" if any(r.load_span.busy for r in records) else ""
+    where = (f"1-minute load average {min(loads):.2f}-{max(loads):.2f} during the measurements on {cores} cores{others}{busy}"
+             if loads else "load average unknown")
     references = {r.model: r.reference_timed_seconds or 0.0 for r in records}
     timed = sum(r.timed_seconds or 0.0 for r in records) + sum(references.values())
     built = sum(r.build_seconds or 0.0 for r in records)

@@ -13,7 +13,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -173,30 +173,93 @@ def load_average() -> float | None:
         return None
 
 
+FOREIGN_BUSY_SHARE = 0.25  # other processes using more than this share of all cores: the machine is busy
+
+
+class CpuMeter:
+    """How much of the machine's CPU other processes used while ours measured (Linux ``/proc``).
+
+    The load average cannot tell: a benchmark's own threads count in it (two inference threads
+    make a load of 2 on an idle 2-core machine), and it trails by a minute. This meter takes
+    the machine's busy CPU time over the span (``/proc/stat``) minus what the measuring
+    processes used (``/proc/PID/stat``, read with :meth:`note` while they are alive)."""
+
+    def __init__(self, pids: Sequence[int] = ()) -> None:
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._machine_start = _machine_busy_seconds()
+        self._wall_start = time.monotonic()
+        self.note(os.getpid(), *pids)
+
+    def note(self, *pids: int) -> None:
+        """Read the CPU time of ``pids`` (call it after each piece of work, before a process ends)."""
+        for pid in pids:
+            used = _process_cpu_seconds(pid)
+            if used is not None:
+                self._first.setdefault(pid, used)
+                self._last[pid] = used
+
+    def foreign_share(self) -> float | None:
+        """Other processes' CPU time since the start, as a share of all cores over the span (None: no /proc)."""
+        self.note(os.getpid())
+        machine_end, wall = _machine_busy_seconds(), time.monotonic() - self._wall_start
+        if self._machine_start is None or machine_end is None or wall <= 0:
+            return None
+        own = sum(self._last[pid] - self._first[pid] for pid in self._last)
+        return max(0.0, (machine_end - self._machine_start - own) / (wall * (os.cpu_count() or 1)))
+
+
+def _machine_busy_seconds() -> float | None:
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_seconds(pid: int) -> float | None:
+    try:
+        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 @dataclass(frozen=True)
 class LoadSpan:
-    """The 1-minute load average before and after a measurement, and the core count."""
+    """The 1-minute load average before and after a measurement, the core count, and where Linux
+    tells, the share of the CPU that other processes used meanwhile (:class:`CpuMeter`)."""
 
     before: float | None
     after: float | None
     cores: int
+    foreign: float | None = None
+    meter: CpuMeter | None = field(default=None, repr=False, compare=False)
 
     @property
     def busy(self) -> bool:
-        """More runnable work than cores at either end: other processes took CPU time from the runs."""
+        """Other processes took CPU time from the runs: more than a quarter of the cores (measured), else
+        (no /proc) more runnable work than cores at either end."""
+        if self.foreign is not None:
+            return self.foreign > FOREIGN_BUSY_SHARE
         return any(load is not None and load > self.cores for load in (self.before, self.after))
 
     def describe(self) -> str:
         fmt = lambda v: "?" if v is None else f"{v:.2f}"  # noqa: E731
-        return f"load average {fmt(self.before)} before, {fmt(self.after)} after, on {self.cores} cores"
+        loads = f"load average {fmt(self.before)} before, {fmt(self.after)} after, on {self.cores} cores"
+        if self.foreign is None:
+            return loads
+        return f"other processes used {100 * self.foreign:.0f} % of the CPU meanwhile; {loads}"
 
 
 def start_load_span() -> LoadSpan:
-    return LoadSpan(load_average(), None, os.cpu_count() or 1)
+    return LoadSpan(load_average(), None, os.cpu_count() or 1, meter=CpuMeter())
 
 
 def end_load_span(span: LoadSpan) -> LoadSpan:
-    return LoadSpan(span.before, load_average(), span.cores)
+    foreign = span.meter.foreign_share() if span.meter is not None else None
+    return LoadSpan(span.before, load_average(), span.cores, foreign)
 
 
 def speedup(reference: Timing, candidate: Timing, load: LoadSpan) -> tuple[float | None, str]:
