@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from resnetkit import BenchConfig, bench
-from resnetkit.choose.bench import BenchInterrupted
+from resnetkit.choose.bench import BenchInterrupted, Variant, needs_tuning
 from resnetkit.core.loading import load_model
 from resnetkit.core.measure import CpuMeter, LoadSpan, median_ci, median_is_stable, speedup, timing_from_samples
 from resnetkit.shrink.compare import compare_latency
@@ -230,6 +230,18 @@ def test_speedup_says_not_comparable_when_busy_or_within_the_spread():
     noisy = timing_from_samples([5.0, 12.0, 30.0, 9.0])
     factor, text = speedup(noisy, fast, idle)
     assert factor is None and text.startswith("not comparable: machine busy (the runs' spread")
+
+
+def test_a_model_auto_has_not_tuned_builds_alone(tmp_path, monkeypatch):
+    from resnetkit.backends import auto, tuning
+
+    monkeypatch.setenv(tuning.ENV_VAR, str(tmp_path / "tuning.json"))
+    assert needs_tuning([Variant("cifar_resnet20")]) and needs_tuning([Variant("cifar_resnet20", "auto")])
+    assert not needs_tuning([Variant("cifar_resnet20", "eager"), Variant("cifar_resnet20", "openvino")])
+    choice = tuning.Candidate("openvino", "bf16", 2)
+    tuning.store(tuning.Tuning("cifar_resnet20", auto.model_key("cifar_resnet20"), 1, None, None, choice, {}))
+    assert not needs_tuning([Variant("cifar_resnet20")])  # cached: builds next to others
+    assert needs_tuning([Variant("cifar_resnet20", precision="fp32")])  # another precision is another entry
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the CPU meter reads Linux's /proc")

@@ -152,6 +152,11 @@ def model_key(ref: str) -> str:
     path = Path(ref)
     if not is_zoo_name(ref) and path.suffix.lower() in file_suffixes():
         return tuning.file_key(path)
+    if is_zoo_name(ref):
+        from ..core.zoo import get_spec
+
+        with torch.device("meta"):  # the tensor layout without allocating or initialising weights
+            return tuning.module_key(get_spec(ref).build())
     from ..core.loading import load_model
 
     return tuning.module_key(load_model(ref, pretrained=False, backend="eager").module)  # type: ignore[arg-type]

@@ -42,6 +42,7 @@ from ..core.zoo import get_spec, is_zoo_name
 DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                   "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0")
 REFERENCE = ("eager", "fp32")  # the reference column: plain PyTorch in fp32
+TUNED_BATCH_SIZE = 1  # auto picks each model's runtime for the headline figure, batch-1 latency
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ class _ModelWorker:
         config = self.config
         started = time.perf_counter()
         try:
-            options = RunnerOptions(batch_size=config.batch_size, precision=variant.precision)
+            options = RunnerOptions(batch_size=TUNED_BATCH_SIZE, precision=variant.precision)
             classifier = load_model(variant.model, pretrained=config.eval_dir is not None and not reference,
                                     backend=variant.backend, options=options)
         except ResnetkitError as exc:
@@ -430,6 +431,18 @@ class _Track:
         return max(needed - len(ordered), 0) * middle / 1000.0 + max(throughput, 0) / 1000.0 * (not self.is_reference)
 
 
+def needs_tuning(variants: Sequence[Variant]) -> bool:
+    """Whether building these variants makes ``auto`` measure the backends (nothing cached for them): such a
+    build runs alone, as another process converting models next to its trials would skew its choice."""
+    from ..backends import auto, tuning
+
+    for variant in variants:
+        if variant.backend == "auto" or (variant.backend is None and is_zoo_name(variant.model)):
+            if tuning.lookup(auto.model_key(variant.model), TUNED_BATCH_SIZE, variant.precision, None) is None:
+                return True
+    return False
+
+
 class _Run:
     """One bench run: the workers, the tracks of their variants, the rounds."""
 
@@ -452,13 +465,19 @@ class _Run:
             return
         pending = list(requested.items())
         starting: list[_ProcessWorker] = []
+        alone: _ProcessWorker | None = None  # a model auto is tuning: nothing else builds meanwhile
         while pending or starting:
-            while pending and len(starting) < (os.cpu_count() or 1):
+            while pending and len(starting) < (os.cpu_count() or 1) and alone is None:
+                tunes = needs_tuning(pending[0][1])
+                if tunes and starting:
+                    break  # let the running builds finish first
                 starting.append(_ProcessWorker(*pending.pop(0), self.config))
                 self.workers.append(starting[-1])
+                alone = starting[-1] if tunes else None
             ready = wait([w.conn for w in starting])
             for worker in [w for w in starting if w.conn in ready]:
                 starting.remove(worker)
+                alone = None if worker is alone else alone
                 self._add(worker)
             self.on_progress(BenchProgress("starting", 0, len(requested) - len(pending) - len(starting), len(requested)))
 
