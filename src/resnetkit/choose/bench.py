@@ -554,6 +554,8 @@ class _Run:
                         track.end_to_end = worker.call("end_to_end", track.index)
             except WorkerDied as exc:
                 self._lost(worker, exc)
+            if self.meter is not None:
+                self.meter.note(worker.pid)  # its last CPU time, before it ends
             worker.close()
             self.workers.remove(worker)
             for track in mine:
