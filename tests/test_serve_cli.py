@@ -46,6 +46,7 @@ def test_bad_settings_explain_themselves():
     (["serve"], "Name at least one model"),
     (["serve", "resnet18", "--backend", "tpu"], "Unknown backend 'tpu'"),
     (["serve", "resnet18", "--port", "70000"], "--port must be between 0 and 65535"),
+    (["serve", "resnet18", "--replicas", "2"], "--replicas and --autoscale apply to Ray Serve: add --ray"),
 ])
 def test_user_mistakes_exit_2_with_a_message_and_no_traceback(monkeypatch, args, message):
     monkeypatch.delenv("RESNETKIT_MODELS", raising=False)

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..core.errors import ResnetkitError
 from ..serve.settings import ENV_PREFIX, ServeSettings
 from .app import app
 
@@ -68,6 +69,9 @@ def serve_command(
 
     Example: resnetkit serve resnet50,cifar_resnet20 --port 8000. Ctrl-C or SIGTERM finishes in-flight requests, then exits.
     """
+    if (replicas or autoscale) and not (ray or config_out):
+        raise ResnetkitError("--replicas and --autoscale apply to Ray Serve: add --ray (see docs/scale.md), or drop "
+                             "them to serve from this one process.")
     settings = ServeSettings.from_env(**{k: v for k, v in locals().items() if k not in RAY_OPTIONS})
     if ray or config_out:
         from ..scale import run_ray_serve
