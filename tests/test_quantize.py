@@ -124,6 +124,22 @@ def test_cli_prints_error_without_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_openvino_int8_from_the_command_line_is_quiet(tmp_path: Path, calib_dir: Path) -> None:
+    """No third-party log lines: NNCF's import of torch.utils.cpp_extension logs a CUDA notice on CUDA builds."""
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).parent / "resnetkit"
+    result = subprocess.run([str(cli), "quantize", "cifar_resnet20", "--random-weights", "--method", "static-int8",
+                             "--calib", str(calib_dir), "--calib-size", "8", "-o", str(tmp_path / "q.xml")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    noise = [line for line in result.stderr.splitlines()
+             if "CUDA" in line or "Warning" in line or line.startswith(("W1", "W0", "INFO:nncf"))]
+    assert noise == [] and (tmp_path / "q.xml").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,suffix", [("openvino", ".xml"), ("onnxruntime", ".onnx")])
 def test_static_int8_keeps_cifar_accuracy(tmp_path: Path, cifar_weights: Path, cifar_test_dir: Path, backend: str,
                                           suffix: str) -> None:

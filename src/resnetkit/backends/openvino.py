@@ -152,6 +152,9 @@ def quantize_static(model: ov.Model, batches: Sequence[torch.Tensor], method: st
     is within ``max_drop`` points of the float model."""
     if importlib.util.find_spec("nncf") is None:
         raise BackendUnavailableError("int8 on OpenVINO needs NNCF: pip install nncf (or use --backend onnxruntime).")
+    # NNCF imports its torch part, and so torch.utils.cpp_extension, which logs "No CUDA runtime is found" on
+    # a CUDA build of torch without a GPU: that one logger is quietened, nothing else.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
 
     images = [b.float().contiguous().numpy() for b in batches]
@@ -172,8 +175,6 @@ def quantize_static(model: ov.Model, batches: Sequence[torch.Tensor], method: st
 def _nncf_quantize(model: ov.Model, images: list[Any], advanced: Any, common: dict[str, Any],
                    validation: Sequence[tuple[torch.Tensor, torch.Tensor]] | None, max_drop: float) -> ov.Model:
     """nncf.quantize, or with ``validation`` its accuracy control; NNCF's INFO log lines (to stdout) kept out."""
-    import logging
-
     import nncf
 
     level = logging.getLogger("nncf").level
