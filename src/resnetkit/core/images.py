@@ -17,7 +17,9 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -167,3 +169,30 @@ def iter_image_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             yield from sorted(p for p in entry.rglob("*") if p.is_file() and is_image_file(p))
         else:
             yield entry
+
+
+Prepared = torch.Tensor | ImageError  # a model input, or why the file was refused
+
+
+def iter_prepared(sources: Iterable[str], prepare: Callable[[str], torch.Tensor], *, batch_size: int = 16,
+                  workers: int = 2) -> Iterator[tuple[list[str], list[Prepared]]]:
+    """``sources`` in batches of ``batch_size``, each with its prepared tensors (or the :class:`ImageError` of an
+    unreadable file), in input order. ``workers`` threads decode the next batch while the caller works on
+    this one (PIL releases the GIL); memory stays bounded whatever the number of sources."""
+    def attempt(source: str) -> Prepared:
+        try:
+            return prepare(source)
+        except ImageError as exc:
+            return exc
+
+    def submit(chunk: list[str]) -> tuple[list[str], list[Future[Prepared]]] | None:
+        return (chunk, [pool.submit(attempt, source) for source in chunk]) if chunk else None
+
+    remaining = iter(sources)
+    chunks = iter(lambda: list(islice(remaining, batch_size)), [])  # lists of batch_size until exhausted
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = submit(next(chunks, []))
+        while pending:
+            chunk, futures = pending
+            pending = submit(next(chunks, []))  # decoded while the caller handles this batch
+            yield chunk, [future.result() for future in futures]

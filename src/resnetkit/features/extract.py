@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -21,7 +20,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from ..backends.base import Runner, RunnerOptions, make_runner
 from ..core.errors import ImageError, ResnetkitError
-from ..core.images import iter_image_paths
+from ..core.images import iter_image_paths, iter_prepared
 from ..core.loading import Classifier, load_model
 from ..core.progress import track
 from ..core.zoo import get_spec, is_zoo_name
@@ -116,23 +115,14 @@ class FeatureExtractor:
     def batches(self, sources: Sequence[str], batch_size: int = 16, workers: int = 2,
                 progress: bool | None = None) -> Iterator[tuple[Sequence[str], np.ndarray, list[str | None]]]:
         """Per batch of ``sources``: the sources, their vectors (NaN rows for unreadable files) and errors."""
-        def prepare(path: str) -> torch.Tensor | ImageError:
-            try:
-                return self.classifier.prepare(path)
-            except ImageError as exc:
-                return exc
-
-        starts = range(0, len(sources), batch_size)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decode releases the GIL
-            for start in track(starts, len(sources), "embedding", progress, advance=lambda s: len(sources[s:s + batch_size])):
-                chunk = sources[start:start + batch_size]
-                items = list(pool.map(prepare, chunk))
-                vectors = np.full((len(chunk), self.dim), np.nan, dtype=np.float32)
-                good = [i for i, item in enumerate(items) if isinstance(item, torch.Tensor)]
-                if good:
-                    vectors[good] = self.embed(torch.stack([items[i] for i in good]))
-                errors = [str(item) if isinstance(item, ImageError) else None for item in items]
-                yield chunk, vectors, errors
+        batches = iter_prepared(sources, self.classifier.prepare, batch_size=batch_size, workers=workers)
+        for chunk, items in track(batches, len(sources), "embedding", progress, advance=lambda batch: len(batch[0])):
+            vectors = np.full((len(chunk), self.dim), np.nan, dtype=np.float32)
+            good = [i for i, item in enumerate(items) if isinstance(item, torch.Tensor)]
+            if good:
+                vectors[good] = self.embed(torch.stack([items[i] for i in good]))
+            errors = [str(item) if isinstance(item, ImageError) else None for item in items]
+            yield chunk, vectors, errors
 
 
 def load_extractor(

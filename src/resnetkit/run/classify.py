@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import islice
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from ..core.errors import ImageError, ResnetkitError
-from ..core.images import iter_image_paths
+from ..core.images import Prepared, iter_image_paths, iter_prepared
 from ..core.loading import Classifier, load_model
 
 
@@ -76,28 +74,11 @@ def iter_classify(classifier: Classifier, sources: Iterable[str], *, top_k: int 
     Yields one list of results per batch of ``batch_size`` sources; memory stays bounded whatever
     the number of sources. Unreadable files come back with an ``error``.
     """
-    def prepare(path: str) -> torch.Tensor | ImageError:
-        try:
-            return classifier.prepare(path)
-        except ImageError as exc:
-            return exc
-
-    remaining = iter(sources)
-    chunks = iter(lambda: list(islice(remaining, batch_size)), [])  # lists of batch_size until exhausted
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decode releases the GIL
-        pending = _submit(pool, prepare, next(chunks, []))
-        while pending:
-            chunk_sources, futures = pending
-            pending = _submit(pool, prepare, next(chunks, []))  # decoded while this batch runs
-            yield _classify_prepared(classifier, chunk_sources, [f.result() for f in futures], top_k)
+    for chunk, prepared in iter_prepared(sources, classifier.prepare, batch_size=batch_size, workers=workers):
+        yield _classify_prepared(classifier, chunk, prepared, top_k)
 
 
-def _submit(pool: ThreadPoolExecutor, prepare: Callable[[str], torch.Tensor | ImageError],
-            chunk: list[str]) -> tuple[list[str], list[Future]] | None:
-    return (chunk, [pool.submit(prepare, s) for s in chunk]) if chunk else None
-
-
-def _classify_prepared(classifier: Classifier, sources: list[str], prepared: list[torch.Tensor | ImageError],
+def _classify_prepared(classifier: Classifier, sources: list[str], prepared: list[Prepared],
                        k: int) -> list[ImageResult]:
     results = [ImageResult(s, error=str(p) if isinstance(p, ImageError) else None) for s, p in zip(sources, prepared)]
     good = [(r, t) for r, t in zip(results, prepared) if isinstance(t, torch.Tensor)]
