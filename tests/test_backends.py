@@ -66,6 +66,7 @@ def test_openvino_reports_the_precision_it_chose(eager) -> None:
     assert runner.precision == default_precision()  # bf16 on CPUs with AVX512-BF16/AMX, else fp32
 
 
+@pytest.mark.slow
 def test_converted_models_are_cached_on_disk(eager, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from resnetkit.backends import openvino as ov_backend
 
@@ -123,6 +124,7 @@ def test_a_lazy_runner_is_built_once_when_threads_race_for_it() -> None:
     assert len(builds) == 1 and [a.item() for a in answers] == [2.0 * i for i in range(8)]
 
 
+@pytest.mark.slow
 def test_one_conversion_serves_runners_for_several_thread_counts(eager, monkeypatch: pytest.MonkeyPatch) -> None:
     """auto builds a runner per thread count from the same module: the graph is converted once."""
     from resnetkit.backends import openvino as ov_backend
@@ -159,6 +161,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_openvino_runners_are_freed_out_of_order() -> None:
     """Each OpenVINO Core swaps the thread's signal stack; freeing two Cores out of order used to
     leave a freed one in place, and the next Ctrl-C killed the process with SIGSEGV."""

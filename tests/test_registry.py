@@ -137,6 +137,7 @@ def test_family_traits_drive_pruning() -> None:
     assert module.conv1 in kept and module.layer1[0].conv2 in kept and module.layer1[0].conv1 not in kept
 
 
+@pytest.mark.slow
 def test_random_weights_carry_no_accuracy_anywhere(tmp_path: Path) -> None:
     from resnetkit.serve.hub import ServedModel
 
