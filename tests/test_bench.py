@@ -9,13 +9,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
+from multiprocessing import get_context
 from pathlib import Path
 
 import pytest
+import torch
 
 from resnetkit import BenchConfig, bench
-from resnetkit.choose.bench import BenchInterrupted, Variant, needs_tuning
+from resnetkit.choose.bench import BenchInterrupted
+from resnetkit.choose.trial_gate import TrialGate
 from resnetkit.core.loading import load_model
 from resnetkit.core.measure import CpuMeter, LoadSpan, median_ci, median_is_stable, speedup, timing_from_samples
 from resnetkit.shrink.compare import compare_latency
@@ -232,16 +237,66 @@ def test_speedup_says_not_comparable_when_busy_or_within_the_spread():
     assert factor is None and text.startswith("not comparable: machine busy (the runs' spread")
 
 
-def test_a_model_auto_has_not_tuned_builds_alone(tmp_path, monkeypatch):
+def test_notes_that_differ_in_one_word_are_printed_once():
+    from resnetkit.cli.bench_cmd import condensed
+
+    sources = ["published: torchvision ResNet18_Weights.IMAGENET1K_V1 (timed with random weights)",
+               "published: torchvision ResNet50_Weights.IMAGENET1K_V1 (timed with random weights)"]
+    assert condensed(sources) == ("published: torchvision {ResNet18_Weights, ResNet50_Weights}.IMAGENET1K_V1 "
+                                  "(timed with random weights)")
+    assert condensed(sources[:1]) == sources[0]
+    assert condensed(["measured on a (10 images)", "published: b"]) == "measured on a (10 images); published: b"
+
+
+def test_trial_gate_times_one_process_while_the_others_are_quiet():
+    gate = TrialGate(get_context("spawn"), 3)
+    events: list[str] = []
+
+    def time_candidates(slot: int) -> None:
+        with gate.timing(slot):
+            events.append(f"timing {slot}")
+            time.sleep(0.2)
+            events.append(f"timed {slot}")
+
+    gate.starting(0)
+    gate.starting(1)
+    timer = threading.Thread(target=time_candidates, args=(1,))
+    timer.start()
+    time.sleep(0.2)
+    assert events == []  # process 0 is still building
+    gate.idle(0)
+    time.sleep(0.05)
+    assert events == ["timing 1"]
+    gate.starting(2)  # waits until process 1 is done timing
+    events.append("started 2")
+    timer.join()
+    assert events == ["timing 1", "timed 1", "started 2"]
+    second = threading.Thread(target=time_candidates, args=(1,))
+    second.start()
+    time.sleep(0.2)
+    assert events[-1] == "started 2"  # process 2 is building
+    gate.idle(2)  # e.g. the parent saw it die
+    second.join()
+    assert events[-2:] == ["timing 1", "timed 1"]
+
+
+def test_auto_times_its_candidates_inside_the_trial_gate(tmp_path, monkeypatch):
     from resnetkit.backends import auto, tuning
 
     monkeypatch.setenv(tuning.ENV_VAR, str(tmp_path / "tuning.json"))
-    assert needs_tuning([Variant("cifar_resnet20")]) and needs_tuning([Variant("cifar_resnet20", "auto")])
-    assert not needs_tuning([Variant("cifar_resnet20", "eager"), Variant("cifar_resnet20", "openvino")])
-    choice = tuning.Candidate("openvino", "bf16", 2)
-    tuning.store(tuning.Tuning("cifar_resnet20", auto.model_key("cifar_resnet20"), 1, None, None, choice, {}))
-    assert not needs_tuning([Variant("cifar_resnet20")])  # cached: builds next to others
-    assert needs_tuning([Variant("cifar_resnet20", precision="fp32")])  # another precision is another entry
+    monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.05)
+    entered: list[int] = []
+
+    @contextmanager
+    def gate():
+        entered.append(1)
+        yield
+
+    monkeypatch.setattr(auto, "_trial_gate", gate)
+    load_model("cifar_resnet20", pretrained=False, backend="auto").logits(torch.zeros(1, 3, 32, 32))
+    assert entered == [1]
+    load_model("cifar_resnet20", pretrained=False, backend="auto").logits(torch.zeros(1, 3, 32, 32))
+    assert entered == [1]  # cached: nothing timed
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the CPU meter reads Linux's /proc")

@@ -12,11 +12,13 @@ model file: the backends that read it).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
 import statistics
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -32,7 +34,18 @@ from .tuning import Candidate, Tuning
 
 TRIAL_SECONDS = 0.5  # timed seconds per candidate, spread over interleaved rounds
 TRIAL_ROUNDS = 3
+CLEAR_LOSER = 1.5  # after a round, candidates this many times slower than the fastest stop being timed
 DEFAULT_PRECISIONS = ("fp32", "bf16")  # bf16 keeps fp32's top-1 within the bound stated in docs/optimize.md
+
+
+_trial_gate: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+
+
+def set_trial_gate(gate: Callable[[], AbstractContextManager[object]]) -> None:
+    """Time candidates inside ``gate()``. A caller that builds several models at once (bench's measuring
+    processes) passes one that waits until the others are off the CPU, so no trial is skewed by them."""
+    global _trial_gate
+    _trial_gate = gate
 
 
 class AutoRunner:
@@ -80,17 +93,23 @@ def candidates(precision: str | None) -> list[Backend]:
 def median_latencies(runners: Mapping[Candidate, Runner], batch: torch.Tensor,
                      seconds: float = TRIAL_SECONDS) -> dict[Candidate, float]:
     """Median latency (ms) of each runner on ``batch``, measured in interleaved rounds so that a
-    burst of background load hits every candidate alike (one warm-up call each first)."""
+    burst of background load hits every candidate alike (one warm-up call each first). After
+    each round, candidates slower than :data:`CLEAR_LOSER` times the fastest median so far sit
+    out the remaining rounds: their place in the ranking is settled, and timing them is most of
+    a trial's cost (eager at 1 thread is 4-8x slower than the winner here)."""
     samples: dict[Candidate, list[float]] = {c: [] for c in runners}
     for runner in runners.values():
         runner(batch)
+    racing = dict(runners)
     for _ in range(TRIAL_ROUNDS):
-        for candidate, runner in runners.items():
+        for candidate, runner in racing.items():
             start = time.perf_counter()
             while len(samples[candidate]) < 3 or time.perf_counter() - start < seconds / TRIAL_ROUNDS:
                 t0 = time.perf_counter()
                 runner(batch)
                 samples[candidate].append((time.perf_counter() - t0) * 1000.0)
+        fastest = min(statistics.median(samples[c]) for c in racing)
+        racing = {c: r for c, r in racing.items() if statistics.median(samples[c]) <= CLEAR_LOSER * fastest}
     return {c: statistics.median(values) for c, values in samples.items()}
 
 
@@ -112,7 +131,8 @@ def tuned(name: str, key: str, meta: ModelMeta, options: RunnerOptions,
     if not runners:
         raise ResnetkitError(f"No backend can run {name} with these options; see 'resnetkit backends'.")
     batch = torch.randn(max(options.batch_size, 1), *meta.preprocessing.input_shape)
-    timings = median_latencies(runners, batch)
+    with _trial_gate():
+        timings = median_latencies(runners, batch)
     best = min(timings, key=timings.__getitem__)
     entry = Tuning(name, key, options.batch_size, options.precision, options.threads, best,
                    {c.label: t for c, t in timings.items()})

@@ -203,8 +203,14 @@ def graph_precision(model: onnx.ModelProto) -> str:
     return "int8" if any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node) else "fp32"
 
 
+def exported(module: nn.Module, meta: ModelMeta) -> onnx.ModelProto:
+    """:func:`to_onnx` with a dynamic batch, or a copy of the same weights' graph exported moments ago in
+    this process: ``auto`` builds ONNX Runtime and OpenVINO runners (at each thread count) from one export."""
+    return convert_once("onnx", module, meta, lambda: to_onnx(module, meta), _copy_of)
+
+
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> OnnxRuntimeRunner:
-    model = convert_once("onnx", module, meta, lambda: to_onnx(module, meta), _copy_of)
+    model = exported(module, meta)
     if options.precision == "int8":
         model = quantize_static(model, calibration_batches(meta, options))
     return OnnxRuntimeRunner(model, graph_precision(model), options.threads)

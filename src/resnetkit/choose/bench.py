@@ -38,6 +38,7 @@ from ..core.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
 from ..core.spec import ModelMeta, PublishedMetrics
 from ..core.zoo import get_spec, is_zoo_name
+from .trial_gate import TrialGate
 
 DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                   "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0")
@@ -331,10 +332,14 @@ class WorkerDied(ResnetkitError):
     """A measuring process ended without answering (crashed or killed)."""
 
 
-def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConfig) -> None:
+def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConfig, gate: TrialGate, slot: int) -> None:
     """Entry point of a measuring process: build, answer ``(method, args)`` requests, stop on None."""
+    from ..backends import auto
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
+    auto.set_trial_gate(lambda: gate.timing(slot))
     worker = _ModelWorker(model, variants, config)
+    gate.idle(slot)
     conn.send(worker.entries)
     while (request := conn.recv()) is not None:
         method, args = request
@@ -344,11 +349,14 @@ def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConf
 class _ProcessWorker:
     """A :class:`_ModelWorker` in a fresh (spawned) process, driven over a pipe."""
 
-    def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig) -> None:
+    def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig, gate: TrialGate,
+                 slot: int) -> None:
         context = get_context("spawn")
         self.model = model
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, model, variants, config), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, model, variants, config, gate, slot), daemon=True)
+        self.gate, self.slot = gate, slot
+        gate.starting(slot)
         with _sigint_ignored():
             self.process.start()
         child.close()
@@ -362,6 +370,7 @@ class _ProcessWorker:
             return self.conn.recv()
         except (EOFError, OSError):
             self.process.join(5)
+            self.gate.idle(self.slot)  # a dead process keeps no one waiting to time
             raise WorkerDied(f"the process measuring {self.model} ended (exit code {self.process.exitcode}) "
                              "without answering; its variants are left out. Run it alone to see why.") from None
 
@@ -431,18 +440,6 @@ class _Track:
         return max(needed - len(ordered), 0) * middle / 1000.0 + max(throughput, 0) / 1000.0 * (not self.is_reference)
 
 
-def needs_tuning(variants: Sequence[Variant]) -> bool:
-    """Whether building these variants makes ``auto`` measure the backends (nothing cached for them): such a
-    build runs alone, as another process converting models next to its trials would skew its choice."""
-    from ..backends import auto, tuning
-
-    for variant in variants:
-        if variant.backend == "auto" or (variant.backend is None and is_zoo_name(variant.model)):
-            if tuning.lookup(auto.model_key(variant.model), TUNED_BATCH_SIZE, variant.precision, None) is None:
-                return True
-    return False
-
-
 class _Run:
     """One bench run: the workers, the tracks of their variants, the rounds."""
 
@@ -463,21 +460,17 @@ class _Run:
             for model, variants in requested.items():
                 self._add(_LocalWorker(model, variants, self.config))
             return
-        pending = list(requested.items())
+        pending = list(enumerate(requested.items()))
         starting: list[_ProcessWorker] = []
-        alone: _ProcessWorker | None = None  # a model auto is tuning: nothing else builds meanwhile
+        gate = TrialGate(get_context("spawn"), len(pending))  # auto's trials run while the others are quiet
         while pending or starting:
-            while pending and len(starting) < (os.cpu_count() or 1) and alone is None:
-                tunes = needs_tuning(pending[0][1])
-                if tunes and starting:
-                    break  # let the running builds finish first
-                starting.append(_ProcessWorker(*pending.pop(0), self.config))
+            while pending and len(starting) < (os.cpu_count() or 1):
+                slot, (model, variants) = pending.pop(0)
+                starting.append(_ProcessWorker(model, variants, self.config, gate, slot))
                 self.workers.append(starting[-1])
-                alone = starting[-1] if tunes else None
             ready = wait([w.conn for w in starting])
             for worker in [w for w in starting if w.conn in ready]:
                 starting.remove(worker)
-                alone = None if worker is alone else alone
                 self._add(worker)
             self.on_progress(BenchProgress("starting", 0, len(requested) - len(pending) - len(starting), len(requested)))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,7 +158,20 @@ def _print_table(records: Sequence[BenchRecord], config: BenchConfig, wall_secon
         "range, exceeds the difference); GMACs counted with torch.utils.flop_counter at the model's input size; "
         "sizes are torch.save'd state dicts (MB = 10^6 bytes); peak MB: peak RSS of the measuring process while "
         f"building and warming up the model{_baseline_note(records)}.\n{_load_note(records, wall_seconds)}\n"
-        "accuracy: " + "; ".join(sources), highlight=False)
+        "accuracy: " + condensed(sources), highlight=False)
+
+
+def condensed(texts: Sequence[str]) -> str:
+    """Texts that differ in one word only, as one text listing the words: ``"a {x, y} b"``; others joined by "; "."""
+    shortest = min(map(len, texts), default=0)
+    prefix = os.path.commonprefix(list(texts))
+    prefix = prefix[:len(prefix) - len(re.split(r"[\s(]", prefix)[-1])]  # back to the start of a word
+    suffix = os.path.commonprefix([t[::-1] for t in texts])[::-1][:shortest - len(prefix)]
+    suffix = suffix[len(re.match(r"\w*", suffix).group()):]  # on to the end of a word
+    words = [t[len(prefix):len(t) - len(suffix)] for t in texts]
+    if len(texts) < 2 or not (prefix or suffix) or not all(words) or any(" " in word for word in words):
+        return "; ".join(texts)
+    return f"{prefix}{{{', '.join(words)}}}{suffix}"
 
 
 def _rounds_note(records: Sequence[BenchRecord], config: BenchConfig) -> str:
