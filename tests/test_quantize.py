@@ -154,6 +154,28 @@ def test_static_int8_keeps_cifar_accuracy(tmp_path: Path, cifar_weights: Path, c
 
 
 @pytest.mark.slow
+def test_accuracy_control_on_labelled_images(tmp_path: Path, cifar_weights: Path, cifar_test_dir: Path) -> None:
+    report = quantize(eager_source("cifar_resnet20"), "static-int8", tmp_path / "q.xml",
+                      calib_dir=str(cifar_test_dir.parent / "train"), calib_size=100, validate_dir=str(cifar_test_dir),
+                      validate_size=300, max_drop=0.3, eval_dir=str(cifar_test_dir), eval_limit=1000, check_images=64)
+    assert report.precision == "int8" and report.int8_kernels
+    assert report.top1 >= report.fp32_top1 - 0.5
+    [step] = load_model(report.path).meta.provenance.recipe
+    assert step.settings["accuracy_control"] == f"up to 300 images of {cifar_test_dir}, at most 0.3 top-1 points below float"
+    assert any(note.startswith("NNCF accuracy control kept int8 layers") for note in report.notes)
+    assert any("optimistic" in note for note in report.notes)  # validated on the images it was evaluated on
+
+
+def test_accuracy_control_needs_openvino_static_int8(tmp_path: Path) -> None:
+    with pytest.raises(QuantizationError, match="--validate .* works with static-int8 on openvino, not static-int8 on onnxruntime"):
+        resolve_request("static-int8", None, tmp_path / "q.onnx", "calib", 8, None, validate_dir="val")
+    with pytest.raises(QuantizationError, match="--max-drop above 0"):
+        resolve_request("static-int8", None, tmp_path / "q.xml", "calib", 8, None, validate_dir="val", max_drop=0)
+    request = resolve_request("static-int8", None, tmp_path / "q.xml", "calib", 8, None, validate_dir="val")
+    assert (request.backend, request.validate_dir, request.max_drop) == ("openvino", "val", 0.5)
+
+
+@pytest.mark.slow
 def test_openvino_int8_can_keep_first_and_last_layer_in_float(calib_dir: Path) -> None:
     from resnetkit.backends import openvino as openvino_backend
     from resnetkit.shrink.compare import image_batches

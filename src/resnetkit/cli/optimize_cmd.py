@@ -93,10 +93,13 @@ def quantize_command(
     model: ModelArg,
     method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(QUANTIZE_METHODS)}.")],
     output: OutputOpt,
-    backend: Annotated[str | None, typer.Option("--backend", help="onnxruntime (.onnx; default for int8), openvino (.xml; default for fp16/bf16) or eager (.pt, fp16/bf16).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="openvino (.xml; default, except dynamic-int8), onnxruntime (.onnx; int8; also picked by an -o ending in .onnx) or eager (.pt, fp16/bf16).")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration images (static-int8), any folder layout (default: none).")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", min=1, help="Calibration images to use.")] = 300,
     calibration: Annotated[str | None, typer.Option("--calibration", help=f"Activation ranges: {', '.join(CALIBRATION_METHODS)} (default: histogram on openvino, percentile on onnxruntime).")] = None,
+    validate: Annotated[str | None, typer.Option("--validate", help="static-int8 on openvino: NNCF accuracy control on these labelled images (one sub-folder per class): int8 layers go back to float until top-1 is within --max-drop points of float. Use images you do not --eval on (default: none).")] = None,
+    validate_size: Annotated[int, typer.Option("--validate-size", min=1, help="Images of --validate to use (a fixed random subset).")] = 1000,
+    max_drop: Annotated[float, typer.Option("--max-drop", help="Top-1 points accuracy control may lose against float.")] = 0.5,
     eval_dir: EvalOpt = None,
     eval_limit: EvalLimitOpt = None,
     weights: WeightsOpt = None,
@@ -105,10 +108,11 @@ def quantize_command(
     json_output: JsonFlag = False,
 ) -> None:
     """Quantize to fp16, bf16, dynamic int8 or static int8; report size, latency and prediction changes vs fp32."""
-    resolve_request(method, backend, output, calib, calib_size, calibration)
+    checks = {"validate_dir": validate, "validate_size": validate_size, "max_drop": max_drop}
+    resolve_request(method, backend, output, calib, calib_size, calibration, **checks)
     report = quantize(_load_source(model, weights, random_weights), method, output, backend=backend, calib_dir=calib,
                       calib_size=calib_size, calibration_method=calibration, eval_dir=eval_dir, eval_limit=eval_limit,
-                      batch_size=batch_size)
+                      batch_size=batch_size, **checks)
     if json_output:
         print_json(report.to_dict())
         return

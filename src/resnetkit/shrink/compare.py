@@ -41,6 +41,21 @@ def image_batches(data_dir: str | os.PathLike[str], meta: ModelMeta, *, limit: i
     return [torch.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
 
 
+def labelled_batches(data_dir: str | os.PathLike[str], meta: ModelMeta, *, limit: int, batch_size: int = 50,
+                     seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Up to ``limit`` images of a class-per-folder ``data_dir`` (a fixed random subset), preprocessed for
+    ``meta``, with their class indices in the model's categories, as (images, labels) batches."""
+    from ..core.datasets import labelled_samples
+
+    samples = labelled_samples(data_dir, meta.categories)[1]
+    random.Random(seed).shuffle(samples)
+    samples = samples[:limit]
+    transform = meta.preprocessing.transform()
+    images = torch.stack([transform(decode_image(s.path)) for s in samples])
+    labels = torch.tensor([s.label for s in samples])
+    return [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
+
+
 def generated_batches(meta: ModelMeta, *, count: int, batch_size: int = 32, seed: int = 0) -> list[torch.Tensor]:
     """``count`` random-pixel images through the model's own preprocessing (no data needed)."""
     rng = np.random.default_rng(seed)

@@ -28,13 +28,15 @@ from ..core.errors import ResnetkitError
 from ..core.loading import Classifier, load_model
 from ..core.measure import serialized_size_bytes
 from ..core.spec import ModelMeta, Step
-from .compare import Agreement, agreement, compare_latency, image_batches, random_weights_notes, sample_batches, top1_accuracy
+from .compare import (Agreement, agreement, compare_latency, image_batches, labelled_batches, random_weights_notes,
+                      sample_batches, top1_accuracy)
 from .export import artifact_size, check_output_path, require_module
 
 METHODS = ("fp16", "bf16", "dynamic-int8", "static-int8")
 CALIBRATION_METHODS = ("histogram", "percentile", "minmax")
 DEFAULT_CALIBRATION = {"openvino": "histogram", "onnxruntime": "percentile"}
 CHECK_IMAGES = 256
+DEFAULT_MAX_DROP = 0.5  # top-1 points NNCF's accuracy control may lose against the float model
 
 
 class QuantizationError(ResnetkitError):
@@ -80,6 +82,9 @@ class QuantizeRequest:
     calib_dir: str | None
     calib_size: int
     calibration_method: str
+    validate_dir: str | None = None  # NNCF accuracy control's labelled images (static-int8 on openvino)
+    validate_size: int = 1000
+    max_drop: float = DEFAULT_MAX_DROP
 
 
 def backends_for(method: str) -> list[str]:
@@ -98,7 +103,8 @@ def output_suffix(backend: str) -> str:
 
 
 def resolve_request(method: str, backend: str | None, output: str | os.PathLike[str], calib_dir: str | None,
-                    calib_size: int, calibration_method: str | None) -> QuantizeRequest:
+                    calib_size: int, calibration_method: str | None, *, validate_dir: str | None = None,
+                    validate_size: int = 1000, max_drop: float = DEFAULT_MAX_DROP) -> QuantizeRequest:
     """Validate the combination of options before any model is loaded."""
     if method not in METHODS:
         raise QuantizationError(f"Unknown quantization method '{method}'. Choose one of: {', '.join(METHODS)}.")
@@ -114,8 +120,14 @@ def resolve_request(method: str, backend: str | None, output: str | os.PathLike[
     calibration_method = calibration_method or DEFAULT_CALIBRATION.get(backend, "histogram")
     if calibration_method not in CALIBRATION_METHODS:
         raise QuantizationError(f"Unknown calibration '{calibration_method}'. Choose one of: {', '.join(CALIBRATION_METHODS)}.")
+    if validate_dir is not None and (method, backend) != ("static-int8", "openvino"):
+        raise QuantizationError("--validate (NNCF accuracy control) works with static-int8 on openvino, "
+                                f"not {method} on {backend}.")
+    if validate_size < 1 or max_drop <= 0:
+        raise QuantizationError("--validate-size must be at least 1 and --max-drop above 0.")
     path = check_output_path(output, output_suffix(backend), f"{backend} {method}")
-    return QuantizeRequest(method, backend, path, calib_dir, calib_size, calibration_method)
+    return QuantizeRequest(method, backend, path, calib_dir, calib_size, calibration_method, validate_dir,
+                           validate_size, max_drop)
 
 
 def _default_backend(method: str, output: str | os.PathLike[str]) -> str:
@@ -138,12 +150,19 @@ def quantize(
     eval_limit: int | None = None,
     batch_size: int = 1,
     check_images: int = CHECK_IMAGES,
+    validate_dir: str | None = None,
+    validate_size: int = 1000,
+    max_drop: float = DEFAULT_MAX_DROP,
 ) -> QuantizeReport:
-    """Quantize the loaded fp32 model ``source`` with ``method``, write the artifact to ``output`` and measure it."""
-    request = resolve_request(method, backend, output, calib_dir, calib_size, calibration_method)
+    """Quantize the loaded fp32 model ``source`` with ``method``, write the artifact to ``output`` and measure it.
+    With ``validate_dir`` (static-int8 on openvino), NNCF's accuracy control puts int8 layers back in float until
+    top-1 on up to ``validate_size`` of its labelled images is within ``max_drop`` points of the float model."""
+    request = resolve_request(method, backend, output, calib_dir, calib_size, calibration_method,
+                              validate_dir=validate_dir, validate_size=validate_size, max_drop=max_drop)
     require_module(source, "quantize")
     calibration = _calibration(source.meta, request)
-    step = Step("quantize", method, {"backend": request.backend, "calibration": calibration[1] if calibration else None})
+    step = Step("quantize", method, {"backend": request.backend, "calibration": calibration[1] if calibration else None,
+                                     **_control_params(request)})
     meta = source.meta.derived(request.output.stem, step, precision=stored_precision(method))
     WRITERS[(method, request.backend)](copy.deepcopy(source.module), meta, request, calibration[0] if calibration else [])
     quantized = load_model(request.output)
@@ -178,6 +197,13 @@ def _calibration(meta: ModelMeta, request: QuantizeRequest) -> tuple[list[torch.
     batches = image_batches(request.calib_dir, meta, limit=request.calib_size, batch_size=16)  # type: ignore[arg-type]
     count = sum(len(b) for b in batches)
     return batches, f"{count} images from {request.calib_dir}, {request.calibration_method} ranges"
+
+
+def _control_params(request: QuantizeRequest) -> dict[str, Any]:
+    if request.validate_dir is None:
+        return {}
+    return {"accuracy_control": f"up to {request.validate_size} images of {request.validate_dir}, "
+                                f"at most {request.max_drop:g} top-1 points below float"}
 
 
 def _fp32_on_backend(source: Classifier, backend: str, batch_size: int) -> Classifier:
@@ -217,6 +243,12 @@ def _notes(source: Classifier, quantized: Classifier, request: QuantizeRequest, 
                      f"(no native {method} arithmetic).")
     if request.calib_dir and not eval_dir:
         notes.append("agreement was measured on images of the calibration folder (give --eval DIR for held-out data).")
+    if request.validate_dir is not None:
+        notes.append(f"NNCF accuracy control kept int8 layers whose top-1 on {request.validate_dir} stayed within "
+                     f"{request.max_drop:g} points of float; the rest run in float (see the int8 kernels above).")
+        if eval_dir is not None and Path(eval_dir).resolve() == Path(request.validate_dir).resolve():
+            notes.append("--eval is the --validate folder: the top-1 reported was also what the layers were chosen "
+                         "by, so it is optimistic; evaluate on images not used to quantize.")
     return notes + random_weights_notes(source.meta)
 
 
@@ -234,8 +266,11 @@ def _write_openvino_float(module: nn.Module, meta: ModelMeta, request: QuantizeR
 def _write_openvino_int8(module: nn.Module, meta: ModelMeta, request: QuantizeRequest,
                          batches: list[torch.Tensor]) -> None:
     model = openvino_backend.converted(module, meta)
-    openvino_backend.save_openvino(openvino_backend.quantize_static(model, batches, request.calibration_method),
-                                   request.output)
+    validation = (labelled_batches(request.validate_dir, meta, limit=request.validate_size)
+                  if request.validate_dir is not None else None)
+    quantized = openvino_backend.quantize_static(model, batches, request.calibration_method, validation=validation,
+                                                 max_drop=request.max_drop)
+    openvino_backend.save_openvino(quantized, request.output)
 
 
 def _write_onnx_static(module: nn.Module, meta: ModelMeta, request: QuantizeRequest, batches: list[torch.Tensor]) -> None:
