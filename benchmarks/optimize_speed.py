@@ -5,7 +5,9 @@
 Zoo models with random weights (speed does not depend on weight values); int8 variants are
 calibrated on generated images and checked to contain int8 kernels before they are timed.
 Variants are timed in interleaved rounds (all variants once per round) so a burst of
-background load hits all of them; the reported latency is the median of the round medians.
+background load hits all of them; the reported latency is the median of the round medians,
+and each variant's ratio to OpenVINO's default configuration is the median over rounds of
+the ratio within a round (paired, so a slow spell between rounds cancels out).
 Writes results/optimize_speed.json.
 """
 
@@ -95,8 +97,13 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                      "latency_ms": statistics.median(rounds[i]), "round_p50s_ms": rounds[i],
                      "batch_size": args.batch_size, "int8_kernels": kernels})
     eager = rows[0]["latency_ms"]
+    openvino_default = next(r for r in rows if (r["backend_requested"], r["precision_requested"]) == ("openvino", "default"))
     for row in rows:
         row["speedup_vs_eager_fp32"] = eager / row["latency_ms"]
+        # paired: each round's ratio to OpenVINO's default in that same round, so drift between rounds cancels
+        ratios = [mine / theirs for mine, theirs in zip(row["round_p50s_ms"], openvino_default["round_p50s_ms"])]
+        row["vs_openvino_default_per_round"] = ratios
+        row["vs_openvino_default"] = statistics.median(ratios)
     return rows
 
 
@@ -106,13 +113,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result = {"threads": torch.get_num_threads(), "rounds": args.rounds,
               "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]}, "pt2e_x86_inductor": pt2e_status(),
               "openvino_default_precision": openvino_backend.default_precision(), "rows": rows}
-    print(f"{'model':10} {'requested':22} {'ran as':26} {'latency ms':>10} {'vs eager':>9}  int8 kernels")
+    print(f"{'model':10} {'requested':22} {'ran as':26} {'latency ms':>10} {'vs eager':>9} {'vs OpenVINO default':>26}"
+          "  int8 kernels")
     for r in rows:
         requested = f"{r['backend_requested']}/{r['precision_requested']}"
         ran = f"{r['backend']}/{r['precision']}"
         kernels = sum(r["int8_kernels"].values())
-        print(f"{r['model']:10} {requested:22} {ran:26} {r['latency_ms']:10.2f} {r['speedup_vs_eager_fp32']:8.2f}x  "
-              f"{kernels or '-'}")
+        per_round = r["vs_openvino_default_per_round"]
+        versus = f"{r['vs_openvino_default']:.3f}x ({min(per_round):.2f}-{max(per_round):.2f})"
+        print(f"{r['model']:10} {requested:22} {ran:26} {r['latency_ms']:10.2f} {r['speedup_vs_eager_fp32']:8.2f}x "
+              f"{versus:>26}  {kernels or '-'}")
+    print("latency: median of the round medians; vs OpenVINO default: median (range) over rounds of the ratio to "
+          "OpenVINO's default configuration timed in the same round")
     print(f"PT2E X86InductorQuantizer: {result['pt2e_x86_inductor']}")
     print(f"load average (1 min) before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

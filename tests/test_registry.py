@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -182,6 +183,25 @@ def test_auto_is_the_default_and_says_what_ran(fresh_cache: Path) -> None:
     batch = torch.randn(2, 3, 32, 32)
     eager = base.make_runner(copy.deepcopy(exact.module), exact.meta, "eager")
     assert torch.allclose(exact.logits(batch), eager(batch), atol=1e-3)
+
+
+def test_auto_stops_timing_clear_losers_after_a_round() -> None:
+    calls: dict[str, int] = {}
+
+    def runner(name: str, seconds: float):
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            calls[name] = calls.get(name, 0) + 1
+            time.sleep(seconds)
+            return batch
+        return run
+
+    runners = {tuning.Candidate(name, "fp32", 1): runner(name, seconds)
+               for name, seconds in (("fast", 0.002), ("close", 0.0024), ("slow", 0.008))}
+    medians = auto.median_latencies(runners, torch.zeros(1), seconds=0.09)
+    by_name = {candidate.backend: ms for candidate, ms in medians.items()}
+    assert by_name["fast"] < by_name["close"] < by_name["slow"]
+    # the close one is timed in all three rounds (0.03 s each), the slow one only in the first (and the warm-up)
+    assert calls["close"] > 3 * 3 and calls["slow"] <= 1 + 0.03 / 0.008 + 1
 
 
 @pytest.mark.slow

@@ -267,7 +267,9 @@ class OpenVinoRunner:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         request = self._request(len(batch))
-        request.infer([batch.detach().to(torch.float32).contiguous().numpy()])
+        # share_inputs: OpenVINO reads the array in place (a synchronous call, so it outlives the
+        # inference) instead of copying it: 4 % off cifar_resnet20's 0.17 ms, nothing on resnet50
+        request.infer([batch.detach().to(torch.float32).contiguous().numpy()], share_inputs=True)
         return torch.from_numpy(request.get_output_tensor(0).data.copy()).float()
 
 

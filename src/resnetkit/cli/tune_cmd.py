@@ -44,6 +44,9 @@ def tune_command(
     for label, ms in sorted(entry.timings_ms.items(), key=lambda item: item[1]):
         table.add_row(label, f"{ms:.2f}", "chosen" if label == entry.choice.label else "")
     console.print(table)
+    console.print(f"each candidate timed for {auto.TRIAL_SECONDS:g} s over {auto.TRIAL_ROUNDS} interleaved rounds after a "
+                  f"warm-up call; a candidate over {auto.CLEAR_LOSER:g}x the fastest median after a round was not timed in "
+                  "the later ones", highlight=False)
     source = "read from the cache" if runner.cached else "measured now"
     load = f", 1-minute load {entry.load_1min:.1f}" if entry.load_1min is not None else ""
     console.print(f"{source}: {tuning.cache_path()} (machine: {entry.machine['cpu']}, {entry.machine['cores']} cores{load}); "
