@@ -73,7 +73,7 @@ CONVERTED_KEPT = 8  # converted models kept on disk; the least recently used go 
 def converted(module: nn.Module, meta: ModelMeta) -> ov.Model:
     """:func:`to_openvino`, through an on-disk cache of converted models next to the tuning cache.
 
-    Converting resnet50 takes about 7 s here, reading it back well under one. Keyed by the
+    Converting resnet50 takes about 5 s here, reading it back well under one. Keyed by the
     weight values, the metadata and the torch and OpenVINO versions; random weights (drawn
     anew on every load) are converted every time, except for a conversion of the very same
     module moments ago in this process (:func:`~.common.convert_once`)."""
