@@ -200,6 +200,24 @@ def test_cli_bench_interrupted_writes_partial_files(tmp_path, stop):
     assert _group_ends(process.pid, within_s=15), "a measuring process outlived the bench"
 
 
+@pytest.mark.slow
+def test_cli_bench_interrupted_while_building_says_so_and_leaves_nothing(tmp_path):
+    from resnetkit.backends import tuning
+
+    out = tmp_path / "none.json"
+    env = {**WIDE, tuning.ENV_VAR: str(tmp_path / "tuning.json")}  # auto tunes: the processes export and convert
+    process = subprocess.Popen([sys.executable, "-m", "resnetkit", "bench", "--models", "resnet18,mobilenet_v2",
+                                "-o", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    time.sleep(6.0)  # the measuring processes are importing torch or exporting the models
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "interrupted before any variant was timed: nothing written"  # no warning, no traceback
+    assert not out.exists()
+    assert _group_ends(process.pid, within_s=15), "a measuring process outlived the bench"
+
+
 def _group_ends(group: int, within_s: float) -> bool:
     """True once no process of ``group`` is left (multiprocessing's helpers exit just after the parent)."""
     deadline = time.monotonic() + within_s

@@ -212,7 +212,7 @@ def bench(
             run.start(requested)
             run.measure()
         except KeyboardInterrupt:
-            run.close_workers()
+            run.close_workers(wait=False)
             raise BenchInterrupted(run.records()) from None
         finally:
             run.close_workers()
@@ -324,7 +324,7 @@ class _LocalWorker:
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.worker, method)(*args)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         self.worker.classifiers.clear()
 
 
@@ -337,6 +337,10 @@ def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConf
     from ..backends import auto
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
+    # ... with SIGTERM, as a normal exit: exit handlers then release what the libraries hold (e.g. the
+    # multiprocessing lock tqdm makes during torch.export), which a plain SIGTERM would leave for
+    # Python's resource tracker to report as leaked
+    signal.signal(signal.SIGTERM, _exit_now)
     auto.set_trial_gate(lambda: gate.timing(slot))
     worker = _ModelWorker(model, variants, config)
     gate.idle(slot)
@@ -344,6 +348,10 @@ def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConf
     while (request := conn.recv()) is not None:
         method, args = request
         conn.send(getattr(worker, method)(*args))
+
+
+def _exit_now(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 class _ProcessWorker:
@@ -381,16 +389,19 @@ class _ProcessWorker:
         self.conn.send((method, args))
         return self._receive()
 
-    def close(self) -> None:
-        if self.process.is_alive():
+    def close(self, wait: bool = True) -> None:
+        """Ask the process to stop and wait for it (``wait``), else (or if it does not) end it with
+        SIGTERM, which it turns into a normal exit, and SIGKILL as a last resort."""
+        if wait and self.process.is_alive():
             try:
                 self.conn.send(None)
             except OSError:
                 pass
             self.process.join(5)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
+        for end in (self.process.terminate, self.process.kill):
+            if self.process.is_alive():
+                end()
+                self.process.join(5)
         self.conn.close()
 
 
@@ -558,9 +569,10 @@ class _Run:
     def _eta(self, active: Sequence[_Track]) -> float:
         return sum(t.remaining_seconds(self.config) for t in active)
 
-    def close_workers(self) -> None:
+    def close_workers(self, wait: bool = True) -> None:
+        """End the measuring processes: asked to stop, or (``wait=False``, on Ctrl-C) at once."""
         for worker in self.workers:
-            worker.close()
+            worker.close(wait)
         self.workers.clear()
 
     def records(self) -> list[BenchRecord]:

@@ -72,6 +72,7 @@ def bench_command(
             records, interrupted = exc.records, True
     if not records:
         if interrupted:
+            err_console.print("interrupted before any variant was timed: nothing written", highlight=False)
             raise typer.Exit(130)
         raise ResnetkitError("No variant could be measured (see the messages above).")
     if json_output:
