@@ -14,13 +14,14 @@ import time
 from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
 from resnetkit import BenchConfig, bench
 from resnetkit.choose.bench import BenchInterrupted
-from resnetkit.choose.trial_gate import TrialGate
+from resnetkit.choose.trial_gate import CAN_PAUSE, TrialGate
 from resnetkit.core.loading import load_model
 from resnetkit.core.measure import CpuMeter, LoadSpan, median_ci, median_is_stable, speedup, timing_from_samples
 from resnetkit.shrink.compare import compare_latency
@@ -266,36 +267,93 @@ def test_notes_that_differ_in_one_word_are_printed_once():
     assert condensed(["measured on a (10 images)", "published: b"]) == "measured on a (10 images); published: b"
 
 
-def test_trial_gate_times_one_process_while_the_others_are_quiet():
+def _process_state(pid: int) -> str:
+    """R (running), S (sleeping), T (stopped), ... from Linux's /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_for_state(pid: int, wanted: str) -> str:
+    deadline = time.monotonic() + 10  # signals are delivered asynchronously
+    while (state := _process_state(pid)) != wanted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return state
+
+
+def _hold_the_trial_and_die(gate: TrialGate, slot: int) -> None:
+    with gate.timing(slot):
+        os._exit(3)
+
+
+def _time_nothing(gate: TrialGate, slot: int) -> None:
+    with gate.timing(slot):
+        pass
+
+
+@contextmanager
+def _processes(*codes: str) -> Iterator[list[subprocess.Popen]]:
+    started = [subprocess.Popen([sys.executable, "-c", code]) for code in codes]
+    try:
+        yield started
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+
+
+needs_pause = pytest.mark.skipif(not CAN_PAUSE or not Path("/proc/self/stat").exists(),
+                                 reason="pausing processes needs SIGSTOP; the test reads Linux's /proc")
+
+
+@needs_pause
+def test_a_trial_pauses_the_building_processes_and_resumes_them():
     gate = TrialGate(get_context("spawn"), 3)
+    with _processes("while True: pass", "import time; time.sleep(60)") as (building, idle):
+        gate.start(0, lambda: building.pid)
+        gate.start(1, lambda: idle.pid)
+        gate.idle(1)
+        assert _wait_for_state(idle.pid, "S") == "S"  # started, sleeping
+        with gate.timing(2):
+            assert _wait_for_state(building.pid, "T") == "T"
+            assert _process_state(idle.pid) == "S"  # built, waiting: left alone
+        assert _wait_for_state(building.pid, "R") == "R"
+
+
+def test_no_process_starts_while_a_trial_runs():
+    gate = TrialGate(get_context("spawn"), 2)
     events: list[str] = []
 
-    def time_candidates(slot: int) -> None:
-        with gate.timing(slot):
-            events.append(f"timing {slot}")
-            time.sleep(0.2)
-            events.append(f"timed {slot}")
+    def trial() -> None:
+        with gate.timing(1):
+            events.append("timing")
+            time.sleep(0.3)
+            events.append("timed")
 
-    gate.starting(0)
-    gate.starting(1)
-    timer = threading.Thread(target=time_candidates, args=(1,))
+    timer = threading.Thread(target=trial)
     timer.start()
-    time.sleep(0.2)
-    assert events == []  # process 0 is still building
-    gate.idle(0)
-    time.sleep(0.05)
-    assert events == ["timing 1"]
-    gate.starting(2)  # waits until process 1 is done timing
-    events.append("started 2")
+    while not events:
+        time.sleep(0.01)
+    gate.start(0, lambda: events.append("started") or 0)
     timer.join()
-    assert events == ["timing 1", "timed 1", "started 2"]
-    second = threading.Thread(target=time_candidates, args=(1,))
-    second.start()
-    time.sleep(0.2)
-    assert events[-1] == "started 2"  # process 2 is building
-    gate.idle(2)  # e.g. the parent saw it die
-    second.join()
-    assert events[-2:] == ["timing 1", "timed 1"]
+    assert events == ["timing", "timed", "started"]
+
+
+@needs_pause
+def test_a_process_that_dies_timing_frees_the_trial_and_resumes_the_others():
+    context = get_context("spawn")
+    gate = TrialGate(context, 2)
+    dying = context.Process(target=_hold_the_trial_and_die, args=(gate, 1))
+    with _processes("while True: pass") as (building,):
+        gate.start(0, lambda: building.pid)
+        gate.start(1, lambda: (dying.start(), dying.pid or 0)[1])
+        dying.join(60)
+        assert dying.exitcode == 3
+        assert _process_state(building.pid) == "T"  # paused by a trial that never ended
+        gate.died(1)
+        assert _wait_for_state(building.pid, "R") == "R"
+        timer = threading.Thread(target=_time_nothing, args=(gate, 0), daemon=True)
+        timer.start()
+        timer.join(10)
+        assert not timer.is_alive(), "the dead process's trial was not freed"
 
 
 def test_auto_times_its_candidates_inside_the_trial_gate(tmp_path, monkeypatch):

@@ -22,7 +22,8 @@ import threading
 import time
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -38,7 +39,7 @@ from ..core.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
 from ..core.spec import ModelMeta, PublishedMetrics
 from ..core.zoo import get_spec, is_zoo_name
-from .trial_gate import TrialGate
+from .trial_gate import CAN_PAUSE, TrialGate, resume_or_pause
 
 DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                   "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0")
@@ -354,20 +355,35 @@ def _exit_now(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def process_context() -> BaseContext:
+    """How measuring processes start: ``forkserver`` where the platform has it (Linux, macOS), with this
+    module preloaded, so each process forks from a server that imported torch once instead of importing it
+    again (2 s each here), and ends without tearing the interpreter down (1 s each; multiprocessing ends
+    forked processes with ``os._exit`` after its own clean-up); else ``spawn``."""
+    if "forkserver" not in get_all_start_methods():
+        return get_context("spawn")
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 class _ProcessWorker:
     """A :class:`_ModelWorker` in a fresh (spawned) process, driven over a pipe."""
 
     def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig, gate: TrialGate,
                  slot: int) -> None:
-        context = get_context("spawn")
+        context = process_context()
         self.model = model
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, model, variants, config, gate, slot), daemon=True)
         self.gate, self.slot = gate, slot
-        gate.starting(slot)
         with _sigint_ignored():
-            self.process.start()
+            gate.start(slot, self._start_process)
         child.close()
+
+    def _start_process(self) -> int:
+        self.process.start()
+        return self.pid
 
     @property
     def pid(self) -> int:
@@ -378,7 +394,7 @@ class _ProcessWorker:
             return self.conn.recv()
         except (EOFError, OSError):
             self.process.join(5)
-            self.gate.idle(self.slot)  # a dead process keeps no one waiting to time
+            self.gate.died(self.slot)  # a dead process keeps no one paused or waiting to time
             raise WorkerDied(f"the process measuring {self.model} ended (exit code {self.process.exitcode}) "
                              "without answering; its variants are left out. Run it alone to see why.") from None
 
@@ -391,7 +407,8 @@ class _ProcessWorker:
 
     def close(self, wait: bool = True) -> None:
         """Ask the process to stop and wait for it (``wait``), else (or if it does not) end it with
-        SIGTERM, which it turns into a normal exit, and SIGKILL as a last resort."""
+        SIGTERM, which it turns into a normal exit, and SIGKILL as a last resort (resumed, in case another
+        process's trial paused it)."""
         if wait and self.process.is_alive():
             try:
                 self.conn.send(None)
@@ -401,6 +418,7 @@ class _ProcessWorker:
         for end in (self.process.terminate, self.process.kill):
             if self.process.is_alive():
                 end()
+                resume_or_pause(self.pid, "SIGCONT")
                 self.process.join(5)
         self.conn.close()
 
@@ -464,8 +482,8 @@ class _Run:
         self.meter: CpuMeter | None = None  # other processes' CPU use while timing
 
     def start(self, requested: dict[str, list[Variant]]) -> None:
-        """Start one worker per model, at most one per core at a time (building is CPU-bound),
-        before any timing begins."""
+        """Start one worker per model, at most one per core at a time (building is CPU-bound; one at a
+        time where a trial cannot pause the others, see :mod:`.trial_gate`), before any timing begins."""
         self.order = {model: i for i, model in enumerate(requested)}
         if not self.config.isolate:
             for model, variants in requested.items():
@@ -473,9 +491,10 @@ class _Run:
             return
         pending = list(enumerate(requested.items()))
         starting: list[_ProcessWorker] = []
-        gate = TrialGate(get_context("spawn"), len(pending))  # auto's trials run while the others are quiet
+        gate = TrialGate(process_context(), len(pending))  # auto's trials pause the other builds
+        parallel = (os.cpu_count() or 1) if CAN_PAUSE else 1
         while pending or starting:
-            while pending and len(starting) < (os.cpu_count() or 1):
+            while pending and len(starting) < parallel:
                 slot, (model, variants) = pending.pop(0)
                 starting.append(_ProcessWorker(model, variants, self.config, gate, slot))
                 self.workers.append(starting[-1])

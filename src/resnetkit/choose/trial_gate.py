@@ -1,56 +1,92 @@
-"""Keep bench's measuring processes off the CPU while one of them times ``auto``'s candidates.
+"""Give one of bench's measuring processes the machine to itself while it times ``auto``'s candidates.
 
-Building a model (importing, exporting, converting, warming up) runs in up to one process per
-core at once; ``auto``'s trials in one process (:func:`resnetkit.backends.auto.set_trial_gate`)
-wait until every other measuring process is idle (built, waiting for the parent) or waiting to
-time its own candidates, and no new process starts meanwhile. Written here because
-``multiprocessing`` has no reader-writer lock: this is one condition variable over one state
-per process.
+Models build in up to one process per core at once. When ``auto`` in one of them is about to time
+its candidates (:func:`resnetkit.backends.auto.set_trial_gate`), it pauses every other process that
+is still building (SIGSTOP) and resumes them (SIGCONT) when its trial is over: the trial runs on
+a quiet machine, and no process sits idle waiting for a long build elsewhere to end. One process
+times at a time, and the parent starts no process meanwhile. Where processes cannot be paused
+(no SIGSTOP: Windows), bench builds one model at a time instead (:data:`CAN_PAUSE`).
+
+Written here because no library pauses a set of processes around a critical section. Every
+pause and resume happens while holding the states' lock, so a paused process never holds it.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-IDLE, BUSY, WAITING, TIMING = range(4)
-SAFETY_SECONDS = 600.0  # a process that hangs without dying holds the others this long at most
+IDLE, BUSY, TIMING = range(3)
+CAN_PAUSE = hasattr(signal, "SIGSTOP")
+SAFETY_SECONDS = 600.0  # a trial that hangs without its process dying holds the others this long at most
 
 
 class TrialGate:
-    """The states of ``processes`` measuring processes (slots), shared with the spawned processes."""
+    """The states and pids of ``processes`` measuring processes (slots), shared with the spawned processes."""
 
     def __init__(self, context: Any, processes: int) -> None:
-        self._changed = context.Condition()
+        self._trial = context.Lock()  # held by the process timing its candidates
+        self._lock = context.Lock()  # guards the arrays
         self._states = context.RawArray("b", processes)
+        self._pids = context.RawArray("i", processes)
 
-    def starting(self, slot: int) -> None:
-        """Parent: process ``slot`` is about to start (busy from its first import); waits while another times."""
-        with self._changed:
-            self._changed.wait_for(lambda: TIMING not in self._states[:], SAFETY_SECONDS)
-            self._set(slot, BUSY)
+    def start(self, slot: int, start_process: Callable[[], int]) -> None:
+        """Parent: run ``start_process`` (which starts process ``slot`` and returns its pid) once no
+        trial runs, so the new process is known, and can be paused, before it takes any CPU."""
+        with _holding(self._trial), self._lock:
+            self._pids[slot] = start_process()
+            self._states[slot] = BUSY
 
     def idle(self, slot: int) -> None:
-        """Process ``slot`` is built and waits for the parent (or, said by the parent, it died)."""
-        with self._changed:
-            self._set(slot, IDLE)
+        """Process ``slot`` is built and waits for the parent."""
+        with self._lock:
+            self._states[slot] = IDLE
+
+    def died(self, slot: int) -> None:
+        """Parent: process ``slot`` ended without answering; if it died timing, resume the others and free the trial."""
+        with self._lock:
+            if self._states[slot] == TIMING:
+                self._signal_others(slot, BUSY, "SIGCONT")
+                self._trial.release()
+            self._states[slot] = IDLE
 
     @contextmanager
     def timing(self, slot: int) -> Iterator[None]:
-        """Process ``slot`` times its candidates once no other process is busy or timing."""
-        with self._changed:
-            self._set(slot, WAITING)
-            self._changed.wait_for(lambda: self._others_quiet(slot), SAFETY_SECONDS)
-            self._set(slot, TIMING)
+        """Process ``slot`` times its candidates while the other building processes are paused."""
+        with _holding(self._trial):
+            with self._lock:
+                self._states[slot] = TIMING
+                self._signal_others(slot, BUSY, "SIGSTOP")
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._signal_others(slot, BUSY, "SIGCONT")
+                    self._states[slot] = BUSY
+
+    def _signal_others(self, slot: int, state: int, name: str) -> None:
+        for other, (other_state, pid) in enumerate(zip(self._states[:], self._pids[:])):
+            if other != slot and other_state == state:
+                resume_or_pause(pid, name)
+
+
+def resume_or_pause(pid: int, name: str) -> None:
+    """Send ``SIGSTOP`` or ``SIGCONT`` to ``pid``, if this platform has it and the process still exists."""
+    if CAN_PAUSE and pid:
         try:
-            yield
-        finally:
-            with self._changed:
-                self._set(slot, BUSY)
+            os.kill(pid, getattr(signal, name))
+        except ProcessLookupError:
+            pass
 
-    def _others_quiet(self, slot: int) -> bool:
-        return all(state in (IDLE, WAITING) for other, state in enumerate(self._states[:]) if other != slot)
 
-    def _set(self, slot: int, state: int) -> None:
-        self._states[slot] = state
-        self._changed.notify_all()
+@contextmanager
+def _holding(lock: Any) -> Iterator[None]:
+    """``lock`` held inside the block, or after :data:`SAFETY_SECONDS` not (a hung holder delays, never blocks)."""
+    acquired = lock.acquire(timeout=SAFETY_SECONDS)
+    try:
+        yield
+    finally:
+        if acquired:
+            lock.release()

@@ -194,7 +194,8 @@ def _load_note(records: Sequence[BenchRecord], wall_seconds: float) -> str:
     timed = sum(r.timed_seconds or 0.0 for r in records) + sum(references.values())
     built = sum(r.build_seconds or 0.0 for r in records)
     return (f"measured in {_duration(wall_seconds)} (m:ss) in all: building and warming up the models {built:.0f} s "
-            f"(summed over the processes, up to one per core at a time), their timed calls {timed:.0f} s; {where}.")
+            f"(wall time summed over the processes, up to one per core at a time, pauses while another one timed auto's "
+            f"candidates included), their timed calls {timed:.0f} s; {where}.")
 
 
 def _baseline_note(records: Sequence[BenchRecord]) -> str:
