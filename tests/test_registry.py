@@ -202,6 +202,10 @@ def test_auto_stops_timing_clear_losers_after_a_round() -> None:
     assert by_name["fast"] < by_name["close"] < by_name["slow"]
     # the close one is timed in all three rounds (0.03 s each), the slow one only in the first (and the warm-up)
     assert calls["close"] > 3 * 3 and calls["slow"] <= 1 + 0.03 / 0.008 + 1
+    calls.clear()
+    alone = auto.median_latencies({c: r for c, r in runners.items() if c.backend != "close"}, torch.zeros(1), 0.09)
+    assert set(alone) == {c for c in runners if c.backend != "close"}
+    assert calls["fast"] <= 1 + 0.03 / 0.002 + 1  # once the slow one is out, the race is over: one round
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from . import tuning
 from .base import Backend, Runner, RunnerOptions, file_suffixes, make_runner, readers_of, register, registered
 from .tuning import Candidate, Tuning
 
-TRIAL_SECONDS = 0.5  # timed seconds per candidate, spread over interleaved rounds
+TRIAL_SECONDS = 0.3  # timed seconds per candidate, spread over interleaved rounds (at least 3 calls a round)
 TRIAL_ROUNDS = 3
 CLEAR_LOSER = 1.5  # after a round, candidates this many times slower than the fastest stop being timed
 DEFAULT_PRECISIONS = ("fp32", "bf16")  # bf16 keeps fp32's top-1 within the bound stated in docs/optimize.md
@@ -96,12 +96,15 @@ def median_latencies(runners: Mapping[Candidate, Runner], batch: torch.Tensor,
     burst of background load hits every candidate alike (one warm-up call each first). After
     each round, candidates slower than :data:`CLEAR_LOSER` times the fastest median so far sit
     out the remaining rounds: their place in the ranking is settled, and timing them is most of
-    a trial's cost (eager at 1 thread is 4-8x slower than the winner here)."""
+    a trial's cost (eager at 1 thread is 4-8x slower than the winner here). Once one candidate is
+    left, the trial ends."""
     samples: dict[Candidate, list[float]] = {c: [] for c in runners}
     for runner in runners.values():
         runner(batch)
     racing = dict(runners)
     for _ in range(TRIAL_ROUNDS):
+        if len(racing) == 1 and all(samples.values()):
+            break
         for candidate, runner in racing.items():
             start = time.perf_counter()
             while len(samples[candidate]) < 3 or time.perf_counter() - start < seconds / TRIAL_ROUNDS:

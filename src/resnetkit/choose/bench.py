@@ -469,6 +469,16 @@ class _Track:
         return max(needed - len(ordered), 0) * middle / 1000.0 + max(throughput, 0) / 1000.0 * (not self.is_reference)
 
 
+def _build_cost(model: str) -> float:
+    """A rough measure of how long ``model`` takes to build (exporting and converting it), to start the longest
+    builds first so that short ones fill the end: the number of modules of its architecture (a model file:
+    unknown, counted as the longest)."""
+    if not is_zoo_name(model):
+        return float("inf")
+    with torch.device("meta"):  # the architecture without allocating or initialising weights
+        return float(sum(1 for _ in get_spec(model).build().modules()))
+
+
 class _Run:
     """One bench run: the workers, the tracks of their variants, the rounds."""
 
@@ -482,14 +492,15 @@ class _Run:
         self.meter: CpuMeter | None = None  # other processes' CPU use while timing
 
     def start(self, requested: dict[str, list[Variant]]) -> None:
-        """Start one worker per model, at most one per core at a time (building is CPU-bound; one at a
-        time where a trial cannot pause the others, see :mod:`.trial_gate`), before any timing begins."""
+        """Start one worker per model, longest builds first, at most one per core at a time (building is
+        CPU-bound; one at a time where a trial cannot pause the others, see :mod:`.trial_gate`), before any
+        timing begins."""
         self.order = {model: i for i, model in enumerate(requested)}
         if not self.config.isolate:
             for model, variants in requested.items():
                 self._add(_LocalWorker(model, variants, self.config))
             return
-        pending = list(enumerate(requested.items()))
+        pending = sorted(enumerate(requested.items()), key=lambda item: -_build_cost(item[1][0]))
         starting: list[_ProcessWorker] = []
         gate = TrialGate(process_context(), len(pending))  # auto's trials pause the other builds
         parallel = (os.cpu_count() or 1) if CAN_PAUSE else 1

@@ -46,7 +46,7 @@ def tune_command(
     console.print(table)
     console.print(f"each candidate timed for {auto.TRIAL_SECONDS:g} s over {auto.TRIAL_ROUNDS} interleaved rounds after a "
                   f"warm-up call; a candidate over {auto.CLEAR_LOSER:g}x the fastest median after a round was not timed in "
-                  "the later ones", highlight=False)
+                  "the later ones (none, once one was left)", highlight=False)
     source = "read from the cache" if runner.cached else "measured now"
     load = f", 1-minute load {entry.load_1min:.1f}" if entry.load_1min is not None else ""
     console.print(f"{source}: {tuning.cache_path()} (machine: {entry.machine['cpu']}, {entry.machine['cores']} cores{load}); "
