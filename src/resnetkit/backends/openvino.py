@@ -240,12 +240,7 @@ class OpenVinoRunner:
         self.threads = threads
         self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision]} if precision else {}
         if threads:
-            # A chosen thread count (auto's candidates, --threads) also turns OpenVINO's thread pinning off:
-            # with several compiled models in one process (auto's trial) pinned threads made every
-            # two-thread candidate, of any backend, as slow as one thread in 3 of 5 first runs of bench
-            # (ShuffleNetV2 then ran on one thread, 1.6 instead of 1.0 ms); unpinned, 3 of 3 chose right, at
-            # the same latency (resnet50 1.004x, shufflenet_v2 0.958x unpinned / pinned, interleaved)
-            self.config.update({"INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False})
+            self.config["INFERENCE_NUM_THREADS"] = threads
         self._compiled: dict[int, Any] = {}
         self._compile_lock = threading.Lock()
         self._per_thread = threading.local()
