@@ -368,7 +368,7 @@ def process_context() -> BaseContext:
 
 
 class _ProcessWorker:
-    """A :class:`_ModelWorker` in a fresh (spawned) process, driven over a pipe."""
+    """A :class:`_ModelWorker` in a fresh process (see :func:`process_context`), driven over a pipe."""
 
     def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig, gate: TrialGate,
                  slot: int) -> None:
