@@ -6,15 +6,19 @@ for an fp32 model); runners read back what the compiled model actually uses and 
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import importlib.util
 import io
 import logging
 import os
 import tempfile
+import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -181,14 +185,54 @@ def _nncf_quantize(model: ov.Model, images: list[Any], advanced: Any, common: di
     level = logging.getLogger("nncf").level
     nncf.set_log_level(logging.WARNING)
     try:
-        if validation is None:
-            return nncf.quantize(model, nncf.Dataset(images), advanced_parameters=advanced, **common)
-        return nncf.quantize_with_accuracy_control(
-            model, nncf.Dataset(images), nncf.Dataset([(x.float().numpy(), y.numpy()) for x, y in validation]),
-            _top1_fraction, max_drop=max_drop / 100, drop_type=nncf.DropType.ABSOLUTE,
-            advanced_quantization_parameters=advanced, **common)
+        with signal_stack_kept():
+            if validation is None:
+                return nncf.quantize(model, nncf.Dataset(images), advanced_parameters=advanced, **common)
+            return nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(images), nncf.Dataset([(x.float().numpy(), y.numpy()) for x, y in validation]),
+                _top1_fraction, max_drop=max_drop / 100, drop_type=nncf.DropType.ABSOLUTE,
+                advanced_quantization_parameters=advanced, **common)
     finally:
         nncf.set_log_level(level)
+
+
+class _SignalStack(ctypes.Structure):
+    """glibc's ``stack_t``."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def _current_signal_stack() -> _SignalStack:
+    stack = _SignalStack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack))
+    return stack
+
+
+def alternate_signal_stack() -> tuple[int, int, int]:
+    """The calling thread's alternate signal stack as (address, flags, size); Linux only."""
+    stack = _current_signal_stack()
+    return stack.ss_sp or 0, stack.ss_flags, stack.ss_size
+
+
+@contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """The calling thread's alternate signal stack put back as it was before the block (Linux).
+
+    NNCF creates and frees OpenVINO Cores of its own, each of which swaps the thread's alternate
+    signal stack (see :func:`shared_core`); freed out of order they left the thread on a freed
+    stack, and the process later died with SIGSEGV on the next signal handled there (seen: a
+    SIGCHLD while torch.compile ran after NNCF's accuracy control). The shared Core's CPU plugin
+    is loaded first, so the stack it installs is the one kept."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    shared_core().get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin, which installs its stack
+    saved = _current_signal_stack()
+    try:
+        yield
+    finally:
+        gc.collect()  # NNCF's Cores are freed now, so none swaps the stack after it is put back
+        ctypes.CDLL(None).sigaltstack(ctypes.byref(saved), None)
 
 
 def _advanced_parameters(method: str, overflow_fix: str | None, smooth_quant_alpha: float | None) -> Any:
