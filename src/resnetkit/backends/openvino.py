@@ -13,8 +13,8 @@ import importlib.util
 import io
 import logging
 import os
-import tempfile
 import sys
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path

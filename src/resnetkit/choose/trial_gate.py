@@ -48,7 +48,7 @@ class TrialGate:
         """Parent: process ``slot`` ended without answering; if it died timing, resume the others and free the trial."""
         with self._lock:
             if self._states[slot] == TIMING:
-                self._signal_others(slot, BUSY, "SIGCONT")
+                self._signal_building(slot, "SIGCONT")
                 self._trial.release()
             self._states[slot] = IDLE
 
@@ -58,17 +58,18 @@ class TrialGate:
         with _holding(self._trial):
             with self._lock:
                 self._states[slot] = TIMING
-                self._signal_others(slot, BUSY, "SIGSTOP")
+                self._signal_building(slot, "SIGSTOP")
             try:
                 yield
             finally:
                 with self._lock:
-                    self._signal_others(slot, BUSY, "SIGCONT")
+                    self._signal_building(slot, "SIGCONT")
                     self._states[slot] = BUSY
 
-    def _signal_others(self, slot: int, state: int, name: str) -> None:
-        for other, (other_state, pid) in enumerate(zip(self._states[:], self._pids[:])):
-            if other != slot and other_state == state:
+    def _signal_building(self, slot: int, name: str) -> None:
+        """Send ``name`` to every process but ``slot`` that is still building."""
+        for other, (state, pid) in enumerate(zip(self._states[:], self._pids[:])):
+            if other != slot and state == BUSY:
                 resume_or_pause(pid, name)
 
 
