@@ -4,6 +4,7 @@ run in this process, and short latency measurements."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def seeded_torch() -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """In CI (CI=true) the real data must be there: stop with one message instead of skipping its tests."""
+    """In CI (CI=true) the real data must be there: stop with one message instead of skipping its tests.
+
+    Ctrl-C raises KeyboardInterrupt in the test process and in the processes it starts even when the
+    suite was started with SIGINT ignored (a background job of a non-interactive shell inherits that,
+    and Python then keeps it ignored): the Ctrl-C tests send SIGINT and expect it handled."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.environ.get("CI") == "true" and not SHARED.is_dir():
         pytest.exit(f"error: {SHARED} is missing; CI runs the tests on the real weights and data in ../shared "
                     "(or set RESNETKIT_SHARED to their folder).", returncode=1)
