@@ -92,6 +92,26 @@ def test_converted_models_are_cached_on_disk(eager, tmp_path, monkeypatch: pytes
     assert first.get_parameters()[0].get_partial_shape().to_string() == "[?,3,32,32]"
 
 
+@pytest.mark.slow
+def test_random_weights_are_cached_apart_and_never_push_real_models_out(eager, tmp_path, monkeypatch) -> None:
+    from resnetkit.backends import openvino as ov_backend
+
+    monkeypatch.setenv("RESNETKIT_TUNING_CACHE", str(tmp_path / "tuning.json"))
+    monkeypatch.setattr(ov_backend, "CONVERTED_KEPT", 1)
+    ov_backend.converted(eager.module, dataclasses.replace(eager.meta, weights="my-weights"))
+    for name in ("cifar_resnet20", "cifar_resnet32"):
+        random = load_model(name, pretrained=False, backend="eager")
+        ov_backend.converted(random.module, random.meta)
+    assert len(list((tmp_path / "openvino-models").glob("*.xml"))) == 1  # the real model is still there
+    [stored] = (tmp_path / "openvino-models" / "random-weights").glob("*.xml")  # cifar_resnet32 evicted resnet20
+    monkeypatch.setattr(ov_backend, "to_openvino", lambda *_: pytest.fail("converted again"))
+    again = load_model("cifar_resnet32", pretrained=False, backend="eager")  # the same random weights: from disk
+    model = ov_backend.converted(again.module, again.meta)
+    batch = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(ov_backend.OpenVinoRunner(model, "fp32")(batch), again.logits(batch), atol=1e-3)
+    assert ov_backend.read_meta(model, stored) == again.meta
+
+
 def test_openvino_runner_serves_several_threads_at_once(eager) -> None:
     """A threaded web server calls one runner from many threads: every call gets its own answer."""
     from concurrent.futures import ThreadPoolExecutor

@@ -8,7 +8,8 @@ import torch
 from resnetkit import get_spec, list_models
 from resnetkit.core.cifar_resnet import CifarResNet, ZeroPadShortcut
 from resnetkit.core.errors import UnknownModelError
-from resnetkit.core.measure import count_macs, count_params
+from resnetkit.core.loading import load_model
+from resnetkit.core.measure import _count_macs, count_macs, count_params
 
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0"]
 
@@ -33,6 +34,22 @@ def test_counted_macs_within_2_percent_of_torchvision_published_ops(name):
     published = spec.default_weights.metrics.gmacs
     counted = count_macs(spec.build(), (3, 224, 224)) / 1e9
     assert abs(counted - published) / published < 0.02, (counted, published)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "mobilenet_v2"])
+def test_macs_counted_on_meta_stand_ins_equal_a_pass_on_the_real_weights(name):
+    module = get_spec(name).build().eval()
+    shape = (3, 32, 32) if name.startswith("cifar") else (3, 224, 224)
+    on_weights = _count_macs(module, torch.zeros(1, *shape), None)
+    assert count_macs(module, shape) == on_weights > 0
+    assert count_macs(module.to(torch.bfloat16), shape) == on_weights  # counted in fp32 whatever the weights' dtype
+
+
+def test_random_weights_repeat_on_every_load_and_leave_the_callers_random_state_alone():
+    state = torch.random.get_rng_state()
+    one, two = (load_model("cifar_resnet20", pretrained=False, backend="eager").module.state_dict() for _ in range(2))
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("depth, params_m", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)])

@@ -26,7 +26,7 @@ from torch import nn
 from ..core.errors import BackendUnavailableError, UnknownModelError
 from ..core.spec import RANDOM_WEIGHTS, ModelMeta
 from .base import Backend, FileFormat, RunnerOptions, register
-from .common import (META_KEY, calibration_batches, content_key, convert_once, meta_from_json, meta_to_json,
+from .common import (META_KEY, calibration_batches, content_key, meta_from_json, meta_to_json,
                      progress_to_stderr)
 
 if TYPE_CHECKING:
@@ -71,23 +71,23 @@ def to_openvino(module: nn.Module, meta: ModelMeta) -> ov.Model:
     return model
 
 
-CONVERTED_KEPT = 8  # converted models kept on disk; the least recently used go first
+CONVERTED_KEPT = 8  # converted models kept on disk, for real and for random weights each; the least recently used go first
 
 
 def converted(module: nn.Module, meta: ModelMeta) -> ov.Model:
     """:func:`to_openvino`, through an on-disk cache of converted models next to the tuning cache.
 
     Converting resnet50 takes about 5 s here, reading it back well under one. Keyed by the
-    weight values, the metadata and the torch and OpenVINO versions; random weights (drawn
-    anew on every load) are converted every time, except for a conversion of the very same
-    module moments ago in this process (:func:`~.common.convert_once`)."""
-    if meta.weights == RANDOM_WEIGHTS:
-        return convert_once("openvino", module, meta, lambda: to_openvino(module, meta), lambda m: m.clone())
+    weight values, the metadata and the torch and OpenVINO versions. Random weights (drawn from a
+    fixed seed, so the same on every load) have a folder of their own: bench times the eight default
+    models with them, and they never push the user's real models out."""
     import openvino as ov
 
     from .tuning import cache_path
 
     folder = cache_path().parent / "openvino-models"
+    if meta.weights == RANDOM_WEIGHTS:
+        folder = folder / "random-weights"
     xml = folder / f"{content_key(module, meta, torch.__version__, ov.__version__)}.xml"
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         os.utime(xml)  # recently used

@@ -140,8 +140,11 @@ def _stored_precision(meta: ModelMeta, options: RunnerOptions) -> RunnerOptions:
     return options
 
 
+RANDOM_WEIGHTS_SEED = 0
+
+
 def _zoo_module(spec: ModelSpec, weights: str | None, pretrained: bool, progress: bool | None) -> tuple[nn.Module, ModelMeta]:
-    module = spec.build()
+    module = spec.build() if pretrained else _random_module(spec)
     if weights and not any(w.tag.upper() == weights.upper() for w in spec.weights) and weights.upper() != "DEFAULT":
         path = Path(weights)
         if not path.is_file():
@@ -154,3 +157,12 @@ def _zoo_module(spec: ModelSpec, weights: str | None, pretrained: bool, progress
         return module.eval(), spec.meta(chosen, random=True)
     module.load_state_dict(load_published(spec.name, chosen, progress=progress))
     return module.eval(), spec.meta(chosen)
+
+
+def _random_module(spec: ModelSpec) -> nn.Module:
+    """``spec``'s module with its random initialisation drawn from a fixed seed: random weights are the
+    same on every load (results repeat, and converted models can be cached on disk) and the caller's
+    random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return spec.build()

@@ -28,11 +28,37 @@ def count_params(module: nn.Module) -> int:
 
 def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass at ``input_shape`` (batch 1), counted by
-    ``torch.utils.flop_counter`` (which counts matmul/conv FLOPs = 2 x MACs)."""
+    ``torch.utils.flop_counter`` (which counts matmul/conv FLOPs = 2 x MACs).
+
+    The pass runs on fp32 meta tensors standing in for the weights (shapes only, nothing computed): with
+    real tensors the counter's convolutions took 1.7-2.1 s for resnet50 here, on meta 0.08 s. A module
+    whose forward needs real values (data-dependent control flow) is counted on its own weights."""
+    module.eval()
+    try:
+        return _count_macs(module, torch.zeros(1, *input_shape, device="meta"), _meta_stand_ins(module))
+    except (NotImplementedError, RuntimeError):
+        return _count_macs(module, torch.zeros(1, *input_shape, dtype=_float_dtype(module)), None)
+
+
+def _count_macs(module: nn.Module, example: torch.Tensor, tensors: dict[str, torch.Tensor] | None) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        module.eval()(torch.zeros(1, *input_shape))
+        if tensors is None:
+            module(example)
+        else:
+            torch.func.functional_call(module, tensors, (example,))
     return counter.get_total_flops() // 2
+
+
+def _meta_stand_ins(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``module`` as a meta tensor of its shape (floating ones in fp32)."""
+    named = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return {name: torch.empty(t.shape, dtype=torch.float32 if t.is_floating_point() else t.dtype, device="meta")
+            for name, t in named.items()}
+
+
+def _float_dtype(module: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
 def serialized_size_bytes(module: nn.Module, dtype: torch.dtype | None = None) -> int:
