@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from resnetkit import BenchConfig, bench
-from resnetkit.choose.bench import BenchInterrupted
+from resnetkit.choose.bench import BenchInterrupted, Variant, _Track
 from resnetkit.choose.trial_gate import CAN_PAUSE, TrialGate
 from resnetkit.core.loading import load_model
 from resnetkit.core.measure import CpuMeter, LoadSpan, median_ci, median_is_stable, speedup, timing_from_samples
@@ -66,6 +66,17 @@ def test_bench_stops_each_variant_when_its_median_is_stable_or_at_the_cap():
     capped = dataclasses.replace(LOCAL, tolerance=0.001, min_runs=3, max_runs=12, max_seconds=30)
     (record,) = bench(["cifar_resnet20"], capped, backends=["eager"])
     assert record.status == "capped" and 12 <= record.latency_runs <= 12 + 20  # the last burst may overshoot
+
+
+def test_the_eager_reference_stops_at_its_own_shorter_cap():
+    config = BenchConfig(tolerance=0.001, reference_max_seconds=3.0, max_seconds=8.0)
+    samples = [400.0, 600.0] * 5  # 5 s of timed calls, far too spread to be stable
+    deployed, reference = (_Track(None, 0, Variant("resnet50"), None, is_reference=flag, samples=list(samples), rounds=10)
+                           for flag in (False, True))
+    for track in (deployed, reference):
+        track.update_status(config)
+    assert (deployed.status, reference.status) == (None, "capped")
+    assert reference.max_seconds(dataclasses.replace(config, max_seconds=2.0)) == 2.0  # a lower overall cap wins
 
 
 @pytest.mark.slow
@@ -173,7 +184,7 @@ def test_cli_bench_json_goes_to_stdout(tmp_path):
 
 
 @pytest.mark.parametrize("stop", [
-    pytest.param("ctrl-c", id="ctrl-c"),  # Ctrl-C in a terminal: SIGINT to the whole process group
+    pytest.param("ctrl-c", id="ctrl-c", marks=pytest.mark.slow),  # Ctrl-C in a terminal: SIGINT to the whole process group
     pytest.param("sigterm", id="sigterm", marks=pytest.mark.slow),  # a service manager: SIGTERM to the process
 ])
 def test_cli_bench_interrupted_writes_partial_files(tmp_path, stop):

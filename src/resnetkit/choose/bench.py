@@ -12,7 +12,6 @@ its cap. Costs do not depend on weight values, so zoo models are measured with r
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 import platform
@@ -61,6 +60,9 @@ class BenchConfig:
     tolerance: float = 0.03  # stop when the 95 % CI of the median is within +-3 % of it
     max_runs: int = 200  # cap per variant
     max_seconds: float = 8.0  # cap per variant: timed batch-1 seconds (after at least min_rounds rounds)
+    # ... and for the eager fp32 reference, 3-7x slower than the deployed variants: it only has to
+    # settle a ratio of that size, and at 8 s it was most of the main job's timed calls
+    reference_max_seconds: float = 3.0
     burst_seconds: float = 0.1  # timed calls per variant and round (at least one)
     throughput_runs: int = 3
     eval_dir: str | None = None
@@ -238,6 +240,19 @@ def _signal_handler(signum: int, handler: Any) -> Iterator[None]:
 def _sigterm_as_interrupt() -> AbstractContextManager[None]:
     """SIGTERM raises KeyboardInterrupt (like Ctrl-C) while measuring, so both keep the results."""
     return _signal_handler(signal.SIGTERM, signal.default_int_handler)
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block is raised as KeyboardInterrupt at its end: a measuring process
+    being started is then always on the list of those to end. Raised in the middle of starting it, it
+    left a process nobody ended, which printed a traceback once the bench had exited."""
+    received: list[int] = []
+    hold = lambda signum, frame: received.append(signum)  # noqa: E731
+    with _signal_handler(signal.SIGINT, hold), _signal_handler(signal.SIGTERM, hold):
+        yield
+    if received:
+        raise KeyboardInterrupt
 
 
 def _sigint_ignored() -> AbstractContextManager[None]:
@@ -448,10 +463,14 @@ class _Track:
         stable = (len(self.samples) >= config.min_runs and self.rounds >= config.min_rounds
                   and median_is_stable(self.samples, config.tolerance))
         capped = len(self.samples) >= config.max_runs or (
-            sum(self.samples) / 1000.0 >= config.max_seconds and self.rounds >= config.min_rounds)
+            sum(self.samples) / 1000.0 >= self.max_seconds(config) and self.rounds >= config.min_rounds)
         if (stable and not self.needs_throughput(config)) or capped:
             self.status = "stable" if stable else "capped"
             self.load_after = load_average()
+
+    def max_seconds(self, config: BenchConfig) -> float:
+        """This variant's cap in timed batch-1 seconds."""
+        return min(config.max_seconds, config.reference_max_seconds) if self.is_reference else config.max_seconds
 
     def remaining_seconds(self, config: BenchConfig) -> float:
         """Estimated timed seconds until this variant stops: the CI of the median narrows
@@ -463,7 +482,7 @@ class _Track:
         low, high = median_ci(ordered)
         width = max(middle - low, high - middle) / middle if middle else 0.0
         needed = len(ordered) * (width / config.tolerance) ** 2 if len(ordered) >= 6 else config.min_runs
-        needed = min(max(needed, config.min_runs), config.max_runs, config.max_seconds * 1000.0 / middle)
+        needed = min(max(needed, config.min_runs), config.max_runs, self.max_seconds(config) * 1000.0 / middle)
         throughput = (config.throughput_runs - len(self.throughput)) * (
             statistics.median(self.throughput) if self.throughput else middle * config.batch_size)
         return max(needed - len(ordered), 0) * middle / 1000.0 + max(throughput, 0) / 1000.0 * (not self.is_reference)
@@ -507,8 +526,9 @@ class _Run:
         while pending or starting:
             while pending and len(starting) < parallel:
                 slot, (model, variants) = pending.pop(0)
-                starting.append(_ProcessWorker(model, variants, self.config, gate, slot))
-                self.workers.append(starting[-1])
+                with _interrupts_held():
+                    starting.append(_ProcessWorker(model, variants, self.config, gate, slot))
+                    self.workers.append(starting[-1])
             ready = wait([w.conn for w in starting])
             for worker in [w for w in starting if w.conn in ready]:
                 starting.remove(worker)
@@ -652,7 +672,7 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, peak_
         backend=classifier.runner.backend,
         precision=classifier.runner.precision,
         params_m=count_params(module) / 1e6 if module is not None else None,
-        gmacs=count_macs(_fp32_view(module), shape) / 1e9 if module is not None else None,
+        gmacs=count_macs(module, shape) / 1e9 if module is not None else None,
         size_mb_fp32=serialized_size_bytes(module, torch.float32) / 1e6 if module is not None else None,
         size_mb_fp16=serialized_size_bytes(module, torch.float16) / 1e6 if module is not None else None,
         latency_ms_p50=float("nan"),
@@ -671,14 +691,6 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, peak_
         torch_version=torch.__version__,
         cpu=_cpu_name(),
     )
-
-
-def _fp32_view(module: torch.nn.Module) -> torch.nn.Module:
-    """The module in fp32 for counting MACs: itself if already fp32, else an fp32 copy (a bf16 or fp16
-    runner keeps running the original)."""
-    if all(p.dtype == torch.float32 for p in module.parameters()):
-        return module
-    return copy.deepcopy(module).float()
 
 
 def _published_metrics(meta: ModelMeta) -> tuple[PublishedMetrics, str]:

@@ -177,9 +177,11 @@ def condensed(texts: Sequence[str]) -> str:
 
 def _rounds_note(records: Sequence[BenchRecord], config: BenchConfig) -> str:
     stable = sum(r.status == "stable" for r in records)
+    reference_cap = (f"; the eager fp32 reference at {min(config.max_seconds, config.reference_max_seconds):g} s"
+                     if config.reference else "")
     return (f"adaptive: every variant timed in short bursts in interleaved rounds until its median's 95 % CI was "
             f"within +-{config.tolerance * 100:g} % (stable: {stable} of {len(records)}) or it reached "
-            f"{config.max_runs} runs / {config.max_seconds:g} s (capped)")
+            f"{config.max_runs} runs / {config.max_seconds:g} s (capped{reference_cap})")
 
 
 def _load_note(records: Sequence[BenchRecord], wall_seconds: float) -> str:
