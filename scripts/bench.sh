@@ -4,5 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 mkdir -p results
-.venv/bin/resnetkit bench -o results/bench.json --csv results/bench.csv --plot results/bench.png "$@"
-.venv/bin/resnetkit recommend --from results/bench.json
+.venv/bin/resnetkit bench -o results/bench.json --csv results/bench.csv --plot results/bench.png --recommend "$@"

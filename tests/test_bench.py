@@ -149,13 +149,16 @@ def test_bench_with_eval_measures_accuracy(cifar_weights, cifar_test_dir):
 def test_cli_bench_writes_json_csv_plot_and_recommend_reads_it(tmp_path):
     out = tmp_path / "b"
     result = _cli("bench", "--models", "cifar_resnet20,cifar_resnet32", "--quick", "--batch-size", "4",
-                  "-o", f"{out}.json", "--csv", f"{out}.csv", "--plot", f"{out}.png")
+                  "-o", f"{out}.json", "--csv", f"{out}.csv", "--plot", f"{out}.png", "--recommend")
     assert result.returncode == 0, result.stderr
     assert "cifar_resnet32" in result.stdout and "warm-up" in result.stdout
     rows = json.loads((tmp_path / "b.json").read_text())
     assert [r["model"] for r in rows] == ["cifar_resnet20", "cifar_resnet32"] and REQUIRED_KEYS <= set(rows[0])
     assert [r["model"] for r in csv.DictReader((tmp_path / "b.csv").open())] == ["cifar_resnet20", "cifar_resnet32"]
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    picks = _cli("recommend", "--from", f"{out}.json")  # bench --recommend printed the same, after the table
+    assert picks.returncode == 0 and picks.stdout.startswith("no constraints: one model per dataset")
+    assert result.stdout.endswith(picks.stdout), result.stdout[-2000:]
     rec = _cli("recommend", "--from", f"{out}.json", "--min-top1", "92", "--json")
     assert rec.returncode == 0, rec.stderr
     data = json.loads(rec.stdout)

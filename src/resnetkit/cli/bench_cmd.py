@@ -48,6 +48,7 @@ def bench_command(
     output: Annotated[str | None, typer.Option("-o", "--output", help="Write the records as a JSON list to FILE (default: none).")] = None,
     csv_file: Annotated[str | None, typer.Option("--csv", help="Write the records as CSV to FILE (default: none).")] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Write top-1 vs latency (Pareto front marked) as PNG to FILE (default: none).")] = None,
+    then_recommend: Annotated[bool, typer.Option("--recommend", help="Then print what 'resnetkit recommend' (no constraints) says of these records (not with --json).")] = False,
 ) -> None:
     """Measure params, GMACs, size, latency, throughput and memory of models on this machine, as deployed.
 
@@ -80,6 +81,9 @@ def bench_command(
     else:
         _print_table(records, config, time.monotonic() - started)
     _write_outputs(records, output, csv_file, plot, err_console if json_output else console)
+    if then_recommend and not interrupted and not json_output:
+        where = f"records in {output}" if output else "the records above"
+        _print_recommendation(recommend(records, Constraints()), where, records)
     if interrupted:
         err_console.print(f"interrupted: kept the {len(records)} variants measured so far (status 'partial' where "
                           "a variant was cut short); run again for complete results", highlight=False)
@@ -260,13 +264,12 @@ def recommend_command(
     if json_output:
         print_json(result.to_dict())
     else:
-        _print_recommendation(result, from_file, records)
+        _print_recommendation(result, f"records in {from_file}" if from_file else "a quick bench run just now", records)
     if not result.recommended:
         raise typer.Exit(1)
 
 
-def _print_recommendation(result: Recommendation, source: str | None, records: Sequence[BenchRecord]) -> None:
-    where = f"records in {source}" if source else "a quick bench run just now"
+def _print_recommendation(result: Recommendation, where: str, records: Sequence[BenchRecord]) -> None:
     loads = [v for r in records for v in (r.load_avg_before, r.load_avg_after) if v is not None]
     load = f"; load average {min(loads):.2f}-{max(loads):.2f} on {records[0].cores} cores" if loads else ""
     if result.picks or not result.constraints.any:
