@@ -112,6 +112,7 @@ def test_explanations_route_returns_the_top_class_heatmap(client, cifar_test_dir
     assert Image.open(io.BytesIO(base64.b64decode(both["heatmaps"][1]["png_base64"]))).size == (32, 32)
 
 
+@pytest.mark.slow  # the served app tunes cifar_resnet20 first: about 10 s
 def test_explanations_route_errors(client):
     bad = client.post("/explanations/cifar_resnet20", content=b"not an image")
     assert bad.status_code == 422 and "not an image format" in bad.json()["detail"]
