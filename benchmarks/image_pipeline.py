@@ -37,7 +37,7 @@ from resnetkit.choose.bench import environment
 from resnetkit.core.errors import ResnetkitError
 from resnetkit.core.fileio import write_text_atomic
 from resnetkit.core.images import DRAFT_MARGIN, decode_image, prepare_image
-from resnetkit.core.loading import Classifier, load_model
+from resnetkit.run.loading import Classifier, load_model
 from resnetkit.core.zoo import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]

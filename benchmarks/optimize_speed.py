@@ -26,7 +26,7 @@ import torch
 from resnetkit import load_model
 from resnetkit.backends import onnxruntime as onnx_backend
 from resnetkit.backends import openvino as openvino_backend
-from resnetkit.shrink.compare import generated_batches
+from resnetkit.core.samples import generated_batches
 from resnetkit.core.fileio import write_text_atomic
 from resnetkit.core.measure import time_calls
 from resnetkit.backends.base import RunnerOptions

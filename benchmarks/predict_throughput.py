@@ -28,6 +28,7 @@ from pathlib import Path
 from resnetkit.batch import predict, resolve_inputs
 from resnetkit.batch.engine import ModelRequest
 from resnetkit.choose.bench import environment
+from resnetkit.scale.data import RayEngine
 from resnetkit.scale.runtime import ray_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +38,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10" / "test"
 def run_once(engine: str, request: ModelRequest, listing: Path, args: argparse.Namespace) -> dict:
     load = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as tmp:
-        summary = predict(request, [listing], Path(tmp) / "out.parquet", workers=args.workers, ray=engine == "ray",
-                          concurrency=args.concurrency, progress=False)
+        summary = predict(request, [listing], Path(tmp) / "out.parquet", workers=args.workers, progress=False,
+                          engine=RayEngine(args.concurrency) if engine == "ray" else None)
     return {"engine": engine, "images": summary.written, "seconds": round(summary.seconds, 3),
             "images_per_s": round(summary.images_per_s, 2), "load_average_1m": load}
 

@@ -18,7 +18,7 @@ from flask import Flask, jsonify, request
 
 from resnetkit.core.errors import ImageError
 from resnetkit.core.images import prepare_image
-from resnetkit.core.loading import load_model
+from resnetkit.run.loading import load_model
 from resnetkit.run.classify import predict_tensors
 
 

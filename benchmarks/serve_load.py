@@ -46,9 +46,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from resnetkit.backends.base import RunnerOptions
 from resnetkit.core.artifacts import save_artifact
 from resnetkit.core.images import prepare_image
-from resnetkit.choose.bench import environment, synthetic_photo_jpeg
+from resnetkit.choose.bench import environment
+from resnetkit.core.samples import synthetic_jpeg
 from resnetkit.core.measure import percentile, time_calls
-from resnetkit.core.loading import load_model
+from resnetkit.run.loading import load_model
 from resnetkit.core.zoo import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +223,7 @@ def sample_images(model: str, folder: str | None, count: int = 64) -> list[bytes
     paths = sorted(root.rglob("*.jpg")) if root.is_dir() else []
     if paths:
         return [p.read_bytes() for p in paths[:: max(1, len(paths) // count)][:count]]
-    return [synthetic_photo_jpeg(seed=i) for i in range(8)]
+    return [synthetic_jpeg(seed=i) for i in range(8)]
 
 
 # --- the run ---------------------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def test_a_lazy_runner_is_built_once_when_threads_race_for_it() -> None:
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from resnetkit.core.loading import LazyRunner
+    from resnetkit.run.loading import LazyRunner
 
     builds = []
 

@@ -21,8 +21,9 @@ import torch
 
 from resnetkit import BenchConfig, bench
 from resnetkit.choose.bench import BenchInterrupted, Variant, _Track
+from resnetkit.backends.base import RunnerOptions
 from resnetkit.choose.trial_gate import CAN_PAUSE, TrialGate
-from resnetkit.core.loading import load_model
+from resnetkit.run.loading import load_model
 from resnetkit.core.measure import CpuMeter, LoadSpan, median_ci, median_is_stable, speedup, timing_from_samples
 from resnetkit.shrink.compare import compare_latency
 
@@ -382,10 +383,10 @@ def test_auto_times_its_candidates_inside_the_trial_gate(tmp_path, monkeypatch):
         entered.append(1)
         yield
 
-    monkeypatch.setattr(auto, "_trial_gate", gate)
-    load_model("cifar_resnet20", pretrained=False, backend="auto").logits(torch.zeros(1, 3, 32, 32))
+    options = RunnerOptions(trial_gate=gate)
+    load_model("cifar_resnet20", pretrained=False, backend="auto", options=options).logits(torch.zeros(1, 3, 32, 32))
     assert entered == [1]
-    load_model("cifar_resnet20", pretrained=False, backend="auto").logits(torch.zeros(1, 3, 32, 32))
+    load_model("cifar_resnet20", pretrained=False, backend="auto", options=options).logits(torch.zeros(1, 3, 32, 32))
     assert entered == [1]  # cached: nothing timed
 
 

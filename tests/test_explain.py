@@ -14,9 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import make_image
-from resnetkit.core.errors import ResnetkitError
+from resnetkit.core.errors import ModuleRequiredError, ResnetkitError
 from resnetkit.explain import explain
-from resnetkit.features import FeaturesUnavailableError
 from resnetkit.run.classify import classify
 from test_features import run_cli
 
@@ -74,7 +73,7 @@ def test_exported_files_say_they_cannot_be_explained(tmp_path, capsys):
     spec = get_spec("cifar_resnet20")
     path = save_torchscript(spec.build().eval(), spec.meta().replace(weights="random"), tmp_path / "m.torchscript")
     image = make_image(tmp_path / "a.png")
-    with pytest.raises(FeaturesUnavailableError, match="'explain' needs the PyTorch model"):
+    with pytest.raises(ModuleRequiredError, match="'explain' needs the PyTorch model"):
         explain(path, [image], tmp_path / "out")
     code, _, stderr = run_cli(capsys, "explain", str(path), str(image), "-o", str(tmp_path / "out"))
     assert code == 2 and "error: 'explain' needs the PyTorch model" in stderr

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_image
 from resnetkit.cli import main
-from resnetkit.core.errors import ResnetkitError, UnknownModelError
+from resnetkit.core.errors import ModuleRequiredError, ResnetkitError, UnknownModelError
 from resnetkit.features import FeaturesUnavailableError, extract_features, find_similar, load_embeddings
 from resnetkit.features.search import CosineIndex, exact_search, unit_rows
 
@@ -117,7 +117,7 @@ def test_exported_files_say_they_cannot_embed(tmp_path):
 
     spec = get_spec("cifar_resnet20")
     path = save_torchscript(spec.build().eval(), spec.meta().replace(weights="random"), tmp_path / "m.torchscript")
-    with pytest.raises(FeaturesUnavailableError, match="keeps only the logits output. Use the zoo name"):
+    with pytest.raises(ModuleRequiredError, match="keeps only the logits output. Use the zoo name"):
         extract_features(path, [make_image(tmp_path / "a.png")])
 
 
@@ -162,7 +162,7 @@ def test_hnsw_agrees_with_exact_search_on_clustered_vectors():
 @pytest.mark.slow
 def test_artifact_on_onnxruntime_gives_the_eager_embeddings_and_is_searchable(cifar_weights, cifar_test_dir, tmp_path):
     from resnetkit.core.artifacts import save_artifact
-    from resnetkit.core.loading import load_model
+    from resnetkit.run.loading import load_model
 
     classifier = load_model("cifar_resnet20")
     artifact = save_artifact(tmp_path / "r20.pt", classifier.module, classifier.meta)
@@ -185,7 +185,7 @@ def test_artifact_on_onnxruntime_gives_the_eager_embeddings_and_is_searchable(ci
 def test_exported_graphs_give_their_pooled_features(cifar_weights, cifar_test_dir, tmp_path):
     from resnetkit.backends.onnxruntime import save_onnx, to_onnx
     from resnetkit.backends.openvino import save_openvino, to_openvino
-    from resnetkit.core.loading import load_model
+    from resnetkit.run.loading import load_model
 
     classifier = load_model("cifar_resnet20", backend="eager")
     files = cifar_files(cifar_test_dir, 3, ("dog", "truck"))

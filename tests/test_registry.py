@@ -22,6 +22,7 @@ from resnetkit.backends import auto, base, describe, tuning
 from resnetkit.backends.base import RunnerOptions
 from resnetkit.cli import app
 from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.device import CPU
 from resnetkit.core.errors import BackendUnavailableError, UnknownModelError
 from resnetkit.core.spec import ModelMeta, PublishedMetrics, Step
 from resnetkit.core.zoo import get_spec
@@ -82,8 +83,8 @@ def test_a_new_backend_is_one_module(example_backend: str) -> None:
     assert (loaded.runner.backend, loaded.runner.precision) == ("channels_last", "fp32")
     with pytest.raises(BackendUnavailableError, match="The channels_last backend runs fp32, not 'bf16'"):
         load_model("cifar_resnet20", pretrained=False, backend=example_backend, options=RunnerOptions(precision="bf16"))
-    assert example_backend in [b.name for b in auto.candidates("fp32")]
-    assert example_backend not in [b.name for b in auto.candidates("int8")]
+    assert example_backend in [b.name for b in auto.candidates("fp32", CPU)]
+    assert example_backend not in [b.name for b in auto.candidates("int8", CPU)]
 
 
 def test_files_are_read_by_the_backends_that_register_their_suffix(tmp_path: Path) -> None:
@@ -172,7 +173,7 @@ def test_auto_is_the_default_and_says_what_ran(fresh_cache: Path) -> None:
     model = load_model("cifar_resnet20", pretrained=False)
     assert model.runner.backend.endswith(" (auto)")
     # the fastest of fp32 and the default precision (bf16 where the CPU has it natively), never int8
-    assert model.runner.precision in {"fp32", auto.default_precision()}
+    assert model.runner.precision in {"fp32", auto.default_precision(CPU)}
     assert model.runner.tuning.choice.precision == model.runner.precision
     name = model.runner.backend.removesuffix(" (auto)")
     assert base.runner_label(model.runner) == f"{name}/{model.runner.precision} (auto)"
@@ -212,7 +213,7 @@ def test_auto_stops_timing_clear_losers_after_a_round() -> None:
 def test_auto_tunes_once_then_reads_the_cache(fresh_cache: Path) -> None:
     first = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=2)).runner
     assert not first.cached and fresh_cache.is_file()
-    assert {t for label in first.timings_ms for t in [label.rsplit("/", 1)[1]]} == {f"{n}t" for n in auto.thread_counts()}
+    assert {t for label in first.timings_ms for t in [label.rsplit("/", 1)[1]]} == {f"{n}t" for n in auto.thread_counts(CPU)}
     [entry] = tuning.entries()
     assert (entry.model, entry.batch_size, entry.choice) == ("cifar_resnet20", 2, first.tuning.choice)
     second = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=2)).runner

@@ -21,6 +21,7 @@ from resnetkit.batch import PartStore, predict, resolve_inputs
 from resnetkit.batch.engine import ModelRequest
 from resnetkit.core.errors import ResnetkitError
 from resnetkit.run.evaluate import evaluate
+from resnetkit.scale.data import RayEngine
 from resnetkit.scale.runtime import INSTALL_HINT, LOOPBACK_ONLY, ray_runtime, require_ray
 
 psutil = pytest.importorskip("psutil")
@@ -112,7 +113,7 @@ def test_predict_ray_and_local_give_the_same_rows_on_1000_cifar_images(local_ray
     # one fixed backend in both engines, so scores compare to 1e-4 (auto may pick differently per process)
     request = ModelRequest("cifar_resnet20", batch_size=50, backend="eager")
     local = predict(request, inputs, tmp_path / "local.parquet")
-    remote = predict(request, inputs, tmp_path / "ray.parquet", ray=True, concurrency=2)
+    remote = predict(request, inputs, tmp_path / "ray.parquet", engine=RayEngine(concurrency=2))
     assert (local.written, remote.written, local.errors, remote.errors) == (1002, 1002, 2, 2)
 
     def rows(name: str) -> list[dict]:

@@ -27,14 +27,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import make_image
 from resnetkit.core.artifacts import save_artifact
 from resnetkit.core.errors import ResnetkitError
-from resnetkit.core.loading import Classifier, load_model
+from resnetkit.run.loading import Classifier, load_model
 from resnetkit.core.images import prepare_image
 from resnetkit.run.classify import classify, predict_tensors
-from resnetkit.backends.base import backend_names, register_backend
+from resnetkit.backends.base import Backend, register, registered
 from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
 from resnetkit.serve.batcher import batch_sizes
-from resnetkit.serve.cpu_split import TRIAL_BATCH, candidate_threads, fastest_split, pipeline_rate, runner_threads, typical_upload
+from resnetkit.core.samples import typical_upload
+from resnetkit.serve.cpu_split import TRIAL_BATCH, candidate_threads, fastest_split, pipeline_rate
 from resnetkit.core.zoo import get_spec
 
 CLASSIFY = "/v1/models/cifar_resnet20/classify"
@@ -73,8 +74,9 @@ class GatedRunner:
         return self.inner(batch)
 
 
-if "test-gated" not in backend_names():
-    register_backend("test-gated", lambda module, meta, options: GatedRunner(EagerRunner(module)))
+if "test-gated" not in [b.name for b in registered()]:
+    register(Backend("test-gated", "eager behind a gate the test opens", ("fp32",),
+                     lambda module, meta, options: GatedRunner(EagerRunner(module))))
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def test_health_readiness_and_model_listing(server):
     assert httpx.get(f"{server}/ping").json() == {"status": "Healthy"}
     [model] = httpx.get(f"{server}/v1/models").json()["models"]
     assert model["name"] == "cifar_resnet20" and model["num_classes"] == 10 and model["weights"] == "random"
-    assert model["input_size"] == 32 and model["backend"].endswith(" (auto)")  # auto: the default backend
+    assert model["input_size"] == 32 and model["chosen_by_auto"] and model["runtime"].endswith(" on CPU (auto)")  # auto: the default backend
     assert model["published_top1"] is None  # random weights carry no accuracy figure
     assert httpx.get(f"{server}/v1/models/cifar_resnet20").json()["categories"][3] == "cat"
 
@@ -491,7 +493,15 @@ def test_cpu_split_keeps_the_fastest_measured_thread_count():
 def test_pipeline_rate_runs_decoded_uploads_in_trial_batches(random_model):
     model = load_model(random_model, backend="eager")
     seen: list[torch.Tensor] = []
-    counting = Classifier(model.meta, lambda batch: seen.append(batch) or model.runner(batch))
+
+    class Counting:
+        backend, precision = "counting", "fp32"
+
+        def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+            seen.append(batch)
+            return model.runner(batch)
+
+    counting = Classifier(model.meta, Counting())
     rate = pipeline_rate([counting], workers=1, seconds=0.2)
     assert rate > 0 and len(seen) >= 2  # the warm-up batch and at least one timed one
     assert all(batch.shape == (TRIAL_BATCH, 3, 32, 32) for batch in seen)
@@ -513,7 +523,7 @@ def test_batches_come_in_few_sizes():
 def test_the_server_reports_its_split_and_runs_on_it(server, server_thread):
     threads = metric(server, "resnetkit_cpu_split", role="inference_threads")
     assert threads >= 1 and metric(server, "resnetkit_cpu_split", role="decode_workers") >= 1
-    assert runner_threads(served_classifier(server_thread, "cifar_resnet20")) == threads  # built for the split
+    assert served_classifier(server_thread, "cifar_resnet20").ran.threads == threads  # built for the split
 
 
 def test_serve_threads_flag_reaches_the_runner(random_model):

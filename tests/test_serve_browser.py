@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resnetkit.core.loading import load_model
+from resnetkit.run.loading import load_model
 from resnetkit.run.classify import classify
 from resnetkit.serve import ServerThread, ServeSettings
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from resnetkit.core.loading import load_model
+from resnetkit.run.loading import load_model
 from resnetkit.run.classify import classify
 from resnetkit.serve import ServerThread, ServeSettings
 
@@ -117,7 +117,7 @@ def test_v2_health_and_metadata(server):
     assert httpx.get(f"{server}/v2/health/ready").json() == {"ready": True}
     assert httpx.get(f"{server}/v2/models/cifar_resnet20/ready").json() == {"name": "cifar_resnet20", "ready": True}
     metadata = httpx.get(f"{server}/v2/models/cifar_resnet20").json()
-    assert metadata["platform"] == "resnetkit/eager/fp32"
+    assert metadata["platform"] == "resnetkit/eager/fp32 on CPU"
     assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [
         ("label", "BYTES"), ("score", "FP32"), ("index", "INT64")]
@@ -140,7 +140,7 @@ def test_torchserve_management_views_versions_and_metric_names(server, images):
     assert httpx.get(f"{server}/models").json() == {
         "models": [{"modelName": "cifar_resnet20", "modelUrl": "cifar_resnet20"}]}
     [described] = httpx.get(f"{server}/models/cifar_resnet20").json()
-    assert described["modelVersion"] == "1.0" and described["batchSize"] == 32 and described["runtime"] == "eager/fp32"
+    assert described["modelVersion"] == "1.0" and described["batchSize"] == 32 and described["runtime"] == "eager/fp32 on CPU"
     assert described["workers"][0]["status"] == "READY" and described["workers"][0]["memoryUsage"] > 10_000_000
     assert httpx.get(f"{server}/models/nope").json()["type"] == "ModelNotFoundException"
     before = ts_metric(server, "ts_inference_requests_total")

@@ -8,7 +8,7 @@ import torch
 from resnetkit import get_spec, list_models
 from resnetkit.core.cifar_resnet import CifarResNet, ZeroPadShortcut
 from resnetkit.core.errors import UnknownModelError
-from resnetkit.core.loading import load_model
+from resnetkit.run.loading import load_model
 from resnetkit.core.measure import _count_macs, count_macs, count_params
 
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0"]

@@ -6,7 +6,7 @@ from . import backends as _backends  # noqa: F401  (the backend registry)
 from .choose import BenchConfig, BenchRecord, bench
 from .core.errors import ResnetkitError
 from .run import EvalReport, evaluate
-from .core.loading import Classifier, load_model
+from .run.loading import Classifier, load_model
 from .run.classify import ImageResult, Prediction, classify
 from .run.video import VideoReport, classify_video, measure_stream
 from .choose.recommend import Constraints, Recommendation, recommend

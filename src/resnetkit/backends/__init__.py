@@ -9,22 +9,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.device import Device, resolve_device
 from .base import registered
 
 
-def describe() -> list[dict[str, Any]]:
-    """One row per registered backend (by name): availability, package version, precisions, default precision,
-    files it reads, remark."""
+def describe(device: Device | None = None) -> list[dict[str, Any]]:
+    """One row per registered backend (by name): availability, package version, devices, precisions, default
+    precision on ``device`` (default: ``--device auto``'s; None where it does not run there), files it reads, remark."""
+    device = device or resolve_device("auto")
     rows = []
     for backend in sorted(registered(), key=lambda b: b.name):
         available = backend.is_available()
+        runs_here = available and device.kind in backend.devices
         rows.append({
             "backend": backend.name,
             "available": available,
             "package": backend.package,
             "version": backend.version() if available else None,
+            "devices": list(backend.devices),
             "precisions": list(backend.precisions),
-            "default_precision": backend.default_precision() if available else None,
+            "default_precision": backend.default_precision(device) if runs_here else None,
             "reads": sorted(s for f in backend.formats for s in f.suffixes),
             "remark": backend.description if available else backend.install_hint,
         })

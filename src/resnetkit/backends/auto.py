@@ -15,83 +15,78 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import os
 import statistics
-import time
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
+from ..core.device import Device, usable_cores
 from ..core.errors import BackendUnavailableError, ResnetkitError
+from ..core.measure import timed_calls
 from ..core.spec import ModelMeta
-from ..core.zoo import is_zoo_name
 from . import tuning
-from .base import Backend, Runner, RunnerOptions, file_suffixes, make_runner, readers_of, register, registered
+from .base import Backend, Runner, RunnerOptions, make_runner, readers_of, register, registered, run_info
 from .tuning import Candidate, Tuning
 
 TRIAL_SECONDS = 0.3  # timed seconds per candidate, spread over interleaved rounds (at least 3 calls a round)
 TRIAL_ROUNDS = 3
 CLEAR_LOSER = 1.5  # after a round, candidates this many times slower than the fastest stop being timed
-DEFAULT_PRECISIONS = ("fp32", "bf16")  # bf16 keeps fp32's top-1 within the bound stated in docs/optimize.md
-
-
-_trial_gate: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
-
-
-def set_trial_gate(gate: Callable[[], AbstractContextManager[object]]) -> None:
-    """Time candidates inside ``gate()``. A caller that builds several models at once (bench's measuring
-    processes) passes one that waits until the others are off the CPU, so no trial is skewed by them."""
-    global _trial_gate
-    _trial_gate = gate
+# what auto runs when no precision is asked for, per device kind: bf16 keeps fp32's top-1 within the bound stated
+# in docs/optimize.md on the CPU; on a GPU fp16 (and bf16) agree with CPU fp32 on the CIFAR-10 test set (docs/gpu.md)
+DEFAULT_PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp16", "bf16", "fp32")}
 
 
 class AutoRunner:
     """The chosen runner, with the measurements behind the choice (``tuning``) and whether they came from the cache."""
+
+    auto = True
 
     def __init__(self, chosen: Runner, tuned: Tuning, cached: bool) -> None:
         self.chosen = chosen
         self.tuning = tuned
         self.cached = cached
         self.timings_ms = tuned.timings_ms
-        self.backend = f"{chosen.backend} (auto)"
-        self.precision = chosen.precision
-        self.threads = tuned.choice.threads
+        info = run_info(chosen)
+        self.backend, self.precision, self.device, self.threads = info.backend, info.precision, info.device, info.threads
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.chosen(batch)
 
 
-def thread_counts(asked: int | None = None) -> list[int]:
-    """Intra-op thread counts to try: the one asked for, else one and every usable core."""
+def thread_counts(device: Device, asked: int | None = None) -> list[int | None]:
+    """Intra-op thread counts to try on the CPU: the one asked for, else one and every usable core (None on a GPU,
+    where threads do not apply)."""
+    if device.is_cuda:
+        return [None]
     if asked:
         return [asked]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return sorted({1, cores})
+    return sorted({1, usable_cores()})
 
 
-def _precision_for(backend: Backend, requested: str | None) -> str:
+def _precision_for(backend: Backend, requested: str | None, device: Device) -> str:
     if requested is not None:
         return requested
-    default = backend.default_precision()
-    return default if default in DEFAULT_PRECISIONS else "fp32"
+    default = backend.default_precision(device)
+    return default if default in DEFAULT_PRECISIONS[device.kind] else "fp32"
 
 
-def default_precision() -> str:
-    """What auto runs when no precision is asked for: bf16 if a candidate runs it by default here, else fp32."""
-    return "bf16" if any(_precision_for(b, None) == "bf16" for b in candidates(None)) else "fp32"
+def default_precision(device: Device) -> str:
+    """What auto runs on ``device`` when no precision is asked for: the lowest precision of
+    :data:`DEFAULT_PRECISIONS` that a candidate runs by default there, else fp32."""
+    defaults = {_precision_for(b, None, device) for b in candidates(None, device)}
+    return next((p for p in DEFAULT_PRECISIONS[device.kind][::-1] if p in defaults and p != "fp32"), "fp32")
 
 
-def candidates(precision: str | None) -> list[Backend]:
-    """Available backends auto tries for PyTorch models at ``precision`` (``None``: each one's default)."""
+def candidates(precision: str | None, device: Device) -> list[Backend]:
+    """Available backends auto tries for PyTorch models on ``device`` at ``precision`` (``None``: each one's default)."""
     return [b for b in registered() if b.tried_by_auto and b.factory is not None and b.is_available()
-            and (precision is None or precision in b.precisions)]
+            and device.kind in b.devices and (precision is None or precision in b.precisions)]
 
 
 def median_latencies(runners: Mapping[Candidate, Runner], batch: torch.Tensor,
-                     seconds: float = TRIAL_SECONDS) -> dict[Candidate, float]:
+                     seconds: float = TRIAL_SECONDS, sync: Callable[[], None] | None = None) -> dict[Candidate, float]:
     """Median latency (ms) of each runner on ``batch``, measured in interleaved rounds so that a
     burst of background load hits every candidate alike (one warm-up call each first). After
     each round, candidates slower than :data:`CLEAR_LOSER` times the fastest median so far sit
@@ -106,11 +101,9 @@ def median_latencies(runners: Mapping[Candidate, Runner], batch: torch.Tensor,
         if len(racing) == 1 and all(samples.values()):
             break
         for candidate, runner in racing.items():
-            start = time.perf_counter()
-            while len(samples[candidate]) < 3 or time.perf_counter() - start < seconds / TRIAL_ROUNDS:
-                t0 = time.perf_counter()
-                runner(batch)
-                samples[candidate].append((time.perf_counter() - t0) * 1000.0)
+            calls = 3 if not samples[candidate] else 1
+            samples[candidate] += timed_calls(lambda r=runner: r(batch), calls=calls, min_seconds=seconds / TRIAL_ROUNDS,
+                                              sync=sync)
         fastest = min(statistics.median(samples[c]) for c in racing)
         racing = {c: r for c, r in racing.items() if statistics.median(samples[c]) <= CLEAR_LOSER * fastest}
     return {c: statistics.median(values) for c, values in samples.items()}
@@ -120,7 +113,8 @@ def tuned(name: str, key: str, meta: ModelMeta, options: RunnerOptions,
           builders: Mapping[Candidate, Callable[[], Runner]]) -> AutoRunner:
     """The cached choice for this model, batch size and precision if there is one, else measure
     every candidate that builds, keep the fastest and store the measurements."""
-    cached = None if options.retune else tuning.lookup(key, options.batch_size, options.precision, options.threads)
+    cached = None if options.retune else tuning.lookup(key, options.batch_size, options.precision, options.threads,
+                                                       options.device)
     if cached is not None and cached.choice in builders:
         return AutoRunner(builders[cached.choice](), cached, cached=True)
     runners = {}
@@ -133,12 +127,12 @@ def tuned(name: str, key: str, meta: ModelMeta, options: RunnerOptions,
             runners[candidate] = runner
     if not runners:
         raise ResnetkitError(f"No backend can run {name} with these options; see 'resnetkit backends'.")
-    batch = torch.randn(max(options.batch_size, 1), *meta.preprocessing.input_shape)
-    with _trial_gate():
-        timings = median_latencies(runners, batch)
+    batch = torch.randn(max(options.batch_size, 1), *meta.preprocessing.input_shape, device=options.device.torch)
+    with (options.trial_gate or contextlib.nullcontext)():
+        timings = median_latencies(runners, batch, sync=options.device.synchronize)
     best = min(timings, key=timings.__getitem__)
     entry = Tuning(name, key, options.batch_size, options.precision, options.threads, best,
-                   {c.label: t for c, t in timings.items()})
+                   {c.label: t for c, t in timings.items()}, machine=tuning.machine(options.device))
     tuning.store(entry)
     return AutoRunner(runners[best], entry, cached=False)
 
@@ -148,8 +142,9 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Auto
         chosen = dataclasses.replace(options, precision=candidate.precision, threads=candidate.threads)
         return make_runner(copy.deepcopy(module), meta, candidate.backend, chosen)
 
-    tried = [Candidate(b.name, _precision_for(b, options.precision), threads)
-             for b in candidates(options.precision) for threads in thread_counts(options.threads)]
+    tried = [Candidate(b.name, _precision_for(b, options.precision, options.device), threads)
+             for b in candidates(options.precision, options.device)
+             for threads in thread_counts(options.device, options.threads)]
     return tuned(meta.name, tuning.module_key(module), meta, options, {c: (lambda c=c: build(c)) for c in tried})
 
 
@@ -163,29 +158,14 @@ def _read_any(path: Path, options: RunnerOptions) -> tuple[AutoRunner, ModelMeta
         return read[candidate][0]
 
     tried = [Candidate(name, options.precision, threads) for name in readers_of(path.suffix.lower())
-             for threads in thread_counts(options.threads)]
+             for threads in thread_counts(options.device, options.threads)]
     build(tried[0])  # the file's metadata (input shape) is needed before measuring
     meta = read[tried[0]][1]
     builders = {c: (lambda c=c: read[c][0] if c in read else build(c)) for c in tried}
     return tuned(path.name, tuning.file_key(path), meta, options, builders), meta
 
 
-def model_key(ref: str) -> str:
-    """The tuning-cache key of a model reference: a model file's bytes, else the module's tensor layout."""
-    path = Path(ref)
-    if not is_zoo_name(ref) and path.suffix.lower() in file_suffixes():
-        return tuning.file_key(path)
-    if is_zoo_name(ref):
-        from ..core.zoo import get_spec
-
-        with torch.device("meta"):  # the tensor layout without allocating or initialising weights
-            return tuning.module_key(get_spec(ref).build())
-    from ..core.loading import load_model
-
-    return tuning.module_key(load_model(ref, pretrained=False, backend="eager").module)  # type: ignore[arg-type]
-
-
 register(Backend("auto", "measures the available backends and thread counts for the model and batch size "
                          "(cached per machine); runs the fastest",
-                 ("fp32", "bf16", "fp16", "int8"), _factory, default_precision=default_precision, package="torch",
-                 tried_by_auto=False, reads_any=_read_any))
+                 ("fp32", "bf16", "fp16", "int8"), _factory, default_precision=default_precision, devices=("cpu", "cuda"),
+                 package="torch", tried_by_auto=False, reads_any=_read_any))

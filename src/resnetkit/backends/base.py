@@ -16,13 +16,15 @@ import importlib.metadata
 import importlib.util
 import logging
 import pkgutil
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
 
+from ..core.device import CPU, Device, resolve_device
 from ..core.errors import BackendUnavailableError, UnknownModelError
 from ..core.spec import ModelMeta
 
@@ -33,21 +35,58 @@ FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 
 class Runner(Protocol):
+    """Maps a preprocessed float32 NCHW batch to float32 logits on the batch's own device. Runners may also
+    say ``device`` (a :class:`Device`; absent: the CPU), ``threads`` (intra-op threads they run on) and
+    ``auto`` (True when ``auto`` chose them): :func:`run_info` reads them."""
+
     backend: str
     precision: str
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
 
 
+TrialGate = Callable[[], AbstractContextManager[object]]
+
+
 @dataclass(frozen=True)
 class RunnerOptions:
-    """What a backend needs besides the module. ``None`` means "the backend's default"."""
+    """Where and how a model runs, besides the module. ``None`` means "the backend's default"."""
 
     batch_size: int = 1  # a hint for backends that compile for a shape
     precision: str | None = None  # fp32 | fp16 | bf16 | int8 ...
     calibration: Sequence[torch.Tensor] | None = None  # preprocessed batches, for int8
-    threads: int | None = None  # intra-op threads of this runner (None: the runtime's default)
+    threads: int | None = None  # intra-op threads of this runner (None: the runtime's default; CPU only)
     retune: bool = False  # auto: measure again instead of reading the tuning cache
+    device: Device = field(default_factory=lambda: resolve_device("auto"))
+    # auto times its candidates inside this (bench passes one that keeps its other processes off the CPU)
+    trial_gate: TrialGate | None = field(default=None, compare=False)
+
+    def on(self, device: Device) -> "RunnerOptions":
+        return replace(self, device=device)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What ran and where, as data: the one source of every label and JSON field about a runner."""
+
+    backend: str
+    precision: str
+    device: Device = CPU
+    auto: bool = False  # chosen by the auto backend
+    threads: int | None = None
+
+    def label(self) -> str:
+        """For people: ``openvino/bf16 on CPU (auto)``, ``cuda-graph/fp16 on NVIDIA H200 (auto)``, ``eager/fp32 on CPU``."""
+        return f"{self.backend}/{self.precision} on {self.device.name}" + (" (auto)" if self.auto else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "device": str(self.device), "device_name": self.device.name, "label": self.label()}
+
+
+def run_info(runner: Runner) -> RunInfo:
+    """The facts a runner reports about itself (plug-ins that say less run on the CPU, not chosen by auto)."""
+    return RunInfo(runner.backend, runner.precision, getattr(runner, "device", CPU), getattr(runner, "auto", False),
+                   getattr(runner, "threads", None))
 
 
 BackendFactory = Callable[[nn.Module, ModelMeta, RunnerOptions], Runner]
@@ -74,7 +113,8 @@ class Backend:
     description: str  # one line for ``resnetkit backends``
     precisions: tuple[str, ...]  # what it runs
     factory: BackendFactory | None = None  # torch module -> runner (None: runs files only)
-    default_precision: Callable[[], str] = lambda: "fp32"  # on this CPU
+    default_precision: Callable[[Device], str] = lambda device: "fp32"  # on this machine's device
+    devices: tuple[str, ...] = ("cpu",)  # the device kinds it runs on ("cpu", "cuda")
     formats: tuple[FileFormat, ...] = ()
     package: str = "torch"  # the distribution whose version ``resnetkit backends`` shows
     imports: tuple[str, ...] = ()  # modules that must be importable for it to be available
@@ -103,6 +143,18 @@ class Backend:
     def reader(self, suffix: str) -> FileFormat | None:
         return next((f for f in self.formats if suffix in f.suffixes), None)
 
+    def fit_device(self, device: Device) -> Device:
+        """``device`` if this backend runs there; the CPU when ``--device auto`` chose a GPU it cannot use;
+        otherwise a clear error."""
+        if device.kind in self.devices:
+            return device
+        if device.auto and "cpu" in self.devices:
+            return Device(auto=True)
+        raise BackendUnavailableError(
+            f"The {self.name} backend runs on {' and '.join(self.devices)}, not {device}. Use --device "
+            f"{self.devices[0]}, or a backend that runs on {device.kind} (see 'resnetkit backends')."
+        )
+
 
 _BACKENDS: dict[str, Backend] = {}
 
@@ -113,12 +165,6 @@ def register(backend: Backend) -> Backend:
         raise ValueError(f"backend {backend.name!r} is already registered")
     _BACKENDS[backend.name] = backend
     return backend
-
-
-def register_backend(name: str, factory: BackendFactory, *, precisions: tuple[str, ...] = tuple(FLOAT_DTYPES),
-                     description: str = "") -> Backend:
-    """Shorthand for a module-only backend (e.g. a runner wrapper in tests or a plug-in)."""
-    return register(Backend(name, description or f"{name} backend", precisions, factory))
 
 
 def load_backend_modules() -> None:
@@ -143,19 +189,10 @@ _LOADED = False
 _SUPPORT_MODULES = {"base", "common", "tuning"}
 
 
-def backend_names() -> list[str]:
-    load_backend_modules()
-    return list(_BACKENDS)
-
-
 def registered() -> list[Backend]:
     """Every registered backend, in registration order."""
     load_backend_modules()
     return list(_BACKENDS.values())
-
-
-def available_backends() -> list[str]:
-    return [backend.name for backend in registered() if backend.is_available()]
 
 
 def get_backend(name: str) -> Backend:
@@ -172,28 +209,27 @@ def get_backend(name: str) -> Backend:
 DEFAULT_BACKEND = "auto"  # for PyTorch modules; files default to their own runtime
 
 
-def module_backend(backend: str | None, options: RunnerOptions) -> Backend:
-    """The backend that will run a PyTorch module (``None``: :data:`DEFAULT_BACKEND`), checked
-    to be available, to run modules and to run the requested precision."""
+def module_backend(backend: str | None, options: RunnerOptions) -> tuple[Backend, RunnerOptions]:
+    """The backend that will run a PyTorch module (``None``: :data:`DEFAULT_BACKEND`), checked to be available,
+    to run modules, on the device and in the precision asked for; and the options with the device it will use."""
     chosen = get_backend(backend or DEFAULT_BACKEND)
     if chosen.factory is None:
         raise BackendUnavailableError(f"The {chosen.name} backend runs model files only, not PyTorch models.")
     if options.precision is not None:
         chosen.check_precision(options.precision)
-    return chosen
+    return chosen, options.on(chosen.fit_device(options.device))
 
 
 def make_runner(module: nn.Module, meta: ModelMeta, backend: str | None = None,
                 options: RunnerOptions | None = None) -> Runner:
     """A runner for ``module`` on ``backend`` (``None``: :data:`DEFAULT_BACKEND`)."""
-    options = options or RunnerOptions()
-    return module_backend(backend, options).factory(module, meta, options)  # type: ignore[misc]
+    chosen, options = module_backend(backend, options or RunnerOptions())
+    return chosen.factory(module, meta, options)  # type: ignore[misc]
 
 
 def runner_label(runner: Runner) -> str:
-    """What ran, for people: ``openvino/bf16 (auto)``, ``eager/fp32``."""
-    name = runner.backend.removesuffix(" (auto)")
-    return f"{name}/{runner.precision}" + (" (auto)" if name != runner.backend else "")
+    """What ran and where, for people (see :meth:`RunInfo.label`)."""
+    return run_info(runner).label()
 
 
 def file_suffixes() -> list[str]:
@@ -219,6 +255,7 @@ def read_file(path: Path, backend: str | None, options: RunnerOptions) -> tuple[
     chosen = get_backend(backend or next(iter(readers)))
     if backend is not None and options.precision is not None:
         chosen.check_precision(options.precision)
+    options = options.on(chosen.fit_device(options.device))
     if chosen.reads_any is not None:
         runner, meta = chosen.reads_any(path, options)
     elif (fmt := chosen.reader(suffix)) is not None:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 from torch import nn
 
+from ..core.samples import generated_batches
 from ..core.spec import ModelMeta
 from .base import RunnerOptions
 
@@ -73,8 +74,6 @@ def calibration_batches(meta: ModelMeta, options: RunnerOptions) -> Sequence[tor
     """The caller's calibration batches, or generated images (good for timing, not accuracy)."""
     if options.calibration:
         return options.calibration
-    from ..shrink.compare import generated_batches
-
     warnings.warn(
         f"int8 without calibration data: calibrating {meta.name} on {GENERATED_CALIBRATION_IMAGES} generated images. "
         "Speed is representative, accuracy is not; use 'resnetkit quantize --calib DIR' for a usable model.",

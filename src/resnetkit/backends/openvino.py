@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..core.device import CPU, Device
 from ..core.errors import BackendUnavailableError, UnknownModelError
 from ..core.spec import RANDOM_WEIGHTS, ModelMeta
 from .base import Backend, FileFormat, RunnerOptions, register
@@ -364,7 +365,7 @@ def _read_onnx(path: Path, options: RunnerOptions) -> tuple[OpenVinoRunner, Mode
     return OpenVinoRunner(shared_core().read_model(str(path)), _float_hint(options, meta), options.threads), meta
 
 
-def default_precision() -> str:
+def default_precision(device: Device = CPU) -> str:
     """The float precision OpenVINO picks on this CPU when not told (bf16 where the CPU has it)."""
     return FROM_HINT.get(shared_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
 

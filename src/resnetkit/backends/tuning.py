@@ -1,8 +1,9 @@
 """``auto``'s tuning cache: what it measured, per model, batch size, machine and library versions.
 
 One JSON file in the user cache directory (platformdirs; ``RESNETKIT_TUNING_CACHE`` names
-another file). An entry is found again only on the same machine (CPU model, core count)
-with the same library versions; otherwise ``auto`` measures again and replaces it.
+another file). An entry is found again only on the same device of the same machine (CPU model and
+usable cores; or GPU name, driver, CUDA and cuDNN versions) with the same library versions;
+otherwise ``auto`` measures again and replaces it.
 The model key is its tensors' names, shapes and dtypes (weight values do not change speed,
 and random weights are re-drawn on every load) or, for a model file, the file's bytes.
 """
@@ -13,19 +14,18 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..core.device import CPU, Device, cpu_name, gpu_facts, usable_cores
 from ..core.fileio import write_text_atomic
 
 ENV_VAR = "RESNETKIT_TUNING_CACHE"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 LIBRARIES = ("torch", "onnxruntime", "openvino")
 
 
@@ -39,21 +39,11 @@ def cache_path() -> Path:
     return platformdirs.user_cache_path("resnetkit") / "tuning.json"
 
 
-@lru_cache(maxsize=1)
-def machine() -> dict[str, Any]:
-    """What makes a measurement valid elsewhere: CPU model, usable cores, library versions."""
-    return {"cpu": _cpu_model(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "libraries": {name: _version(name) for name in LIBRARIES}}
-
-
-def _cpu_model() -> str:
-    """The CPU's model name as OpenVINO reads it (``FULL_DEVICE_NAME``), else what ``platform`` knows."""
-    try:
-        from .openvino import shared_core
-
-        return str(shared_core().get_property("CPU", "FULL_DEVICE_NAME"))
-    except Exception:  # noqa: BLE001 - OpenVINO missing or without a CPU plugin: fall back
-        return platform.processor() or platform.machine()
+def machine(device: Device = CPU) -> dict[str, Any]:
+    """What makes a measurement on ``device`` valid elsewhere: the CPU model and usable cores, or the GPU, its
+    driver and CUDA/cuDNN versions; and the library versions."""
+    where = {"gpu": gpu_facts(device.index or 0)} if device.is_cuda else {"cpu": cpu_name(), "cores": usable_cores()}
+    return {**where, "libraries": {name: _version(name) for name in LIBRARIES}}
 
 
 def _version(name: str) -> str | None:
@@ -84,15 +74,16 @@ def file_key(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to run a model: a backend, a precision (None: the file's own) and intra-op threads."""
+    """One way to run a model: a backend, a precision (None: the file's own) and intra-op threads (None on a GPU)."""
 
     backend: str
     precision: str | None
-    threads: int
+    threads: int | None
 
     @property
     def label(self) -> str:
-        return f"{self.backend}/{self.precision or 'stored'}/{self.threads}t"
+        threads = f"/{self.threads}t" if self.threads else ""
+        return f"{self.backend}/{self.precision or 'stored'}{threads}"
 
 
 @dataclass
@@ -106,7 +97,7 @@ class Tuning:
     threads: int | None  # requested (None: auto tried one thread and every core)
     choice: Candidate
     timings_ms: dict[str, float]  # candidate label -> median latency
-    machine: dict[str, Any] = field(default_factory=lambda: machine())  # looked up at call time
+    machine: dict[str, Any] = field(default_factory=machine)  # where it was measured (see :func:`machine`)
     measured_at: float = field(default_factory=time.time)
     load_1min: float | None = field(default_factory=lambda: os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
 
@@ -133,16 +124,20 @@ def entries() -> list[Tuning]:
         return []
 
 
-def lookup(model_key: str, batch_size: int, precision: str | None, threads: int | None) -> Tuning | None:
-    """The entry for this model, batch size, precision and thread request measured on this machine with these
-    libraries."""
+def lookup(model_key: str, batch_size: int, precision: str | None, threads: int | None,
+           device: Device = CPU) -> Tuning | None:
+    """The entry for this model, batch size, precision and thread request measured on this device of this machine
+    with these libraries."""
+    where = machine(device)
     return next((t for t in entries() if t.matches(model_key, batch_size, precision, threads)
-                 and t.machine == machine()), None)
+                 and t.machine == where), None)
 
 
 def store(tuning: Tuning) -> None:
-    """Add ``tuning``, replacing any entry for the same model, batch size, precision and threads (atomic write)."""
-    kept = [t for t in entries() if not t.matches(tuning.model_key, tuning.batch_size, tuning.precision, tuning.threads)]
+    """Add ``tuning``, replacing any entry for the same model, batch size, precision and threads on the same
+    device (atomic write)."""
+    kept = [t for t in entries() if not (t.matches(tuning.model_key, tuning.batch_size, tuning.precision,
+                                                   tuning.threads) and t.machine == tuning.machine)]
     _write([*kept, tuning])
 
 

@@ -6,8 +6,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 from rich.console import Console
@@ -15,9 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from ..backends.base import RunnerOptions
-from ..core.loading import Classifier, load_model
-from ..core.zoo import get_spec, is_zoo_name
 from ..run.classify import iter_classify
+from ..run.loading import Classifier, check_model_ref, load_model
 from .inputs import InputError, resolve_inputs
 from .output import PartStore, result_rows
 
@@ -33,17 +31,8 @@ class ModelRequest:
     precision: str | None = None
     batch_size: int = 32
 
-    def check(self) -> None:
-        """Fail fast, before any output is written, on a reference that is neither a zoo name nor a file."""
-        if not is_zoo_name(self.ref) and not Path(self.ref).exists():
-            get_spec(self.ref)  # raises UnknownModelError with suggestions
-
     def load(self) -> Classifier:
-        """Load the model; random weights are seeded, so every process gets the same ones."""
-        if self.random_weights:
-            import torch
-
-            torch.manual_seed(0)
+        """Load the model (random weights are drawn from a fixed seed, so every process gets the same ones)."""
         return load_model(self.ref, weights=self.weights, pretrained=not self.random_weights, backend=self.backend,
                           options=RunnerOptions(batch_size=self.batch_size, precision=self.precision))
 
@@ -75,18 +64,18 @@ class PredictSummary:
                 f"({self.format} parts)")
 
 
+# An engine classifies the sources of a request: result tables (in any order) and a description of itself.
+Engine = Callable[[ModelRequest, list[str], int, int], tuple[Iterator[pa.Table], str]]
+
+
 def predict(request: ModelRequest, data: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str], *,
             fmt: str | None = None, top_k: int = 5, workers: int = 2, part_size: int = 5000, resume: bool = False,
-            path_column: str = "path", ray: bool = False, address: str | None = None, concurrency: int = 2,
-            progress: bool | None = None) -> PredictSummary:
+            path_column: str = "path", engine: Engine | None = None, progress: bool | None = None) -> PredictSummary:
     """Label every image of ``data`` into part files under ``output`` (see :mod:`resnetkit.batch.output`).
 
-    ``ray=True`` runs the classification on Ray Data (``address``: a cluster; default ``RAY_ADDRESS``
-    or a local Ray for this run), with ``concurrency`` model actors; otherwise it runs here.
-    """
-    if address and not ray:
-        raise InputError(f"--address {address} is a Ray cluster address: add --ray to run there.")
-    request.check()
+    ``engine`` classifies (default: :func:`local_engine`, in this process; ``resnetkit.scale.data.RayEngine``
+    runs on Ray Data)."""
+    check_model_ref(request.ref)
     sources = resolve_inputs(data, path_column)
     if not sources:
         raise InputError("No image files found in the given inputs (folders are searched for "
@@ -97,26 +86,17 @@ def predict(request: ModelRequest, data: Iterable[str | os.PathLike[str]], outpu
     done = store.done_sources() if resume else set()
     todo = [s for s in sources if s not in done]
     start = time.perf_counter()
-    batches, engine = _run(request, todo, top_k=top_k, workers=workers, ray=ray, address=address,
-                           concurrency=concurrency)
+    batches, described = (engine or local_engine)(request, todo, top_k, workers) if todo else (iter(()), "nothing left to do")
     written, errors = _write_parts(store, batches, len(todo), part_size, progress)
-    return PredictSummary(str(store.path), store.format, engine, len(sources), len(sources) - len(todo),
+    return PredictSummary(str(store.path), store.format, described, len(sources), len(sources) - len(todo),
                           written, errors, time.perf_counter() - start)
 
 
-def _run(request: ModelRequest, todo: list[str], *, top_k: int, workers: int, ray: bool, address: str | None,
-         concurrency: int) -> tuple[Iterator[pa.Table], str]:
-    """Result tables of ``todo`` from the chosen engine, and the engine's description."""
-    if not todo:
-        return iter(()), "nothing left to do"
-    if ray:
-        from ..scale.data import ray_batches
-
-        batches = ray_batches(request, todo, top_k=top_k, workers=workers, concurrency=concurrency, address=address)
-        return batches, f"Ray Data, {concurrency} actors"
+def local_engine(request: ModelRequest, todo: list[str], top_k: int, workers: int) -> tuple[Iterator[pa.Table], str]:
+    """Classify ``todo`` in this process."""
     classifier = request.load()
     chunks = iter_classify(classifier, todo, top_k=top_k, batch_size=request.batch_size, workers=workers)
-    return (result_rows(chunk) for chunk in chunks), f"local, {classifier.runner.backend}/{classifier.runner.precision}"
+    return (result_rows(chunk) for chunk in chunks), f"local, {classifier.ran.label()}"
 
 
 def _write_parts(store: PartStore, batches: Iterator[pa.Table], total: int, part_size: int,

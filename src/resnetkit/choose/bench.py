@@ -31,11 +31,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.device import cpu_name, usable_cores
 from ..core.errors import ResnetkitError
 from ..core.measure import (CpuMeter, LoadSpan, Timing, count_macs, count_params, load_average, median_ci, median_is_stable, peak_rss_mb,
                             reset_peak_rss, serialized_size_bytes, speedup, time_calls, timing_from_samples)
-from ..core.loading import Classifier, load_model
+from ..run.loading import Classifier, check_model_ref, load_model
 from ..backends.base import RunnerOptions
+from ..backends.base import TrialGate as TrialGateHook
+from ..core.samples import synthetic_jpeg
 from ..core.spec import ModelMeta, PublishedMetrics
 from ..core.zoo import get_spec, is_zoo_name
 from .trial_gate import CAN_PAUSE, TrialGate, resume_or_pause
@@ -187,13 +190,6 @@ class BenchInterrupted(KeyboardInterrupt):
         self.records = records
 
 
-def check_model_refs(models: Sequence[str]) -> None:
-    """Fail fast, before any process starts, on a reference that is neither zoo name nor file."""
-    for ref in models:
-        if not is_zoo_name(ref) and not Path(ref).exists():
-            get_spec(ref)  # raises UnknownModelError with suggestions
-
-
 def bench(
     models: Sequence[str] = DEFAULT_MODELS,
     config: BenchConfig = BenchConfig(),
@@ -207,7 +203,8 @@ def bench(
     module docstring). ``on_record`` sees each variant when it is done, and each variant a
     backend cannot run as an error (left out of the result; raised if it was the only one).
     Ctrl-C or SIGTERM raises :class:`BenchInterrupted` carrying what was measured so far."""
-    check_model_refs(models)
+    for ref in models:  # fail fast, before any process starts
+        check_model_ref(ref)
     requested = {m: [Variant(m, b, p) for b in backends for p in precisions] for m in models}
     run = _Run(config, on_record or (lambda result, variant: None), on_progress or (lambda progress: None))
     with _sigterm_as_interrupt():
@@ -265,24 +262,26 @@ def _sigint_ignored() -> AbstractContextManager[None]:
 class _ModelWorker:
     """The variants of one model, built in this process and timed on request."""
 
-    def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig) -> None:
+    def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig,
+                 trial_gate: TrialGateHook | None = None) -> None:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.config = config
+        self.trial_gate = trial_gate
         self.classifiers: list[Classifier | None] = []
         self.entries: list[tuple[Variant, BenchRecord | ResnetkitError, bool]] = []  # (variant, record or error, is reference)
         baseline_mb = reset_peak_rss()
         for variant in variants:
             self._build(variant, baseline_mb, reference=False)
         built = [e[1] for e in self.entries if isinstance(e[1], BenchRecord)]
-        if config.reference and built and not any((r.backend.split()[0], r.precision) == REFERENCE for r in built):
+        if config.reference and built and not any((r.backend, r.precision) == REFERENCE for r in built):
             self._build(Variant(model, *REFERENCE), baseline_mb, reference=True)
 
     def _build(self, variant: Variant, baseline_mb: float | None, reference: bool) -> None:
         config = self.config
         started = time.perf_counter()
         try:
-            options = RunnerOptions(batch_size=TUNED_BATCH_SIZE, precision=variant.precision)
+            options = RunnerOptions(batch_size=TUNED_BATCH_SIZE, precision=variant.precision, trial_gate=self.trial_gate)
             classifier = load_model(variant.model, pretrained=config.eval_dir is not None and not reference,
                                     backend=variant.backend, options=options)
         except ResnetkitError as exc:
@@ -350,15 +349,12 @@ class WorkerDied(ResnetkitError):
 
 def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConfig, gate: TrialGate, slot: int) -> None:
     """Entry point of a measuring process: build, answer ``(method, args)`` requests, stop on None."""
-    from ..backends import auto
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
     # ... with SIGTERM, as a normal exit: exit handlers then release what the libraries hold (e.g. the
     # multiprocessing lock tqdm makes during torch.export), which a plain SIGTERM would leave for
     # Python's resource tracker to report as leaked
     signal.signal(signal.SIGTERM, _exit_now)
-    auto.set_trial_gate(lambda: gate.timing(slot))
-    worker = _ModelWorker(model, variants, config)
+    worker = _ModelWorker(model, variants, config, trial_gate=lambda: gate.timing(slot))
     gate.idle(slot)
     conn.send(worker.entries)
     while (request := conn.recv()) is not None:
@@ -552,7 +548,7 @@ class _Run:
                     self.on_record(result, variant)
                 continue
             tracks.append(_Track(worker, index, variant, result, is_reference))
-        reference = next((t for t in tracks if (t.record.backend.split()[0], t.record.precision) == REFERENCE), None)
+        reference = next((t for t in tracks if (t.record.backend, t.record.precision) == REFERENCE), None)
         for track in tracks:
             track.reference = reference
         self.tracks = sorted(self.tracks + tracks, key=lambda t: (self.order[t.variant.model], t.index))
@@ -689,7 +685,7 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, peak_
         device="cpu",
         memory_format="channels_last" if config.channels_last else "contiguous (NCHW)",
         torch_version=torch.__version__,
-        cpu=_cpu_name(),
+        cpu=cpu_name(),
     )
 
 
@@ -725,21 +721,10 @@ def _published_accuracy(meta: ModelMeta, precision: str, *, default_precision: b
     return {"top1": None, "top5": None, "accuracy_source": source, "accuracy_dataset": metrics.dataset}
 
 
-def synthetic_photo_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
-    """A photo-sized JPEG (smooth gradients plus noise) for timing the decode path."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 200
-    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def _end_to_end(classifier: Classifier, config: BenchConfig) -> tuple[float, float]:
     """p50 of (JPEG decode + preprocessing) and of (decode + preprocessing + forward) at batch 1,
     timed after the rounds (at least ``min_runs`` calls and 1 s each)."""
-    data = synthetic_photo_jpeg()
+    data = synthetic_jpeg()
     prepare = lambda: classifier.prepare(data).unsqueeze(0)  # noqa: E731
     seconds = min(1.0, config.max_seconds)
     pre = time_calls(prepare, warmup=config.warmup, min_runs=config.min_runs, min_seconds=seconds)
@@ -757,17 +742,7 @@ def _add_accuracy(record: BenchRecord, classifier: Classifier, config: BenchConf
     record.accuracy_dataset = str(config.eval_dir)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict[str, Any]:
     """Where the numbers were measured."""
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": usable_cores(), "torch_threads": torch.get_num_threads(),
             "torch_version": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}

@@ -1,7 +1,7 @@
 """Give one of bench's measuring processes the machine to itself while it times ``auto``'s candidates.
 
 Models build in up to one process per core at once. When ``auto`` in one of them is about to time
-its candidates (:func:`resnetkit.backends.auto.set_trial_gate`), it pauses every other process that
+its candidates (``RunnerOptions.trial_gate``), it pauses every other process that
 is still building (SIGSTOP) and resumes them (SIGCONT) when its trial is over: the trial runs on
 a quiet machine, and no process sits idle waiting for a long build elsewhere to end. One process
 times at a time, and the parent starts no process meanwhile. Where processes cannot be paused

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..backends import describe
 from ..backends.base import RunnerOptions
-from ..core.loading import Classifier, load_model
+from ..run.loading import Classifier, load_model
 from ..shrink.compare import Agreement, ratio
 from ..shrink.export import FORMATS, check_export_request, export_model
 from ..shrink.prune import METHODS as PRUNE_METHODS

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from ..batch.engine import ModelRequest, predict
+from ..batch.inputs import InputError
+from ..scale.data import RayEngine
 from .app import BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, print_json
 
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16, bf16 (backend permitting); default: the backend's.")]
@@ -47,10 +49,13 @@ def predict_command(
 
     Example: resnetkit predict resnet50 photos/ -o labels.parquet (add --resume after an interruption, --ray for Ray Data).
     """
+    if address and not ray:
+        raise InputError(f"--address {address} is a Ray cluster address: add --ray to run there.")
     request = ModelRequest(model, weights=weights, random_weights=random_weights, backend=backend,
                            precision=precision, batch_size=batch_size)
+    engine = RayEngine(concurrency, address) if ray else None
     summary = predict(request, data, output, fmt=fmt, top_k=top_k, workers=workers, part_size=part_size,
-                      resume=resume, path_column=path_column, ray=ray, address=address, concurrency=concurrency)
+                      resume=resume, path_column=path_column, engine=engine)
     if json_output:
         print_json(summary.to_dict())
     else:

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..core.datasets import require_folder
 from ..core.errors import ImageError
 from ..run.evaluate import evaluate
-from ..core.loading import load_model
+from ..run.loading import load_model
 from ..run.classify import classify
 from ..run.video import classify_video, is_video_source
 from ..backends.base import RunnerOptions

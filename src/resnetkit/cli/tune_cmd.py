@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..backends import auto, tuning
 from ..backends.base import RunnerOptions
-from ..core.loading import load_model
+from ..run.loading import load_model, tuning_key
 from ..core.zoo import is_zoo_name
 from .app import JsonFlag, ModelArg, app, console, print_json
 
@@ -27,7 +27,7 @@ def tune_command(
 ) -> None:
     """Show auto's measurements for MODEL at a batch size (measuring them if not cached), refresh or clear them."""
     if clear:
-        removed = tuning.clear(auto.model_key(model))
+        removed = tuning.clear(tuning_key(model))
         console.print(f"removed {removed} tuning entr{'y' if removed == 1 else 'ies'} of {model} from {tuning.cache_path()}",
                       highlight=False)
         return

@@ -9,7 +9,7 @@ import torch
 import typer
 
 from ..backends.base import RunnerOptions
-from ..core.loading import load_model
+from ..run.loading import load_model
 from ..run.video import VideoReport, measure_stream
 from .app import BackendOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json, styled
 

@@ -36,3 +36,7 @@ class DatasetError(ResnetkitError):
 
 class BackendUnavailableError(ResnetkitError):
     """The requested inference backend is unknown or not installed on this machine."""
+
+
+class ModuleRequiredError(ResnetkitError):
+    """A command needs the PyTorch model, and the model was loaded from an exported file that keeps only logits."""

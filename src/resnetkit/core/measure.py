@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .device import machine_cores
+
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -125,6 +127,29 @@ class Timing:
         return asdict(self)
 
 
+Sync = Callable[[], None] | None  # an accelerator's synchronize (Device.synchronize); None on the CPU
+
+
+def timed_calls(fn: Callable[[], object], *, calls: int = 1, min_seconds: float = 0.0, max_calls: int | None = None,
+                sync: Sync = None) -> list[float]:
+    """The one timing loop: milliseconds of each call of ``fn``, at least ``calls`` calls and until ``min_seconds``
+    of timed calls have passed (at most ``max_calls``). With ``sync`` (an accelerator's synchronize) the clock
+    starts once the device is idle and stops once it has finished the call, not when the call was queued."""
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < calls or (spent < min_seconds and (max_calls is None or len(samples) < max_calls)):
+        if sync is not None:
+            sync()
+        start = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        elapsed = time.perf_counter() - start
+        samples.append(elapsed * 1000.0)
+        spent += elapsed
+    return samples
+
+
 def time_calls(
     fn: Callable[[], object],
     *,
@@ -132,17 +157,13 @@ def time_calls(
     min_runs: int = 20,
     max_runs: int = 500,
     min_seconds: float = 2.0,
+    sync: Sync = None,
 ) -> Timing:
     """Call ``fn`` ``warmup`` times untimed, then at least ``min_runs`` times and until
     ``min_seconds`` have passed (capped at ``max_runs``); percentiles over the timed calls."""
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - start < min_seconds):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000.0)
+    if warmup:
+        timed_calls(fn, calls=warmup, sync=sync)
+    samples = timed_calls(fn, calls=min_runs, min_seconds=min_seconds, max_calls=max_runs, sync=sync)
     return timing_from_samples(samples, warmup)
 
 
@@ -232,7 +253,7 @@ class CpuMeter:
         if self._machine_start is None or machine_end is None or wall <= 0:
             return None
         own = sum(self._last[pid] - self._first[pid] for pid in self._last)
-        return max(0.0, (machine_end - self._machine_start - own) / (wall * (os.cpu_count() or 1)))
+        return max(0.0, (machine_end - self._machine_start - own) / (wall * machine_cores()))
 
 
 def _machine_busy_seconds() -> float | None:
@@ -280,7 +301,7 @@ class LoadSpan:
 
 
 def start_load_span() -> LoadSpan:
-    return LoadSpan(load_average(), None, os.cpu_count() or 1, meter=CpuMeter())
+    return LoadSpan(load_average(), None, machine_cores(), meter=CpuMeter())
 
 
 def end_load_span(span: LoadSpan) -> LoadSpan:
@@ -323,22 +344,20 @@ def time_interleaved(
     min_runs: int = 10,
     max_runs: int = 500,
     min_seconds: float = 2.0,
+    sync: Sync = None,
 ) -> InterleavedTimings:
     """Time several callables in rounds (each called once per round, in turn) so that a slow
     spell of the machine hits all of them alike; at least ``min_runs`` rounds and
     ``min_seconds`` of timed calls in all, at most ``max_runs`` rounds."""
     for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+        if warmup:
+            timed_calls(fn, calls=warmup, sync=sync)
     load = start_load_span()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     spent, rounds = 0.0, 0
     while rounds < max_runs and (rounds < min_runs or spent < min_seconds):
         rounds += 1
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - t0
-            samples[name].append(elapsed * 1000.0)
-            spent += elapsed
+            samples[name] += timed_calls(fn, sync=sync)
+            spent += samples[name][-1] / 1000.0
     return InterleavedTimings({name: timing_from_samples(s, warmup) for name, s in samples.items()}, end_load_span(load))

@@ -17,9 +17,8 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..core.loading import Classifier
+from ..run.loading import Classifier
 from ..core.zoo import get_spec
-from ..features.extract import require_module
 from ..run.classify import Prediction, top_k
 
 METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
@@ -80,7 +79,7 @@ class Explainer:
     """A float32 copy of a classifier's module with a CAM on its last stage; one image at a time."""
 
     def __init__(self, classifier: Classifier, method: str = "gradcam") -> None:
-        module = copy.deepcopy(require_module(classifier, "explain")).float().eval()
+        module = copy.deepcopy(classifier.torch_module("explain")).float().eval()
         self.cam_class = _cam_class(method)
         self.method = method
         self.meta = classifier.meta

@@ -12,7 +12,7 @@ from typing import Iterable
 from ..core.errors import ImageError, ResnetkitError
 from ..core.fileio import atomic_write, write_text_atomic
 from ..core.images import decode_image, iter_image_paths
-from ..core.loading import Classifier, load_model
+from ..run.loading import Classifier, load_model
 from ..core.progress import track
 from .cam import Explainer
 

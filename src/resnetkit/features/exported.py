@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..core.loading import Classifier
+from ..run.loading import Classifier
 
 if TYPE_CHECKING:
     import onnx

@@ -19,9 +19,9 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from ..backends.base import Runner, RunnerOptions, make_runner
-from ..core.errors import ImageError, ResnetkitError
+from ..core.errors import ImageError, ModuleRequiredError, ResnetkitError
 from ..core.images import iter_image_paths, iter_prepared
-from ..core.loading import Classifier, load_model
+from ..run.loading import Classifier, load_model
 from ..core.progress import track
 from ..core.zoo import get_spec, is_zoo_name
 from .exported import exported_features_runner
@@ -29,19 +29,8 @@ from .exported import exported_features_runner
 FEATURES_NODE = "features"
 
 
-class FeaturesUnavailableError(ResnetkitError):
-    """The model has no PyTorch module to take features or gradients from (an exported file)."""
-
-
-def require_module(classifier: Classifier, command: str) -> nn.Module:
-    """The classifier's PyTorch module, or a clear error for exported files that only keep the logits."""
-    if classifier.module is None:
-        raise FeaturesUnavailableError(
-            f"'{command}' needs the PyTorch model, but {classifier.meta.name} was loaded from an exported file "
-            f"(run by {classifier.runner.backend}), which keeps only the logits output. Use the zoo name "
-            f"({classifier.meta.arch}) or the .pt model it was exported from."
-        )
-    return classifier.module
+class FeaturesUnavailableError(ModuleRequiredError):
+    """The features asked for cannot be taken from this model (an exported file gives the pooled ones only)."""
 
 
 class PooledFeatures(nn.Module):
@@ -71,7 +60,7 @@ def stage_names(arch: str, module: nn.Module) -> list[str]:
 
 def feature_module(classifier: Classifier, layer: str | None = None) -> nn.Module:
     """A float32 copy of the classifier that outputs pooled features (before the head, or after ``layer``)."""
-    module = require_module(classifier, "embed")
+    module = classifier.torch_module("embed")
     body = copy.deepcopy(module).float().eval()
     if layer is None:
         head = get_spec(classifier.meta.arch).head
@@ -155,7 +144,7 @@ def _exported_runner(classifier: Classifier, layer: str | None, backend: str | N
     """The pooled-features runner of an exported ONNX/OpenVINO graph, as stored; TorchScript files cannot give one."""
     runner = exported_features_runner(classifier)
     if runner is None:
-        require_module(classifier, "embed")  # raises: no PyTorch module and no features output
+        classifier.torch_module("embed")  # raises: no PyTorch module and no features output
     name = classifier.meta.name
     if layer is not None:
         raise FeaturesUnavailableError(f"{name} is an exported graph: it gives the pooled features only. --layer needs "

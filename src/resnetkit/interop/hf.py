@@ -20,10 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backends.base import RunnerOptions
 from ..core.errors import UnknownModelError, WeightsError
 from ..core.fileio import atomic_write, write_text_atomic
-from ..core.loading import Classifier, module_classifier
 from ..core.spec import ModelMeta, Preprocessing
 from ..core.weights import load_state_file
 from ..core.zoo import get_spec
@@ -190,8 +188,8 @@ def _labels(config: dict[str, Any], count: int) -> tuple[str, ...]:
     return tuple(id2label.get(i, f"LABEL_{i}") for i in range(count))
 
 
-def load_folder(folder: Path, backend: str | None, options: RunnerOptions) -> Classifier:
-    """A transformers-format ResNet folder as a resnetkit :class:`Classifier` on the torchvision ResNet."""
+def read_folder(folder: Path) -> tuple[nn.Module, ModelMeta]:
+    """A transformers-format ResNet folder as the torchvision ResNet (in eval mode) and its metadata."""
     if not is_hf_folder(folder):
         raise UnknownModelError(f"{folder} is a folder without {CONFIG}: not a Hugging Face model folder. Give a "
                                 "zoo name, a model file, or a folder written by transformers' save_pretrained.")
@@ -210,7 +208,7 @@ def load_folder(folder: Path, backend: str | None, options: RunnerOptions) -> Cl
         preprocessing = get_spec(arch).default_weights.preprocessing
     meta = ModelMeta(name=folder.resolve().name, arch=arch, categories=categories, preprocessing=preprocessing,
                      weights=str(folder), format="hf")
-    return module_classifier(module.eval(), meta, backend, options)
+    return module.eval(), meta
 
 
 def hf_config(arch: str, categories: tuple[str, ...]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 
 from ..core.errors import ImageError, ResnetkitError
 from ..core.images import Prepared, iter_image_paths, iter_prepared
-from ..core.loading import Classifier, load_model
+from .loading import Classifier, load_model
 
 
 @dataclass(frozen=True)

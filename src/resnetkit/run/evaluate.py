@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from ..core.datasets import ImageFileDataset, collate_skipping_bad, labelled_samples, require_folder
 from ..core.errors import DatasetError
 from ..core.images import prepare_image
-from ..core.loading import Classifier, load_model
+from .loading import Classifier, load_model
 from ..core.progress import track
 
 

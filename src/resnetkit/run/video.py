@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ..core.errors import ResnetkitError
-from ..core.loading import Classifier, load_model
+from .loading import Classifier, load_model
 from .classify import Prediction, top_k as top_k_predictions
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv",

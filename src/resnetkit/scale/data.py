@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
@@ -55,3 +56,18 @@ def ray_batches(request: ModelRequest, sources: list[str], *, top_k: int, worker
                                       batch_size=call_size, batch_format="pyarrow", num_cpus=1,
                                       compute=ray.data.ActorPoolStrategy(size=concurrency))
         yield from results.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """The engine of :func:`resnetkit.batch.engine.predict` on Ray Data: ``concurrency`` model actors on the Ray at
+    ``address`` (default ``RAY_ADDRESS``, else a local Ray for this run)."""
+
+    concurrency: int = 2
+    address: str | None = None
+
+    def __call__(self, request: ModelRequest, sources: list[str], top_k: int,
+                 workers: int) -> tuple[Iterator[pa.Table], str]:
+        batches = ray_batches(request, sources, top_k=top_k, workers=workers, concurrency=self.concurrency,
+                              address=self.address)
+        return batches, f"Ray Data, {self.concurrency} actors"

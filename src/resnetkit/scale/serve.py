@@ -28,10 +28,10 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from ..backends.base import RunnerOptions
+from ..backends.base import RunInfo, RunnerOptions
 from ..core.errors import ImageError, ResnetkitError
 from ..core.fileio import write_text_atomic
-from ..core.loading import load_model
+from ..run.loading import load_model
 from ..core.spec import ModelMeta
 from ..run.classify import Prediction, top_k
 from ..serve.app import create_app
@@ -65,10 +65,9 @@ class ModelReplica:
         self.forward.set_max_batch_size(settings.max_batch_size)
         self.forward.set_batch_wait_timeout_s(settings.max_wait_ms / 1000.0)
 
-    def describe(self) -> tuple[str, ModelMeta, str, str]:
-        """Served name, metadata, backend and precision."""
-        runner = self.classifier.runner
-        return self.name, self.classifier.meta, runner.backend, runner.precision
+    def describe(self) -> tuple[str, ModelMeta, RunInfo]:
+        """Served name, metadata, and what runs the model where."""
+        return self.name, self.classifier.meta, self.classifier.ran
 
     async def classify(self, data: bytes, k: int) -> list[Prediction] | ImageError:
         """Top-``k`` of one encoded image, or the :class:`ImageError` that refused it."""
@@ -91,19 +90,11 @@ class ModelReplica:
 
 
 @dataclass(frozen=True)
-class RemoteRuntime:
-    """What the routes show of a remote model's runner."""
-
-    backend: str
-    precision: str
-
-
-@dataclass(frozen=True)
 class RemoteModel:
-    """What the routes read of a model served by replicas: its metadata and runtime."""
+    """What the routes read of a model served by replicas: its metadata and what runs it where."""
 
     meta: ModelMeta
-    runner: RemoteRuntime
+    ran: RunInfo
 
 
 class RayBatcher:
@@ -149,12 +140,12 @@ class RayHub(ModelHub):
             self._fail(f"{type(exc).__name__}: {exc}")
             return
         refs = [ModelEntry.parse(entry).ref for entry in self.settings.models]
-        for (name, meta, backend, precision), handle, ref in zip(described, self.handles, refs):
+        for (name, meta, ran), handle, ref in zip(described, self.handles, refs):
             if name in self.models:
                 self._fail(f"two models would be served as '{name}'. Name them with NAME=REF.")
                 return
             batcher = RayBatcher(handle, self.settings.max_batch_size)
-            self.models[name] = ServedModel(name, ref, RemoteModel(meta, RemoteRuntime(backend, precision)), batcher)
+            self.models[name] = ServedModel(name, ref, RemoteModel(meta, ran), batcher)
         self.ready = True
 
 

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..core.errors import ImageError, ResnetkitError
-from ..core.loading import Classifier
+from ..run.loading import Classifier
 from ..run.classify import Prediction, top_k
 from .metrics import ServeMetrics
 

@@ -12,20 +12,16 @@ and keeps the fastest.
 
 from __future__ import annotations
 
-import io
-import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..core.images import prepare_image
-from ..core.loading import Classifier
-from ..core.spec import Preprocessing
+from ..core.measure import timed_calls
+from ..core.samples import typical_upload
+from ..run.loading import Classifier
 
 TRIAL_SECONDS = 1.0  # per candidate and model, after one warm-up batch
 TRIAL_BATCH = 8  # images per forward pass in the trial: the mean batch under load (docs/serve.md)
@@ -82,42 +78,15 @@ def _model_rate(classifier: Classifier, pool: ThreadPoolExecutor, seconds: float
         return [pool.submit(prepare_image, upload, preprocessing) for _ in range(TRIAL_BATCH)]
 
     classifier.probabilities(torch.stack([f.result() for f in submit()]))  # warm-up
-    pending, images, start = submit(), 0, time.perf_counter()
-    while images == 0 or time.perf_counter() - start < seconds:
+    pending = submit()
+
+    def step() -> None:  # the next batch is decoded while this one runs, as in the server
+        nonlocal pending
         batch = torch.stack([f.result() for f in pending])
         pending = submit()
         classifier.probabilities(batch)
-        images += len(batch)
-    elapsed = time.perf_counter() - start
+
+    steps_ms = timed_calls(step, min_seconds=seconds, sync=classifier.ran.device.synchronize)
     for future in pending:
         future.result()
-    return images / elapsed
-
-
-def runner_threads(classifier: Classifier) -> int:
-    """The intra-op threads the classifier's runner was built with (the runtimes' default: every core)."""
-    return getattr(classifier.runner, "threads", None) or available_cores()
-
-
-def typical_upload(preprocessing: Preprocessing) -> bytes:
-    """A JPEG the size clients usually send: the input size for tiny models, a 4:3 photo about 2.5x the
-    resize size otherwise (640x480 for ImageNet models); smooth gradients plus noise, quality 90."""
-    if preprocessing.crop_size <= 64:
-        width = height = preprocessing.resize_size
-    else:
-        width, height = round(preprocessing.resize_size * 2.5), round(preprocessing.resize_size * 1.875)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 200
-    pixels = np.clip(base + np.random.default_rng(0).normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask, e.g. a container's cpuset), else the CPU count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
+    return TRIAL_BATCH * len(steps_ms) / (sum(steps_ms) / 1000.0)

@@ -11,12 +11,13 @@ from typing import Callable
 
 import torch
 
+from ..core.device import usable_cores
 from ..core.errors import ResnetkitError
 from ..core.images import prepare_image
-from ..core.loading import Classifier, load_model
+from ..run.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
 from .batcher import DynamicBatcher, batch_sizes
-from .cpu_split import CpuSplit, available_cores, candidate_threads, fastest_split, pipeline_rate, workers_for
+from .cpu_split import CpuSplit, candidate_threads, fastest_split, pipeline_rate, workers_for
 from .metrics import ServeMetrics
 from .schemas import ModelDetail, ModelInfo
 from .settings import ServeSettings
@@ -42,13 +43,14 @@ class ServedModel:
 
     @property
     def runtime(self) -> str:
-        """What runs the model, e.g. ``openvino/bf16``."""
-        return f"{self.classifier.runner.backend}/{self.classifier.runner.precision}"
+        """What runs the model and where, e.g. ``openvino/bf16 on CPU (auto)``."""
+        return self.classifier.ran.label()
 
     def info(self) -> ModelInfo:
-        meta, runner = self.classifier.meta, self.classifier.runner
+        meta, ran = self.classifier.meta, self.classifier.ran
         return ModelInfo(
-            name=self.name, arch=meta.arch, weights=meta.weights, backend=runner.backend, precision=runner.precision,
+            name=self.name, arch=meta.arch, weights=meta.weights, backend=ran.backend, precision=ran.precision,
+            device=str(ran.device), device_name=ran.device.name, chosen_by_auto=ran.auto, runtime=ran.label(),
             num_classes=meta.num_classes, input_size=meta.preprocessing.crop_size,
             preprocessing=meta.preprocessing.describe(), published_top1=meta.metrics.top1,
             dataset=meta.metrics.dataset, max_batch_size=self.batcher.max_batch_size,
@@ -119,7 +121,7 @@ class ModelHub:
     def _load_for_split(self) -> tuple[list[tuple[str, str, Classifier]], CpuSplit]:
         """The models built for the CPU split, and the split: ``--threads`` if given, else the thread count
         whose decode + inference pipeline measured fastest (worker thread; see :mod:`.cpu_split`)."""
-        cores, asked, workers = available_cores(), self.settings.threads, self.settings.workers
+        cores, asked, workers = usable_cores(), self.settings.threads, self.settings.workers
         if asked:
             return self._load_all(asked), CpuSplit(asked, workers_for(asked, cores, workers), cores)
         built, rates = {}, {}

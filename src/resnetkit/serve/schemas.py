@@ -29,8 +29,12 @@ class ModelInfo(BaseModel):
     name: str = Field(description="The name to use in URLs.")
     arch: str
     weights: str = Field(description="Zoo weights tag, file, or 'random'.")
-    backend: str
+    backend: str = Field(description="The backend that runs the model, e.g. 'openvino'.")
     precision: str
+    device: str = Field(description="Where it runs: 'cpu' or 'cuda:N'.")
+    device_name: str = Field(description="'CPU', or the GPU's name.")
+    chosen_by_auto: bool = Field(description="Whether the auto backend chose the backend by measuring.")
+    runtime: str = Field(description="All of the above for people, e.g. 'openvino/bf16 on CPU (auto)'.")
     num_classes: int
     input_size: int = Field(description="Side of the square input crop, in pixels.")
     preprocessing: str
@@ -92,7 +96,7 @@ class TorchServeWorker(BaseModel):
 
 class TorchServeModelDescription(TorchServeModelRef):
     modelVersion: str
-    runtime: str = Field(description="resnetkit's backend and precision, e.g. 'openvino/bf16'.")
+    runtime: str = Field(description="What runs the model and where, e.g. 'openvino/bf16 on CPU (auto)'.")
     minWorkers: int
     maxWorkers: int
     batchSize: int

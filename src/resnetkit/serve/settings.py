@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Mapping
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -13,7 +12,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from ..core.errors import ResnetkitError
 from ..core.images import DEFAULT_MAX_PIXELS
-from ..core.zoo import get_spec, is_zoo_name
+from ..run.loading import check_model_ref
 
 ENV_PREFIX = "RESNETKIT_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -38,8 +37,7 @@ class ModelEntry:
 
     def check(self) -> None:
         """Fail fast on a reference that is neither a zoo name nor an existing file."""
-        if not is_zoo_name(self.ref) and not Path(self.ref).exists():
-            get_spec(self.ref)  # raises UnknownModelError with suggestions
+        check_model_ref(self.ref)
 
 
 class ServeSettings(BaseSettings):

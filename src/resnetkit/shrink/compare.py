@@ -21,7 +21,8 @@ from PIL import Image
 from ..core.errors import DatasetError
 from ..core.images import decode_image, iter_image_paths
 from ..core.measure import InterleavedTimings, time_interleaved
-from ..core.loading import Classifier
+from ..core.samples import generated_batches
+from ..run.loading import Classifier
 from ..core.spec import ModelMeta
 
 
@@ -54,16 +55,6 @@ def labelled_batches(data_dir: str | os.PathLike[str], meta: ModelMeta, *, limit
     images = torch.stack([transform(decode_image(s.path)) for s in samples])
     labels = torch.tensor([s.label for s in samples])
     return [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
-
-
-def generated_batches(meta: ModelMeta, *, count: int, batch_size: int = 32, seed: int = 0) -> list[torch.Tensor]:
-    """``count`` random-pixel images through the model's own preprocessing (no data needed)."""
-    rng = np.random.default_rng(seed)
-    transform = meta.preprocessing.transform()
-    size = meta.preprocessing.resize_size
-    tensors = [transform(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB"))
-               for _ in range(count)]
-    return [torch.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
 
 
 def sample_batches(meta: ModelMeta, data_dir: str | os.PathLike[str] | None, *, count: int,

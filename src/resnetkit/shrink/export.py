@@ -17,7 +17,7 @@ from ..backends import openvino as openvino_backend
 from ..backends import torchscript as torchscript_backend
 from ..core.errors import ResnetkitError, UnknownModelError
 from ..backends.base import RunnerOptions
-from ..core.loading import Classifier, load_model
+from ..run.loading import Classifier, load_model
 from ..core.measure import serialized_size_bytes
 from ..core.spec import ModelMeta, Step
 from .compare import Agreement, agreement, compare_latency, sample_batches
@@ -72,17 +72,10 @@ def check_export_request(fmt: str, output: str | os.PathLike[str]) -> Path:
     return check_output_path(output, FORMATS[fmt], fmt)
 
 
-def require_module(source: Classifier, what: str) -> None:
-    """Refuse a source that has no torch module (an exported graph) for ``what``."""
-    if source.module is None:
-        raise ResnetkitError(f"{source.meta.name} is an exported graph; {what} the zoo model or a .pt artifact instead.")
-
-
 def write_artifact(source: Classifier, fmt: str, output: Path, *, dynamic_batch: bool, batch_size: int,
                    opset: int | None) -> str | None:
     """Write ``source`` in ``fmt``; returns the onnx.checker verdict for ONNX."""
-    require_module(source, "export")
-    module, meta = source.module, exported_meta(source.meta, fmt, output.stem, dynamic_batch, opset)
+    module, meta = source.torch_module("export"), exported_meta(source.meta, fmt, output.stem, dynamic_batch, opset)
     if fmt == "onnx":
         onnx_backend.save_onnx(onnx_backend.to_onnx(module, meta, dynamic_batch=dynamic_batch, batch_size=batch_size,
                                                        opset=opset), output)

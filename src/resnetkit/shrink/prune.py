@@ -20,12 +20,12 @@ from torch.nn.utils import prune as torch_prune
 from ..backends.base import make_runner
 from ..core.artifacts import save_artifact
 from ..core.errors import ResnetkitError
-from ..core.loading import Classifier
+from ..run.loading import Classifier
 from ..core.measure import count_macs, count_params, serialized_size_bytes
 from ..core.spec import ModelMeta, Step
 from ..core.zoo import get_spec
 from .compare import Agreement, agreement, compare_latency, random_weights_notes, sample_batches, top1_accuracy
-from .export import check_output_path, require_module
+from .export import check_output_path
 
 METHODS = ("l1-unstructured", "channel")
 CHECK_IMAGES = 256
@@ -140,7 +140,7 @@ def prune(
 ) -> PruneReport:
     """Prune the loaded model ``source`` with ``method``, optionally fine-tune, save to ``output`` (.pt) and measure."""
     path = check_prune_request(method, amount, output)
-    require_module(source, "prune")
+    source.torch_module("prune")
     meta, shape = source.meta, source.meta.preprocessing.input_shape
     module = copy.deepcopy(source.module).float().eval()
     round_to = round_to or get_spec(meta.arch).pruning.round_to

@@ -25,12 +25,12 @@ from ..backends import openvino as openvino_backend
 from ..backends.base import FLOAT_DTYPES, RunnerOptions, get_backend, make_runner
 from ..core.artifacts import ARTIFACT_SUFFIXES, save_artifact
 from ..core.errors import ResnetkitError
-from ..core.loading import Classifier, load_model
+from ..run.loading import Classifier, load_model
 from ..core.measure import serialized_size_bytes
 from ..core.spec import ModelMeta, Step
 from .compare import (Agreement, agreement, compare_latency, image_batches, labelled_batches, random_weights_notes,
                       sample_batches, top1_accuracy)
-from .export import artifact_size, check_output_path, require_module
+from .export import artifact_size, check_output_path
 
 METHODS = ("fp16", "bf16", "dynamic-int8", "static-int8")
 CALIBRATION_METHODS = ("histogram", "percentile", "minmax")
@@ -159,7 +159,7 @@ def quantize(
     top-1 on up to ``validate_size`` of its labelled images is within ``max_drop`` points of the float model."""
     request = resolve_request(method, backend, output, calib_dir, calib_size, calibration_method,
                               validate_dir=validate_dir, validate_size=validate_size, max_drop=max_drop)
-    require_module(source, "quantize")
+    source.torch_module("quantize")
     calibration = _calibration(source.meta, request)
     step = Step("quantize", method, {"backend": request.backend, "calibration": calibration[1] if calibration else None,
                                      **_control_params(request)})

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..core.artifacts import build_from_artifact
 from ..core.fileio import write_text_atomic
-from ..core.loading import Classifier, load_model
+from ..run.loading import Classifier, load_model
 from ..core.spec import ModelMeta, PublishedMetrics
 from ..core.zoo import get_spec, is_zoo_name
 from . import checkpoint as ckpt

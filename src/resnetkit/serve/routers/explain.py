@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from ...core.errors import ImageError, ResnetkitError
 from ...core.images import decode_image
-from ...core.loading import Classifier
+from ...run.loading import Classifier
 from ...explain import Explainer
 from ..deps import Hub, require_token
 from ..hub import ServeError

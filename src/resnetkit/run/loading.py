@@ -12,13 +12,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..backends.base import FLOAT_DTYPES, Runner, RunnerOptions, file_suffixes, module_backend, read_file
-from .artifacts import ARTIFACT_SUFFIXES, load_artifact
-from .errors import UnknownModelError, WeightsError
-from .images import prepare_image
-from .spec import ModelMeta, ModelSpec
-from .weights import extract_state_dict, load_published, safe_load
-from .zoo import get_spec, is_zoo_name
+from ..backends import tuning
+from ..backends.base import FLOAT_DTYPES, RunInfo, Runner, RunnerOptions, file_suffixes, module_backend, read_file, run_info
+from ..core.artifacts import ARTIFACT_SUFFIXES, load_artifact
+from ..core.errors import ModuleRequiredError, UnknownModelError, WeightsError
+from ..core.images import prepare_image
+from ..core.spec import ModelMeta, ModelSpec
+from ..core.weights import extract_state_dict, load_published, safe_load
+from ..core.zoo import get_spec, is_zoo_name
+from ..interop.hf import read_folder
 
 
 @dataclass
@@ -44,6 +46,20 @@ class Classifier:
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.runner(batch).float(), dim=1)
+
+    @property
+    def ran(self) -> RunInfo:
+        """What runs the model and where (backend, precision, device, auto), as data."""
+        return run_info(self.runner)
+
+    def torch_module(self, command: str) -> nn.Module:
+        """The PyTorch module, or a clear error for a model loaded from an exported file, which ``command`` cannot use."""
+        if self.module is None:
+            raise ModuleRequiredError(
+                f"'{command}' needs the PyTorch model, but {self.meta.name} was loaded from an exported file (run by "
+                f"{self.runner.backend}), which keeps only the logits output. Use the zoo name ({self.meta.arch}) or "
+                "the .pt model it was exported from.")
+        return self.module
 
 
 class LazyRunner:
@@ -73,7 +89,7 @@ class LazyRunner:
 
 def module_classifier(module: nn.Module, meta: ModelMeta, backend: str | None, options: RunnerOptions) -> Classifier:
     """``module`` behind a runner of ``backend`` (``None``: auto), checked now and built on first use."""
-    chosen = module_backend(backend, options)
+    chosen, options = module_backend(backend, options)
     return Classifier(meta, LazyRunner(lambda: chosen.factory(module, meta, options)), module)  # type: ignore[misc]
 
 
@@ -118,9 +134,8 @@ def load_model(
         if weights:
             raise UnknownModelError(f"--weights only applies to zoo models; {ref} already carries its weights.")
         if path.is_dir():  # a Hugging Face transformers-format folder
-            from ..interop.hf import load_folder
-
-            return load_folder(path, backend, options)
+            module, meta = read_folder(path)
+            return module_classifier(module, meta, backend, options)
         if path.suffix.lower() in ARTIFACT_SUFFIXES:
             module, meta = load_artifact(path)
             return module_classifier(module, meta, backend, _stored_precision(meta, options))
@@ -131,6 +146,24 @@ def load_model(
         return Classifier(meta, runner)
     get_spec(ref)  # raises UnknownModelError with suggestions
     raise AssertionError("unreachable")
+
+
+def check_model_ref(ref: str | os.PathLike[str]) -> None:
+    """Fail fast, before anything is loaded or written, on a reference that is neither a zoo name nor an
+    existing path (the error suggests zoo names)."""
+    if not is_zoo_name(str(ref)) and not Path(ref).exists():
+        get_spec(str(ref))  # raises UnknownModelError with suggestions
+
+
+def tuning_key(ref: str) -> str:
+    """The key of ``auto``'s tuning cache for a model reference: a model file's bytes, else the module's tensor layout."""
+    path = Path(ref)
+    if not is_zoo_name(ref) and path.suffix.lower() in file_suffixes():
+        return tuning.file_key(path)
+    if is_zoo_name(ref):
+        with torch.device("meta"):  # the tensor layout without allocating or initialising weights
+            return tuning.module_key(get_spec(ref).build())
+    return tuning.module_key(load_model(ref, pretrained=False, backend="eager").torch_module("tune"))
 
 
 def _stored_precision(meta: ModelMeta, options: RunnerOptions) -> RunnerOptions:
