@@ -62,6 +62,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                     "(or set RESNETKIT_SHARED to their folder).", returncode=1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip, saying why, where torch sees no CUDA GPU (CI never has one)."""
+    from resnetkit.core.device import cuda_count
+
+    if cuda_count():
+        return
+    import torch
+
+    why = "CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build, no GPU or driver found"
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU; torch {torch.__version__} sees none here ({why})")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is missing (../shared holds real weights and data for developers and CI only)")

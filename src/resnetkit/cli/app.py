@@ -12,8 +12,9 @@ Rules for every command (the types and helpers below make them the easy path):
   Bad flags and values (Typer's usage errors) print the same way plus a usage hint, exit 2.
 - One name per concept: ``--weights`` (:data:`WeightsOpt`), ``--random-weights``
   (:data:`RandomWeightsFlag`), ``--backend`` / ``--precision`` (:data:`BackendOpt`,
-  :data:`PrecisionOpt`; default None = the model's own runtime), ``--batch-size``, ``--workers``,
-  ``--eval DIR`` / ``--eval-limit N``, ``-o/--output``.
+  :data:`PrecisionOpt`; default None = auto for PyTorch models, a file's own runtime for exported
+  files), ``--device`` (:data:`DeviceOpt`; auto = the first CUDA GPU torch sees, else the CPU),
+  ``--batch-size``, ``--workers``, ``--eval DIR`` / ``--eval-limit N``, ``-o/--output``.
 - Every option's help shows its default: Typer adds ``[default: X]`` for a real default value; an
   option whose default is None or depends on something ends its help with :func:`default`'s
   ``(default: ...)``. No square brackets in help texts: help is rich markup, which swallows them.
@@ -138,12 +139,17 @@ ModelArg = Annotated[str, typer.Argument(
     metavar="MODEL", help="Zoo name (see 'resnetkit models') or path of a model file written by resnetkit.")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help=default(
     "Weights tag of the zoo model (e.g. IMAGENET1K_V2) or a checkpoint file.", "the model's default weights"))]
-RandomWeightsFlag = Annotated[bool, typer.Option("--random-weights", help="Random weights (offline; cost and speed only).")]
+RandomWeightsFlag = Annotated[bool, typer.Option("--random-weights", help=(
+    "Random weights instead of trained ones (offline; for cost and speed: the labels are meaningless)."))]
 BackendOpt = Annotated[str | None, typer.Option("--backend", help=default(
     "Inference backend (see 'resnetkit backends').",
-    "the model's own runtime: eager for PyTorch models, ONNX Runtime for .onnx, OpenVINO for .xml files"))]
+    "auto for PyTorch models (the fastest backend measured on this machine); an exported file's own runtime: "
+    "ONNX Runtime for .onnx, OpenVINO for .xml, TorchScript for .torchscript"))]
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help=default(
-    "fp32, fp16, bf16 or int8, backend permitting.", "the backend's"))]
+    "fp32, fp16, bf16 or int8, backend permitting.",
+    "auto's: bf16 where the CPU computes it natively, else fp32; fp16 on a GPU; a file's stored precision"))]
+DeviceOpt = Annotated[str, typer.Option("--device", help=(
+    "Where the model runs: auto (the first CUDA GPU torch sees, else the CPU), cpu, cuda or cuda:N."))]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Image decoding workers.")]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="File to write.")]
