@@ -1,13 +1,15 @@
-"""``auto``: the default backend for PyTorch models. It measures the available backends (and
-intra-op thread counts) on this machine for this model and batch size, runs the fastest and
-says which one won, e.g. ``openvino (auto)``; the measurements go to the tuning cache
-(:mod:`resnetkit.backends.tuning`), so the next start only builds the winner.
+"""``auto``: the default backend for PyTorch models. It measures the available backends that run on the device
+(and, on the CPU, intra-op thread counts) on this machine for this model and batch size, runs the fastest and
+says which one won (``openvino/bf16 on CPU (auto)``, ``cuda-graph/fp16 on NVIDIA H200 (auto)``); the
+measurements go to the tuning cache (:mod:`resnetkit.backends.tuning`), keyed by the CPU, or by the GPU, its
+driver and CUDA version, so the next start only builds the winner.
 
-Precision: what was asked for, else each backend's default precision on this CPU if it is one
-of :data:`DEFAULT_PRECISIONS` (fp32, or bf16 where the CPU computes bf16 natively: OpenVINO's
-default hint says so), else fp32. Never int8 unless asked: int8 needs a calibrated artifact.
-Candidates are the registered backends marked ``tried_by_auto`` that run the precision (for a
-model file: the backends that read it).
+Precision: what was asked for, else each backend's default precision on the device if it is one of
+:data:`DEFAULT_PRECISIONS` (on the CPU fp32, or bf16 where the CPU computes bf16 natively: OpenVINO's default
+hint says so; on a GPU fp16), else fp32. Never int8 unless asked: int8 needs a calibrated artifact.
+Candidates are the registered backends marked ``tried_by_auto`` that run on the device and in the precision
+(for a model file: the backends that read it). On a GPU, candidates are timed on inputs already there,
+synchronised.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def default_precision(device: Device) -> str:
     """What auto runs on ``device`` when no precision is asked for: the lowest precision of
     :data:`DEFAULT_PRECISIONS` that a candidate runs by default there, else fp32."""
     defaults = {_precision_for(b, None, device) for b in candidates(None, device)}
-    return next((p for p in DEFAULT_PRECISIONS[device.kind][::-1] if p in defaults and p != "fp32"), "fp32")
+    return next((p for p in DEFAULT_PRECISIONS[device.kind] if p in defaults and p != "fp32"), "fp32")
 
 
 def candidates(precision: str | None, device: Device) -> list[Backend]:

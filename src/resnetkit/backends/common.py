@@ -1,4 +1,5 @@
-"""Helpers shared by the backends: artifact metadata, calibration input, quiet third-party tools."""
+"""Helpers shared by the backends: the PyTorch runners' common part (device, precision, layout, threads, out of
+memory), artifact metadata, calibration input, quiet third-party tools."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import sys
 import threading
 import warnings
@@ -17,9 +19,13 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 from torch import nn
 
+from ..core.device import CPU, Device
+from ..core.errors import ResnetkitError
 from ..core.samples import generated_batches
 from ..core.spec import ModelMeta
-from .base import RunnerOptions
+from .base import FLOAT_DTYPES, RunnerOptions
+
+log = logging.getLogger("resnetkit")
 
 META_KEY = "resnetkit"  # key under which artifacts store ModelMeta.to_dict() as JSON
 GENERATED_CALIBRATION_IMAGES = 32
@@ -90,6 +96,51 @@ def cpu_has_vnni() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+class TorchRunner:
+    """What the PyTorch runners share: the module on its device in its precision (and channels-last layout, the
+    default on a GPU, where cuDNN's fp16/bf16 kernels want it), inputs moved there (from pinned memory without
+    blocking), logits back on the input's device, intra-op threads on the CPU set per call, and on a GPU a batch
+    that does not fit in memory run in halves, said once. Subclasses override :meth:`forward`."""
+
+    backend = "torch"
+
+    def __init__(self, module: nn.Module, precision: str = "fp32", *, device: Device = CPU,
+                 threads: int | None = None, channels_last: bool | None = None) -> None:
+        self.precision, self.device = precision, device
+        self.threads = None if device.is_cuda else threads  # threads apply on the CPU only
+        self.dtype = FLOAT_DTYPES[precision]
+        self.channels_last = device.is_cuda if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.module = module.to(device=device.torch, dtype=self.dtype, memory_format=self.memory_format).eval()
+        self.fits: int | None = None  # the largest batch known to fit in GPU memory, once one did not
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(inputs)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch_threads(self.threads):
+            return self._run(batch).to(batch.device)
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch`` on this runner's device, in its precision and layout (non-blocking from pinned memory)."""
+        return batch.to(self.device.torch, non_blocking=True).to(self.dtype, memory_format=self.memory_format)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.fits is not None and len(batch) > self.fits:
+            return torch.cat([self._run(part) for part in batch.split(self.fits)])
+        try:
+            return self.forward(self.to_device(batch)).float()
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise ResnetkitError(f"The model does not fit in the memory of {self.device.name} ({self.device}) "
+                                     "even at batch 1; free the GPU or use --device cpu.") from None
+            torch.cuda.empty_cache()
+            self.fits = len(batch) // 2
+            log.warning("out of GPU memory at batch %d on %s: running batches of at most %d from now on",
+                        len(batch), self.device, self.fits)
+            return self._run(batch)
 
 
 @contextlib.contextmanager

@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 from torch import nn
 
+from ..core.device import Device
 from ..core.spec import ModelMeta
 from .base import FLOAT_DTYPES, Backend, RunnerOptions, register
-from .common import torch_threads
+from .common import TorchRunner
 
 
-@dataclass
-class EagerRunner:
-    """A torch module in inference mode, with fp32, fp16 or bf16 weights, on ``threads`` intra-op threads."""
+class EagerRunner(TorchRunner):
+    """A torch module in inference mode, with fp32, fp16 or bf16 weights, on the CPU (``threads`` intra-op threads)
+    or a GPU (channels-last; fp32 convolutions in TF32, PyTorch's cuDNN default)."""
 
-    module: nn.Module
-    precision: str = "fp32"
-    threads: int | None = None
-    backend: str = "eager"
+    backend = "eager"
 
-    def __post_init__(self) -> None:
-        self.dtype = FLOAT_DTYPES[self.precision]
-        self.module = self.module.to(dtype=self.dtype).eval()
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch_threads(self.threads):
-            return self.module(batch.to(self.dtype)).float()
+def default_precision(device: Device) -> str:
+    """fp16 on a GPU (tensor cores; agrees with CPU fp32 on the CIFAR-10 test set, docs/gpu.md), fp32 on the CPU."""
+    return "fp16" if device.is_cuda else "fp32"
 
 
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> EagerRunner:
-    return EagerRunner(module, options.precision or "fp32", options.threads)
+    return EagerRunner(module, options.precision or default_precision(options.device), device=options.device,
+                       threads=options.threads)
 
 
-register(Backend("eager", "PyTorch eager, inference mode", tuple(FLOAT_DTYPES), _factory, package="torch"))
+register(Backend("eager", "PyTorch eager, inference mode (channels-last on a GPU)", tuple(FLOAT_DTYPES), _factory,
+                 default_precision=default_precision, devices=("cpu", "cuda"), package="torch"))

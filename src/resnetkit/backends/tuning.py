@@ -105,6 +105,11 @@ class Tuning:
         return (self.model_key, self.batch_size, self.precision, self.threads) == (model_key, batch_size, precision,
                                                                                   threads)
 
+    def same_device(self, other: "Tuning") -> bool:
+        """Measured on the same kind of device (the same CPU model, or the same GPU), whatever the library versions."""
+        where = lambda t: (t.machine.get("cpu"), (t.machine.get("gpu") or {}).get("gpu"))  # noqa: E731
+        return where(self) == where(other)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -137,7 +142,7 @@ def store(tuning: Tuning) -> None:
     """Add ``tuning``, replacing any entry for the same model, batch size, precision and threads on the same
     device (atomic write)."""
     kept = [t for t in entries() if not (t.matches(tuning.model_key, tuning.batch_size, tuning.precision,
-                                                   tuning.threads) and t.machine == tuning.machine)]
+                                                   tuning.threads) and t.same_device(tuning))]
     _write([*kept, tuning])
 
 
