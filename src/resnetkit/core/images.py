@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -196,3 +197,67 @@ def iter_prepared(sources: Iterable[str], prepare: Callable[[str], torch.Tensor]
             chunk, futures = pending
             pending = submit(next(chunks, []))  # decoded while the caller handles this batch
             yield chunk, [future.result() for future in futures]
+
+
+@dataclass
+class PreparedBatch:
+    """One batch of sources: the readable ones' tensors stacked (``images``, in source order) and, per source,
+    the :class:`ImageError` that refused it or None."""
+
+    sources: list[str]
+    images: torch.Tensor
+    errors: list[ImageError | None]
+
+    @property
+    def readable(self) -> list[int]:
+        """Positions in ``sources`` of the rows of ``images``."""
+        return [i for i, error in enumerate(self.errors) if error is None]
+
+    def pin_memory(self) -> "PreparedBatch":
+        """Page-locked ``images``, which a GPU copies without blocking (DataLoader calls this)."""
+        return PreparedBatch(self.sources, self.images.pin_memory(), self.errors)
+
+    @classmethod
+    def collate(cls, items: Sequence[tuple[str, Prepared]]) -> "PreparedBatch":
+        good = [tensor for _, tensor in items if isinstance(tensor, torch.Tensor)]
+        errors = [None if isinstance(tensor, torch.Tensor) else tensor for _, tensor in items]
+        images = torch.stack(good) if good else torch.empty(0)
+        return cls([source for source, _ in items], images, errors)
+
+
+class _Sources(torch.utils.data.Dataset):
+    """Sources prepared on access (in a DataLoader worker process): the tensor, or the ImageError that refused it."""
+
+    def __init__(self, sources: Sequence[str], prepare: Callable[[str], torch.Tensor]) -> None:
+        self.sources, self.prepare = list(sources), prepare
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> tuple[str, Prepared]:
+        source = self.sources[index]
+        try:
+            return source, self.prepare(source)
+        except ImageError as exc:
+            return source, exc
+
+
+def iter_prepared_batches(sources: Iterable[str], prepare: Callable[[str], torch.Tensor], *, batch_size: int = 16,
+                          workers: int = 2, processes: bool = False, pin_memory: bool = False
+                          ) -> Iterator[PreparedBatch]:
+    """``sources`` as :class:`PreparedBatch` es of ``batch_size``, in input order, decoded ahead of the caller.
+
+    Threads by default (``workers`` of them; PIL releases the GIL), which leave the cores' time to the CPU
+    inference they share the machine with. With ``processes`` (for a GPU, which decoding must keep fed),
+    a DataLoader of ``workers`` processes decodes (``prepare`` must then be picklable, e.g. a partial of
+    :func:`prepare_image`), and with ``pin_memory`` the batches arrive in page-locked memory."""
+    if processes and workers > 0:
+        dataset = _Sources(list(sources), prepare)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                             collate_fn=PreparedBatch.collate, pin_memory=pin_memory,
+                                             prefetch_factor=4)
+        yield from loader
+        return
+    for chunk, prepared in iter_prepared(sources, prepare, batch_size=batch_size, workers=workers):
+        batch = PreparedBatch.collate(list(zip(chunk, prepared)))
+        yield batch.pin_memory() if pin_memory and len(batch.images) else batch

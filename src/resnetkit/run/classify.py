@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from ..core.errors import ImageError, ResnetkitError
-from ..core.images import Prepared, iter_image_paths, iter_prepared
+from ..core.device import Device, usable_cores
+from ..core.errors import ResnetkitError
+from ..core.images import PreparedBatch, iter_image_paths, iter_prepared_batches, prepare_image
 from .loading import Classifier, load_model
 
 
@@ -52,7 +54,7 @@ def classify(
     *,
     top_k: int = 5,
     batch_size: int = 16,
-    workers: int = 2,
+    workers: int | None = None,
 ) -> list[ImageResult]:
     """Classify image files and folders (walked recursively).
 
@@ -67,22 +69,37 @@ def classify(
             for r in chunk]
 
 
+def default_workers(device: Device) -> int:
+    """Decode workers when none are asked for: every usable core for a GPU, which decoding must keep fed; two
+    threads next to CPU inference, which needs the cores itself."""
+    return usable_cores() if device.is_cuda else 2
+
+
+def prepared_batches(classifier: Classifier, sources: Iterable[str], *, batch_size: int = 16,
+                     workers: int | None = None) -> Iterator[PreparedBatch]:
+    """``sources`` decoded and preprocessed for ``classifier`` ahead of its forward passes: by threads for the CPU;
+    for a GPU by worker processes into pinned memory, so copies to the GPU do not block."""
+    gpu = classifier.ran.device.is_cuda
+    prepare = functools.partial(prepare_image, preprocessing=classifier.meta.preprocessing)
+    workers = default_workers(classifier.ran.device) if workers is None else workers
+    return iter_prepared_batches(sources, prepare, batch_size=batch_size, workers=workers, processes=gpu,
+                                 pin_memory=gpu)
+
+
 def iter_classify(classifier: Classifier, sources: Iterable[str], *, top_k: int = 5, batch_size: int = 16,
-                  workers: int = 2) -> Iterator[list[ImageResult]]:
-    """Classify image files batch by batch, in input order, decoding the next batch during each forward pass.
+                  workers: int | None = None) -> Iterator[list[ImageResult]]:
+    """Classify image files batch by batch, in input order, decoding the next batches during each forward pass.
 
     Yields one list of results per batch of ``batch_size`` sources; memory stays bounded whatever
-    the number of sources. Unreadable files come back with an ``error``.
+    the number of sources. Unreadable files come back with an ``error``. ``workers``: see :func:`default_workers`.
     """
-    for chunk, prepared in iter_prepared(sources, classifier.prepare, batch_size=batch_size, workers=workers):
-        yield _classify_prepared(classifier, chunk, prepared, top_k)
+    for batch in prepared_batches(classifier, sources, batch_size=batch_size, workers=workers):
+        yield _classify_batch(classifier, batch, top_k)
 
 
-def _classify_prepared(classifier: Classifier, sources: list[str], prepared: list[Prepared],
-                       k: int) -> list[ImageResult]:
-    results = [ImageResult(s, error=str(p) if isinstance(p, ImageError) else None) for s, p in zip(sources, prepared)]
-    good = [(r, t) for r, t in zip(results, prepared) if isinstance(t, torch.Tensor)]
-    if good:
-        for (result, _), preds in zip(good, predict_tensors(classifier, torch.stack([t for _, t in good]), k)):
-            result.predictions = preds
+def _classify_batch(classifier: Classifier, batch: PreparedBatch, k: int) -> list[ImageResult]:
+    results = [ImageResult(s, error=None if e is None else str(e)) for s, e in zip(batch.sources, batch.errors)]
+    if len(batch.images):
+        for position, preds in zip(batch.readable, predict_tensors(classifier, batch.images, k)):
+            results[position].predictions = preds
     return results
