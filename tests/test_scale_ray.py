@@ -22,7 +22,8 @@ from resnetkit.batch.engine import ModelRequest
 from resnetkit.core.errors import ResnetkitError
 from resnetkit.run.evaluate import evaluate
 from resnetkit.scale.data import RayEngine
-from resnetkit.scale.runtime import INSTALL_HINT, LOOPBACK_ONLY, ray_runtime, require_ray
+from resnetkit.scale.runtime import INSTALL_HINT, LOOPBACK_ONLY, hide_unassigned_gpus, ray_runtime, require_ray
+from conftest import run_cli
 
 psutil = pytest.importorskip("psutil")
 
@@ -54,6 +55,72 @@ def test_config_out_writes_a_serve_deploy_config(tmp_path: Path):
             build_app({"models": "cifar_resnet20", **scaling})
     with pytest.raises(ResnetkitError, match="Unknown model 'resnet_51'"):
         build_app({"models": "resnet_51"})
+
+
+def test_gpus_per_replica_reach_the_replicas_options_and_are_checked_against_the_device():
+    pytest.importorskip("ray.serve")
+    from resnetkit.scale.serve import Scaling
+    from resnetkit.serve import ServeSettings
+
+    def options(scaling: Scaling, **settings) -> dict:
+        return scaling.replica_options(ServeSettings(models=("cifar_resnet20",), **settings))
+
+    assert "ray_actor_options" not in options(Scaling())  # auto: the driver may have no GPU; ask to get one
+    assert options(Scaling(), device="cuda")["ray_actor_options"] == {"num_gpus": 1.0}
+    four = options(Scaling(replicas=4, gpus_per_replica=0.25))
+    assert four["ray_actor_options"] == {"num_gpus": 0.25} and four["num_replicas"] == 4
+    autoscaled = options(Scaling(autoscale="1:3", gpus_per_replica=0.5), max_batch_size=16)
+    assert autoscaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 16}
+    for scaling, device, message in [
+        (Scaling(gpus_per_replica=0), "cuda", "Ray shows a replica only the GPUs it asks for"),
+        (Scaling(gpus_per_replica=1), "cpu", "would hold GPUs that no replica uses"),
+        (Scaling(), "cuda:1", "numbered from cuda:0; use --device cuda"),
+        (Scaling(replicas=2, autoscale="1:2"), "auto", "not both"),
+    ]:
+        with pytest.raises(ResnetkitError, match=message):
+            options(scaling, device=device)
+
+
+def test_config_out_carries_the_device_and_the_gpus_to_the_cluster(tmp_path: Path):
+    """The YAML holds the arguments; the builder turns them into the replicas' Ray actor options (on a driver
+    without a GPU: the device is resolved by each replica)."""
+    import yaml
+
+    pytest.importorskip("ray.serve")
+    from resnetkit.scale.serve import build_app
+
+    out = tmp_path / "serve.yaml"
+    result = run_cli("serve", "cifar_resnet20", "--ray", "--replicas", "4", "--device", "cuda", "--gpus-per-replica",
+                     "0.25", "--random-weights", "--config-out", out)
+    assert result.returncode == 0, result.stderr
+    args = yaml.safe_load(out.read_text())["applications"][0]["args"]
+    assert args == {"models": "cifar_resnet20", "device": "cuda", "random_weights": True, "replicas": 4,
+                    "gpus_per_replica": 0.25}
+    [replica] = build_app(args)._bound_deployment.init_args[1]  # the ingress is bound to the model deployments
+    assert replica._bound_deployment.ray_actor_options["num_gpus"] == 0.25
+    assert replica._bound_deployment.num_replicas == 4
+    refused = run_cli("serve", "cifar_resnet20", "--ray", "--device", "cuda", "--gpus-per-replica", "0",
+                      "--config-out", tmp_path / "no.yaml")
+    assert refused.returncode == 2 and "Ray shows a replica only the GPUs it asks for" in refused.stderr
+    assert not (tmp_path / "no.yaml").exists()
+
+
+def test_gpus_per_actor_reach_map_batches():
+    pytest.importorskip("ray.data")
+    from resnetkit.scale.data import map_batches_options
+
+    request = ModelRequest("cifar_resnet20", batch_size=16)
+    options = map_batches_options(request, top_k=3, workers=2, concurrency=4, gpus_per_actor=0.5)
+    assert options["num_gpus"] == 0.5 and options["num_cpus"] == 1 and options["compute"].max_size == 4
+    assert options["fn_constructor_kwargs"] == {"request": request, "top_k": 3, "workers": 2}
+    assert "num_gpus" not in map_batches_options(request, top_k=3, workers=2, concurrency=4)
+    batches, described = RayEngine(concurrency=4, gpus_per_actor=0.5)(request, [], 3, 2)  # lazy: starts no Ray
+    assert described == "Ray Data, 4 actors, 0.5 GPU each"
+
+
+def test_gpus_per_actor_without_ray_is_a_clear_error(tmp_path: Path):
+    result = run_cli("predict", "cifar_resnet20", tmp_path, "-o", tmp_path / "out.parquet", "--gpus-per-actor", "1")
+    assert result.returncode == 2 and "--gpus-per-actor asks Ray for GPUs: add --ray" in result.stderr
 
 
 @pytest.mark.slow
@@ -127,6 +194,45 @@ def test_predict_ray_and_local_give_the_same_rows_on_1000_cifar_images(local_ray
                                                                            abs=1e-4)
     correct = sum(r["label"] == Path(r["source"]).parent.name for r in ray_rows if r["error"] is None)
     assert 100.0 * correct / 1000 == pytest.approx(evaluate(request.load(), labelled).top1, abs=1e-9)
+
+
+def _device_probe(num_gpus: float):
+    """A Ray task asking for ``num_gpus`` that answers what ``--device auto`` resolves to there, after the first step
+    of resnetkit's actors (defined in here, so that Ray ships it by value: workers cannot import test modules)."""
+    import ray
+
+    def device_in_actor() -> str:
+        from resnetkit.core.device import resolve_device
+
+        hide_unassigned_gpus()
+        return str(resolve_device("auto"))
+
+    return ray.remote(num_gpus=num_gpus)(device_in_actor)
+
+
+@pytest.mark.slow
+def test_a_ray_task_that_asks_for_no_gpu_runs_on_the_cpu(local_ray):
+    import ray
+
+    assert ray.get(_device_probe(0).remote()) == "cpu"
+
+
+@pytest.mark.gpu
+def test_ray_actors_that_ask_for_a_gpu_load_the_model_there(local_ray, cifar_weights, cifar_test_dir, tmp_path: Path):
+    import ray
+
+    assert ray.get(_device_probe(0.5).remote()) == "cuda:0"
+    assert ray.get(_device_probe(0).remote()) == "cpu"  # Ray 2.60 would have shown it the node's GPUs
+    images = [path for folder in sorted(cifar_test_dir.iterdir()) for path in sorted(folder.glob("*.jpg"))[:20]]
+    request = ModelRequest("cifar_resnet20", batch_size=50, backend="eager")  # fp16 on the GPU in both engines
+    local = predict(request, images, tmp_path / "local.parquet")
+    remote = predict(request, images, tmp_path / "ray.parquet", engine=RayEngine(concurrency=2, gpus_per_actor=0.5))
+    assert remote.engine == "Ray Data, 2 actors, 0.5 GPU each" and remote.written == local.written == 200
+
+    def labels(name: str) -> list[tuple[str, str]]:
+        return sorted((r["source"], r["label"]) for r in PartStore(tmp_path / name).read().to_pylist())
+
+    assert labels("ray.parquet") == labels("local.parquet")
 
 
 def _kill_one_replica_under_load(url: str, process: subprocess.Popen, image: bytes, requests: int = 40) -> None:

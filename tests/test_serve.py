@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import make_image
 from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.device import Device, cuda_count, usable_cores
 from resnetkit.core.errors import ResnetkitError
 from resnetkit.run.loading import Classifier, load_model
 from resnetkit.core.images import prepare_image
@@ -35,7 +36,10 @@ from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
 from resnetkit.serve.batcher import batch_sizes
 from resnetkit.core.samples import typical_upload
-from resnetkit.serve.cpu_split import TRIAL_BATCH, candidate_threads, fastest_split, pipeline_rate
+from resnetkit.serve.cpu_split import TRIAL_BATCH, candidate_threads, fastest_split, gpu_split, pipeline_rate
+from resnetkit.serve.hub import load_served
+from resnetkit.serve.metrics import ServeMetrics
+from resnetkit.serve.settings import ModelEntry
 from resnetkit.core.zoo import get_spec
 
 CLASSIFY = "/v1/models/cifar_resnet20/classify"
@@ -74,9 +78,24 @@ class GatedRunner:
         return self.inner(batch)
 
 
+@dataclass
+class RecordingRunner:
+    inner: EagerRunner
+    backend: str = "test-recording"
+    precision: str = "fp32"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        BATCHES_SEEN.append(len(batch))
+        return self.inner(batch)
+
+
+BATCHES_SEEN: list[int] = []
+
 if "test-gated" not in [b.name for b in registered()]:
     register(Backend("test-gated", "eager behind a gate the test opens", ("fp32",),
                      lambda module, meta, options: GatedRunner(EagerRunner(module))))
+    register(Backend("test-recording", "eager, recording the batch sizes it runs", ("fp32",),
+                     lambda module, meta, options: RecordingRunner(EagerRunner(module))))
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -530,3 +549,109 @@ def test_serve_threads_flag_reaches_the_runner(random_model):
     with running(models=(str(random_model),), threads=1, workers=1) as srv:
         runner = served_classifier(srv, "cifar_resnet20").runner
         assert runner.threads == 1 and runner.tuning.choice.threads == 1
+
+
+def test_serving_leaves_torchs_own_thread_count_alone(random_model):
+    """Threads are each runner's (RunnerOptions.threads), applied per call: serve never sets them for the process."""
+    before = torch.get_num_threads()
+    with running(models=(str(random_model),), threads=1, workers=1) as srv:
+        assert httpx.post(f"{srv.url}{CLASSIFY}", content=jpeg_bytes()).status_code == 200
+        assert served_classifier(srv, "cifar_resnet20").ran.threads == 1
+        assert torch.get_num_threads() == before
+
+
+def test_load_served_runs_every_batch_size_the_batcher_forms(random_model):
+    """The one loading function of the local hub and the Ray replicas: warmed at every size of batch_sizes()."""
+    BATCHES_SEEN.clear()
+    settings = ServeSettings(backend="test-recording", max_batch_size=6)
+    classifier = load_served(ModelEntry(str(random_model)), settings, threads=1)
+    assert BATCHES_SEEN == batch_sizes(6) == [1, 2, 4, 6]
+    assert classifier.ran.backend == "test-recording" and classifier.meta.name == "cifar_resnet20"
+
+
+# --- devices, random weights ----------------------------------------------------------------------
+
+def test_settings_read_the_device_and_random_weights(monkeypatch):
+    monkeypatch.setenv("RESNETKIT_DEVICE", "CUDA:1")
+    monkeypatch.setenv("RESNETKIT_RANDOM_WEIGHTS", "1")
+    settings = ServeSettings()
+    assert (settings.device, settings.random_weights) == ("cuda:1", True)  # the form only: resolved when loading
+    assert ServeSettings.model_construct().device == "auto" and not ServeSettings.model_construct().random_weights
+    with pytest.raises(ResnetkitError) as caught:
+        ServeSettings(device="gpu")
+    assert str(caught.value) == "--device 'gpu' is not a device: use auto, cpu, cuda or cuda:N."
+
+
+@pytest.mark.skipif(cuda_count() > 0, reason="this machine has a GPU")
+def test_a_gpu_this_machine_lacks_fails_before_the_port_opens():
+    with pytest.raises(ResnetkitError, match="--device cuda: torch sees no CUDA GPU here"):
+        ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, device="cuda"))
+
+
+def test_random_weights_serve_an_imagenet_model_offline_and_say_so():
+    """No weights in the (isolated, empty) cache and no network: --random-weights serves resnet18 anyway, and the
+    model list and the page say that its labels are meaningless."""
+    with running(models=("resnet18",), random_weights=True, device="cpu", backend="eager", max_batch_size=2,
+                 threads=1, workers=1) as srv:
+        [model] = httpx.get(f"{srv.url}/v1/models").json()["models"]
+        assert (model["name"], model["weights"], model["num_classes"]) == ("resnet18", "random", 1000)
+        assert model["published_top1"] is None and model["runtime"] == "eager/fp32 on CPU"
+        assert (model["device"], model["device_name"]) == ("cpu", "CPU")
+        answer = httpx.post(f"{srv.url}/v1/models/resnet18/classify", content=jpeg_bytes()).json()
+        assert len(answer["results"][0]["predictions"]) == 5
+        page, script = httpx.get(f"{srv.url}/").text, httpx.get(f"{srv.url}/static/app.js").text
+    assert 'id="weights-note"' in page and "its labels are meaningless" in page
+    assert 'm.weights !== "random"' in script and "${m.runtime}" in script  # the note, and where the model runs
+
+
+def test_on_a_gpu_every_core_decodes_and_nothing_is_measured():
+    split = gpu_split("NVIDIA H200", cores=16)
+    assert (split.threads, split.workers, split.rates) == (None, 16, {})
+    assert split.describe() == "GPU inference on NVIDIA H200, 16 decode worker(s) on 16 cores"
+    assert gpu_split("NVIDIA H200", cores=16, workers=4).workers == 4  # --workers wins
+
+
+def test_gpu_memory_is_reported_on_scrape_and_only_for_gpus(monkeypatch, server):
+    assert "resnetkit_gpu" not in httpx.get(f"{server}/metrics").text  # a CPU server says nothing about GPUs
+    from resnetkit.serve import metrics as metrics_module
+
+    readings = iter([{"allocated": 1024, "reserved": 4096, "peak": 2048}, {"allocated": 0, "reserved": 8192, "peak": 2048}])
+    monkeypatch.setattr(metrics_module, "gpu_memory", lambda device: next(readings))
+    gauges = ServeMetrics()
+    gauges.watch_gpus([])
+    assert b"resnetkit_gpu" not in gauges.render()[0]
+    gauges.watch_gpus([Device("cuda", 0)])
+    first, second = gauges.render()[0].decode(), gauges.render()[0].decode()  # read again at every scrape
+    assert 'resnetkit_gpu_memory_bytes{device="cuda:0",kind="allocated"} 1024.0' in first
+    assert 'resnetkit_gpu_memory_bytes{device="cuda:0",kind="reserved"} 4096.0' in first
+    assert 'resnetkit_gpu_memory_bytes{device="cuda:0",kind="reserved"} 8192.0' in second
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_server_runs_every_model_there_and_reports_its_memory(random_model, tmp_path):
+    """Two models share cuda:0 (a runner and a batcher each); every usable core decodes."""
+    name = torch.cuda.get_device_name(0)
+    with running(models=("cifar_resnet20", f"mine={random_model}"), device="cuda", random_weights=True) as srv:
+        listed = {m["name"]: m for m in httpx.get(f"{srv.url}/v1/models").json()["models"]}
+        for model in listed.values():
+            assert (model["device"], model["device_name"]) == ("cuda:0", name)
+            assert model["runtime"].endswith(f" on {name} (auto)")
+        assert listed["cifar_resnet20"]["weights"] == "random"
+        served = served_classifier(srv, "cifar_resnet20")
+        assert served.ran.threads is None  # threads do not apply on a GPU
+        paths = [make_image(tmp_path / f"{i}.png", (40, 30), seed=i) for i in range(3)]
+        expected = [predict_tensors(served, prepare_image(p, served.meta.preprocessing).unsqueeze(0), 3)[0]
+                    for p in paths]
+        files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
+        body = httpx.post(f"{srv.url}{CLASSIFY}?top_k=3", files=files).json()
+        for got, want in zip(body["results"], expected):
+            assert [p["index"] for p in got["predictions"]] == [p.index for p in want]
+        assert httpx.post(f"{srv.url}/v1/models/mine/classify", content=jpeg_bytes()).status_code == 200
+        assert metric(srv.url, "resnetkit_gpu_memory_bytes", device="cuda:0", kind="allocated") > 0
+        assert metric(srv.url, "resnetkit_gpu_memory_bytes", device="cuda:0", kind="peak") > 0
+        assert metric(srv.url, "resnetkit_cpu_split", role="inference_threads") == 0
+        assert metric(srv.url, "resnetkit_cpu_split", role="decode_workers") == usable_cores()
+        [described] = httpx.get(f"{srv.url}/models/cifar_resnet20").json()
+        assert described["workers"][0]["gpu"] is True and described["workers"][0]["gpuUsage"].startswith("gpuId::0 ")
+        metadata = httpx.get(f"{srv.url}/v2/models/cifar_resnet20").json()
+        assert metadata["platform"].endswith(f" on {name} (auto)")

@@ -61,7 +61,24 @@ def test_upload_an_image_and_see_its_label(browser, server_url, cifar_test_dir, 
         assert card.locator(".latency").inner_text().startswith("cifar_resnet20 on eager/fp32 · server ")
     assert "not an image format" in shown["notes.txt"].locator(".error").inner_text()
     assert page.locator("#token-field").is_hidden() and page.locator("#banner").is_hidden()
+    assert page.locator("#weights-note").is_hidden()  # trained weights: no warning
+    assert "runs eager/fp32 on CPU" in page.locator("#model-info").inner_text()  # where the model runs
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+
+def test_random_weights_are_announced_on_the_page(browser, tmp_path):
+    server = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False, backend="eager",
+                                        random_weights=True, threads=1, workers=1)).start()
+    try:
+        server.wait_ready()
+        page = browser.new_page(viewport={"width": 1000, "height": 640})
+        page.goto(server.url)
+        page.wait_for_selector("#weights-note", state="visible")
+        assert "its labels are meaningless" in page.locator("#weights-note").inner_text()
+        assert "weights random" in page.locator("#model-info").inner_text()
+        page.screenshot(path=str(tmp_path / "random.png"), full_page=True)
+    finally:
+        server.stop()
 
 
 def test_phone_width_shows_each_thumbnail_beside_its_bars(browser, server_url, cifar_test_dir, tmp_path):

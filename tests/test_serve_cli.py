@@ -16,6 +16,7 @@ import pytest
 
 from conftest import make_image, run_cli
 from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.device import cuda_count
 from resnetkit.core.errors import ResnetkitError
 from resnetkit.serve import ServeSettings
 from resnetkit.core.zoo import get_spec
@@ -46,12 +47,36 @@ def test_bad_settings_explain_themselves():
     (["serve"], "Name at least one model"),
     (["serve", "resnet18", "--backend", "tpu"], "Unknown backend 'tpu'"),
     (["serve", "resnet18", "--port", "70000"], "--port must be between 0 and 65535"),
-    (["serve", "resnet18", "--replicas", "2"], "--replicas and --autoscale apply to Ray Serve: add --ray"),
+    (["serve", "resnet18", "--replicas", "2"], "--replicas, --autoscale and --gpus-per-replica apply to Ray Serve"),
+    (["serve", "resnet18", "--gpus-per-replica", "0.5"], "--gpus-per-replica apply to Ray Serve: add --ray"),
+    (["serve", "resnet18", "--device", "tpu"], "--device 'tpu' is not a device: use auto, cpu, cuda or cuda:N."),
+    (["serve", "resnet18", "--device", "cpu", "--backend", "cuda-graph"], "not cpu. Use --device cuda"),
 ])
 def test_user_mistakes_exit_2_with_a_message_and_no_traceback(monkeypatch, args, message):
     monkeypatch.delenv("RESNETKIT_MODELS", raising=False)
     result = run_cli(*args)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
+
+
+@pytest.mark.skipif(cuda_count() > 0, reason="this machine has a GPU")
+def test_a_gpu_this_machine_lacks_is_one_error_line():
+    result = run_cli("serve", "cifar_resnet20", "--device", "cuda", "--port", "0")
+    assert result.returncode == 2 and result.stderr.startswith("error: --device cuda: torch sees no CUDA GPU here")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_says_what_the_defaults_are():
+    """serve's --backend and --precision say what cli/app.py's shared options say, plus their variable."""
+    from typer.main import get_command
+
+    from resnetkit.cli import app
+    from resnetkit.cli.app import BackendOpt, PrecisionOpt
+
+    params = {p.name: p.help for p in get_command(app).commands["serve"].params}
+    for name, shared in (("backend", BackendOpt), ("precision", PrecisionOpt)):
+        assert params[name].replace(f"; env RESNETKIT_{name.upper()})", ")") == shared.__metadata__[0].help
+    assert "(default: auto; env RESNETKIT_DEVICE)" in params["device"]
+    assert "unused on a GPU" in params["threads"] and "every usable core on a GPU" in params["workers"]
 
 
 def test_a_port_in_use_is_a_clear_error():

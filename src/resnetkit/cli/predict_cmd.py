@@ -9,9 +9,8 @@ import typer
 from ..batch.engine import ModelRequest, predict
 from ..batch.inputs import InputError
 from ..scale.data import RayEngine
-from .app import BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, print_json
-
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, fp16, bf16 (backend permitting); default: the backend's.")]
+from .app import (BackendOpt, BatchSizeOpt, DeviceOpt, JsonFlag, ModelArg, PrecisionOpt, RandomWeightsFlag, WeightsOpt,
+                  WorkersOpt, app, console, default, print_json)
 
 
 @app.command("predict")
@@ -22,11 +21,11 @@ def predict_command(
              "with a path column, or image files.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output folder of part files; its suffix "
                                         "(.parquet, .csv, .jsonl) is the format.")],
-    fmt: Annotated[str | None, typer.Option("--format", help="parquet, csv or jsonl (default: from the -o suffix, "
-                                            "else parquet).", show_default=False)] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help=default(
+        "parquet, csv or jsonl.", "from the -o suffix, else parquet"), show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels kept per image.")] = 5,
     batch_size: BatchSizeOpt = 32,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode threads (per actor with --ray).")] = 2,
+    workers: WorkersOpt = None,
     part_size: Annotated[int, typer.Option("--part-size", min=1, help="Rows per part file (rows held in memory "
                                            "before a flush).")] = 5000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip every image the "
@@ -34,15 +33,18 @@ def predict_command(
     path_column: Annotated[str, typer.Option("--path-column", help="Column of image paths in Parquet/CSV "
                                              "inputs.")] = "path",
     ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Data (needs the ray extra, see docs/scale.md).")] = False,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address for --ray (default: "
-                                                "RAY_ADDRESS, else a local Ray started for this run).",
-                                                show_default=False)] = None,
+    address: Annotated[str | None, typer.Option("--address", help=default(
+        "Ray cluster address for --ray.", "RAY_ADDRESS, else a local Ray started for this run"),
+        show_default=False)] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Model actors with --ray.")] = 2,
+    gpus_per_actor: Annotated[float, typer.Option("--gpus-per-actor", min=0, help="GPUs each model actor asks Ray "
+                                                  "for with --ray; fractions share a GPU (0.25: four actors on "
+                                                  "one). 0: the actors run on the CPU.")] = 0.0,
     weights: WeightsOpt = None,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
-    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights (to measure speed; "
-                                                 "labels are meaningless).")] = False,
+    random_weights: RandomWeightsFlag = False,
+    device: DeviceOpt = "auto",
     json_output: JsonFlag = False,
 ) -> None:
     """Label every image into part files under -o, with a progress bar and a summary line; unreadable files are rows with an error.
@@ -51,9 +53,12 @@ def predict_command(
     """
     if address and not ray:
         raise InputError(f"--address {address} is a Ray cluster address: add --ray to run there.")
+    if gpus_per_actor and not ray:
+        raise InputError("--gpus-per-actor asks Ray for GPUs: add --ray, or drop it (without --ray the model runs "
+                         "in this process).")
     request = ModelRequest(model, weights=weights, random_weights=random_weights, backend=backend,
-                           precision=precision, batch_size=batch_size)
-    engine = RayEngine(concurrency, address) if ray else None
+                           precision=precision, batch_size=batch_size, device=device)
+    engine = RayEngine(concurrency, address, gpus_per_actor) if ray else None
     summary = predict(request, data, output, fmt=fmt, top_k=top_k, workers=workers, part_size=part_size,
                       resume=resume, path_column=path_column, engine=engine)
     if json_output:

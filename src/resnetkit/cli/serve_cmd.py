@@ -8,7 +8,7 @@ import typer
 
 from ..core.errors import ResnetkitError
 from ..serve.settings import ENV_PREFIX, ServeSettings
-from .app import app
+from .app import RandomWeightsFlag, app
 
 _DEFAULTS = ServeSettings.model_construct()  # the defaults, without reading RESNETKIT_*
 
@@ -31,16 +31,22 @@ PortOpt = _opt("--port", "TCP port (0: any free port).", int)
 MaxBatchOpt = _opt("--max-batch-size", "Most images per forward pass.", int, min=1)
 MaxWaitOpt = _opt("--max-wait-ms", "Longest an image waits for its batch to fill while more are being decoded.",
                   float, min=0)
-ThreadsOpt = _opt("--threads", "torch intra-op threads.", int, unset="chosen from the models' measured costs", min=1)
+ThreadsOpt = _opt("--threads", "Intra-op threads of each model's runner (on the CPU; unused on a GPU).", int,
+                  unset="chosen by measuring the models' decode + inference pipeline", min=1)
 UploadOpt = _opt("--max-upload-mb", "Largest request body, in MiB (413 above).", float)
 FilesOpt = _opt("--max-files", "Most images in one request (413 above).", int, min=1)
 PixelsOpt = _opt("--max-pixels", "Largest image in pixels (decompression-bomb guard).", int, min=1)
 QueueOpt = _opt("--max-queue", "Most images in flight per model (503 above).", int, min=1)
 WorkersOpt = _opt("--workers", "Decode/preprocess threads shared by the models.", int,
-                  unset="chosen from the measured costs", min=1)
+                  unset="the cores inference leaves, chosen with --threads; every usable core on a GPU", min=1)
 BackendOpt = _opt("--backend", "Inference backend (see 'resnetkit backends').",
-                  unset="auto for PyTorch models, a file's own runtime for exported files")
-PrecisionOpt = _opt("--precision", "fp32, fp16 or bf16, backend permitting.", unset="the backend's")
+                  unset="auto for PyTorch models (the fastest backend measured on this machine); an exported file's "
+                        "own runtime: ONNX Runtime for .onnx, OpenVINO for .xml, TorchScript for .torchscript")
+PrecisionOpt = _opt("--precision", "fp32, fp16, bf16 or int8, backend permitting.",
+                    unset="auto's: bf16 where the CPU computes it natively, else fp32; fp16 on a GPU; a file's stored "
+                          "precision")
+DeviceOpt = _opt("--device", "Where the models run: auto (the first CUDA GPU torch sees, else the CPU), cpu, cuda or "
+                 "cuda:N; several models share the one device.")
 TokenOpt = _opt("--token", "Require 'Authorization: Bearer TOKEN' on /v1 and /predictions.", unset="no token")
 AccessLogOpt = Annotated[bool | None, typer.Option("--access-log/--no-access-log", show_default=False,
                                                    help=f"Log every request (default: on; env {ENV_PREFIX}ACCESS_LOG)")]
@@ -53,7 +59,11 @@ AutoscaleOpt = Annotated[str | None, typer.Option("--autoscale", metavar="MIN:MA
 ConfigOutOpt = Annotated[str | None, typer.Option("--config-out", show_default=False,
                                                   help="Write the Ray Serve config for 'serve deploy' to this YAML "
                                                        "file and exit (default: none).")]
-RAY_OPTIONS = ("ray", "replicas", "autoscale", "config_out")
+GpusPerReplicaOpt = Annotated[float | None, typer.Option(
+    "--gpus-per-replica", min=0, show_default=False,
+    help="With --ray: GPUs each model replica asks Ray for; fractions share a GPU (0.25: four replicas on one) "
+         "(default: 1 with --device cuda, else 0: the driver may have no GPU while the cluster has)")]
+RAY_OPTIONS = ("ray", "replicas", "autoscale", "gpus_per_replica", "config_out")
 
 
 @app.command("serve")
@@ -61,22 +71,25 @@ def serve_command(
     models: ModelsArg = None, host: HostOpt = None, port: PortOpt = None, max_batch_size: MaxBatchOpt = None,
     max_wait_ms: MaxWaitOpt = None, threads: ThreadsOpt = None, max_upload_mb: UploadOpt = None,
     max_files: FilesOpt = None, max_pixels: PixelsOpt = None, max_queue: QueueOpt = None, workers: WorkersOpt = None,
-    backend: BackendOpt = None, precision: PrecisionOpt = None, token: TokenOpt = None,
-    access_log: AccessLogOpt = None, ray: RayFlag = False, replicas: ReplicasOpt = None,
-    autoscale: AutoscaleOpt = None, config_out: ConfigOutOpt = None,
+    backend: BackendOpt = None, precision: PrecisionOpt = None, device: DeviceOpt = None,
+    random_weights: RandomWeightsFlag = False, token: TokenOpt = None, access_log: AccessLogOpt = None,
+    ray: RayFlag = False, replicas: ReplicasOpt = None, autoscale: AutoscaleOpt = None,
+    gpus_per_replica: GpusPerReplicaOpt = None, config_out: ConfigOutOpt = None,
 ) -> None:
     """Serve models over HTTP: web page at /, JSON API (docs at /docs), TorchServe-compatible /predictions and /ping, /healthz, /readyz, Prometheus /metrics.
 
-    Example: resnetkit serve resnet50,cifar_resnet20 --port 8000. Ctrl-C or SIGTERM finishes in-flight requests, then exits.
+    Example: resnetkit serve resnet50,cifar_resnet20 --port 8000 (offline, to try the page: add --random-weights; env RESNETKIT_RANDOM_WEIGHTS). Ctrl-C or SIGTERM finishes in-flight requests, then exits.
     """
-    if (replicas or autoscale) and not (ray or config_out):
-        raise ResnetkitError("--replicas and --autoscale apply to Ray Serve: add --ray (see docs/scale.md), or drop "
-                             "them to serve from this one process.")
+    if (replicas or autoscale or gpus_per_replica is not None) and not (ray or config_out):
+        raise ResnetkitError("--replicas, --autoscale and --gpus-per-replica apply to Ray Serve: add --ray (see "
+                             "docs/scale.md), or drop them to serve from this one process.")
+    random_weights = random_weights or None  # not given: RESNETKIT_RANDOM_WEIGHTS decides
     settings = ServeSettings.from_env(**{k: v for k, v in locals().items() if k not in RAY_OPTIONS})
     if ray or config_out:
         from ..scale import run_ray_serve
 
-        return run_ray_serve(settings, replicas=replicas, autoscale=autoscale, config_out=config_out)
+        return run_ray_serve(settings, replicas=replicas, autoscale=autoscale, gpus_per_replica=gpus_per_replica,
+                             config_out=config_out)
     from ..serve.server import run_server  # imported here so that 'resnetkit --help' stays fast
 
     run_server(settings)

@@ -1,9 +1,10 @@
 """``predict --ray``: the classification of :mod:`resnetkit.batch` as a Ray Data job.
 
 The driver hands Ray the list of paths; an actor pool of resnetkit runners (``map_batches`` with
-``concurrency`` actors) reads, decodes and classifies them with the same pipeline as the local
-engine (:func:`resnetkit.run.classify.iter_classify`), so a missing or broken file becomes the
-same error row. Result tables stream back to the driver, which writes the same atomic part files.
+``concurrency`` actors, on the CPU or with ``gpus_per_actor`` GPUs each) reads, decodes and
+classifies them with the same pipeline as the local engine
+(:func:`resnetkit.run.classify.iter_classify`), so a missing or broken file becomes the same
+error row. Result tables stream back to the driver, which writes the same atomic part files.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 
 from ..batch.engine import ModelRequest
 from ..batch.output import result_rows
 from ..run.classify import iter_classify
-from .runtime import ray_runtime
+from .runtime import hide_unassigned_gpus, ray_runtime
 
 ROWS_PER_CALL = 4  # forward batches per actor call, so decoding overlaps inference inside the actor
 
@@ -27,6 +28,7 @@ class Predictor:
     """A Ray Data actor: one loaded model, called with tables of ``source`` paths."""
 
     def __init__(self, request: ModelRequest, top_k: int, workers: int) -> None:
+        hide_unassigned_gpus()  # the model loads on the GPU Ray assigned this actor, else on the CPU
         self.classifier = request.load()
         self.batch_size = request.batch_size
         self.top_k = top_k
@@ -38,8 +40,23 @@ class Predictor:
         return pa.concat_tables([result_rows(chunk) for chunk in chunks])
 
 
+def map_batches_options(request: ModelRequest, *, top_k: int, workers: int, concurrency: int,
+                        gpus_per_actor: float = 0.0) -> dict[str, Any]:
+    """The keyword arguments of ``map_batches``: the actor pool of :class:`Predictor` s and what each asks Ray for
+    (one CPU, and ``gpus_per_actor`` GPUs if any: fractions share a GPU)."""
+    import ray.data
+
+    options: dict[str, Any] = {
+        "fn_constructor_kwargs": {"request": request, "top_k": top_k, "workers": workers},
+        "batch_size": request.batch_size * ROWS_PER_CALL, "batch_format": "pyarrow", "num_cpus": 1,
+        "compute": ray.data.ActorPoolStrategy(size=concurrency)}
+    if gpus_per_actor:
+        options["num_gpus"] = gpus_per_actor
+    return options
+
+
 def ray_batches(request: ModelRequest, sources: list[str], *, top_k: int, workers: int, concurrency: int,
-                address: str | None = None) -> Iterator[pa.Table]:
+                gpus_per_actor: float = 0.0, address: str | None = None) -> Iterator[pa.Table]:
     """Result tables of ``sources`` (in no particular order) from ``concurrency`` model actors on Ray."""
     with ray_runtime(address):
         import ray.data
@@ -51,23 +68,24 @@ def ray_batches(request: ModelRequest, sources: list[str], *, top_k: int, worker
         call_size = request.batch_size * ROWS_PER_CALL
         blocks = max(1, min(len(sources), max(concurrency, math.ceil(len(sources) / call_size))))
         dataset = ray.data.from_arrow(pa.table({"source": sources}), override_num_blocks=blocks)
-        results = dataset.map_batches(Predictor, fn_constructor_kwargs={"request": request, "top_k": top_k,
-                                                                        "workers": workers},
-                                      batch_size=call_size, batch_format="pyarrow", num_cpus=1,
-                                      compute=ray.data.ActorPoolStrategy(size=concurrency))
+        results = dataset.map_batches(Predictor, **map_batches_options(
+            request, top_k=top_k, workers=workers, concurrency=concurrency, gpus_per_actor=gpus_per_actor))
         yield from results.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 @dataclass(frozen=True)
 class RayEngine:
-    """The engine of :func:`resnetkit.batch.engine.predict` on Ray Data: ``concurrency`` model actors on the Ray at
-    ``address`` (default ``RAY_ADDRESS``, else a local Ray for this run)."""
+    """The engine of :func:`resnetkit.batch.engine.predict` on Ray Data: ``concurrency`` model actors, each with
+    ``gpus_per_actor`` GPUs (0: on the CPU), on the Ray at ``address`` (default ``RAY_ADDRESS``, else a local Ray
+    for this run)."""
 
     concurrency: int = 2
     address: str | None = None
+    gpus_per_actor: float = 0.0
 
     def __call__(self, request: ModelRequest, sources: list[str], top_k: int,
                  workers: int) -> tuple[Iterator[pa.Table], str]:
         batches = ray_batches(request, sources, top_k=top_k, workers=workers, concurrency=self.concurrency,
-                              address=self.address)
-        return batches, f"Ray Data, {self.concurrency} actors"
+                              gpus_per_actor=self.gpus_per_actor, address=self.address)
+        gpus = f", {self.gpus_per_actor:g} GPU each" if self.gpus_per_actor else ""
+        return batches, f"Ray Data, {self.concurrency} actors{gpus}"

@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,19 +28,18 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from ..backends.base import RunInfo, RunnerOptions
+from ..backends.base import RunInfo
 from ..core.errors import ImageError, ResnetkitError
 from ..core.fileio import write_text_atomic
-from ..run.loading import load_model
 from ..core.spec import ModelMeta
 from ..run.classify import Prediction, top_k
 from ..serve.app import create_app
 from ..serve.batcher import ServerBusyError
-from ..serve.hub import ModelHub, ServedModel
+from ..serve.hub import ModelHub, ServedModel, load_served
 from ..serve.metrics import ServeMetrics
 from ..serve.server import bind_socket
 from ..serve.settings import ModelEntry, ServeSettings
-from .runtime import ray_runtime
+from .runtime import hide_unassigned_gpus, ray_runtime
 
 APP_NAME = "resnetkit"
 IMPORT_PATH = "resnetkit.scale.serve:build_app"
@@ -52,14 +51,10 @@ class ModelReplica:
     """One model on one Ray actor; concurrent images are grouped into forward passes by ``@serve.batch``."""
 
     def __init__(self, entry: str, settings: ServeSettings) -> None:
+        hide_unassigned_gpus()
         parsed = ModelEntry.parse(entry)
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
-        options = RunnerOptions(batch_size=settings.max_batch_size, precision=settings.precision, threads=settings.threads)
-        self.classifier = load_model(parsed.ref, backend=settings.backend, options=options)
-        for size in sorted({1, settings.max_batch_size}):  # warm up, as the local hub does
-            self.classifier.probabilities(torch.zeros(size, *self.classifier.meta.preprocessing.input_shape))
-        self.name = parsed.name or self.classifier.meta.name
+        self.classifier = load_served(parsed, settings, settings.threads)
+        self.name = parsed.served_name(self.classifier.meta)
         self.max_pixels = settings.max_pixels
         self.decode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="decode")
         self.forward.set_max_batch_size(settings.max_batch_size)
@@ -162,83 +157,126 @@ class Ingress:
         return create_app(self.settings, hub_factory=partial(RayHub, handles=self.handles))
 
 
+@dataclass(frozen=True)
+class Scaling:
+    """How each model's deployment runs on Ray Serve: a fixed number of replicas or an autoscaling range, and the
+    GPUs each replica asks Ray for (fractions share one GPU: 0.25 puts four replicas on it)."""
+
+    replicas: int | None = None  # None: 1 (or autoscale)
+    autoscale: str | None = None  # "MIN:MAX"
+    gpus_per_replica: float | None = None  # None: 1 with --device cuda, else 0 (the driver may have no GPU)
+
+    def args(self) -> dict[str, Any]:
+        """The builder's arguments for what was given."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def gpus(self, settings: ServeSettings) -> float:
+        """GPUs per replica, checked against ``--device`` (a replica that asks Ray for no GPU sees none)."""
+        device = settings.device
+        if device not in ("auto", "cpu", "cuda", "cuda:0"):
+            raise ResnetkitError(f"--device {device}: on Ray each replica sees only the GPUs Ray assigns it, "
+                                 "numbered from cuda:0; use --device cuda (or auto) with --gpus-per-replica.")
+        gpus = self.gpus_per_replica if self.gpus_per_replica is not None else float(device.startswith("cuda"))
+        if gpus < 0:
+            raise ResnetkitError(f"--gpus-per-replica must be zero or more (got {gpus:g}).")
+        if device.startswith("cuda") and gpus == 0:
+            raise ResnetkitError(f"--device {device} with --gpus-per-replica 0: Ray shows a replica only the GPUs it "
+                                 "asks for. Give --gpus-per-replica (e.g. 0.5), or --device auto or cpu.")
+        if device == "cpu" and gpus > 0:
+            raise ResnetkitError(f"--gpus-per-replica {gpus:g} with --device cpu would hold GPUs that no replica uses; "
+                                 "drop one of them.")
+        return gpus
+
+    def replica_options(self, settings: ServeSettings) -> dict[str, Any]:
+        """``ModelReplica.options(...)`` for one model: replicas or autoscaling, queue limits, GPUs."""
+        options: dict[str, Any] = {
+            # room for a full batch while the previous one runs
+            "max_ongoing_requests": max(settings.max_batch_size * 2, 8), "max_queued_requests": settings.max_queue,
+            **self._replicas(settings.max_batch_size)}
+        gpus = self.gpus(settings)
+        if gpus:
+            options["ray_actor_options"] = {"num_gpus": gpus}
+        return options
+
+    def _replicas(self, max_batch_size: int) -> dict[str, Any]:
+        if self.replicas is not None and self.autoscale is not None:
+            raise ResnetkitError("Give --replicas N or --autoscale MIN:MAX, not both.")
+        if self.autoscale is None:
+            return {"num_replicas": self.replicas or 1}
+        match = re.fullmatch(r"(\d+):(\d+)", self.autoscale.strip())
+        if not match or int(match[1]) > int(match[2]) or int(match[2]) < 1:
+            raise ResnetkitError(f"--autoscale '{self.autoscale}' is not MIN:MAX with MIN <= MAX and MAX >= 1, e.g. 1:4.")
+        return {"autoscaling_config": {"min_replicas": int(match[1]), "max_replicas": int(match[2]),
+                                       "target_ongoing_requests": max_batch_size}}
+
+
+SCALING_ARGS = tuple(f.name for f in fields(Scaling))
+
+
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Ray Serve application builder: ``args`` are ServeSettings fields plus ``replicas`` or ``autoscale``."""
+    """Ray Serve application builder: ``args`` are ServeSettings fields plus :class:`Scaling`'s (``replicas`` or
+    ``autoscale``, ``gpus_per_replica``)."""
     args = dict(args)
-    scaling = _scaling(args.pop("replicas", None), args.pop("autoscale", None), args.get("max_batch_size"))
+    scaling = Scaling(**{name: args.pop(name) for name in SCALING_ARGS if name in args})
     settings = ServeSettings.from_env(**args)
     if not settings.models:
         raise ResnetkitError("Name at least one model to serve, e.g. 'resnetkit serve resnet50 --ray'.")
     for entry in settings.entries:
         entry.check()
-    ongoing = max(settings.max_batch_size * 2, 8)  # room for a full batch while the previous one runs
-    replicas = [
-        ModelReplica.options(name=_deployment_name(i, text), max_ongoing_requests=ongoing,
-                             max_queued_requests=settings.max_queue, **scaling).bind(text, settings)
-        for i, text in enumerate(settings.models)
-    ]
+    options = scaling.replica_options(settings)
+    replicas = [ModelReplica.options(name=_deployment_name(i, text), **options).bind(text, settings)
+                for i, text in enumerate(settings.models)]
     # Ray Serve's default of 5 requests in flight per replica would cap the ingress (it only awaits the models)
     return Ingress.options(name="ingress", max_ongoing_requests=settings.max_queue).bind(settings, replicas)
-
-
-def _scaling(replicas: int | None, autoscale: str | None, max_batch_size: int | None) -> dict[str, Any]:
-    if replicas is not None and autoscale is not None:
-        raise ResnetkitError("Give --replicas N or --autoscale MIN:MAX, not both.")
-    if autoscale is None:
-        return {"num_replicas": replicas or 1}
-    match = re.fullmatch(r"(\d+):(\d+)", autoscale.strip())
-    if not match or int(match[1]) > int(match[2]) or int(match[2]) < 1:
-        raise ResnetkitError(f"--autoscale '{autoscale}' is not MIN:MAX with MIN <= MAX and MAX >= 1, e.g. 1:4.")
-    target = max_batch_size or ServeSettings.model_construct().max_batch_size
-    return {"autoscaling_config": {"min_replicas": int(match[1]), "max_replicas": int(match[2]),
-                                   "target_ongoing_requests": target}}
 
 
 def _deployment_name(index: int, entry: str) -> str:
     return f"model{index}-" + re.sub(r"[^A-Za-z0-9_.-]", "_", ModelEntry.parse(entry).name or Path(entry).stem)
 
 
-def app_args(settings: ServeSettings, replicas: int | None, autoscale: str | None) -> dict[str, Any]:
-    """The builder's arguments for ``settings`` (what differs from the defaults) and the scaling options."""
+def app_args(settings: ServeSettings, scaling: Scaling) -> dict[str, Any]:
+    """The builder's arguments for ``settings`` (what differs from the defaults) and ``scaling``."""
     defaults = ServeSettings.model_construct().model_dump()  # the defaults, without reading RESNETKIT_*
     args = {k: v for k, v in settings.model_dump().items() if v != defaults[k] and k not in ("host", "port")}
     args["models"] = ",".join(settings.models)
-    args.update({k: v for k, v in (("replicas", replicas), ("autoscale", autoscale)) if v is not None})
-    return args
+    return {**args, **scaling.args()}
 
 
-def deploy_config(settings: ServeSettings, replicas: int | None, autoscale: str | None) -> dict[str, Any]:
+def deploy_config(settings: ServeSettings, scaling: Scaling) -> dict[str, Any]:
     """A ``serve deploy`` config (checked against Ray's schema) for this application."""
     from ray.serve.schema import ServeDeploySchema
 
+    scaling.replica_options(settings)  # a bad combination fails now, not on the cluster
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": settings.host, "port": settings.port},
         "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
-                          "args": app_args(settings, replicas, autoscale)}],
+                          "args": app_args(settings, scaling)}],
     }
     ServeDeploySchema.model_validate(config)
     return config
 
 
-def write_config(path: str, settings: ServeSettings, replicas: int | None, autoscale: str | None) -> None:
+def write_config(path: str, settings: ServeSettings, scaling: Scaling) -> None:
     import yaml
 
-    write_text_atomic(path, yaml.safe_dump(deploy_config(settings, replicas, autoscale), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(deploy_config(settings, scaling), sort_keys=False))
 
 
 def run_ray_serve(settings: ServeSettings, *, replicas: int | None = None, autoscale: str | None = None,
-                  config_out: str | None = None, address: str | None = None) -> None:
+                  gpus_per_replica: float | None = None, config_out: str | None = None,
+                  address: str | None = None) -> None:
     """Write the ``serve deploy`` config (``config_out``), or run the application until SIGINT/SIGTERM.
 
     Joins ``address``/``RAY_ADDRESS`` or starts a local Ray; on exit the application is deleted and a
     local Ray is stopped, so no process is left behind.
     """
+    scaling = Scaling(replicas, autoscale, gpus_per_replica)
     if config_out:
-        write_config(config_out, settings, replicas, autoscale)
+        write_config(config_out, settings, scaling)
         print(f"Ray Serve config written to {config_out}; deploy it with: serve deploy {config_out}", file=sys.stderr)
         return
-    application = build_app(app_args(settings, replicas, autoscale))
+    application = build_app(app_args(settings, scaling))
     port = settings.port or _free_port(settings.host)
     with ray_runtime(address) as local_ray, _until_signal():
         try:

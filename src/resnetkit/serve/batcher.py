@@ -58,8 +58,7 @@ class DynamicBatcher:
     """Groups concurrent images for ``classifier`` into batched forward passes."""
 
     def __init__(self, name: str, classifier: Classifier, prepare: Prepare, decode_pool: Executor,
-                 metrics: ServeMetrics, *, max_batch_size: int, max_wait_ms: float, max_queue: int,
-                 threads: int | None = None) -> None:
+                 metrics: ServeMetrics, *, max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
         self.name = name
         self.classifier = classifier
         self.max_batch_size = max_batch_size
@@ -68,8 +67,7 @@ class DynamicBatcher:
         self._prepare = prepare
         self._decode_pool = decode_pool
         self._metrics = metrics
-        initializer = (lambda: torch.set_num_threads(threads)) if threads else None
-        self._inference = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}", initializer=initializer)
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._queue: deque[_Item] = deque()
         self._preparing = 0  # images in the worker pool
         self._outstanding = 0  # images admitted and not finished

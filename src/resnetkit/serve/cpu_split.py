@@ -8,6 +8,9 @@ other hand a thread fewer is a core idle whenever decoding keeps up). Rules of t
 wrong here in both directions, so the server measures instead: for each candidate thread
 count it runs the models in a short decode + batched-inference pipeline, as serving does,
 and keeps the fastest.
+
+On a GPU there is nothing to split: the forward passes run on the GPU (intra-op threads do not
+apply), so every usable core decodes and nothing is measured.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ TRIAL_BATCH = 8  # images per forward pass in the trial: the mean batch under lo
 class CpuSplit:
     """Inference threads and decode workers, and the pipeline rates (images/s per thread count) behind them."""
 
-    threads: int
+    threads: int | None  # None: inference runs on the GPU ``gpu``
     workers: int
     cores: int
-    rates: dict[int, float] = field(default_factory=dict)  # empty when --threads chose
+    rates: dict[int, float] = field(default_factory=dict)  # empty when --threads chose, or on a GPU
+    gpu: str | None = None  # the GPU's name when the models run on one
 
     def describe(self) -> str:
+        if self.gpu is not None:
+            return f"GPU inference on {self.gpu}, {self.workers} decode worker(s) on {self.cores} cores"
         chosen = f"{self.threads} inference thread(s), {self.workers} decode worker(s) on {self.cores} cores"
         if not self.rates:
             return f"{chosen} (as asked)"
@@ -52,6 +58,11 @@ def candidate_threads(cores: int) -> list[int]:
 def workers_for(threads: int, cores: int, workers: int | None = None) -> int:
     """Decode workers next to ``threads`` inference threads: the cores left, at least one (``workers`` wins)."""
     return workers or max(1, cores - threads)
+
+
+def gpu_split(gpu: str, cores: int, workers: int | None = None) -> CpuSplit:
+    """Inference on the GPU ``gpu``: every usable core decodes (``workers`` wins)."""
+    return CpuSplit(None, workers or cores, cores, gpu=gpu)
 
 
 def fastest_split(rates: dict[int, float], cores: int, workers: int | None = None) -> CpuSplit:

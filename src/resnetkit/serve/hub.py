@@ -11,16 +11,16 @@ from typing import Callable
 
 import torch
 
-from ..core.device import usable_cores
+from ..core.device import resolve_device, usable_cores
 from ..core.errors import ResnetkitError
 from ..core.images import prepare_image
 from ..run.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
 from .batcher import DynamicBatcher, batch_sizes
-from .cpu_split import CpuSplit, candidate_threads, fastest_split, pipeline_rate, workers_for
+from .cpu_split import CpuSplit, candidate_threads, fastest_split, gpu_split, pipeline_rate, workers_for
 from .metrics import ServeMetrics
 from .schemas import ModelDetail, ModelInfo
-from .settings import ServeSettings
+from .settings import ModelEntry, ServeSettings
 
 log = logging.getLogger("uvicorn.error")
 
@@ -40,6 +40,11 @@ class ServedModel:
     classifier: Classifier
     batcher: DynamicBatcher
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the model runs in this process (not in Ray Serve replicas, whose memory is theirs)."""
+        return isinstance(self.classifier, Classifier)
 
     @property
     def runtime(self) -> str:
@@ -77,18 +82,17 @@ class ModelHub:
     async def start(self) -> None:
         """Load and warm every model, then start their batchers; a failure is reported, not raised."""
         try:
-            if self.settings.threads:
-                torch.set_num_threads(self.settings.threads)
             loaded, self.split = await asyncio.to_thread(self._load_for_split)
             _check_unique([name for name, _, _ in loaded])
         except Exception as exc:  # noqa: BLE001 - any load failure stops the server with its message
             self._fail(str(exc) if isinstance(exc, ResnetkitError) else f"{type(exc).__name__}: {exc}")
             return
-        torch.set_num_threads(self.split.threads)
         self._decode_pool = ThreadPoolExecutor(self.split.workers, thread_name_prefix="decode")
         log.info("cpu split: %s", self.split.describe())
-        self.metrics.cpu_split.labels("inference_threads").set(self.split.threads)
+        self.metrics.cpu_split.labels("inference_threads").set(self.split.threads or 0)
         self.metrics.cpu_split.labels("decode_workers").set(self.split.workers)
+        devices = {classifier.ran.device for _, _, classifier in loaded}
+        self.metrics.watch_gpus(sorted((d for d in devices if d.is_cuda), key=str))
         for name, ref, classifier in loaded:
             self.models[name] = ServedModel(name, ref, classifier, self._batcher(name, classifier))
             self.models[name].batcher.start()
@@ -119,9 +123,13 @@ class ModelHub:
                               "Models are chosen when the server starts, never by clients.")
 
     def _load_for_split(self) -> tuple[list[tuple[str, str, Classifier]], CpuSplit]:
-        """The models built for the CPU split, and the split: ``--threads`` if given, else the thread count
-        whose decode + inference pipeline measured fastest (worker thread; see :mod:`.cpu_split`)."""
+        """The models built for the split of the cores, and the split (worker thread; see :mod:`.cpu_split`):
+        on a GPU every core decodes; on the CPU ``--threads`` if given, else the thread count whose decode +
+        inference pipeline measured fastest."""
+        device = resolve_device(self.settings.device)
         cores, asked, workers = usable_cores(), self.settings.threads, self.settings.workers
+        if device.is_cuda:
+            return self._load_all(None), gpu_split(device.name, cores, workers)
         if asked:
             return self._load_all(asked), CpuSplit(asked, workers_for(asked, cores, workers), cores)
         built, rates = {}, {}
@@ -131,18 +139,12 @@ class ModelHub:
         split = fastest_split(rates, cores, workers)
         return built[split.threads], split
 
-    def _load_all(self, threads: int) -> list[tuple[str, str, Classifier]]:
-        """Every configured model for ``threads`` intra-op threads, run once at every batch size the batcher
-        forms (backends that compile per shape compile now, not on a client's request)."""
-        options = RunnerOptions(batch_size=self.settings.max_batch_size, precision=self.settings.precision,
-                                threads=threads)
+    def _load_all(self, threads: int | None) -> list[tuple[str, str, Classifier]]:
+        """Every configured model, loaded and warmed by :func:`load_served` for ``threads`` intra-op threads."""
         loaded = []
         for entry in self.settings.entries:
-            classifier = load_model(entry.ref, backend=self.settings.backend, options=options)
-            shape = classifier.meta.preprocessing.input_shape
-            for size in batch_sizes(self.settings.max_batch_size):  # the only sizes the batcher forms
-                classifier.probabilities(torch.zeros(size, *shape))
-            loaded.append((entry.name or classifier.meta.name, entry.ref, classifier))
+            classifier = load_served(entry, self.settings, threads)
+            loaded.append((entry.served_name(classifier.meta), entry.ref, classifier))
         return loaded
 
     def _batcher(self, name: str, classifier: Classifier) -> DynamicBatcher:
@@ -154,8 +156,22 @@ class ModelHub:
         s = self.settings
         assert self._decode_pool is not None and self.split is not None
         return DynamicBatcher(name, classifier, prepare, self._decode_pool, self.metrics,
-                              max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
-                              threads=self.split.threads)
+                              max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue)
+
+
+def load_served(entry: ModelEntry, settings: ServeSettings, threads: int | None) -> Classifier:
+    """``entry`` as the server runs it: on ``settings.device`` (threads apply on the CPU only), run once at every
+    batch size the batcher forms, so backends that compile per shape (OpenVINO, CUDA graphs) compile now, not on
+    a client's request. The local hub and Ray Serve's replicas both load through here."""
+    device = resolve_device(settings.device)
+    options = RunnerOptions(batch_size=settings.max_batch_size, precision=settings.precision,
+                            threads=None if device.is_cuda else threads, device=device)
+    classifier = load_model(entry.ref, pretrained=not settings.random_weights, backend=settings.backend,
+                            options=options)
+    shape = classifier.meta.preprocessing.input_shape
+    for size in batch_sizes(settings.max_batch_size):
+        classifier.probabilities(torch.zeros(size, *shape))
+    return classifier
 
 
 def _check_unique(names: list[str]) -> None:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Iterator, Sequence
 
+import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..core.device import Device
 
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection before the response"
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -64,8 +70,42 @@ class ServeMetrics:
         """Images of one batch waited ``seconds`` in total in the queue."""
         self.ts_queue.labels(model, TS_VERSION, self._host).inc(seconds * 1e6)
 
+    def watch_gpus(self, devices: Sequence[Device]) -> None:
+        """Report the memory of these GPUs on every scrape (nothing GPU-related appears without one)."""
+        if devices:
+            self.registry.register(GpuMemoryCollector(devices))
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def gpu_memory(device: Device) -> dict[str, int]:
+    """Bytes of ``device``'s memory held by this process's tensors (allocated), by PyTorch's caching allocator
+    (reserved), and the most allocated at once since the process started (peak)."""
+    index = device.torch
+    return {"allocated": torch.cuda.memory_allocated(index), "reserved": torch.cuda.memory_reserved(index),
+            "peak": torch.cuda.max_memory_allocated(index)}
+
+
+class GpuMemoryCollector(Collector):
+    """``resnetkit_gpu_memory_bytes{device, kind}``, read from PyTorch when /metrics is scraped."""
+
+    NAME = "resnetkit_gpu_memory_bytes"
+    HELP = ("GPU memory of the served models, read at each scrape: allocated by tensors, reserved by PyTorch's "
+            "caching allocator, peak allocated since start.")
+
+    def __init__(self, devices: Sequence[Device]) -> None:
+        self.devices = list(devices)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:  # the name, without touching the GPU at registration
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["device", "kind"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["device", "kind"])
+        for device in self.devices:
+            for kind, value in gpu_memory(device).items():
+                family.add_metric([str(device), kind], value)
+        yield family
 
 
 class MetricsMiddleware:

@@ -90,8 +90,9 @@ class TorchServeWorker(BaseModel):
     status: str = Field(examples=["READY"])
     memoryUsage: int = Field(description="Peak resident memory of the server process, in bytes.")
     pid: int
-    gpu: bool = False
-    gpuUsage: str = "N/A"
+    gpu: bool = Field(default=False, description="Whether the model runs on a GPU.")
+    gpuUsage: str = Field(default="N/A", description="On a GPU: its id and the memory PyTorch reserves there, "
+                                                     "e.g. 'gpuId::0 memory.used [MiB]::120 MiB'.")
 
 
 class TorchServeModelDescription(TorchServeModelRef):

@@ -9,8 +9,9 @@ import time
 
 import uvicorn
 
-from ..core.errors import ResnetkitError
 from ..backends.base import get_backend
+from ..core.device import resolve_device
+from ..core.errors import ResnetkitError
 from .app import create_app
 from .settings import ServeSettings
 
@@ -45,8 +46,10 @@ class ServerThread:
             raise ResnetkitError("Name at least one model to serve, e.g. 'resnetkit serve resnet50'.")
         for entry in settings.entries:
             entry.check()
-        if settings.backend is not None:  # fail before the port opens
+        device = resolve_device(settings.device)  # fail before the port opens
+        if settings.backend is not None:
             backend = get_backend(settings.backend)
+            backend.fit_device(device)
             if settings.precision is not None:
                 backend.check_precision(settings.precision)
         self.settings = settings

@@ -10,12 +10,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, NoDecode, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from ..core.device import DEVICE_WORDS
 from ..core.errors import ResnetkitError
 from ..core.images import DEFAULT_MAX_PIXELS
+from ..core.spec import ModelMeta
 from ..run.loading import check_model_ref
 
 ENV_PREFIX = "RESNETKIT_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DEVICE_WORD = re.compile(r"auto|cpu|cuda(:\d+)?")  # the form only: whether this machine has it is resolve_device's
 _KINDS = {"int_parsing": "int", "int_from_float": "int", "float_parsing": "float", "bool_parsing": "bool"}
 
 
@@ -39,6 +42,10 @@ class ModelEntry:
         """Fail fast on a reference that is neither a zoo name nor an existing file."""
         check_model_ref(self.ref)
 
+    def served_name(self, meta: ModelMeta) -> str:
+        """The name in URLs: the one given, else the model's own (zoo name, or the name stored in the file)."""
+        return self.name or meta.name
+
 
 class ServeSettings(BaseSettings):
     """Everything ``resnetkit serve`` can be told. Each field can also come from ``RESNETKIT_<FIELD>``.
@@ -53,14 +60,16 @@ class ServeSettings(BaseSettings):
     port: int = 8000
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
-    threads: int | None = None  # None: chosen from the measured costs (cpu_split)
+    threads: int | None = None  # intra-op threads of each runner; None: chosen by measuring (cpu_split), unused on a GPU
     max_upload_mb: float = 10.0
     max_files: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_queue: int = 256
-    workers: int | None = None  # None: chosen from the measured costs (cpu_split)
-    backend: str | None = None  # None: each model's own runtime (eager for PyTorch models)
-    precision: str | None = None
+    workers: int | None = None  # decode threads; None: the cores inference leaves (cpu_split), every core on a GPU
+    backend: str | None = None  # None: auto for PyTorch models, a file's own runtime for exported files
+    precision: str | None = None  # None: the backend's default (auto's: bf16 or fp32 on the CPU, fp16 on a GPU)
+    device: str = "auto"  # auto, cpu, cuda or cuda:N; every served model runs there
+    random_weights: bool = False  # zoo models with random weights (offline; the labels are meaningless)
     token: str | None = Field(default=None, repr=False)
     access_log: bool = True
 
@@ -74,6 +83,14 @@ class ServeSettings(BaseSettings):
     @classmethod
     def _split(cls, value: Any) -> Any:
         return split_models(value) if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device_word(cls, value: str) -> str:
+        word = value.strip().lower()
+        if not _DEVICE_WORD.fullmatch(word):
+            raise ValueError(f"--device '{value}' is not a device: use {DEVICE_WORDS}.")
+        return word
 
     @model_validator(mode="after")
     def _check(self) -> "ServeSettings":

@@ -50,7 +50,8 @@ function describeModel() {
   if (!m) return;
   const top1 = m.published_top1 == null ? "" : `, published top-1 ${m.published_top1} % on ${m.dataset}`;
   $("model-info").textContent =
-    `${m.arch} · weights ${m.weights} · ${m.num_classes} classes · input ${m.input_size}px · ${m.backend}/${m.precision}${top1}`;
+    `${m.arch} · weights ${m.weights} · ${m.num_classes} classes · input ${m.input_size}px · runs ${m.runtime}${top1}`;
+  $("weights-note").hidden = m.weights !== "random";
 }
 
 function element(tag, className, text) {

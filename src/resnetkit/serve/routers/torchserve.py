@@ -10,9 +10,10 @@ import sys
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from ...core.device import Device
 from ..deps import Hub, classify_request, require_token
 from ..hub import ServedModel, ServeError
-from ..metrics import TS_VERSION
+from ..metrics import TS_VERSION, gpu_memory
 from ..schemas import (TorchServeError, TorchServeModelDescription, TorchServeModelList, TorchServeModelRef,
                        TorchServePing, TorchServeWorker)
 
@@ -70,9 +71,10 @@ async def describe_model(model: str, hub: Hub, version: str | None = None) -> JS
 
 
 def _describe(served: ServedModel) -> TorchServeModelDescription:
-    batcher = served.batcher
+    batcher, device = served.batcher, served.classifier.ran.device
     worker = TorchServeWorker(id="1", startTime=served.started.isoformat(), status="READY",
-                              memoryUsage=_rss_bytes(), pid=os.getpid())
+                              memoryUsage=_rss_bytes(), pid=os.getpid(), gpu=device.is_cuda,
+                              gpuUsage=_gpu_usage(device) if device.is_cuda and served.in_process else "N/A")
     return TorchServeModelDescription(
         modelName=served.name, modelUrl=served.ref, modelVersion=TS_VERSION, runtime=served.runtime,
         minWorkers=1, maxWorkers=1, batchSize=batcher.max_batch_size, maxBatchDelay=batcher.max_wait * 1000.0,
@@ -89,6 +91,12 @@ def _error(exc: ServeError) -> JSONResponse:
     body = TorchServeError(code=exc.status, type=ERROR_TYPES.get(exc.status, "InternalServerException"),
                            message=str(exc))
     return JSONResponse(body.model_dump(), status_code=exc.status)
+
+
+def _gpu_usage(device: Device) -> str:
+    """TorchServe's ``gpuUsage`` text for ``device``: its id and the memory PyTorch reserves there."""
+    mib = gpu_memory(device)["reserved"] / 2**20
+    return f"gpuId::{device.index} memory.used [MiB]::{mib:.0f} MiB"
 
 
 def _rss_bytes() -> int:
