@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from ..backends.base import RunnerOptions
+from ..core.device import resolve_device
 from ..run.classify import iter_classify
 from ..run.loading import Classifier, check_model_ref, load_model
 from .inputs import InputError, resolve_inputs
@@ -22,7 +23,8 @@ from .output import PartStore, result_rows
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """How to load the model, picklable so that Ray workers load the very same one."""
+    """How to load the model, picklable so that Ray workers load the very same one. ``device`` is a ``--device``
+    word, resolved by the process that loads the model (``auto``: a GPU of that process's machine, if any)."""
 
     ref: str
     weights: str | None = None
@@ -30,11 +32,14 @@ class ModelRequest:
     backend: str | None = None
     precision: str | None = None
     batch_size: int = 32
+    device: str = "auto"
 
     def load(self) -> Classifier:
         """Load the model (random weights are drawn from a fixed seed, so every process gets the same ones)."""
+        options = RunnerOptions(batch_size=self.batch_size, precision=self.precision,
+                                device=resolve_device(self.device))
         return load_model(self.ref, weights=self.weights, pretrained=not self.random_weights, backend=self.backend,
-                          options=RunnerOptions(batch_size=self.batch_size, precision=self.precision))
+                          options=options)
 
 
 @dataclass
@@ -65,17 +70,20 @@ class PredictSummary:
 
 
 # An engine classifies the sources of a request: result tables (in any order) and a description of itself.
-Engine = Callable[[ModelRequest, list[str], int, int], tuple[Iterator[pa.Table], str]]
+Engine = Callable[[ModelRequest, list[str], int, int | None], tuple[Iterator[pa.Table], str]]
 
 
 def predict(request: ModelRequest, data: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str], *,
-            fmt: str | None = None, top_k: int = 5, workers: int = 2, part_size: int = 5000, resume: bool = False,
-            path_column: str = "path", engine: Engine | None = None, progress: bool | None = None) -> PredictSummary:
+            fmt: str | None = None, top_k: int = 5, workers: int | None = None, part_size: int = 5000,
+            resume: bool = False, path_column: str = "path", engine: Engine | None = None,
+            progress: bool | None = None) -> PredictSummary:
     """Label every image of ``data`` into part files under ``output`` (see :mod:`resnetkit.batch.output`).
 
     ``engine`` classifies (default: :func:`local_engine`, in this process; ``resnetkit.scale.data.RayEngine``
-    runs on Ray Data)."""
+    runs on Ray Data), with ``workers`` decoding (None: see :func:`resnetkit.run.classify.default_workers`)."""
     check_model_ref(request.ref)
+    if engine is None:  # the model runs in this process: a device it lacks fails before the output is touched
+        resolve_device(request.device)
     sources = resolve_inputs(data, path_column)
     if not sources:
         raise InputError("No image files found in the given inputs (folders are searched for "
@@ -92,7 +100,8 @@ def predict(request: ModelRequest, data: Iterable[str | os.PathLike[str]], outpu
                           written, errors, time.perf_counter() - start)
 
 
-def local_engine(request: ModelRequest, todo: list[str], top_k: int, workers: int) -> tuple[Iterator[pa.Table], str]:
+def local_engine(request: ModelRequest, todo: list[str], top_k: int,
+                 workers: int | None) -> tuple[Iterator[pa.Table], str]:
     """Classify ``todo`` in this process."""
     classifier = request.load()
     chunks = iter_classify(classifier, todo, top_k=top_k, batch_size=request.batch_size, workers=workers)

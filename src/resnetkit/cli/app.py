@@ -151,7 +151,8 @@ PrecisionOpt = Annotated[str | None, typer.Option("--precision", help=default(
 DeviceOpt = Annotated[str, typer.Option("--device", help=(
     "Where the model runs: auto (the first CUDA GPU torch sees, else the CPU), cpu, cuda or cuda:N."))]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Image decoding workers.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, help=default(
+    "Image decoding workers.", "every usable core (processes) when the model runs on a GPU, else 2"))]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="File to write.")]
 EvalOpt = Annotated[str | None, typer.Option("--eval", help=default(
     "Labelled class-per-folder images: report top-1 on them.", "no accuracy measured"))]
