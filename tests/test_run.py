@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from resnetkit import classify, evaluate, load_model
+from resnetkit.backends.base import RunnerOptions
 from resnetkit.core.artifacts import save_artifact
+from resnetkit.core.device import CPU, resolve_device
 from resnetkit.core.datasets import imagenet_wnids, match_folders_to_categories
 from resnetkit.core.errors import DatasetError, UnknownModelError
 from resnetkit.core.images import decode_image
@@ -111,11 +113,15 @@ def test_cli_classify_json_and_exit_codes(cifar_weights, cifar_test_dir, tmp_pat
     ok = run_cli("classify", "cifar_resnet20", str(folder), "--json", "--top-k", "2")
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
-    assert data["model"] == "cifar_resnet20" and len(data["results"]) == 3
+    assert data["model"] == "cifar_resnet20" and len(data["results"]) == 3 and data["random_weights"] is False
     assert all(len(r["predictions"]) == 2 and r["error"] is None for r in data["results"])
+    ran = load_model("cifar_resnet20").ran  # the same cached choice of auto
+    assert {k: data[k] for k in ran.to_dict()} == ran.to_dict() and data["device_name"] == ran.device.name
     (folder / "zz_bad[red].png").write_bytes(b"nope")  # brackets in a name must print as they are
     partial = run_cli("classify", "cifar_resnet20", str(folder))
     assert partial.returncode == 1 and "zz_bad[red].png: error:" in partial.stdout and partial.stdout.count("%") >= 3
+    assert len(partial.stdout.splitlines()) == 4  # one line per image; what ran is said on stderr
+    assert partial.stderr.splitlines()[0] == f"cifar_resnet20: {ran.label()}"
 
 
 def test_cli_evaluate_checks_the_folder_before_fetching_weights(tmp_path):
@@ -131,5 +137,86 @@ def test_cli_evaluate_json_and_plot(cifar_weights, cifar_test_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"model", "top1", "top5", "n_images"} <= set(data) and data["n_images"] == 200
+    assert {"backend", "precision", "device", "device_name", "label"} <= set(data) and data["random_weights"] is False
     assert 60 < data["top1"] <= 100
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_classify_any_imagenet_model_offline_with_random_weights(tmp_path):
+    image = make_image(tmp_path / "x.jpg")
+    offline = {"TORCH_HOME": str(tmp_path / "empty cache"), "RESNETKIT_OFFLINE": "1"}
+    args = ("classify", "resnet18", image, "--random-weights", "--backend", "eager", "--device", "cpu", "-k", "2")
+    plain = run_cli(*args, env=offline)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stderr.splitlines() == ["random weights: labels are meaningless", "resnet18: eager/fp32 on CPU"]
+    [line] = plain.stdout.splitlines()
+    assert line.startswith(f"{image}: ") and line.count("%") == 2
+    data = json.loads(run_cli(*args, "--json", env=offline).stdout)
+    assert data["random_weights"] is True and len(data["results"][0]["predictions"]) == 2
+    assert {k: data[k] for k in ("backend", "precision", "device", "device_name", "label")} == {
+        "backend": "eager", "precision": "fp32", "device": "cpu", "device_name": "CPU", "label": "eager/fp32 on CPU"}
+    assert not (tmp_path / "empty cache").exists()  # nothing was downloaded
+
+
+def test_evaluate_with_random_weights_says_its_labels_are_meaningless(tmp_path):
+    for name in ("cat", "dog"):
+        for i in range(2):
+            make_image(tmp_path / "data" / name / f"{i}.png", size=(32, 32), seed=i)
+    args = ("evaluate", "cifar_resnet20", tmp_path / "data", "--random-weights", "--backend", "eager", "--device", "cpu",
+            "--workers", "0")
+    plain = run_cli(*args)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stderr.splitlines()[0] == "random weights: labels are meaningless"
+    assert "(4 images, 0 unreadable skipped)" in plain.stdout
+    assert "eager/fp32 on CPU, batch 64, 0 decode workers)" in plain.stdout
+    data = json.loads(run_cli(*args, "--json").stdout)
+    assert data["random_weights"] is True and data["n_images"] == 4 and data["workers"] == 0
+    assert (data["backend"], data["precision"], data["device"], data["device_name"]) == ("eager", "fp32", "cpu", "CPU")
+
+
+def test_evaluate_report_names_what_ran_and_decodes_with_the_default_workers(tmp_path):
+    from resnetkit.run.classify import default_workers
+
+    for i in range(3):
+        make_image(tmp_path / "data" / "ship" / f"{i}.png", size=(32, 32), seed=i)
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager", options=RunnerOptions(device=CPU))
+    report = evaluate(model, tmp_path / "data", progress=False)
+    assert report.ran == model.ran and report.workers == default_workers(CPU) and report.random_weights
+    data = report.to_dict()
+    assert "ran" not in data and data["label"] == "eager/fp32 on CPU" and data["device"] == "cpu"
+    json.dumps(data)  # plain JSON: no objects left
+
+
+CIFAR_SAMPLE = 20  # test images per class for the GPU-vs-CPU comparisons
+
+
+def cifar_sample(root) -> list:
+    return [p for c in CIFAR10_CLASSES for p in sorted((root / c).glob("*.jpg"))[:CIFAR_SAMPLE]]
+
+
+@pytest.mark.gpu
+def test_classify_on_the_gpu_gives_the_cpu_labels(cifar_weights, cifar_test_dir):
+    files = cifar_sample(cifar_test_dir)
+    cpu = classify(load_model("cifar_resnet20", backend="eager", options=RunnerOptions(precision="fp32", device=CPU)),
+                   files, top_k=1)
+    result = run_cli("classify", "cifar_resnet20", *files, "--device", "cuda", "--json", "-k", "1")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["device"] == "cuda:0" and data["device_name"] == resolve_device("cuda").name
+    same = sum(a.predictions[0].index == b["predictions"][0]["index"] for a, b in zip(cpu, data["results"]))
+    assert same >= 0.98 * len(files)  # fp16 on the GPU: a rare near-tie may flip
+
+
+@pytest.mark.gpu
+def test_evaluate_on_the_gpu_agrees_with_the_cpu(cifar_weights, cifar_test_dir):
+    def report(*device: str) -> dict:
+        result = run_cli("evaluate", "cifar_resnet20", cifar_test_dir, "--limit", "1000", "--json", *device)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    cpu = report("--device", "cpu", "--backend", "eager", "--precision", "fp32")
+    gpu = report("--device", "cuda")
+    assert gpu["device"] == "cuda:0" and cpu["device"] == "cpu" and gpu["n_images"] == cpu["n_images"] == 1000
+    # images whose top-1 moved to another cell of the confusion matrix (a lower bound of the labels that changed)
+    moved = sum(abs(a - b) for row_a, row_b in zip(cpu["confusion"], gpu["confusion"]) for a, b in zip(row_a, row_b)) / 2
+    assert moved <= 20 and abs(cpu["top1"] - gpu["top1"]) <= 1.0

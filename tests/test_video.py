@@ -124,6 +124,8 @@ def test_cli_json_has_per_frame_results_segments_and_realtime_factor(cifar_weigh
     assert video["frames"][1]["time_s"] == pytest.approx(0.2)
     assert max(video["segments"], key=lambda s: s["frames"])["label"] == "ship"
     assert video["realtime_factor"] == pytest.approx(video["decoded_per_s"] / 25.0)
+    ran = ("backend", "precision", "device", "device_name", "label")  # what ran, as in the image results
+    assert {k: video[k] for k in ran} == {k: data[k] for k in ran} and "ran" not in video
 
 
 @pytest.mark.slow  # a CLI process each
@@ -132,6 +134,8 @@ def test_cli_text_output_prints_segments_and_realtime_factor(cifar_weights, ship
     assert result.returncode == 0, result.stderr
     assert "50 frames decoded (128x128, 25.00 fps, 2.00 s), 10 classified (every 5 frames)" in result.stdout
     assert "ship (" in result.stdout and "real-time factor" in result.stdout and "load average" in result.stdout
+    what_ran = result.stderr.splitlines()[0].removeprefix("cifar_resnet20: ")  # e.g. openvino/bf16 on CPU (auto)
+    assert f"per classified frame ({what_ran}, batch 16, " in result.stdout
 
 
 @pytest.mark.slow  # a CLI process each
@@ -160,6 +164,20 @@ def test_measure_stream_times_every_stage(random_model, ship_clip):
     stages = report.per_frame_ms()
     assert all(stages[k] > 0 for k in ("decode_ms", "preprocess_ms", "infer_ms"))
     assert report.realtime_factor == pytest.approx(20 / report.elapsed_s / FPS)
+    assert report.ran == random_model.ran and report.to_dict()["label"] == random_model.ran.label()
+
+
+def test_video_bench_threads_are_the_model_runners_not_a_global_switch(ship_clip):
+    from conftest import run_cli
+
+    before = torch.get_num_threads()
+    args = ("video-bench", "cifar_resnet20", ship_clip, "--random-weights", "--backend", "eager", "--device", "cpu",
+            "--threads", "1", "--max-frames", "10")
+    data = json.loads(run_cli(*args, "--json").stdout)
+    assert (data["label"], data["threads"], data["frames_decoded"]) == ("eager/fp32 on CPU", 1, 10)
+    plain = run_cli(*args)
+    assert "per classified frame (eager/fp32 on CPU, batch 1, 1 threads, 1 run of" in plain.stdout
+    assert torch.get_num_threads() == before
 
 
 def test_video_sources_are_recognised():

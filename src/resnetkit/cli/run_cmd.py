@@ -7,16 +7,32 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..backends.base import RunInfo, RunnerOptions
 from ..core.datasets import require_folder
+from ..core.device import resolve_device
 from ..core.errors import ImageError
+from ..core.spec import RANDOM_WEIGHTS, ModelMeta
+from ..run.classify import classify
 from ..run.evaluate import evaluate
 from ..run.loading import load_model
-from ..run.classify import classify
 from ..run.video import classify_video, is_video_source
-from ..backends.base import RunnerOptions
-from .app import (BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, PrecisionOpt, WeightsOpt, WorkersOpt, app, console, default,
-                  err_console, print_json, styled)
+from .app import (BackendOpt, BatchSizeOpt, DeviceOpt, JsonFlag, ModelArg, PrecisionOpt, RandomWeightsFlag, WeightsOpt,
+                  WorkersOpt, app, console, default, err_console, print_json, styled)
 from .video_cmd import EveryOpt, FpsOpt, MaxFramesOpt, SmoothOpt, print_video_report
+
+RANDOM_WEIGHTS_NOTE = "random weights: labels are meaningless"
+
+
+def has_random_weights(meta: ModelMeta) -> bool:
+    return meta.weights == RANDOM_WEIGHTS
+
+
+def print_what_ran(model: str, ran: RunInfo, random_weights: bool) -> None:
+    """On stderr (stdout stays the results): ``random weights: labels are meaningless`` when they are, then
+    ``MODEL: what ran and where`` (e.g. ``resnet50: openvino/bf16 on CPU (auto)``)."""
+    if random_weights:
+        err_console.print(RANDOM_WEIGHTS_NOTE, highlight=False)
+    err_console.print(f"{model}: {ran.label()}", highlight=False)
 
 
 @app.command("classify")
@@ -27,9 +43,11 @@ def classify_command(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per image.")] = 5,
     batch_size: BatchSizeOpt = 16,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsFlag = False,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
-    workers: WorkersOpt = 2,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
     fps: FpsOpt = None,
     every: EveryOpt = None,
     smooth: SmoothOpt = 5,
@@ -38,8 +56,10 @@ def classify_command(
 ) -> None:
     """Top-k labels with probabilities for each image, and per frame plus smoothed segments for each video.
 
-    Unreadable files get an error; the rest are still classified."""
-    classifier = load_model(model, weights=weights, backend=backend, options=RunnerOptions(batch_size=batch_size, precision=precision))
+    Unreadable files get an error; the rest are still classified. What ran (backend, precision, device) is
+    printed on stderr, or in the JSON."""
+    options = RunnerOptions(batch_size=batch_size, precision=precision, device=resolve_device(device))
+    classifier = load_model(model, weights=weights, pretrained=not random_weights, backend=backend, options=options)
     images = [p for p in paths if not is_video_source(p)]
     results = classify(classifier, images, top_k=top_k, batch_size=batch_size, workers=workers) if images else []
     videos = [classify_video(classifier, p, fps=fps, every=every, top_k=top_k, batch_size=batch_size, smooth=smooth,
@@ -48,10 +68,11 @@ def classify_command(
         raise ImageError(f"No image files found in {', '.join(paths)}: name image or video files, or folders that hold images.")
     failed = sum(r.error is not None for r in results) + sum(v.error is not None for v in videos)
     if json_output:
-        print_json({"model": classifier.meta.name, "backend": classifier.runner.backend,
-                    "precision": classifier.runner.precision, "results": [r.to_dict() for r in results],
+        print_json({"model": classifier.meta.name, **classifier.ran.to_dict(),
+                    "random_weights": has_random_weights(classifier.meta), "results": [r.to_dict() for r in results],
                     **({"videos": [v.to_dict() for v in videos]} if videos else {})})
     else:
+        print_what_ran(classifier.meta.name, classifier.ran, has_random_weights(classifier.meta))
         for result in results:
             if result.error:
                 console.print(styled(f"{result.source}: ", ("error:", "red"), f" {result.error}"), highlight=False)
@@ -71,17 +92,20 @@ def evaluate_command(
     model: ModelArg,
     data_dir: Annotated[str, typer.Argument(metavar="DATA_DIR", help="Folder with one sub-folder of images per class (class name or WordNet id).")],
     batch_size: BatchSizeOpt = 64,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help=default("Evaluate a fixed random subset of N images (default: all).", "all images"))] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help=default("Evaluate a fixed random subset of N images.", "all images"))] = None,
     weights: WeightsOpt = None,
+    random_weights: RandomWeightsFlag = False,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
-    workers: WorkersOpt = 2,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
     plot: Annotated[str | None, typer.Option("--plot", help=default("Write the confusion matrix as a PNG file.", "no plot"))] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Top-1/top-5 accuracy, per-class accuracy, confusion matrix and images/s on a labelled folder."""
+    options = RunnerOptions(batch_size=batch_size, precision=precision, device=resolve_device(device))
     require_folder(data_dir)  # before loading the model, which may mean downloading its weights
-    classifier = load_model(model, weights=weights, backend=backend, options=RunnerOptions(batch_size=batch_size, precision=precision))
+    classifier = load_model(model, weights=weights, pretrained=not random_weights, backend=backend, options=options)
     report = evaluate(classifier, data_dir, batch_size=batch_size, limit=limit, workers=workers)
     if plot:
         from ..choose.plots import plot_confusion
@@ -90,10 +114,12 @@ def evaluate_command(
     if json_output:
         print_json(report.to_dict())
         return
+    if report.random_weights:
+        err_console.print(RANDOM_WEIGHTS_NOTE, highlight=False)
     console.print(f"{report.model} on {data_dir}: top-1 {report.top1:.2f} %, top-5 {report.top5:.2f} % "
                   f"({report.n_images} images, {report.n_skipped} unreadable skipped)", highlight=False)
     console.print(f"{report.images_per_s:.1f} images/s end to end (decode + preprocess + forward; "
-                  f"{report.backend}/{report.precision}, batch {batch_size}, {workers} decode workers)", highlight=False)
+                  f"{report.ran.label()}, batch {batch_size}, {report.workers} decode workers)", highlight=False)
     table = Table("class", "top-1 %", "images")
     for name, row in zip(report.classes, report.confusion):
         table.add_row(name, f"{report.per_class[name]:.2f}", str(sum(row)))

@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-import torch
 import typer
 
 from ..backends.base import RunnerOptions
+from ..core.device import resolve_device
 from ..run.loading import load_model
 from ..run.video import VideoReport, measure_stream
-from .app import BackendOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json, styled
+from .app import (BackendOpt, DeviceOpt, JsonFlag, ModelArg, PrecisionOpt, RandomWeightsFlag, WeightsOpt, app, console,
+                  default, err_console, print_json, styled)
 
-FpsOpt = Annotated[float | None, typer.Option("--fps", help="Videos: classify this many frames per second of video (default: every frame).")]
-EveryOpt = Annotated[int | None, typer.Option("--every", min=1, help="Videos: classify every N-th frame (default: every frame).")]
+FpsOpt = Annotated[float | None, typer.Option("--fps", help=default(
+    "Videos: classify this many frames per second of video.", "every frame"))]
+EveryOpt = Annotated[int | None, typer.Option("--every", min=1, help=default(
+    "Videos: classify every N-th frame.", "every frame"))]
 SmoothOpt = Annotated[int, typer.Option("--smooth", min=1, help="Videos: average probabilities over this many classified frames before labelling segments.")]
-MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, help="Videos and streams: stop after N decoded frames (default: the whole video).")]
+MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, help=default(
+    "Videos and streams: stop after N decoded frames.", "the whole video"))]
 
 
 def _rate(report: VideoReport) -> str:
@@ -29,9 +33,14 @@ def _timing_line(report: VideoReport) -> str:
     head = f"real-time factor {factor:.2f}x" if factor is not None else "real-time factor unknown (no frame rate)"
     return (f"{head}: {report.decoded_per_s:.1f} frames decoded/s vs the source's {_rate(report)}; "
             f"decode {ms['decode_ms']:.1f} ms per decoded frame, preprocess {ms['preprocess_ms']:.1f} ms + "
-            f"infer {ms['infer_ms']:.1f} ms per classified frame ({report.backend}/{report.precision}, "
-            f"batch {report.batch_size}, {torch.get_num_threads()} threads, 1 run of {report.elapsed_s:.2f} s, "
+            f"infer {ms['infer_ms']:.1f} ms per classified frame ({report.ran.label()}, "
+            f"batch {report.batch_size}, {_threads(report)}, 1 run of {report.elapsed_s:.2f} s, "
             f"load average {os.getloadavg()[0]:.2f})")
+
+
+def _threads(report: VideoReport) -> str:
+    threads = report.ran.threads
+    return f"{threads} threads" if threads else "the backend's default threads"
 
 
 def print_video_report(report: VideoReport) -> None:
@@ -59,20 +68,20 @@ def video_bench_command(
     every: EveryOpt = None,
     max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Frames to decode and time.")] = 300,
     weights: WeightsOpt = None,
-    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights (offline; speed only).")] = False,
+    random_weights: RandomWeightsFlag = False,
     backend: BackendOpt = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads (default: torch's).")] = None,
+    precision: PrecisionOpt = None,
+    device: DeviceOpt = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help=default(
+        "Intra-op threads of the model on the CPU.", "the backend's; auto measures one thread and every core"))] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Can this machine keep up with this video or stream? Decode + preprocess + infer per frame (batch 1), timed."""
-    if threads:
-        torch.set_num_threads(threads)
-    classifier = load_model(model, weights=weights, pretrained=not random_weights, backend=backend,
-                            options=RunnerOptions(batch_size=1))
+    options = RunnerOptions(batch_size=1, precision=precision, threads=threads, device=resolve_device(device))
+    classifier = load_model(model, weights=weights, pretrained=not random_weights, backend=backend, options=options)
     report = measure_stream(classifier, source, fps=fps, every=every, max_frames=max_frames)
     if json_output:
-        print_json({"model": classifier.meta.name, "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
-                    **report.to_dict()})
+        print_json({"model": classifier.meta.name, "load_average": os.getloadavg()[0], **report.to_dict()})
     else:
         console.print(_timing_line(report), highlight=False)
         verdict = report.realtime_factor is not None and report.realtime_factor >= 1

@@ -12,11 +12,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..backends.base import RunInfo
 from ..core.datasets import ImageFileDataset, collate_skipping_bad, labelled_samples, require_folder
 from ..core.errors import DatasetError
 from ..core.images import prepare_image
-from .loading import Classifier, load_model
 from ..core.progress import track
+from ..core.spec import RANDOM_WEIGHTS
+from .classify import default_workers
+from .loading import Classifier, load_model
 
 
 @dataclass
@@ -34,12 +37,14 @@ class EvalReport:
     confusion: list[list[int]]  # rows: true class, columns: predicted, over ``classes``
     images_per_s: float
     seconds: float
-    backend: str
-    precision: str
+    ran: RunInfo  # what computed the logits, and where
+    workers: int  # decoding processes
+    random_weights: bool  # the model's weights are random: labels and accuracy are meaningless
     skipped_files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = {name: value for name, value in self.__dict__.items() if name != "ran"}
+        return {**data, **self.ran.to_dict()}
 
 
 def evaluate(
@@ -48,20 +53,23 @@ def evaluate(
     *,
     batch_size: int = 64,
     limit: int | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     progress: bool | None = None,
     seed: int = 0,
 ) -> EvalReport:
     """Top-1/top-5 accuracy on ``data_dir`` (one sub-folder per class, matched to the model's classes).
 
     ``limit`` evaluates a random subset of that many images (fixed ``seed``), spread over classes.
-    Unreadable images are skipped and counted, never scored.
+    Unreadable images are skipped and counted, never scored. ``workers`` decoding processes (None: see
+    :func:`~resnetkit.run.classify.default_workers`).
     """
     require_folder(data_dir)  # before loading the model, which may mean downloading its weights
     classifier = model if isinstance(model, Classifier) else load_model(model)
     _, samples = labelled_samples(data_dir, classifier.meta.categories)
     if limit is not None and limit < len(samples):
         samples = sorted(random.Random(seed).sample(samples, limit), key=lambda s: str(s.path))
+    ran = classifier.ran  # builds the runner (auto measures its candidates) before the clock starts
+    workers = default_workers(ran.device) if workers is None else workers
     prepare = functools.partial(prepare_image, preprocessing=classifier.meta.preprocessing)
     loader = DataLoader(ImageFileDataset(samples, prepare), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_skipping_bad, persistent_workers=False)
@@ -84,11 +92,11 @@ def evaluate(
     scored = int(confusion.sum())
     if scored == 0:
         raise DatasetError(f"No readable images in {data_dir} ({len(skipped)} files could not be decoded).")
-    return _report(classifier, str(data_dir), confusion, top5_hits, skipped, seconds)
+    return _report(classifier, ran, workers, str(data_dir), confusion, top5_hits, skipped, seconds)
 
 
-def _report(classifier: Classifier, data_dir: str, confusion: torch.Tensor, top5_hits: int,
-            skipped: list[str], seconds: float) -> EvalReport:
+def _report(classifier: Classifier, ran: RunInfo, workers: int, data_dir: str, confusion: torch.Tensor,
+            top5_hits: int, skipped: list[str], seconds: float) -> EvalReport:
     present = [i for i in range(confusion.shape[0]) if confusion[i].sum() > 0]
     categories = classifier.meta.categories
     scored = int(confusion.sum())
@@ -105,7 +113,8 @@ def _report(classifier: Classifier, data_dir: str, confusion: torch.Tensor, top5
         confusion=sub.tolist(),
         images_per_s=scored / seconds if seconds > 0 else float("nan"),
         seconds=seconds,
-        backend=classifier.runner.backend,
-        precision=classifier.runner.precision,
+        ran=ran,
+        workers=workers,
+        random_weights=classifier.meta.weights == RANDOM_WEIGHTS,
         skipped_files=skipped,
     )

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from ..backends.base import RunInfo
 from ..core.errors import ResnetkitError
 from .loading import Classifier, load_model
 from .classify import Prediction, top_k as top_k_predictions
@@ -106,8 +107,7 @@ class VideoReport:
     width: int
     height: int
     sampling: str
-    backend: str
-    precision: str
+    ran: RunInfo  # what classified the frames, and where
     batch_size: int
     frames_decoded: int = 0
     frames: list[FrameResult] = field(default_factory=list)
@@ -142,6 +142,8 @@ class VideoReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["ran"]  # its facts go in flat, as in every report: backend, precision, device...
+        data.update(self.ran.to_dict())
         data.update(classified_per_s=self.classified_per_s, decoded_per_s=self.decoded_per_s,
                     realtime_factor=self.realtime_factor, per_frame_ms=self.per_frame_ms())
         return data
@@ -228,11 +230,10 @@ def classify_video(
     try:
         container = _open(source)
     except VideoError as exc:  # like an unreadable image: this source fails, the others go on
-        return VideoReport(source, None, 0, 0, sampling.describe(), classifier.runner.backend,
-                           classifier.runner.precision, batch_size, error=str(exc))
+        return VideoReport(source, None, 0, 0, sampling.describe(), classifier.ran, batch_size, error=str(exc))
     stream = container.streams.video[0]
     report = VideoReport(source, _frame_rate(stream), stream.codec_context.width, stream.codec_context.height,
-                         sampling.describe(), classifier.runner.backend, classifier.runner.precision, batch_size)
+                         sampling.describe(), classifier.ran, batch_size)
     probabilities: list[torch.Tensor] = []
     pending: list[tuple[int, float, torch.Tensor]] = []
 
