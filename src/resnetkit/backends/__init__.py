@@ -15,7 +15,8 @@ from .base import registered
 
 def describe(device: Device | None = None) -> list[dict[str, Any]]:
     """One row per registered backend (by name): availability, package version, devices, precisions, default
-    precision on ``device`` (default: ``--device auto``'s; None where it does not run there), files it reads, remark."""
+    precision on ``device`` (default: ``--device auto``'s; None where it does not run there), files it reads, files
+    it writes (``export`` formats, and ``quantize`` methods with whether it is the method's default), remark."""
     device = device or resolve_device("auto")
     rows = []
     for backend in sorted(registered(), key=lambda b: b.name):
@@ -30,6 +31,8 @@ def describe(device: Device | None = None) -> list[dict[str, Any]]:
             "precisions": list(backend.precisions),
             "default_precision": backend.default_precision(device) if runs_here else None,
             "reads": sorted(s for f in backend.formats for s in f.suffixes),
+            "exports": [{"format": f.export.name, "suffix": f.suffixes[0]} for f in backend.formats if f.export],
+            "quantizes": [{"method": q.method, "suffix": q.suffix, "default": q.default} for q in backend.quantizers],
             "remark": backend.description if available else backend.install_hint,
         })
     return rows

@@ -3,10 +3,12 @@
 A :class:`Runner` maps a float32 NCHW batch (already preprocessed) to float32 logits and
 says which backend and numeric precision actually ran. Each backend registers once, with
 a typed :class:`Backend` record: what it is, the precisions it runs, its default precision
-on this CPU, the files it reads, the package it needs and how to build a runner for a torch
-module. Precision checks, ``resnetkit backends``, ``auto``'s candidates, file loading, bench
-and serve read this registry and nothing else. Backends are the modules of this package
-(discovered with pkgutil) and the entry-point group ``resnetkit.backends`` (third-party).
+on a device, the files it reads and writes (:class:`FileFormat`, with its :class:`FileWriter`
+for ``resnetkit export``), the quantized files it writes (:class:`Quantizer`), how to tap the
+pooled features of its runners, the package it needs and how to build a runner for a torch
+module. Precision checks, ``resnetkit backends``, ``auto``'s candidates, file loading, export,
+quantize, embed, bench and serve read this registry and nothing else. Backends are the modules
+of this package (discovered with pkgutil) and the entry-point group ``resnetkit.backends`` (third-party).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pkgutil
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -95,14 +97,58 @@ FileReader = Callable[[Path, RunnerOptions], "tuple[Runner, ModelMeta]"]
 
 
 @dataclass(frozen=True)
+class ExportSettings:
+    """What ``resnetkit export`` asks of a file writer; each writer uses the fields that apply to its files."""
+
+    dynamic_batch: bool = False  # any batch size, where a format fixes one (else ``batch_size``)
+    batch_size: int = 1
+    opset: int | None = None  # ONNX opset (None: the writer's default)
+
+
+@dataclass(frozen=True)
+class FileWriter:
+    """How ``resnetkit export --format NAME`` writes a file format."""
+
+    name: str  # the --format word, e.g. "onnx"
+    write: Callable[[nn.Module, ModelMeta, Path, ExportSettings], None]  # an fp32 module on the CPU -> the file
+    recorded: tuple[str, ...] = ()  # the ExportSettings fields recorded in the file's provenance
+    checker: str | None = None  # the validator a file passes before it is written (a failure stops the export)
+
+
+@dataclass(frozen=True)
 class FileFormat:
-    """Files a backend reads: their suffixes, a name for messages, the reader, and whether
-    the backend is these files' own runtime (used when no backend is asked for)."""
+    """Files a backend reads: their suffixes, a name for messages, the reader, whether the backend is
+    these files' own runtime (used when no backend is asked for), and how ``export`` writes them."""
 
     suffixes: tuple[str, ...]
     kind: str  # e.g. "an ONNX graph"
     read: FileReader
     own_runtime: bool = True
+    export: FileWriter | None = None  # None: read only
+    companions: tuple[str, ...] = ()  # suffixes of the files written beside one (same stem), e.g. OpenVINO's .bin
+
+
+@dataclass(frozen=True)
+class QuantizeData:
+    """What a quantizer is given besides the module, its metadata and the output path."""
+
+    calibration: Sequence[torch.Tensor] = ()  # preprocessed batches, for quantizers that calibrate
+    calibration_method: str = "histogram"  # activation ranges: histogram | percentile | minmax
+    validation: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None  # (images, labels): accuracy control
+    max_drop: float = 0.5  # top-1 points accuracy control may lose against the float model
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """A model file a backend writes with ``resnetkit quantize --method METHOD``. The metadata it is given
+    says the precision to store (``meta.precision``)."""
+
+    method: str  # fp16 | bf16 | dynamic-int8 | static-int8
+    suffix: str  # of the file it writes
+    write: Callable[[nn.Module, ModelMeta, Path, QuantizeData], None]  # an fp32 module on the CPU -> the file
+    default: bool = False  # the backend quantize picks for this method when none is asked for
+    calibration: str | None = None  # its default activation-range method; set where it calibrates (needs --calib)
+    accuracy_control: bool = False  # it takes labelled images (QuantizeData.validation)
 
 
 @dataclass(frozen=True)
@@ -122,6 +168,10 @@ class Backend:
     tried_by_auto: bool = True  # False for backends whose start-up cost is too high to measure on the fly
     # reads every format some other backend reads (auto: measures the backends that read it)
     reads_any: FileReader | None = None
+    quantizers: tuple[Quantizer, ...] = ()
+    int8_kernels: Callable[[Runner], dict[str, int]] | None = None  # the int8 kernels one of its runners executes
+    # one of its runners of a model file -> a runner of the same graph returning the pooled features (None: no tap)
+    features: Callable[[Runner], Runner | None] | None = None
 
     def is_available(self) -> bool:
         return all(importlib.util.find_spec(name) is not None for name in self.imports)
@@ -160,9 +210,14 @@ _BACKENDS: dict[str, Backend] = {}
 
 
 def register(backend: Backend) -> Backend:
-    """Add ``backend`` to the registry; a second backend with the same name is a programming error."""
+    """Add ``backend`` to the registry; a second backend with the same name, or a second writer of an
+    export format, is a programming error."""
     if backend.name in _BACKENDS:
         raise ValueError(f"backend {backend.name!r} is already registered")
+    written = _writers(_BACKENDS.values())
+    for name in _writers([backend]):
+        if name in written:
+            raise ValueError(f"export format {name!r} is already written by backend {written[name][0].name!r}")
     _BACKENDS[backend.name] = backend
     return backend
 
@@ -230,6 +285,26 @@ def make_runner(module: nn.Module, meta: ModelMeta, backend: str | None = None,
 def runner_label(runner: Runner) -> str:
     """What ran and where, for people (see :meth:`RunInfo.label`)."""
     return run_info(runner).label()
+
+
+def _writers(backends: Iterable[Backend]) -> dict[str, tuple[Backend, FileFormat]]:
+    return {f.export.name: (b, f) for b in backends for f in b.formats if f.export is not None}
+
+
+def export_formats() -> dict[str, tuple[Backend, FileFormat]]:
+    """``resnetkit export --format NAME``: NAME -> the backend whose file format it is, and that format."""
+    return _writers(registered())
+
+
+def quantize_methods() -> list[str]:
+    """The methods some backend writes with ``resnetkit quantize``, in registry order."""
+    return list(dict.fromkeys(q.method for b in registered() for q in b.quantizers))
+
+
+def quantizers_of(method: str) -> list[tuple[Backend, Quantizer]]:
+    """The backends that write ``method`` and how, the default first."""
+    found = [(b, q) for b in registered() for q in b.quantizers if q.method == method]
+    return sorted(found, key=lambda item: not item[1].default)
 
 
 def file_suffixes() -> list[str]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
+from ..core.artifacts import ARTIFACT_SUFFIXES, save_artifact
 from ..core.device import Device
 from ..core.spec import ModelMeta
-from .base import FLOAT_DTYPES, Backend, RunnerOptions, register
+from .base import FLOAT_DTYPES, Backend, QuantizeData, Quantizer, RunnerOptions, register
 from .common import TorchRunner
 
 
@@ -27,5 +30,11 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Eage
                        threads=options.threads)
 
 
+def _write_float_artifact(module: nn.Module, meta: ModelMeta, path: Path, _: QuantizeData) -> None:
+    """fp16 or bf16 weights (``meta.precision``) as a .pt artifact."""
+    save_artifact(path, module.to(FLOAT_DTYPES[meta.precision]), meta)
+
+
 register(Backend("eager", "PyTorch eager, inference mode (channels-last on a GPU)", tuple(FLOAT_DTYPES), _factory,
-                 default_precision=default_precision, devices=("cpu", "cuda"), package="torch"))
+                 default_precision=default_precision, devices=("cpu", "cuda"), package="torch",
+                 quantizers=tuple(Quantizer(p, ARTIFACT_SUFFIXES[0], _write_float_artifact) for p in ("fp16", "bf16"))))

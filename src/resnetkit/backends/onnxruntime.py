@@ -20,7 +20,8 @@ from torch import nn
 from ..core.errors import ResnetkitError, UnknownModelError
 from ..core.fileio import atomic_write
 from ..core.spec import ModelMeta
-from .base import Backend, FileFormat, RunnerOptions, register
+from .base import (Backend, ExportSettings, FileFormat, FileWriter, QuantizeData, Quantizer, Runner, RunnerOptions,
+                   register)
 from .common import (META_KEY, calibration_batches, captured_stdout, convert_once, cpu_has_vnni, meta_from_json,
                      meta_to_json)
 
@@ -31,6 +32,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
 INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul")
+LINEAR_OPS = ("Gemm", "MatMul")
+HEAD_STEPS = 6  # nodes between the head and the output: Add, QuantizeLinear, DequantizeLinear, Identity...
 
 
 def to_onnx(module: nn.Module, meta: ModelMeta, *, dynamic_batch: bool = True, batch_size: int = 1,
@@ -232,7 +235,62 @@ def _read(path: Path, options: RunnerOptions) -> tuple[OnnxRuntimeRunner, ModelM
     return OnnxRuntimeRunner(model, graph_precision(model), options.threads), meta
 
 
+def _write(module: nn.Module, meta: ModelMeta, path: Path, settings: ExportSettings) -> None:
+    save_onnx(to_onnx(module, meta, dynamic_batch=settings.dynamic_batch, batch_size=settings.batch_size,
+                      opset=settings.opset), path)
+
+
+def _write_static_int8(module: nn.Module, meta: ModelMeta, path: Path, data: QuantizeData) -> None:
+    save_onnx(quantize_static(to_onnx(module, meta), data.calibration, data.calibration_method), path)
+
+
+def _write_dynamic_int8(module: nn.Module, meta: ModelMeta, path: Path, _: QuantizeData) -> None:
+    save_onnx(quantize_dynamic(to_onnx(module, meta)), path)
+
+
+def _runner_int8_kernels(runner: Runner) -> dict[str, int]:
+    return int8_kernels(runner.model) if isinstance(runner, OnnxRuntimeRunner) else {}
+
+
+def head_input(model: onnx.ModelProto) -> str | None:
+    """The name of the tensor feeding the graph's final linear layer, or None if there is none close to the output.
+
+    resnetkit's exports end ``... -> pooled features -> Gemm or MatMul (+ Add) -> logits``; int8 graphs put
+    QuantizeLinear/DequantizeLinear nodes in between, so the walk back from the output steps over a few nodes."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    initializers = {init.name for init in model.graph.initializer}
+    tensor = model.graph.output[0].name
+    for _ in range(HEAD_STEPS):
+        node = producers.get(tensor)
+        if node is None:
+            return None
+        if node.op_type in LINEAR_OPS:
+            return node.input[0]
+        upstream = [name for name in node.input if name in producers and name not in initializers]
+        if not upstream:
+            return None
+        tensor = upstream[0]
+    return None
+
+
+def features_runner(runner: Runner) -> OnnxRuntimeRunner | None:
+    """The same graph with the head's input as its only output (ONNX Runtime prunes the head), or None."""
+    import onnx
+
+    if not isinstance(runner, OnnxRuntimeRunner) or (name := head_input(runner.model)) is None:
+        return None
+    model = onnx.ModelProto()
+    model.CopyFrom(runner.model)
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return OnnxRuntimeRunner(model, runner.precision, runner.threads)
+
+
 register(Backend("onnxruntime", "ONNX Runtime CPU; int8 = static QDQ", ("fp32", "int8"), _factory,
-                 formats=(FileFormat((".onnx",), "an ONNX graph", _read),), package="onnxruntime",
+                 formats=(FileFormat((".onnx",), "an ONNX graph", _read,
+                                     export=FileWriter("onnx", _write, ("dynamic_batch", "opset"), "onnx.checker")),),
+                 quantizers=(Quantizer("dynamic-int8", ".onnx", _write_dynamic_int8, default=True),
+                             Quantizer("static-int8", ".onnx", _write_static_int8, calibration="percentile")),
+                 int8_kernels=_runner_int8_kernels, features=features_runner, package="onnxruntime",
                  imports=("onnx", "onnxruntime", "onnxscript"),
                  install_hint="Install it with: pip install onnx onnxscript onnxruntime"))

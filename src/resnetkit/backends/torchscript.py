@@ -17,7 +17,7 @@ from torch import nn
 from ..core.errors import UnknownModelError
 from ..core.fileio import atomic_write
 from ..core.spec import ModelMeta
-from .base import Backend, FileFormat, RunnerOptions, register
+from .base import Backend, ExportSettings, FileFormat, FileWriter, RunnerOptions, register
 from .common import meta_from_json, meta_to_json, quiet_torch_jit
 
 SUFFIX = ".torchscript"
@@ -56,5 +56,10 @@ def _read(path: Path, options: RunnerOptions) -> tuple[TorchScriptRunner, ModelM
     return TorchScriptRunner(module.eval()), meta_from_json(extra[META_FILE], path)
 
 
+def _write(module: nn.Module, meta: ModelMeta, path: Path, _: ExportSettings) -> None:
+    save_torchscript(module, meta, path)
+
+
 register(Backend("torchscript", "TorchScript files (LibTorch), fp32", ("fp32",),
-                 formats=(FileFormat((SUFFIX,), "a TorchScript file", _read),), package="torch"))
+                 formats=(FileFormat((SUFFIX,), "a TorchScript file", _read,
+                                     export=FileWriter("torchscript", _write)),), package="torch"))
