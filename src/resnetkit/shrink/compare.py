@@ -8,16 +8,20 @@ side by side, and accuracy on a labelled folder.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
+from ..backends.base import RunnerOptions, make_runner
+from ..core.device import Device
 from ..core.errors import DatasetError
 from ..core.images import decode_image, iter_image_paths
 from ..core.measure import InterleavedTimings, time_interleaved
@@ -110,16 +114,48 @@ def agreement(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Call
 LATENCY_SECONDS = 2.0  # minimum timed wall-clock per measurement
 
 
+def cpu_module(source: Classifier, command: str) -> nn.Module:
+    """A copy of ``source``'s PyTorch module in fp32 on the CPU: what files are written from and pruning changes
+    (``command`` names what needs it, for the error an exported file gets)."""
+    return copy.deepcopy(source.torch_module(command)).float().cpu().eval()
+
+
+def on_device(classifier: Classifier, device: Device) -> Classifier:
+    """``classifier`` if it runs on ``device``, else its PyTorch module copied there on eager PyTorch in the
+    precision it runs in: the reference of a latency comparison on the device of the model it is compared with."""
+    ran = classifier.ran
+    if str(ran.device) == str(device):
+        return classifier
+    options = RunnerOptions(precision=ran.precision, device=device)
+    runner = make_runner(copy.deepcopy(classifier.torch_module("compare")), classifier.meta, "eager", options)
+    return Classifier(classifier.meta, runner, classifier.module)
+
+
+def synchronize_all(devices: Iterable[Device]) -> Callable[[], None] | None:
+    """One hook that waits for every GPU among ``devices`` (None when they are all CPUs)."""
+    hooks = list({str(d): d.synchronize for d in devices if d.synchronize is not None}.values())
+    if not hooks:
+        return None
+
+    def synchronize() -> None:
+        for hook in hooks:
+            hook()
+    return synchronize
+
+
 def compare_latency(classifiers: Mapping[str, Classifier], batch_size: int = 1) -> InterleavedTimings:
     """Before/after latency of several classifiers measured interleaved in one run (one call
     of each per round, at least 10 rounds and ``LATENCY_SECONDS`` seconds after 3 warm-up
-    calls each), with the load average before and after. Use its ``speedup(before, after)``
+    calls each), with the load average before and after. Each one's input is on the device it
+    runs on, and on a GPU the clock stops once the GPU has finished. Use its ``speedup(before, after)``
     for the "x faster" text: it says "not comparable: machine busy" when it is not."""
-    calls = {}
+    calls, devices = {}, []
     for name, classifier in classifiers.items():
-        batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape)
+        device = classifier.ran.device
+        batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape, device=device.torch)
         calls[name] = lambda c=classifier, b=batch: c.logits(b)
-    return time_interleaved(calls, warmup=3, min_runs=10, min_seconds=LATENCY_SECONDS)
+        devices.append(device)
+    return time_interleaved(calls, warmup=3, min_runs=10, min_seconds=LATENCY_SECONDS, sync=synchronize_all(devices))
 
 
 def top1_accuracy(classifier: Classifier, data_dir: str | os.PathLike[str], limit: int | None = None) -> float:

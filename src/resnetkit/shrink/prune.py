@@ -7,7 +7,6 @@ network saved as a ``.pt`` artifact whose layer shapes rebuild the architecture 
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,14 +16,16 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from ..backends.base import make_runner
+from ..backends.base import RunnerOptions, make_runner
+from ..core.device import CPU, Device
 from ..core.artifacts import save_artifact
 from ..core.errors import ResnetkitError
 from ..run.loading import Classifier
 from ..core.measure import count_macs, count_params, serialized_size_bytes
 from ..core.spec import ModelMeta, Step
 from ..core.zoo import get_spec
-from .compare import Agreement, agreement, compare_latency, random_weights_notes, sample_batches, top1_accuracy
+from .compare import (Agreement, agreement, compare_latency, cpu_module, on_device, random_weights_notes,
+                      sample_batches, top1_accuracy)
 from .export import check_output_path
 
 METHODS = ("l1-unstructured", "channel")
@@ -64,6 +65,8 @@ class PruneReport:
     finetune: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     speedup: str = ""  # after vs before, from latencies measured interleaved in one run (or why not comparable)
+    device: str = "cpu"  # where both latencies were measured (eager PyTorch)
+    device_name: str = "CPU"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,20 +140,22 @@ def prune(
     batch_size: int = 1,
     workers: int = 2,
     check_images: int = CHECK_IMAGES,
+    device: Device = CPU,
 ) -> PruneReport:
-    """Prune the loaded model ``source`` with ``method``, optionally fine-tune, save to ``output`` (.pt) and measure."""
+    """Prune the loaded model ``source`` with ``method``, optionally fine-tune, save to ``output`` (.pt) and measure.
+    Pruning, fine-tuning and saving work on an fp32 copy of the model on the CPU; the latencies before and after
+    are measured on ``device`` (eager PyTorch, fp32)."""
     path = check_prune_request(method, amount, output)
-    source.torch_module("prune")
     meta, shape = source.meta, source.meta.preprocessing.input_shape
-    module = copy.deepcopy(source.module).float().eval()
+    module = cpu_module(source, "prune")
     round_to = round_to or get_spec(meta.arch).pruning.round_to
     report_sparsity = l1_unstructured(module, amount) if method == "l1-unstructured" else None
     if method == "channel":
         channel_prune(module, meta, amount, round_to)
-    pruned = Classifier(meta, make_runner(module, meta, "eager"), module)
+    pruned = Classifier(meta, make_runner(module, meta, "eager", RunnerOptions(precision="fp32", device=CPU)), module)
     before, after = conv_widths(source.module), conv_widths(module)
     check, inputs = sample_batches(meta, eval_dir or finetune_dir, count=check_images, seed=1)
-    timings = compare_latency({"before": source, "after": pruned}, batch_size)
+    timings = compare_latency({"before": on_device(source, device), "after": on_device(pruned, device)}, batch_size)
     report = PruneReport(
         name=path.stem, source=meta.name, method=method, amount=amount, path=str(path),
         params_before=count_params(source.module),
@@ -164,6 +169,7 @@ def prune(
         sparsity=report_sparsity, round_to=round_to if method == "channel" else None,
         widths={name: [before[name], after[name]] for name in before if before[name] != after[name]},
         notes=_notes(method) + random_weights_notes(meta),
+        device=str(device), device_name=device.name,
     )
     if eval_dir:
         report.eval_dir = str(eval_dir)
