@@ -12,27 +12,41 @@ import typer
 from rich.table import Table
 
 from ..backends import describe
-from ..backends.base import RunnerOptions
+from ..backends.base import RunnerOptions, quantize_methods
+from ..core.device import CPU, resolve_device
 from ..run.loading import Classifier, load_model
 from ..shrink.compare import Agreement, ratio
-from ..shrink.export import FORMATS, check_export_request, export_model
+from ..shrink.export import check_export_request, export_model, export_table
 from ..shrink.prune import METHODS as PRUNE_METHODS
 from ..shrink.prune import PruneReport, check_prune_request, prune
-from ..shrink.quantize import METHODS as QUANTIZE_METHODS
 from ..shrink.quantize import CALIBRATION_METHODS, QuantizeReport, quantize, resolve_request
-from .app import JsonFlag, ModelArg, WeightsOpt, app, console, print_json, styled
+from .app import JsonFlag, ModelArg, OutputOpt, RandomWeightsFlag, WeightsOpt, app, console, print_json, styled
 
-OutputOpt = Annotated[str, typer.Option("--output", "-o", help="File to write.")]
-RandomWeightsFlag = Annotated[bool, typer.Option("--random-weights", help="Random weights (offline; cost and speed only).")]
 EvalOpt = Annotated[str | None, typer.Option("--eval", help="Labelled class-per-folder images: report top-1 before and after (default: none).")]
 EvalLimitOpt = Annotated[int | None, typer.Option("--eval-limit", min=1, help="Evaluate a fixed random subset of N images (default: all).")]
 LatencyBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Batch size of the latency measurement.")]
+DEVICES = "auto (the first CUDA GPU torch sees, else the CPU), cpu, cuda or cuda:N"
+LatencyDeviceOpt = Annotated[str, typer.Option("--device", help=(
+    f"Where the latencies are measured: {DEVICES}. The model is read and the file written in fp32 on the CPU "
+    "whatever the device; a file whose runtime runs on the CPU only (see 'resnetkit backends') is timed on the CPU "
+    "under auto, and refused with cuda."))]
+PruneDeviceOpt = Annotated[str, typer.Option("--device", help=(
+    f"Where the latencies before and after are measured (eager PyTorch, fp32): {DEVICES}. Pruning, fine-tuning and "
+    "saving run on the CPU whatever the device."))]
+BackendsDeviceOpt = Annotated[str, typer.Option("--device", help=f"The device whose default precisions are shown: {DEVICES}.")]
 
 
 def _load_source(model: str, weights: str | None, random_weights: bool) -> Classifier:
-    """The model to optimize, loaded once, on eager PyTorch in exact fp32: the reference of every report."""
+    """The model to optimize, loaded once, on eager PyTorch in exact fp32 on the CPU: the reference of every report,
+    and what files are written from."""
     return load_model(model, weights=weights, pretrained=not random_weights, backend="eager",
-                      options=RunnerOptions(precision="fp32"))
+                      options=RunnerOptions(precision="fp32", device=CPU))
+
+
+def _latency_column(batch_size: int, device_name: str, runner: str = "") -> str:
+    """``latency p50 (ms, batch N)``, with the runner if given and the device unless it is the CPU."""
+    details = [f"batch {batch_size}", runner, "" if device_name == "CPU" else f"on {device_name}"]
+    return f"latency p50 (ms, {', '.join(d for d in details if d)})"
 
 
 def _mb(n: int) -> str:
@@ -61,7 +75,7 @@ def _print_notes(notes: list[str]) -> None:
 @app.command("export")
 def export_command(
     model: ModelArg,
-    fmt: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(FORMATS)}.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(export_table())} (see 'resnetkit backends').")],
     output: OutputOpt,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="ONNX: any batch size (default: fixed).")] = False,
     opset: Annotated[int | None, typer.Option("--opset", min=7, help="ONNX opset (default 18).")] = None,
@@ -69,12 +83,13 @@ def export_command(
     weights: WeightsOpt = None,
     random_weights: RandomWeightsFlag = False,
     batch_size: LatencyBatchOpt = 1,
+    device: LatencyDeviceOpt = "auto",
     json_output: JsonFlag = False,
 ) -> None:
-    """Export to ONNX, TorchScript, OpenVINO IR or a Hugging Face folder (hf) with the class names and preprocessing, then check it against eager."""
-    check_export_request(fmt, output)
+    """Export to ONNX, TorchScript, OpenVINO IR, a backend plug-in's format or a Hugging Face folder (hf) with the class names and preprocessing, then check it against eager."""
+    measured_on = check_export_request(fmt, output, resolve_device(device))[2]
     report = export_model(_load_source(model, weights, random_weights), fmt, output, dynamic_batch=dynamic_batch,
-                          opset=opset, check_dir=check_data, batch_size=batch_size)
+                          opset=opset, check_dir=check_data, batch_size=batch_size, device=measured_on)
     if json_output:
         print_json(report.to_dict())
         return
@@ -82,16 +97,16 @@ def export_command(
             (f"{fmt} on {report.backend} ({report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
              report.speedup)]
     console.print(_table(f"{report.source} -> {report.path} ({report.name})", rows,
-                         ("", "size (MB)", f"latency p50 (ms, batch {batch_size})", "vs eager")))
-    if report.onnx_checker:
-        console.print(f"onnx.checker: {report.onnx_checker}")
+                         ("", "size (MB)", _latency_column(batch_size, report.device_name), "vs eager")))
+    if report.checker:
+        console.print(f"{report.checker}: passed", highlight=False)
     _print_agreement(report.agreement, "eager")
 
 
 @app.command("quantize")
 def quantize_command(
     model: ModelArg,
-    method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(QUANTIZE_METHODS)}.")],
+    method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(quantize_methods())}.")],
     output: OutputOpt,
     backend: Annotated[str | None, typer.Option("--backend", help="openvino (.xml; default, except dynamic-int8), onnxruntime (.onnx; int8; also picked by an -o ending in .onnx) or eager (.pt, fp16/bf16).")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration images (static-int8), any folder layout (default: none).")] = None,
@@ -105,14 +120,16 @@ def quantize_command(
     weights: WeightsOpt = None,
     random_weights: RandomWeightsFlag = False,
     batch_size: LatencyBatchOpt = 1,
+    device: LatencyDeviceOpt = "auto",
     json_output: JsonFlag = False,
 ) -> None:
     """Quantize to fp16, bf16, dynamic int8 or static int8; report size, latency and prediction changes vs fp32."""
     checks = {"validate_dir": validate, "validate_size": validate_size, "max_drop": max_drop}
-    resolve_request(method, backend, output, calib, calib_size, calibration, **checks)
+    measured_on = resolve_request(method, backend, output, calib, calib_size, calibration, **checks,
+                                  device=resolve_device(device)).device
     report = quantize(_load_source(model, weights, random_weights), method, output, backend=backend, calib_dir=calib,
                       calib_size=calib_size, calibration_method=calibration, eval_dir=eval_dir, eval_limit=eval_limit,
-                      batch_size=batch_size, **checks)
+                      batch_size=batch_size, device=measured_on, **checks)
     if json_output:
         print_json(report.to_dict())
         return
@@ -128,7 +145,7 @@ def _print_quantize(report: QuantizeReport) -> None:
         (f"{report.method} {report.backend} (ran {report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
          report.speedup, f"{report.top1:.2f}" if top1 else "-"),
     ]
-    columns = ("", "size (MB)", f"latency p50 (ms, batch {report.batch_size})", "speed-up vs eager", "top-1 %")
+    columns = ("", "size (MB)", _latency_column(report.batch_size, report.device_name), "speed-up vs eager", "top-1 %")
     console.print(_table(f"{report.source} {report.method} -> {report.path} ({report.name})", rows, columns))
     console.print(f"size: {_size_change(report.fp32_size_bytes, report.size_bytes)} the fp32 weights", highlight=False)
     if report.int8_kernels:
@@ -158,13 +175,15 @@ def prune_command(
     weights: WeightsOpt = None,
     random_weights: RandomWeightsFlag = False,
     batch_size: LatencyBatchOpt = 1,
+    device: PruneDeviceOpt = "auto",
     json_output: JsonFlag = False,
 ) -> None:
     """Prune weights (global L1) or whole channels (dependency-aware); report params, MACs, latency and accuracy."""
     check_prune_request(method, amount, output)
+    measured_on = resolve_device(device)
     report = prune(_load_source(model, weights, random_weights), method, output, amount=amount, round_to=round_to,
                    finetune_dir=finetune_dir, epochs=epochs, lr=lr, eval_dir=eval_dir, eval_limit=eval_limit,
-                   batch_size=batch_size)
+                   batch_size=batch_size, device=measured_on)
     if json_output:
         print_json(report.to_dict())
         return
@@ -179,7 +198,7 @@ def _print_prune(report: PruneReport) -> None:
              f"{report.latency_ms_after:.2f}"),
             ("change", _pct(report.params_before, report.params_after), _pct(report.macs_before, report.macs_after),
              _pct(report.size_bytes_before, report.size_bytes_after), report.speedup)]
-    columns = ("", params, "GMACs", "size (MB)", f"latency p50 (ms, batch {report.batch_size}, eager)")
+    columns = ("", params, "GMACs", "size (MB)", _latency_column(report.batch_size, report.device_name, "eager"))
     console.print(_table(f"{report.source} {report.method} {report.amount:g} -> {report.path} ({report.name})", rows,
                          columns))
     if report.sparsity is not None:
@@ -205,14 +224,24 @@ def _pct(before: float, after: float) -> str:
 
 
 @app.command("backends")
-def backends_command(json_output: JsonFlag = False) -> None:
-    """List inference backends: available on this machine, version, precisions, default precision, files read."""
-    rows = describe()
+def backends_command(device: BackendsDeviceOpt = "auto", json_output: JsonFlag = False) -> None:
+    """List inference backends: available on this machine, version, devices, precisions, default precision on the
+    device, files read, files written (export formats, quantize methods)."""
+    on = resolve_device(device)
+    rows = describe(on)
     if json_output:
         print_json(rows)
         return
     table_rows = [(r["backend"], "yes" if r["available"] else "no", f"{r['package']} {r['version'] or '-'}",
-                   ", ".join(r["precisions"]), r["default_precision"] or "-", ", ".join(r["reads"]) or "-", r["remark"])
-                  for r in rows]
-    columns = ("backend", "available", "package", "precisions", "default", "reads", "remark")
+                   ", ".join(r["devices"]), ", ".join(r["precisions"]), r["default_precision"] or "-",
+                   ", ".join(r["reads"]) or "-", _writes(r) or "-", r["remark"]) for r in rows]
+    columns = ("backend", "available", "package", "devices", "precisions", f"default on {on.name}", "reads", "writes",
+               "remark")
     console.print(_table("inference backends", table_rows, columns, numeric=False))
+
+
+def _writes(row: dict) -> str:
+    """``export onnx; quantize dynamic-int8 (default), static-int8``: the files a backend writes, by command."""
+    exports = ", ".join(e["format"] for e in row["exports"])
+    methods = ", ".join(q["method"] + (" (default)" if q["default"] else "") for q in row["quantizes"])
+    return "; ".join(part for part in (exports and f"export {exports}", methods and f"quantize {methods}") if part)
