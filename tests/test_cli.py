@@ -1,5 +1,6 @@
-"""One CLI vocabulary: help on every command with its defaults, usage lines in the usual form,
-one ``error:`` style for every mistake (no traceback), ``--json`` prints JSON and nothing else."""
+"""One CLI vocabulary: help on every command, usage lines in the usual form, one ``error:`` style for every
+mistake (no traceback), ``--json`` prints JSON and nothing else, ``--device`` and ``--random-weights`` wherever a
+model runs, and every output names what ran. (Help texts' defaults: test_help_defaults.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 import typer
 from rich.text import Text
-from typer.core import TyperArgument, TyperOption
 
 from resnetkit.cli import app
 
@@ -58,19 +58,12 @@ def test_usage_lines_name_arguments_in_capitals():
 
 
 @pytest.mark.parametrize("item", LEAVES, ids=ids)
-def test_every_option_shows_its_default_and_help_loses_no_text(item):
+def test_help_loses_no_text_to_markup(item):
     path, command = item
     for param in command.params:
         help_text = param.help or ""
         # Help is rich markup: "[default: 16]" typed into a help text would vanish from the page.
         assert Text.from_markup(help_text).plain == help_text, f"{path} {param.name}: markup eats part of {help_text!r}"
-        if isinstance(param, TyperArgument) or param.name == "help" or param.required:
-            continue
-        assert isinstance(param, TyperOption)
-        off_flag = param.is_flag and param.default is False
-        shown = param.default is not None and param.show_default is not False
-        assert off_flag or shown or "default" in help_text.lower() or "required unless" in help_text, \
-            f"{' '.join(path)} {param.opts[0]}: help does not say the default ({help_text!r})"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -122,6 +115,78 @@ def test_classify_json_is_all_that_is_printed_even_with_a_bad_file(cifar_weights
     assert result.returncode == 1 and [r["error"] is None for r in data["results"]] == [True, True, False]
     assert all(r["predictions"][0]["label"] == "cat" for r in data["results"][:2])
 
+
+
+# The commands that run a model, with arguments that would do so: each takes --device, and --random-weights
+# where the model is a zoo name (similar embeds with the model its file names; tune always measures random weights).
+RUNS_A_MODEL = {
+    "classify": ["cifar_resnet20", "x.jpg"],
+    "evaluate": ["cifar_resnet20", "photos"],
+    "video-bench": ["cifar_resnet20", "clip.mp4"],
+    "predict": ["cifar_resnet20", "photos", "-o", "labels.parquet"],
+    "embed": ["cifar_resnet20", "photos", "-o", "e.parquet"],
+    "similar": ["e.parquet", "x.jpg"],
+    "explain": ["cifar_resnet20", "x.jpg", "-o", "heatmaps"],
+    "tune": ["cifar_resnet20"],
+}
+
+
+def _option(command_name: str, name: str):
+    command = dict((" ".join(path), command) for path, command in LEAVES)[command_name]
+    return next((param for param in command.params if param.name == name), None)
+
+
+@pytest.mark.parametrize("name", RUNS_A_MODEL)
+def test_every_command_that_runs_a_model_takes_the_same_device_and_random_weights_options(name):
+    from typing import get_args
+
+    from resnetkit.cli.app import DeviceOpt, RandomWeightsFlag
+
+    device, random_weights = _option(name, "device"), _option(name, "random_weights")
+    assert device.opts == ["--device"] and device.default == "auto" and device.help == get_args(DeviceOpt)[1].help
+    if name in ("similar", "tune"):
+        assert random_weights is None
+    else:
+        assert random_weights.opts == ["--random-weights"] and random_weights.help == get_args(RandomWeightsFlag)[1].help
+    tune = dict((" ".join(path), command) for path, command in LEAVES)["tune"]
+    assert "Zoo models are measured with random weights" in tune.help
+
+
+def _absent_device() -> str:
+    """A device this machine lacks: cuda where torch sees no GPU, else the GPU after the last one."""
+    from resnetkit.core.device import cuda_count
+
+    return f"cuda:{cuda_count()}" if cuda_count() else "cuda"
+
+
+@pytest.mark.parametrize("name", RUNS_A_MODEL)
+def test_a_device_this_machine_lacks_is_one_error_line_before_anything_is_loaded_or_written(name, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    word = _absent_device()
+    result = run_cli(name, *RUNS_A_MODEL[name], "--device", word)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith(f"error: --device {word}: ") and len(result.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no output folder, file or heatmap started
+
+
+def test_a_device_word_that_is_no_device_is_refused():
+    result = run_cli("classify", "cifar_resnet20", "x.jpg", "--device", "tpu")
+    assert result.returncode == 2
+    assert result.stderr == "error: --device 'tpu' is not a device: use auto, cpu, cuda or cuda:N.\n"
+
+
+@pytest.mark.slow  # auto measures its candidates
+def test_tune_names_the_chosen_runner_and_the_device_it_measured_on():
+    from resnetkit.core.device import cpu_name, usable_cores
+
+    data = json.loads(run_cli("tune", "cifar_resnet20", "--device", "cpu", "--json").stdout)
+    ran = data["ran"]
+    assert (ran["backend"], ran["precision"]) == (data["choice"]["backend"], data["choice"]["precision"])
+    assert ran["device"] == "cpu" and ran["label"].endswith("on CPU (auto)")
+    plain = run_cli("tune", "cifar_resnet20", "--device", "cpu").stdout
+    assert f"chosen: {ran['label']}; each candidate timed" in plain
+    assert "read from the cache: " in plain and f"(machine: {cpu_name()}, {usable_cores()} cores" in plain
 
 
 def test_ctrl_c_ends_a_command_with_exit_130_and_no_traceback(monkeypatch):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+import torch
 from PIL import Image
 
 from conftest import make_image
@@ -28,11 +29,13 @@ def first_image(folder: Path) -> Path:
 def test_explain_writes_top_k_heatmaps_of_the_image_size(cifar_weights, cifar_test_dir, hymenoptera_dir, tmp_path, capsys):
     cat = first_image(cifar_test_dir / "cat")
     bee = first_image(hymenoptera_dir / "val" / "bees")  # larger than the 32 px input: mapped back over the crop
-    code, stdout, _ = run_cli(capsys, "explain", "cifar_resnet20", str(cat), str(bee), "-o", str(tmp_path), "-k", "3")
+    code, stdout, stderr = run_cli(capsys, "explain", "cifar_resnet20", str(cat), str(bee), "-o", str(tmp_path), "-k", "3")
     assert code == 0
     expected = classify("cifar_resnet20", [cat, bee], top_k=3)
     index = json.loads((tmp_path / "explanations.json").read_text())
-    assert index["model"] == "cifar_resnet20" and index["method"] == "gradcam"
+    assert index["model"] == "cifar_resnet20" and index["method"] == "gradcam" and index["random_weights"] is False
+    assert index["backend"] == "eager" and index["precision"] == "fp32"  # grad-cam runs the float32 module
+    assert stderr.splitlines() == [f"cifar_resnet20: {index['label']}"]  # what ran, e.g. eager/fp32 on CPU
     for source, want, entry in zip((cat, bee), expected, index["results"]):
         labels = [p.label for p in want.predictions]
         assert [h["label"] for h in entry["heatmaps"]] == labels
@@ -49,7 +52,7 @@ def test_explain_writes_top_k_heatmaps_of_the_image_size(cifar_weights, cifar_te
 
 
 def test_heatmaps_differ_between_classes(cifar_weights, cifar_test_dir, tmp_path):
-    [result] = explain("cifar_resnet20", [first_image(cifar_test_dir / "ship")], tmp_path, top_k=2)
+    [result] = explain("cifar_resnet20", [first_image(cifar_test_dir / "ship")], tmp_path, top_k=2).results
     first, second = (np.asarray(Image.open(h.path), dtype=np.float32) for h in result.heatmaps)
     assert np.abs(first - second).mean() > 1
 
@@ -59,11 +62,30 @@ def test_bad_images_are_error_rows_and_bad_options_explain_themselves(tmp_path):
     broken.parent.mkdir()
     broken.write_bytes(b"nope")
     good = make_image(tmp_path / "in" / "good.png", size=(50, 40))
-    results = explain("resnet18", [broken, good], tmp_path / "out", top_k=1, pretrained=False)
+    report = explain("resnet18", [broken, good], tmp_path / "out", top_k=1, pretrained=False, device="cpu")
+    results = report.results
     assert "is not an image format" in results[0].error and not results[0].heatmaps
     assert Image.open(results[1].heatmaps[0].path).size == (50, 40)
+    assert report.random_weights and report.ran.label() == "eager/fp32 on CPU"
+    assert json.loads((tmp_path / "out" / "explanations.json").read_text()) == json.loads(json.dumps(report.to_dict()))
     with pytest.raises(ResnetkitError, match="Unknown explanation method 'magic'. Choose one of: gradcam"):
         explain("resnet18", [good], tmp_path / "out", method="magic", pretrained=False)
+
+
+def test_explainer_runs_its_module_and_inputs_on_its_device(tmp_path, capsys):
+    from resnetkit.explain import Explainer
+    from resnetkit.run.loading import load_model
+
+    classifier = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    explainer = Explainer(classifier, device="cpu")
+    assert {p.device.type for p in explainer.module.parameters()} == {"cpu"}
+    assert {p.dtype for p in explainer.module.parameters()} == {torch.float32}
+    assert explainer.module is not classifier.module and explainer.ran.label() == "eager/fp32 on CPU"
+    image = make_image(tmp_path / "a.png", size=(40, 30))
+    code, _, stderr = run_cli(capsys, "explain", "cifar_resnet20", str(image), "-o", str(tmp_path / "out"), "-k", "1",
+                              "--random-weights", "--device", "cpu")
+    assert code == 0 and stderr.splitlines() == ["random weights: labels are meaningless",
+                                                 "cifar_resnet20: eager/fp32 on CPU"]
 
 
 def test_exported_files_say_they_cannot_be_explained(tmp_path, capsys):
@@ -150,3 +172,17 @@ def test_web_page_shows_the_heatmap_on_request(cifar_weights, cifar_test_dir, tm
             browser.close()
     finally:
         server.stop()
+
+
+@pytest.mark.gpu
+def test_explanations_on_the_gpu_match_the_cpu(cifar_weights, cifar_test_dir, tmp_path):
+    images = [first_image(cifar_test_dir / c) for c in ("airplane", "cat", "dog", "frog", "horse", "ship", "truck")]
+    cpu = explain("cifar_resnet20", images, tmp_path / "cpu", top_k=1, device="cpu")
+    gpu = explain("cifar_resnet20", images, tmp_path / "gpu", top_k=1, device="cuda")
+    assert gpu.ran.device.is_cuda and gpu.ran.precision == "fp32"
+    labels = [[r.heatmaps[0].label for r in report.results] for report in (cpu, gpu)]
+    assert sum(a == b for a, b in zip(*labels)) >= len(images) - 1
+    for a, b in zip(cpu.results, gpu.results):
+        if a.heatmaps[0].label == b.heatmaps[0].label:  # the same class's heatmap: the same picture, within rounding
+            pixels = [np.asarray(Image.open(r.heatmaps[0].path), dtype=np.float32) for r in (a, b)]
+            assert np.abs(pixels[0] - pixels[1]).mean() < 2

@@ -71,6 +71,7 @@ def test_embed_writes_parquet_rows_with_error_rows(cifar_weights, cifar_test_dir
     assert np.allclose(np.linalg.norm(np.array(rows[:-1]), axis=1), 1.0, atol=1e-5)
     info = load_embeddings(out).info
     assert info["model"] == "cifar_resnet20" and info["weights"] == "CIFAR10_AKAMASTER" and info["normalize"] is True
+    assert f"{info['label']}) written to {out}" in stdout and info["device"] in stdout.replace("CPU", "cpu")
     assert not list(tmp_path.glob(".*partial"))  # atomic write left no temporary file
 
 
@@ -131,10 +132,13 @@ def test_similar_finds_the_query_itself_then_its_class(cifar_weights, cifar_test
     result = json.loads(stdout)
     neighbours = result["results"][0]["neighbours"]
     assert code == 0 and result["method"] == "exact" and len(neighbours) == 5
+    assert {"backend", "precision", "device", "device_name", "label"} <= set(result)  # what embedded the query
     assert neighbours[0]["source"] == str(query) and neighbours[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert sum(Path(n["source"]).parent.name == "frog" for n in neighbours) >= 4
-    hnsw, method = find_similar(out, [query], k=5, method="hnsw")
-    assert method == "hnsw" and hnsw[0].neighbours[0].source == str(query)
+    hnsw = find_similar(out, [query], k=5, method="hnsw")
+    assert hnsw.method == "hnsw" and hnsw.results[0].neighbours[0].source == str(query)
+    code, _, stderr = run_cli(capsys, "similar", str(out), str(query), "-k", "1")
+    assert code == 0 and f"cosine similarity, exact search; queries embedded by {hnsw.ran.label()}" in stderr
     assert (tmp_path / "emb.parquet.hnsw.faiss").is_file()
 
 
@@ -174,8 +178,8 @@ def test_artifact_on_onnxruntime_gives_the_eager_embeddings_and_is_searchable(ci
     from resnetkit.features import embed_to_file
 
     out = embed_to_file(artifact, files, tmp_path / "e.npy").path
-    [result], method = find_similar(out, [files[5]], k=1)
-    assert method == "exact" and result.neighbours[0].source == str(files[5])
+    found = find_similar(out, [files[5]], k=1)
+    assert found.method == "exact" and found.results[0].neighbours[0].source == str(files[5])
     artifact.rename(tmp_path / "moved.pt")
     with pytest.raises(ResnetkitError, match="was embedded with .*r20.pt, which no longer exists"):
         find_similar(out, [files[5]])
@@ -202,3 +206,31 @@ def test_exported_graphs_give_their_pooled_features(cifar_weights, cifar_test_di
         extract_features(onnx_file, files, layer="layer2")
     with pytest.raises(FeaturesUnavailableError, match="run as stored, on onnxruntime"):
         extract_features(onnx_file, files, backend="openvino")
+
+
+def test_embeddings_record_what_computed_them(tmp_path):
+    from resnetkit.features import embed_to_file
+
+    image = make_image(tmp_path / "a.png", size=(40, 30))
+    report = embed_to_file("cifar_resnet20", [image], tmp_path / "e.npy", pretrained=False, backend="eager",
+                           device="cpu", workers=0)
+    assert report.ran.label() == "eager/fp32 on CPU" and report.rows == 1 and not report.failed
+    stored = load_embeddings(report.path).info
+    assert (stored["backend"], stored["precision"], stored["device"]) == ("eager", "fp32", "cpu")
+    assert json.loads(json.dumps(report.to_dict()))["info"] == stored  # what the JSON output says
+
+
+@pytest.mark.gpu
+def test_embeddings_on_the_gpu_match_the_cpu(cifar_weights, cifar_test_dir, tmp_path, capsys):
+    files = cifar_files(cifar_test_dir, 20)
+    cpu = extract_features("cifar_resnet20", files, backend="eager", precision="fp32", device="cpu")
+    out = tmp_path / "gpu.npy"
+    code, stdout, _ = run_cli(capsys, "embed", "cifar_resnet20", *map(str, files), "-o", str(out), "--device", "cuda",
+                              "--json")
+    assert code == 0 and json.loads(stdout)["info"]["device"] == "cuda:0"
+    gpu = np.load(out)
+    cosine = (unit_rows(gpu) * unit_rows(cpu.vectors)).sum(axis=1)
+    assert cosine.min() > 0.99  # fp16 on the GPU
+    # the nearest other image of each, as leave-one-out classification would label it: the same for nearly all
+    nearest = [exact_search(unit_rows(v), unit_rows(v), k=2)[1][:, 1] for v in (cpu.vectors, gpu)]
+    assert (nearest[0] == nearest[1]).mean() >= 0.95

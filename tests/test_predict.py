@@ -88,6 +88,16 @@ def test_resume_skips_what_the_output_holds_and_refuses_to_mix_runs(images: Path
         predict(ModelRequest("cifar_resnet32", random_weights=True), [images], out, resume=True)
 
 
+def test_the_request_carries_its_device_word_and_the_summary_names_what_ran(images: Path, tmp_path: Path):
+    import pickle
+
+    request = ModelRequest("cifar_resnet20", random_weights=True, backend="eager", batch_size=4, device="cpu")
+    assert pickle.loads(pickle.dumps(request)) == request  # as Ray hands it to its actors, which resolve the word
+    summary = predict(request, [images / "a"], tmp_path / "o.jsonl", workers=0)
+    assert summary.engine == "local, eager/fp32 on CPU" and summary.written == 3
+    assert summary.to_dict()["engine"] == summary.engine
+
+
 def test_cli_errors_are_one_clear_line(images: Path, tmp_path: Path, capsys):
     from resnetkit.cli import main
 

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
+from ..core.device import resolve_device
 from ..explain import METHODS, explain
-from .app import JsonFlag, ModelArg, WeightsOpt, app, print_json
+from .app import DeviceOpt, JsonFlag, ModelArg, RandomWeightsFlag, WeightsOpt, app, print_json
 from .features_cmd import print_per_source
-from .optimize_cmd import RandomWeightsFlag
+from .run_cmd import print_what_ran
 
 
 @app.command("explain")
@@ -21,13 +22,16 @@ def explain_command(
     method: Annotated[str, typer.Option("--method", help=f"CAM method of the grad-cam library: {', '.join(METHODS)}.")] = "gradcam",
     weights: WeightsOpt = None,
     random_weights: RandomWeightsFlag = False,
+    device: DeviceOpt = "auto",
     json_output: JsonFlag = False,
 ) -> None:
     """A heatmap over each image for each of its top-k classes (PyTorch models: zoo names and .pt files)."""
-    results = explain(model, paths, output, top_k=top_k, method=method, weights=weights, pretrained=not random_weights)
+    report = explain(model, paths, output, top_k=top_k, method=method, weights=weights, pretrained=not random_weights,
+                     device=resolve_device(device))
     if json_output:
-        print_json([r.to_dict() for r in results])
+        print_json(report.to_dict())
     else:
-        print_per_source(results, lambda r: [f"{h.label} {100 * h.score:.2f}%  {h.path}" for h in r.heatmaps])
-    if any(r.error for r in results):
+        print_what_ran(report.model, report.ran, report.random_weights)
+        print_per_source(report.results, lambda r: [f"{h.label} {100 * h.score:.2f}%  {h.path}" for h in r.heatmaps])
+    if any(r.error for r in report.results):
         raise typer.Exit(1)

@@ -6,10 +6,10 @@ from typing import Annotated, Any, Callable, Sequence
 
 import typer
 
+from ..core.device import resolve_device
 from ..features import embed_to_file, find_similar
-from .app import BackendOpt, BatchSizeOpt, JsonFlag, ModelArg, WeightsOpt, app, console, err_console, print_json, styled
-from .optimize_cmd import RandomWeightsFlag
-from .run_cmd import PrecisionOpt, WorkersOpt
+from .app import (BackendOpt, BatchSizeOpt, DeviceOpt, JsonFlag, ModelArg, PrecisionOpt, RandomWeightsFlag, WeightsOpt,
+                  WorkersOpt, app, console, default, err_console, print_json, styled)
 
 ImagesArg = Annotated[list[str], typer.Argument(help="Image files and/or folders (walked recursively).")]
 
@@ -20,27 +20,29 @@ def embed_command(
     paths: ImagesArg,
     output: Annotated[str, typer.Option("--output", "-o", help="FILE.parquet (one row per image) or FILE.npy "
                                                                 "(+ FILE.sources.json).")],
-    layer: Annotated[str | None, typer.Option("--layer", help="Take an earlier stage (e.g. layer3), average-pooled. "
-                                                              "Default: the pooled features before the classifier.")] = None,
+    layer: Annotated[str | None, typer.Option("--layer", help=default(
+        "Take an earlier stage (e.g. layer3), average-pooled.", "the pooled features before the classifier"))] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="Scale every embedding to unit length.")] = False,
     batch_size: BatchSizeOpt = 16,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsFlag = False,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
-    workers: WorkersOpt = 2,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Write one embedding per image (source, embedding, error). Unreadable files become error rows."""
+    where = resolve_device(device)
     report = embed_to_file(model, paths, output, batch_size=batch_size, workers=workers, layer=layer,
                            normalize=normalize, weights=weights, pretrained=not random_weights, backend=backend,
-                           precision=precision)
+                           precision=precision, device=where)
     if json_output:
         print_json(report.to_dict())
     else:
         info = report.info
         console.print(f"{report.rows} rows ({report.rows - len(report.failed)} embeddings of {info['dim']} floats, "
-                      f"{info['arch']} {info['layer'] or 'pooled features'}, {info['backend']}/{info['precision']}) "
+                      f"{info['arch']} {info['layer'] or 'pooled features'}, {report.ran.label()}) "
                       f"written to {report.path}", highlight=False)
         for source, error in report.failed:
             err_console.print(styled(f"{source}: ", ("error:", "red"), f" {error}"), highlight=False)
@@ -58,18 +60,21 @@ def similar_command(
     batch_size: BatchSizeOpt = 16,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
-    workers: WorkersOpt = 2,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """The most similar stored images (cosine) for each query image, embedded with the file's model."""
-    results, used = find_similar(embeddings, images, k=k, method=method, batch_size=batch_size, workers=workers,
-                                 backend=backend, precision=precision)
+    where = resolve_device(device)
+    report = find_similar(embeddings, images, k=k, method=method, batch_size=batch_size, workers=workers,
+                          backend=backend, precision=precision, device=where)
     if json_output:
-        print_json({"embeddings": embeddings, "method": used, "results": [r.to_dict() for r in results]})
+        print_json({"embeddings": embeddings, **report.to_dict()})
     else:
-        print_per_source(results, lambda r: [f"{n.score:.4f}  {n.source}" for n in r.neighbours])
-        err_console.print(f"cosine similarity, {used} search", highlight=False)
-    if any(r.error for r in results):
+        print_per_source(report.results, lambda r: [f"{n.score:.4f}  {n.source}" for n in r.neighbours])
+        err_console.print(f"cosine similarity, {report.method} search; queries embedded by {report.ran.label()}",
+                          highlight=False)
+    if any(r.error for r in report.results):
         raise typer.Exit(1)
 
 

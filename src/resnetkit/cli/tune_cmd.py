@@ -9,34 +9,43 @@ from rich.table import Table
 
 from ..backends import auto, tuning
 from ..backends.base import RunnerOptions
-from ..run.loading import load_model, tuning_key
+from ..core.device import resolve_device
 from ..core.zoo import is_zoo_name
-from .app import JsonFlag, ModelArg, app, console, print_json
+from ..run.loading import load_model, tuning_key
+from .app import DeviceOpt, JsonFlag, ModelArg, PrecisionOpt, app, console, default, print_json
 
 
 @app.command("tune")
 def tune_command(
     model: ModelArg,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size to tune for.")] = 1,
-    precision: Annotated[str | None, typer.Option("--precision", help="Precision to tune for (default: auto's default on this CPU).")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Tune for this many intra-op threads "
-                                                "(default: try one thread and every core).")] = None,
+    precision: PrecisionOpt = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help=default(
+        "Tune for this many intra-op threads.", "try one thread and every core"))] = None,
+    device: DeviceOpt = "auto",
     refresh: Annotated[bool, typer.Option("--refresh", help="Measure again, replacing the cached entry.")] = False,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every cached entry of this model (all batch sizes).")] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Show auto's measurements for MODEL at a batch size (measuring them if not cached), refresh or clear them."""
+    """Show auto's measurements for MODEL at a batch size on a device (measuring them if not cached), refresh or
+    clear them.
+
+    Zoo models are measured with random weights: speed does not depend on the weight values, so nothing is
+    downloaded (there is no --random-weights: it would change nothing)."""
     if clear:
         removed = tuning.clear(tuning_key(model))
         console.print(f"removed {removed} tuning entr{'y' if removed == 1 else 'ies'} of {model} from {tuning.cache_path()}",
                       highlight=False)
         return
-    options = RunnerOptions(batch_size=batch_size, precision=precision, threads=threads, retune=refresh)
+    options = RunnerOptions(batch_size=batch_size, precision=precision, threads=threads, retune=refresh,
+                            device=resolve_device(device))
     classifier = load_model(model, pretrained=not is_zoo_name(model), backend="auto", options=options)
     runner = classifier.runner
     entry = runner.tuning
     if json_output:
-        print_json({**entry.to_dict(), "cached": runner.cached, "cache": str(tuning.cache_path())})
+        # the entry's own precision and threads are those asked for; "ran" is the chosen runner's facts
+        print_json({**entry.to_dict(), "cached": runner.cached, "cache": str(tuning.cache_path()),
+                    "ran": classifier.ran.to_dict()})
         return
     table = Table(title=f"{model}, batch {batch_size}: auto's measurements", title_justify="left")
     for column, justify in (("candidate", "left"), ("median latency (ms)", "right"), ("", "left")):
@@ -44,11 +53,18 @@ def tune_command(
     for label, ms in sorted(entry.timings_ms.items(), key=lambda item: item[1]):
         table.add_row(label, f"{ms:.2f}", "chosen" if label == entry.choice.label else "")
     console.print(table)
-    console.print(f"each candidate timed for {auto.TRIAL_SECONDS:g} s over {auto.TRIAL_ROUNDS} interleaved rounds after a "
-                  f"warm-up call; a candidate over {auto.CLEAR_LOSER:g}x the fastest median after a round was not timed in "
-                  "the later ones (none, once one was left)", highlight=False)
+    console.print(f"chosen: {classifier.ran.label()}; each candidate timed for {auto.TRIAL_SECONDS:g} s over "
+                  f"{auto.TRIAL_ROUNDS} interleaved rounds after a warm-up call; a candidate over {auto.CLEAR_LOSER:g}x "
+                  "the fastest median after a round was not timed in the later ones (none, once one was left)",
+                  highlight=False)
     source = "read from the cache" if runner.cached else "measured now"
     load = f", 1-minute load {entry.load_1min:.1f}" if entry.load_1min is not None else ""
-    console.print(f"{source}: {tuning.cache_path()} (machine: {entry.machine['cpu']}, {entry.machine['cores']} cores{load}); "
+    console.print(f"{source}: {tuning.cache_path()} (machine: {_measured_on(entry.machine)}{load}); "
                   "measurements on a busy machine favour fewer threads: 'resnetkit tune MODEL --refresh' when it is quiet",
                   highlight=False)
+
+
+def _measured_on(machine: dict) -> str:
+    """The device of a tuning entry (see :func:`resnetkit.backends.tuning.machine`): its GPU, or its CPU and cores."""
+    gpu = machine.get("gpu")
+    return gpu["gpu"] if gpu else f"{machine['cpu']}, {machine['cores']} cores"

@@ -17,9 +17,12 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..run.loading import Classifier
+from ..backends.base import RunInfo
+from ..core.device import Device, resolve_device
+from ..core.errors import ResnetkitError
 from ..core.zoo import get_spec
 from ..run.classify import Prediction, top_k
+from ..run.loading import Classifier
 
 METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
 
@@ -30,8 +33,6 @@ def _cam_class(method: str):
     classes = {"gradcam": gc.GradCAM, "gradcam++": gc.GradCAMPlusPlus, "hirescam": gc.HiResCAM,
                "xgradcam": gc.XGradCAM, "layercam": gc.LayerCAM, "eigencam": gc.EigenCAM}
     if method not in classes:
-        from ..core.errors import ResnetkitError
-
         raise ResnetkitError(f"Unknown explanation method '{method}'. Choose one of: {', '.join(METHODS)}.")
     return classes[method]
 
@@ -76,24 +77,32 @@ def place_on_image(cam: np.ndarray, size: tuple[int, int], box: tuple[int, int, 
 
 
 class Explainer:
-    """A float32 copy of a classifier's module with a CAM on its last stage; one image at a time."""
+    """A float32 copy of a classifier's module with a CAM on its last stage, on ``device`` (``--device`` words;
+    None: where the classifier runs); one image at a time."""
 
-    def __init__(self, classifier: Classifier, method: str = "gradcam") -> None:
-        module = copy.deepcopy(classifier.torch_module("explain")).float().eval()
+    def __init__(self, classifier: Classifier, method: str = "gradcam", device: str | Device | None = None) -> None:
+        module = classifier.torch_module("explain")
         self.cam_class = _cam_class(method)
+        self.device = classifier.ran.device if device is None else resolve_device(device)
         self.method = method
         self.meta = classifier.meta
         self.transform = classifier.transform
-        self.module = module
-        self.target_layer = module.get_submodule(get_spec(classifier.meta.arch).last_stage)
+        # the CAM library runs where the module's parameters are, and takes gradients: fp32 eager PyTorch
+        self.module = copy.deepcopy(module).to(self.device.torch, torch.float32).eval()
+        self.target_layer = self.module.get_submodule(get_spec(classifier.meta.arch).last_stage)
         self._lock = threading.Lock()  # the CAM's hooks are per module: one image at a time
+
+    @property
+    def ran(self) -> RunInfo:
+        """What computes the predictions and heatmaps, and where."""
+        return RunInfo("eager", "fp32", self.device)
 
     def explain(self, image: Image.Image, k: int = 3) -> list[Heatmap]:
         """Heatmaps of the ``k`` most probable classes of ``image`` (an RGB PIL image)."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        batch = self.transform(image).unsqueeze(0)
+        batch = self.transform(image).unsqueeze(0).to(self.device.torch)
         with self._lock:
             with torch.no_grad():
                 predictions = top_k(torch.softmax(self.module(batch), dim=1), self.meta.categories, k)[0]

@@ -7,13 +7,16 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
+from ..backends.base import RunInfo, RunnerOptions
+from ..core.device import Device, resolve_device
 from ..core.errors import ImageError, ResnetkitError
 from ..core.fileio import atomic_write, write_text_atomic
 from ..core.images import decode_image, iter_image_paths
-from ..run.loading import Classifier, load_model
 from ..core.progress import track
+from ..core.spec import RANDOM_WEIGHTS
+from ..run.loading import Classifier, load_model
 from .cam import Explainer
 
 INDEX_FILE = "explanations.json"
@@ -39,6 +42,21 @@ class ExplainResult:
         return asdict(self)
 
 
+@dataclass
+class ExplainReport:
+    """The heatmaps of every image, with the model, the CAM method and what computed them (``explanations.json``)."""
+
+    model: str
+    method: str
+    ran: RunInfo
+    random_weights: bool  # the model's weights are random: its labels, and where it looks, are meaningless
+    results: list[ExplainResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "method": self.method, **self.ran.to_dict(), "random_weights": self.random_weights,
+                "results": [r.to_dict() for r in self.results]}
+
+
 def _file_stem(source: str, used: set[str]) -> str:
     """The image's name without suffix, made unique within this run (same names in other folders)."""
     stem, n = Path(source).stem, 1
@@ -62,20 +80,24 @@ def explain(
     method: str = "gradcam",
     weights: str | None = None,
     pretrained: bool = True,
+    device: str | Device | None = None,
     progress: bool | None = None,
-) -> list[ExplainResult]:
+) -> ExplainReport:
     """Write ``STEM_top<r>_<label>.png`` heatmaps for the ``top_k`` classes of each image into ``output_dir``.
 
-    Also writes ``explanations.json`` (sources, labels, scores, files). Unreadable images get an
-    error; the others are still explained. Needs a PyTorch model (zoo name or .pt artifact).
+    Also writes ``explanations.json`` (the report: sources, labels, scores, files). Unreadable images get an
+    error; the others are still explained. Needs a PyTorch model (zoo name or .pt artifact). ``device``:
+    ``--device`` words (None: auto), for a model given by reference or a loaded Classifier.
     """
     if top_k < 1:
         raise ResnetkitError("--top-k must be at least 1.")
     sources = [str(p) for p in iter_image_paths(paths)]
     if not sources:
         raise ResnetkitError("No image files found in the given paths.")
-    classifier = model if isinstance(model, Classifier) else load_model(model, weights=weights, pretrained=pretrained)
-    explainer = Explainer(classifier, method)
+    where = resolve_device(device)
+    classifier = model if isinstance(model, Classifier) else load_model(
+        model, weights=weights, pretrained=pretrained, options=RunnerOptions(device=where))
+    explainer = Explainer(classifier, method, where)
     folder = Path(output_dir)
     used: set[str] = set()
     results = []
@@ -94,6 +116,7 @@ def explain(
                     handle.write(heatmap.png(classifier.meta.name))
                 result.heatmaps.append(HeatmapFile(p.label, p.index, p.score, str(path)))
         results.append(result)
-    index = {"model": classifier.meta.name, "method": method, "results": [r.to_dict() for r in results]}
-    write_text_atomic(folder / INDEX_FILE, json.dumps(index, indent=2))
-    return results
+    report = ExplainReport(classifier.meta.name, method, explainer.ran, classifier.meta.weights == RANDOM_WEIGHTS,
+                           results)
+    write_text_atomic(folder / INDEX_FILE, json.dumps(report.to_dict(), indent=2))
+    return report

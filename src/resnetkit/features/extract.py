@@ -18,12 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from ..backends.base import Runner, RunnerOptions, make_runner
-from ..core.errors import ImageError, ModuleRequiredError, ResnetkitError
-from ..core.images import iter_image_paths, iter_prepared
-from ..run.loading import Classifier, load_model
+from ..backends.base import RunInfo, Runner, RunnerOptions, make_runner
+from ..core.device import Device, resolve_device
+from ..core.errors import ModuleRequiredError, ResnetkitError
+from ..core.images import iter_image_paths
 from ..core.progress import track
 from ..core.zoo import get_spec, is_zoo_name
+from ..run.classify import prepared_batches
+from ..run.loading import Classifier, load_model
 from .exported import exported_features_runner
 
 FEATURES_NODE = "features"
@@ -75,43 +77,48 @@ def feature_module(classifier: Classifier, layer: str | None = None) -> nn.Modul
 
 @dataclass
 class FeatureExtractor:
-    """A loaded model turned into a features runner, plus what an embedding file records about it."""
+    """A model whose runner outputs pooled features instead of logits (``features``: the classifier's metadata
+    and preprocessing with a features runner), plus what an embedding file records about it."""
 
-    classifier: Classifier
-    runner: Runner
+    features: Classifier
     layer: str | None
     normalize: bool
     model_ref: str | None
     dim: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.dim = int(self.runner(torch.zeros(1, *self.classifier.meta.preprocessing.input_shape)).shape[1])
+        self.dim = int(self.features.logits(torch.zeros(1, *self.features.meta.preprocessing.input_shape)).shape[1])
+
+    @property
+    def ran(self) -> RunInfo:
+        """What computes the features, and where."""
+        return self.features.ran
 
     @property
     def info(self) -> dict[str, Any]:
-        """The recipe stored with the embeddings, so that queries are embedded the same way."""
-        meta = self.classifier.meta
+        """The recipe stored with the embeddings, so that queries are embedded the same way, and what ran."""
+        meta = self.features.meta
         return {"model": self.model_ref, "arch": meta.arch, "weights": meta.weights, "layer": self.layer,
-                "normalize": self.normalize, "dim": self.dim, "backend": self.runner.backend,
-                "precision": self.runner.precision, "preprocessing": meta.preprocessing.to_dict()}
+                "normalize": self.normalize, "dim": self.dim, "preprocessing": meta.preprocessing.to_dict(),
+                **self.ran.to_dict()}
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
-        vectors = self.runner(batch).float().numpy().astype(np.float32, copy=False)
+        vectors = self.features.logits(batch).float().numpy().astype(np.float32, copy=False)
         if self.normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
 
-    def batches(self, sources: Sequence[str], batch_size: int = 16, workers: int = 2,
+    def batches(self, sources: Sequence[str], batch_size: int = 16, workers: int | None = None,
                 progress: bool | None = None) -> Iterator[tuple[Sequence[str], np.ndarray, list[str | None]]]:
-        """Per batch of ``sources``: the sources, their vectors (NaN rows for unreadable files) and errors."""
-        batches = iter_prepared(sources, self.classifier.prepare, batch_size=batch_size, workers=workers)
-        for chunk, items in track(batches, len(sources), "embedding", progress, advance=lambda batch: len(batch[0])):
-            vectors = np.full((len(chunk), self.dim), np.nan, dtype=np.float32)
-            good = [i for i, item in enumerate(items) if isinstance(item, torch.Tensor)]
-            if good:
-                vectors[good] = self.embed(torch.stack([items[i] for i in good]))
-            errors = [str(item) if isinstance(item, ImageError) else None for item in items]
-            yield chunk, vectors, errors
+        """Per batch of ``sources``: the sources, their vectors (NaN rows for unreadable files) and errors. Decoded
+        as ``classify`` decodes for the device the features run on (``workers``: see
+        :func:`~resnetkit.run.classify.default_workers`)."""
+        batches = prepared_batches(self.features, sources, batch_size=batch_size, workers=workers)
+        for batch in track(batches, len(sources), "embedding", progress, advance=lambda batch: len(batch.sources)):
+            vectors = np.full((len(batch.sources), self.dim), np.nan, dtype=np.float32)
+            if len(batch.images):
+                vectors[batch.readable] = self.embed(batch.images)
+            yield batch.sources, vectors, [None if error is None else str(error) for error in batch.errors]
 
 
 def load_extractor(
@@ -124,20 +131,25 @@ def load_extractor(
     backend: str | None = None,
     precision: str | None = None,
     batch_size: int = 16,
+    device: str | Device | None = None,
 ) -> FeatureExtractor:
-    """Load ``model`` (zoo name, .pt artifact or a loaded Classifier) as a features runner on ``backend``."""
+    """Load ``model`` (zoo name, .pt artifact or a loaded Classifier) as a features runner on ``backend`` and
+    ``device`` (``--device`` words; None: auto)."""
+    where = resolve_device(device)
     if isinstance(model, Classifier):
         classifier, ref = model, (model.meta.name if is_zoo_name(model.meta.name) else None)
     else:
-        classifier = load_model(model, weights=weights, pretrained=pretrained)
+        classifier = load_model(model, weights=weights, pretrained=pretrained, options=RunnerOptions(device=where))
         ref = str(model) if is_zoo_name(str(model)) else os.path.abspath(model)
     if classifier.module is None:
-        return FeatureExtractor(classifier, _exported_runner(classifier, layer, backend, precision), layer, normalize, ref)
-    features = feature_module(classifier, layer)
+        runner = _exported_runner(classifier, layer, backend, precision)
+        return FeatureExtractor(Classifier(classifier.meta, runner), layer, normalize, ref)
+    module = feature_module(classifier, layer)
     # No backend given: run as the model runs by default (fp16 artifacts stay fp16).
     precision = precision or (classifier.runner.precision if backend is None else None)
-    runner = make_runner(features, classifier.meta, backend, RunnerOptions(batch_size=batch_size, precision=precision))
-    return FeatureExtractor(classifier, runner, layer, normalize, ref)
+    runner = make_runner(module, classifier.meta, backend,
+                         RunnerOptions(batch_size=batch_size, precision=precision, device=where))
+    return FeatureExtractor(Classifier(classifier.meta, runner, module), layer, normalize, ref)
 
 
 def _exported_runner(classifier: Classifier, layer: str | None, backend: str | None, precision: str | None) -> Runner:
@@ -170,7 +182,7 @@ class Embeddings:
         return np.array([i for i, e in enumerate(self.errors) if e is None], dtype=np.int64)
 
 
-def collect(extractor: FeatureExtractor, sources: Sequence[str], batch_size: int = 16, workers: int = 2,
+def collect(extractor: FeatureExtractor, sources: Sequence[str], batch_size: int = 16, workers: int | None = None,
             progress: bool | None = None) -> Embeddings:
     """All batches of ``extractor`` over ``sources`` in memory."""
     parts = list(extractor.batches(sources, batch_size, workers, progress))
@@ -186,19 +198,21 @@ def extract_features(
     layer: str | None = None,
     normalize: bool = False,
     batch_size: int = 16,
-    workers: int = 2,
+    workers: int | None = None,
     weights: str | None = None,
     pretrained: bool = True,
     backend: str | None = None,
     precision: str | None = None,
+    device: str | Device | None = None,
     progress: bool | None = None,
 ) -> Embeddings:
     """Embed image files and folders (walked recursively) with ``model``'s pooled features.
 
     ``layer`` (e.g. ``layer3``) takes an earlier stage, average-pooled; ``normalize`` gives unit
-    vectors. Unreadable files get an error and a NaN row; the rest are still embedded.
+    vectors. Unreadable files get an error and a NaN row; the rest are still embedded. ``device``: as
+    :func:`load_extractor`.
     """
     extractor = load_extractor(model, layer=layer, normalize=normalize, weights=weights, pretrained=pretrained,
-                               backend=backend, precision=precision, batch_size=batch_size)
+                               backend=backend, precision=precision, batch_size=batch_size, device=device)
     sources = [str(p) for p in iter_image_paths(paths)]
     return collect(extractor, sources, batch_size, workers, progress)

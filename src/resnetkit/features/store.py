@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..backends.base import RunInfo
 from ..core.errors import ResnetkitError
 from ..core.fileio import atomic_write, write_text_atomic
 from ..core.images import iter_image_paths
@@ -59,19 +60,20 @@ def write_embeddings(path: str | os.PathLike[str], batches: Iterable[Batch], inf
 
 @dataclass
 class EmbedReport:
-    """What ``embed_to_file`` wrote."""
+    """What ``embed_to_file`` wrote, and what computed it."""
 
     path: str
     rows: int
     failed: list[tuple[str, str]]  # (source, error) of the files that could not be embedded
-    info: dict[str, Any]
+    info: dict[str, Any]  # the file's recipe, with the facts of ``ran``
+    ran: RunInfo
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"path": self.path, "rows": self.rows, "failed": self.failed, "info": self.info}
 
 
 def embed_to_file(model: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str],
-                  *, batch_size: int = 16, workers: int = 2, progress: bool | None = None, **options: Any) -> EmbedReport:
+                  *, batch_size: int = 16, workers: int | None = None, progress: bool | None = None, **options: Any) -> EmbedReport:
     """Embed images straight into ``output`` (.parquet or .npy), batch by batch; ``options`` as ``extract_features``."""
     target = check_output(output)
     sources = [str(p) for p in iter_image_paths(paths)]
@@ -86,7 +88,7 @@ def embed_to_file(model: str | os.PathLike[str], paths: Iterable[str | os.PathLi
             yield chunk, vectors, errors
 
     write_embeddings(target, batches(), extractor.info, len(sources))
-    return EmbedReport(str(target), len(sources), failed, extractor.info)
+    return EmbedReport(str(target), len(sources), failed, extractor.info, extractor.ran)
 
 
 def _schema(info: dict[str, Any]):
