@@ -20,16 +20,20 @@ import pytest
 import torch
 
 from resnetkit import BenchConfig, bench
-from resnetkit.choose.bench import BenchInterrupted, Variant, _Track
-from resnetkit.backends.base import RunnerOptions
+from resnetkit.choose.adaptive import Track
+from resnetkit.choose.bench import BenchInterrupted, Variant
+from resnetkit.backends.base import RunInfo, RunnerOptions
+from resnetkit.core.device import CPU
 from resnetkit.choose.trial_gate import CAN_PAUSE, TrialGate
 from resnetkit.run.loading import load_model
 from resnetkit.core.measure import CpuMeter, LoadSpan, median_ci, median_is_stable, speedup, timing_from_samples
 from resnetkit.shrink.compare import compare_latency
 
 REQUIRED_KEYS = {"model", "params_m", "gmacs", "size_mb_fp32", "size_mb_fp16", "latency_ms_p50", "latency_ms_p90",
-                 "throughput_ips", "batch_size", "peak_mem_mb", "top1", "top5", "threads", "device", "torch_version"}
-FAST = BenchConfig.quick(min_runs=3, min_rounds=2, max_seconds=0.5, throughput_runs=1, batch_size=4)
+                 "throughput_ips", "batch_size", "peak_mem_mb", "top1", "top5", "threads", "device", "torch_version",
+                 "device_name", "chosen_by_auto", "batch_ms_p50", "gpu_peak_mb", "best_batch_size", "best_throughput_ips"}
+# On the CPU wherever the tests run: these tests are about the CPU path (tests/test_bench_device.py has the GPU's)
+FAST = BenchConfig.quick(min_runs=3, min_rounds=2, max_seconds=0.5, throughput_runs=1, batch_size=4, device="cpu")
 # In this process: tests that use it pin their backends (eager or onnxruntime), which keeps them quick.
 LOCAL = dataclasses.replace(FAST, isolate=False)
 WIDE = {**os.environ, "COLUMNS": "300"}  # tables unwrapped, whatever the terminal running the tests
@@ -53,6 +57,8 @@ def test_bench_record_of_a_cifar_resnet_in_a_subprocess():
     assert record.peak_mem_mb >= record.baseline_mem_mb > 50  # Python + torch alone hold more than 50 MB
     assert record.top1 == 91.73 and "akamaster" in record.accuracy_source
     assert record.device == "cpu" and record.threads >= 1 and record.torch_version
+    assert record.chosen_by_auto and record.ran == RunInfo(record.backend, record.precision, CPU, True).label()
+    assert record.device_name == "CPU" and record.gpu_peak_mb is None and record.best_batch_size is None
     assert record.preprocess_ms_p50 > 0 and record.e2e_latency_ms_p50 > 0
 
 
@@ -72,7 +78,7 @@ def test_bench_stops_each_variant_when_its_median_is_stable_or_at_the_cap():
 def test_the_eager_reference_stops_at_its_own_shorter_cap():
     config = BenchConfig(tolerance=0.001, reference_max_seconds=3.0, max_seconds=8.0)
     samples = [400.0, 600.0] * 5  # 5 s of timed calls, far too spread to be stable
-    deployed, reference = (_Track(None, 0, Variant("resnet50"), None, is_reference=flag, samples=list(samples), rounds=10)
+    deployed, reference = (Track(None, 0, Variant("resnet50"), None, is_reference=flag, samples=list(samples), rounds=10)
                            for flag in (False, True))
     for track in (deployed, reference):
         track.update_status(config)
@@ -135,7 +141,8 @@ def test_cli_bench_compares_backends_and_artifacts_in_one_table(tmp_path):
     assert labels == [("cifar_resnet20", "eager", "fp32"), ("cifar_resnet20", "onnxruntime", "fp32"),
                       (onnx_file, "onnxruntime", "fp32")]
     output = result.stdout + result.stderr  # the per-variant lines name each variant in full (the table may wrap)
-    assert "measured cifar_resnet20 [onnxruntime/fp32]" in output and f"measured {onnx_file} [onnxruntime/fp32]" in output
+    assert ("measured cifar_resnet20 [onnxruntime/fp32 on CPU]" in output
+            and f"measured {onnx_file} [onnxruntime/fp32 on CPU]" in output)
     assert f"skipped {onnx_file} [eager/default precision]: r20.onnx is an ONNX graph" in result.stderr
 
 
@@ -163,8 +170,8 @@ def test_cli_bench_writes_json_csv_plot_and_recommend_reads_it(tmp_path):
     rec = _cli("recommend", "--from", f"{out}.json", "--min-top1", "92", "--json")
     assert rec.returncode == 0, rec.stderr
     data = json.loads(rec.stdout)
-    # recommend names each variant as measured, e.g. "cifar_resnet32 [openvino (auto)/bf16]"
-    assert [c["model"].split(" [")[0] for c in data["recommended"]] == ["cifar_resnet32"]
+    # recommend names each variant as measured, e.g. "cifar_resnet32 [openvino/bf16 on CPU (auto)]"
+    assert [c["model"] for c in data["recommended"]] == [f"cifar_resnet32 [{rows[1]['ran']}]"]
     assert data["excluded"][0]["reasons"][0].startswith("top-1 91.73 % < 92")
 
 

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from .bench import BenchRecord  # noqa: E402
+from .records import BenchRecord  # noqa: E402
 from ..core.fileio import atomic_write  # noqa: E402
 from .recommend import pareto_front  # noqa: E402
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .bench import BenchRecord
+from .records import BenchRecord
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Sequence
 
@@ -18,31 +19,43 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from ..choose.bench import DEFAULT_MODELS, BenchConfig, BenchInterrupted, BenchProgress, BenchRecord, Variant, bench
+from ..choose.gpu import BEST_BATCH_GAIN, BEST_BATCH_LIMIT
+from ..choose.seeds import (PUBLISHED_FORMAT, SEEDS_BATCH_SIZE, SEEDS_MODELS, SEEDS_PRECISION, PublishedRow, PublishedTable,
+                            read_published)
 from ..core.errors import ResnetkitError
 from ..core.fileio import write_text_atomic
 from ..choose.recommend import Constraints, Recommendation, recommend
 from ..backends.base import get_backend
-from .app import app, console, err_console, print_json, styled
+from .app import DeviceOpt, app, console, default, err_console, print_json, styled
 
 
 def _split(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
+class BenchTable(str, Enum):
+    """Tables ``bench --table`` prints instead of the full one."""
+
+    seeds = "seeds"
+
+
 @app.command("bench")
 def bench_command(
-    models: Annotated[str, typer.Option("--models", help="Comma-separated model references.")] = ",".join(DEFAULT_MODELS),
+    models: Annotated[str | None, typer.Option("--models", help=default("Comma-separated model references.", ",".join(DEFAULT_MODELS)))] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Throughput batch size (default: 16, quick: 8).")] = None,
     backends: Annotated[str | None, typer.Option("--backends", help="Comma-separated backends to compare (default: each model's default backend, as deployed).")] = None,
     precisions: Annotated[str | None, typer.Option("--precisions", help="Comma-separated precisions (fp32, fp16, bf16, int8...) (default: each backend's own; the table says what ran).")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads (default: torch's).")] = None,
+    device: DeviceOpt = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads of every runner on the CPU, the eager reference included (default: each backend's own; auto tries 1 and every core).")] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Run in channels_last memory layout.")] = False,
     end_to_end: Annotated[bool, typer.Option("--end-to-end", help="Also time JPEG decode + preprocessing + forward.")] = False,
-    eval_dir: Annotated[str | None, typer.Option("--eval", help="Measure top-1/top-5 on this labelled folder (needs weights; default: none, the published figures).")] = None,
+    eval_dir: Annotated[str | None, typer.Option("--eval", help="Measure top-1/top-5 on this labelled folder with the trained weights (default: none: random weights, the published figures).")] = None,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Images to evaluate with --eval (default: all).")] = None,
     tolerance: Annotated[float | None, typer.Option("--tolerance", min=0.001, max=1, help="Stop a variant once the 95 % confidence interval of its median latency is within this fraction of it (default: 0.03, quick: 0.1).")] = None,
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=0.1, help="Cap per variant: timed batch-1 seconds (default: 8, quick: 2).")] = None,
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also time eager fp32 interleaved in the same process, for the 'vs eager' column.")] = True,
+    table: Annotated[BenchTable | None, typer.Option("--table", help=f"seeds: the seeds' table instead of the full one: {', '.join(SEEDS_MODELS)} at batch {SEEDS_BATCH_SIZE}, {SEEDS_PRECISION} (ms per batch, GPU MB, img/s; with --device cuda on a GPU) (default: the full table).")] = None,
+    published: Annotated[str | None, typer.Option("--published", help=f"With --table seeds: print these published figures next to ours, a JSON file {PUBLISHED_FORMAT} (default: none; none ship with resnetkit).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A looser tolerance, a lower cap and a smaller batch: a fast, rough pass.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the records as a JSON list to stdout instead of the table.")] = False,
     output: Annotated[str | None, typer.Option("-o", "--output", help="Write the records as a JSON list to FILE (default: none).")] = None,
@@ -52,23 +65,36 @@ def bench_command(
 ) -> None:
     """Measure params, GMACs, size, latency, throughput and memory of models on this machine, as deployed.
 
+    Zoo models run with random weights (costs do not depend on weights; offline) unless --eval is given.
+
+    On a GPU, calls are synchronised; GPU memory and the best batch are measured too.
+
     Ctrl-C (or SIGTERM) stops early: what was measured is still printed and written, marked 'partial'.
     """
+    published_table = read_published(published) if published else None
+    if table is BenchTable.seeds:
+        if any(v is not None for v in (models, batch_size, precisions)):
+            raise ResnetkitError("--table seeds measures its own models, batch size and precision "
+                                 f"({', '.join(SEEDS_MODELS)} at batch {SEEDS_BATCH_SIZE}, {SEEDS_PRECISION}); "
+                                 "leave out --models, --batch-size and --precisions.")
+        models, batch_size, precisions = ",".join(SEEDS_MODELS), SEEDS_BATCH_SIZE, SEEDS_PRECISION
+    elif published_table is not None:
+        raise ResnetkitError("--published prints published figures next to the seeds' table: add --table seeds.")
     backend_list: list[str | None] = list(_split(backends)) or [None]
     precision_list: list[str | None] = list(_split(precisions)) or [None]
     for name in filter(None, backend_list):
         get_backend(name)
     overrides = {k: v for k, v in {"batch_size": batch_size, "threads": threads, "tolerance": tolerance,
                                    "max_seconds": max_seconds}.items() if v is not None}
-    overrides.update(channels_last=channels_last, end_to_end=end_to_end, eval_dir=eval_dir, eval_limit=eval_limit,
-                     reference=reference)
+    overrides.update(device=device, channels_last=channels_last, end_to_end=end_to_end, eval_dir=eval_dir,
+                     eval_limit=eval_limit, reference=reference)
     config = BenchConfig.quick(**overrides) if quick else BenchConfig(**overrides)
     started = time.monotonic()
     interrupted = False
     with _progress_display() as on_progress:
         try:
-            records = bench(_split(models), config, backends=backend_list, precisions=precision_list,
-                            on_record=_report_record, on_progress=on_progress)
+            records = bench(_split(models) or list(DEFAULT_MODELS), config, backends=backend_list,
+                            precisions=precision_list, on_record=_report_record, on_progress=on_progress)
         except BenchInterrupted as exc:
             records, interrupted = exc.records, True
     if not records:
@@ -78,6 +104,8 @@ def bench_command(
         raise ResnetkitError("No variant could be measured (see the messages above).")
     if json_output:
         print_json([r.to_dict() for r in records])
+    elif table is BenchTable.seeds:
+        _print_seeds_table(records, config, published_table, time.monotonic() - started)
     else:
         _print_table(records, config, time.monotonic() - started)
     _write_outputs(records, output, csv_file, plot, err_console if json_output else console)
@@ -135,35 +163,100 @@ def _ci(record: BenchRecord) -> str:
     return f"{record.latency_ms_p50_ci[0]:.1f}-{record.latency_ms_p50_ci[1]:.1f}" if record.latency_ms_p50_ci else "-"
 
 
-def _print_table(records: Sequence[BenchRecord], config: BenchConfig, wall_seconds: float) -> None:
-    first = records[0]
-    table = Table(title=f"measured on {first.cpu}, {first.threads} threads, torch {first.torch_version}")
-    columns = ["model", "params M", "GMACs", "MB fp32", "p50 ms", "p50 95% CI", "runs", f"img/s @{config.batch_size}",
-               "peak MB", "top-1", "top-5", "eager fp32 p50", "vs eager"]
+Column = tuple[str, Callable[[BenchRecord], str]]  # header, cell of a record
+
+
+def _columns(records: Sequence[BenchRecord], config: BenchConfig) -> list[Column]:
+    """The full table's columns: on a GPU the batch time, GPU memory and best batch instead of peak RSS, and a
+    threads column where the variants ran on different thread counts (else the title says it)."""
+    batch = config.batch_size
+    columns: list[Column] = [
+        ("model", lambda r: r.label), ("params M", lambda r: _fmt(r.params_m)), ("GMACs", lambda r: _fmt(r.gmacs)),
+        ("MB fp32", lambda r: _fmt(r.size_mb_fp32, 1)), ("p50 ms", lambda r: _fmt(r.latency_ms_p50, 1)),
+        ("p50 95% CI", _ci), ("runs", lambda r: f"{r.latency_runs}" + ("" if r.status == "stable" else f" ({r.status})"))]
+    if any(r.on_gpu for r in records):
+        columns += [(f"ms/batch @{batch}", lambda r: _fmt(r.batch_ms_p50, 1)), ("GPU MB", lambda r: _fmt(r.gpu_peak_mb, 0)),
+                    (f"img/s @{batch}", lambda r: _fmt(r.throughput_ips, 1)),
+                    ("best batch", lambda r: str(r.best_batch_size or "-")),
+                    ("img/s @best", lambda r: _fmt(r.best_throughput_ips, 1))]
+    else:
+        columns += [(f"img/s @{batch}", lambda r: _fmt(r.throughput_ips, 1)), ("peak MB", lambda r: _fmt(r.peak_mem_mb, 0))]
+    if len({r.threads for r in records if not r.on_gpu}) > 1:
+        columns.append(("threads", lambda r: "-" if r.on_gpu else str(r.threads)))
+    columns += [("top-1", lambda r: _fmt(r.top1)), ("top-5", lambda r: _fmt(r.top5)),
+                ("eager fp32 p50", lambda r: _fmt(r.reference_latency_ms_p50, 1)), ("vs eager", lambda r: r.vs_reference)]
     if config.end_to_end:
-        columns += ["decode+prep ms", "e2e ms"]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "vs eager") else "right")
-    for r in records:
-        row = [r.label, _fmt(r.params_m), _fmt(r.gmacs), _fmt(r.size_mb_fp32, 1), _fmt(r.latency_ms_p50, 1), _ci(r),
-               f"{r.latency_runs}" + ("" if r.status == "stable" else f" ({r.status})"), _fmt(r.throughput_ips, 1),
-               _fmt(r.peak_mem_mb, 0), _fmt(r.top1), _fmt(r.top5), _fmt(r.reference_latency_ms_p50, 1), r.vs_reference]
-        if config.end_to_end:
-            row += [_fmt(r.preprocess_ms_p50, 1), _fmt(r.e2e_latency_ms_p50, 1)]
-        table.add_row(*row)
+        columns += [("decode+prep ms", lambda r: _fmt(r.preprocess_ms_p50, 1)),
+                    ("e2e ms", lambda r: _fmt(r.e2e_latency_ms_p50, 1))]
+    return columns
+
+
+def _places(records: Sequence[BenchRecord]) -> str:
+    """Where the records were measured: any GPU, and the CPU with its thread count when all its variants share one."""
+    threads = {r.threads for r in records if not r.on_gpu}
+    on_cpu = "".join(f", {count} thread{'s' if count > 1 else ''}" for count in threads) if len(threads) == 1 else ""
+    places = ", ".join(dict.fromkeys(r.where + ("" if r.on_gpu else on_cpu) for r in records))
+    return f"{places}, torch {records[0].torch_version}"
+
+
+def _print_rows(title: str, columns: Sequence[Column], records: Sequence[BenchRecord]) -> None:
+    table = Table(title=title)
+    for header, _ in columns:
+        table.add_column(header, justify="left" if header in ("model", "vs eager") else "right")
+    for record in records:
+        table.add_row(*(cell(record) for _, cell in columns))
     console.print(table)
+
+
+def _print_table(records: Sequence[BenchRecord], config: BenchConfig, wall_seconds: float) -> None:
+    _print_rows(f"measured on {_places(records)}", _columns(records, config), records)
     sources = sorted({r.accuracy_source for r in records})
+    memory = ("" if any(r.on_gpu for r in records) else
+              f"; peak MB: peak RSS of the measuring process while building and warming up the model{_baseline_note(records)}")
     console.print(
         f"latency: batch 1, median (p50) of timed runs after {config.warmup} warm-up runs, with the 95 % confidence "
         f"interval of the median; {_rounds_note(records, config)}; throughput: batch {config.batch_size}, median of "
-        f"{config.throughput_runs} runs; float32 input, {first.memory_format}; one fresh process per model; 'eager "
+        f"{config.throughput_runs} runs; float32 input, {records[0].memory_format}; one fresh process per model; 'eager "
         "fp32 p50' and 'vs eager': plain PyTorch fp32 timed in the same process in the same rounds ('not comparable: "
         "machine busy' when other processes used more than 25 % of the CPU while timing (Linux; elsewhere: the "
         "load average exceeded the core count) or the runs' spread, the mean interquartile "
         "range, exceeds the difference); GMACs counted with torch.utils.flop_counter at the model's input size; "
-        "sizes are torch.save'd state dicts (MB = 10^6 bytes); peak MB: peak RSS of the measuring process while "
-        f"building and warming up the model{_baseline_note(records)}.\n{_load_note(records, wall_seconds)}\n"
-        "accuracy: " + condensed(sources), highlight=False)
+        f"sizes are torch.save'd state dicts (MB = 10^6 bytes){memory}.{_gpu_note(records, config)}\n"
+        f"{_load_note(records, wall_seconds)}\naccuracy: " + condensed(sources), highlight=False)
+
+
+def _gpu_note(records: Sequence[BenchRecord], config: BenchConfig) -> str:
+    """How the GPU figures were taken ("" without any)."""
+    if not any(r.on_gpu for r in records):
+        return ""
+    return (f"\non the GPU: every timed call synchronised with it (before and after); timing inputs made on the GPU, "
+            "so the figures are the model's own, as plain PyTorch benchmarks measure them (no copy from the host); "
+            "GPU MB: the most memory torch allocated on the GPU (torch.cuda.max_memory_allocated) while the built "
+            f"variant ran its warm-up and a batch of {config.batch_size}, weights included; best batch: doubling from "
+            f"{config.batch_size} up to {BEST_BATCH_LIMIT} while img/s rose by more than {BEST_BATCH_GAIN:.0%} "
+            "or until the GPU ran out of memory (median of at least 3 runs each).")
+
+
+def _print_seeds_table(records: Sequence[BenchRecord], config: BenchConfig, published: PublishedTable | None,
+                       wall_seconds: float) -> None:
+    """The seeds' table (ms per batch, GPU MB, img/s), with the published figures next to ours when given."""
+    columns: list[Column] = [("model", lambda r: r.label), (f"ms/batch @{config.batch_size}", lambda r: _fmt(r.batch_ms_p50, 2)),
+                             ("GPU MB", lambda r: _fmt(r.gpu_peak_mb, 0)), ("img/s", lambda r: _fmt(r.throughput_ips, 0))]
+    theirs = f"; published: {published.device} ({published.source})" if published else ""
+    if published:
+        row = lambda r: published.rows.get(r.model, PublishedRow())  # noqa: E731
+        columns += [("theirs: ms/batch", lambda r: _fmt(row(r).ms_per_batch, 2)),
+                    ("theirs: GPU MB", lambda r: _fmt(row(r).gpu_mb, 0)), ("theirs: img/s", lambda r: _fmt(row(r).img_s, 0))]
+    size = records[0].input_size
+    _print_rows(f"the seeds' table: batch {config.batch_size}, {size}x{size}, {SEEDS_PRECISION}; ours: "
+                f"{_places(records)}{theirs}", columns, records)
+    console.print(
+        f"ours: ms/batch = median of {config.throughput_runs} timed batches of {config.batch_size} taken in the "
+        f"interleaved rounds, img/s = {config.batch_size} / that; {_rounds_note(records, config)}."
+        f"{_gpu_note(records, config)}\n{_load_note(records, wall_seconds)}", highlight=False)
+    if published is None:
+        console.print("theirs: the published figures (the seeds' table, an NVIDIA T4) were not given: pass them with "
+                      f"--published FILE, a JSON file {PUBLISHED_FORMAT}.", highlight=False)
 
 
 def condensed(texts: Sequence[str]) -> str:
@@ -250,7 +343,7 @@ def recommend_command(
     max_size_mb: Annotated[float | None, typer.Option("--max-size-mb", min=0, help="Upper bound on weights size (default: no bound).")] = None,
     min_top1: Annotated[float | None, typer.Option("--min-top1", min=0, max=100, help="Lower bound on top-1 (%) (default: no bound).")] = None,
     from_file: Annotated[str | None, typer.Option("--from", help="Use a 'bench -o FILE' file instead of measuring now (default: measure now).")] = None,
-    models: Annotated[str, typer.Option("--models", help="Models for the quick bench run without --from.")] = ",".join(DEFAULT_MODELS),
+    models: Annotated[str, typer.Option("--models", help="Models for the quick bench run without --from (random weights, as bench measures them).")] = ",".join(DEFAULT_MODELS),
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Models meeting every constraint, best first, with reasons, or why each was excluded; without

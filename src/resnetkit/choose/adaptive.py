@@ -1,0 +1,99 @@
+"""Adaptive stopping: each variant's timings so far (a :class:`Track`), when it may stop (its median is
+stable, or it reached its cap), how long it still needs (the ETA), and its finished record, compared with
+the eager fp32 reference timed in the same rounds."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field, replace
+
+from ..core.measure import LoadSpan, Timing, load_average, median_ci, median_is_stable, speedup, timing_from_samples
+from .pool import Worker
+from .records import BenchConfig, BenchRecord, Variant
+
+
+@dataclass
+class Track:
+    """The measurements of one variant so far (parent side)."""
+
+    worker: Worker
+    index: int
+    variant: Variant
+    record: BenchRecord  # static facts from the worker; timings filled in at the end
+    is_reference: bool
+    reference: "Track | None" = None
+    samples: list[float] = field(default_factory=list)
+    throughput: list[float] = field(default_factory=list)
+    rounds: int = 0
+    status: str | None = None  # None while measuring
+    load_before: float | None = None
+    load_after: float | None = None
+    end_to_end: tuple[float, float] | None = None
+    best_batch: tuple[int, float] | None = None  # on a GPU: (batch size, images per second)
+
+    def needs_throughput(self, config: BenchConfig) -> bool:
+        return not self.is_reference and len(self.throughput) < config.throughput_runs
+
+    def update_status(self, config: BenchConfig) -> None:
+        stable = (len(self.samples) >= config.min_runs and self.rounds >= config.min_rounds
+                  and median_is_stable(self.samples, config.tolerance))
+        capped = len(self.samples) >= config.max_runs or (
+            sum(self.samples) / 1000.0 >= self.max_seconds(config) and self.rounds >= config.min_rounds)
+        if (stable and not self.needs_throughput(config)) or capped:
+            self.status = "stable" if stable else "capped"
+            self.load_after = load_average()
+
+    def max_seconds(self, config: BenchConfig) -> float:
+        """This variant's cap in timed batch-1 seconds."""
+        return min(config.max_seconds, config.reference_max_seconds) if self.is_reference else config.max_seconds
+
+    def remaining_seconds(self, config: BenchConfig) -> float:
+        """Estimated timed seconds until this variant stops: the CI of the median narrows
+        like 1/sqrt(runs), so the runs needed grow with the square of (width / tolerance)."""
+        if not self.samples:
+            return 0.0
+        ordered = sorted(self.samples)
+        middle = statistics.median(ordered)
+        low, high = median_ci(ordered)
+        width = max(middle - low, high - middle) / middle if middle else 0.0
+        needed = len(ordered) * (width / config.tolerance) ** 2 if len(ordered) >= 6 else config.min_runs
+        needed = min(max(needed, config.min_runs), config.max_runs, self.max_seconds(config) * 1000.0 / middle)
+        throughput = (config.throughput_runs - len(self.throughput)) * (
+            statistics.median(self.throughput) if self.throughput else middle * config.batch_size)
+        return max(needed - len(ordered), 0) * middle / 1000.0 + max(throughput, 0) / 1000.0 * (not self.is_reference)
+
+    def finished(self, config: BenchConfig, cores: int, other_cpu_share: float | None) -> BenchRecord:
+        """The variant's record with what was measured (``partial`` if it had not stopped yet)."""
+        timing = timing_from_samples(self.samples, config.warmup)
+        batch_ms = statistics.median(self.throughput) if self.throughput else None
+        record = replace(
+            self.record, latency_ms_p50=timing.p50_ms, latency_ms_p90=timing.p90_ms, latency_runs=timing.runs,
+            latency_ms_p50_ci=list(timing.p50_ci_ms), latency_ms_p25=timing.p25_ms, latency_ms_p75=timing.p75_ms,
+            latency_rounds=self.rounds, status=self.status or "partial", load_avg_before=self.load_before,
+            load_avg_after=self.load_after if self.status else load_average(), cores=cores,
+            other_cpu_share=None if other_cpu_share is None else round(other_cpu_share, 3),
+            batch_ms_p50=batch_ms, throughput_ips=config.batch_size / (batch_ms / 1000.0) if batch_ms else None,
+            throughput_runs=len(self.throughput), notes=list(self.record.notes),
+            timed_seconds=(sum(self.samples) + sum(self.throughput)) / 1000.0)
+        if self.end_to_end:
+            record.preprocess_ms_p50, record.e2e_latency_ms_p50 = self.end_to_end
+        if self.best_batch:
+            record.best_batch_size, record.best_throughput_ips = self.best_batch
+        self._compare_with_reference(record, timing, config)
+        return record
+
+    def _compare_with_reference(self, record: BenchRecord, timing: Timing, config: BenchConfig) -> None:
+        reference = self.reference
+        if reference is self:
+            record.reference_latency_ms_p50, record.vs_reference = timing.p50_ms, "is the reference"
+        elif reference is None or not reference.samples:
+            record.vs_reference = "no eager fp32 reference" + ("" if config.reference else " (not requested)")
+        else:
+            ref_timing = timing_from_samples(reference.samples)
+            loads = [v for v in (self.load_before, reference.load_before) if v is not None]
+            ends = [v for v in (record.load_avg_after, reference.load_after) if v is not None]
+            span = LoadSpan(max(loads, default=None), max(ends, default=None), record.cores or 1,
+                            record.other_cpu_share)
+            record.reference_latency_ms_p50 = ref_timing.p50_ms
+            record.reference_timed_seconds = sum(reference.samples) / 1000.0
+            record.speedup_vs_reference, record.vs_reference = speedup(ref_timing, timing, span)

@@ -1,0 +1,172 @@
+"""The measuring processes: one per model, started from a fork server, driven over a pipe, and ended
+cleanly whatever happens (Ctrl-C, SIGTERM, a process that dies).
+
+No CUDA call happens in the fork server: it only imports this module (torch included), and each measuring
+process resolves its device itself (:class:`~.worker.ModelWorker`), so CUDA is first touched in a fresh child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import AbstractContextManager, contextmanager
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
+from typing import Any, Iterator, Sequence
+
+from ..core.errors import ResnetkitError
+from .records import BenchConfig, Variant
+from .trial_gate import TrialGate, resume_or_pause
+from .worker import Entry, ModelWorker
+
+
+class WorkerDied(ResnetkitError):
+    """A measuring process ended without answering (crashed or killed)."""
+
+
+@contextmanager
+def _signal_handler(signum: int, handler: Any) -> Iterator[None]:
+    """``handler`` for ``signum`` inside the block (main thread only: elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+
+
+def sigterm_as_interrupt() -> AbstractContextManager[None]:
+    """SIGTERM raises KeyboardInterrupt (like Ctrl-C) while measuring, so both keep the results."""
+    return _signal_handler(signal.SIGTERM, signal.default_int_handler)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block is raised as KeyboardInterrupt at its end: a measuring process
+    being started is then always on the list of those to end. Raised in the middle of starting it, it
+    left a process nobody ended, which printed a traceback once the bench had exited."""
+    received: list[int] = []
+    hold = lambda signum, frame: received.append(signum)  # noqa: E731
+    with _signal_handler(signal.SIGINT, hold), _signal_handler(signal.SIGTERM, hold):
+        yield
+    if received:
+        raise KeyboardInterrupt
+
+
+def _sigint_ignored() -> AbstractContextManager[None]:
+    """Processes started meanwhile ignore SIGINT from birth (an ignored signal stays ignored across
+    exec, and Python leaves it so), so a Ctrl-C in the terminal reaches only the parent, which ends
+    them cleanly, and no child prints a KeyboardInterrupt traceback while importing."""
+    return _signal_handler(signal.SIGINT, signal.SIG_IGN)
+
+
+class LocalWorker:
+    """A :class:`ModelWorker` in this process, behind the same interface as :class:`ProcessWorker`."""
+
+    def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig) -> None:
+        self.model = model
+        self.worker = ModelWorker(model, variants, config)
+        self.pid = os.getpid()
+
+    def entries(self) -> list[Entry]:
+        return self.worker.entries
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.worker, method)(*args)
+
+    def close(self, wait: bool = True) -> None:
+        self.worker.close()
+
+
+def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConfig, gate: TrialGate, slot: int) -> None:
+    """Entry point of a measuring process: build, answer ``(method, args)`` requests, stop on None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
+    # ... with SIGTERM, as a normal exit: exit handlers then release what the libraries hold (e.g. the
+    # multiprocessing lock tqdm makes during torch.export), which a plain SIGTERM would leave for
+    # Python's resource tracker to report as leaked
+    signal.signal(signal.SIGTERM, _exit_now)
+    worker = ModelWorker(model, variants, config, trial_gate=lambda: gate.timing(slot))
+    gate.idle(slot)
+    conn.send(worker.entries)
+    while (request := conn.recv()) is not None:
+        method, args = request
+        conn.send(getattr(worker, method)(*args))
+
+
+def _exit_now(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def process_context() -> BaseContext:
+    """How measuring processes start: ``forkserver`` where the platform has it (Linux, macOS), with this
+    module preloaded, so each process forks from a server that imported torch once instead of importing it
+    again (2 s each here), and ends without tearing the interpreter down (1 s each; multiprocessing ends
+    forked processes with ``os._exit`` after its own clean-up); else ``spawn``. The server is a fresh
+    interpreter that never touches CUDA, so the processes forked from it can."""
+    if "forkserver" not in get_all_start_methods():
+        return get_context("spawn")
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+class ProcessWorker:
+    """A :class:`ModelWorker` in a fresh process (see :func:`process_context`), driven over a pipe."""
+
+    def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig, gate: TrialGate,
+                 slot: int) -> None:
+        context = process_context()
+        self.model = model
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, model, variants, config, gate, slot), daemon=True)
+        self.gate, self.slot = gate, slot
+        with _sigint_ignored():
+            gate.start(slot, self._start_process)
+        child.close()
+
+    def _start_process(self) -> int:
+        self.process.start()
+        return self.pid
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    def _receive(self) -> Any:
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            self.gate.died(self.slot)  # a dead process keeps no one paused or waiting to time
+            raise WorkerDied(f"the process measuring {self.model} ended (exit code {self.process.exitcode}) "
+                             "without answering; its variants are left out. Run it alone to see why.") from None
+
+    def entries(self) -> list[Entry]:
+        return self._receive()
+
+    def call(self, method: str, *args: Any) -> Any:
+        self.conn.send((method, args))
+        return self._receive()
+
+    def close(self, wait: bool = True) -> None:
+        """Ask the process to stop and wait for it (``wait``), else (or if it does not) end it with
+        SIGTERM, which it turns into a normal exit, and SIGKILL as a last resort (resumed, in case another
+        process's trial paused it)."""
+        if wait and self.process.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.process.join(5)
+        for end in (self.process.terminate, self.process.kill):
+            if self.process.is_alive():
+                end()
+                resume_or_pause(self.pid, "SIGCONT")
+                self.process.join(5)
+        self.conn.close()
+
+
+Worker = LocalWorker | ProcessWorker
