@@ -53,8 +53,8 @@ def models_command(
                              f"input {row['input_size']}x{row['input_size']}, {row['num_classes']} classes"),
                       highlight=False)
         for i, w in enumerate(row["weights"]):
-            default = " (default)" if i == 0 else ""
-            console.print(styled(f"  {w['tag']}{default}: top-1 {_fmt(w['top1'])}, top-5 {_fmt(w['top5'])} ",
+            mark = " (default)" if i == 0 else ""
+            console.print(styled(f"  {w['tag']}{mark}: top-1 {_fmt(w['top1'])}, top-5 {_fmt(w['top5'])} ",
                                  (f"(published: {w['metrics_source']})", "dim")), highlight=False)
             console.print(f"    preprocessing: {w['preprocessing']}", highlight=False)
             digest = w["sha256"] or f"{w['hash_prefix']} (prefix; full hash not published)"
