@@ -115,7 +115,7 @@ def test_cli_classify_json_and_exit_codes(cifar_weights, cifar_test_dir, tmp_pat
     data = json.loads(ok.stdout)
     assert data["model"] == "cifar_resnet20" and len(data["results"]) == 3 and data["random_weights"] is False
     assert all(len(r["predictions"]) == 2 and r["error"] is None for r in data["results"])
-    ran = load_model("cifar_resnet20").ran  # the same cached choice of auto
+    ran = load_model("cifar_resnet20", options=RunnerOptions(batch_size=16)).ran  # auto's cached choice for the CLI's batch
     assert {k: data[k] for k in ran.to_dict()} == ran.to_dict() and data["device_name"] == ran.device.name
     (folder / "zz_bad[red].png").write_bytes(b"nope")  # brackets in a name must print as they are
     partial = run_cli("classify", "cifar_resnet20", str(folder))
