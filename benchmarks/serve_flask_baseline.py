@@ -13,17 +13,17 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
 from flask import Flask, jsonify, request
 
+from resnetkit.backends.base import RunnerOptions
 from resnetkit.core.errors import ImageError
 from resnetkit.core.images import prepare_image
 from resnetkit.run.loading import load_model
 from resnetkit.run.classify import predict_tensors
 
 
-def create_app(ref: str, backend: str) -> Flask:
-    classifier = load_model(ref, backend=backend)
+def create_app(ref: str, backend: str, threads: int | None = None) -> Flask:
+    classifier = load_model(ref, backend=backend, options=RunnerOptions(threads=threads))
     preprocessing = classifier.meta.preprocessing
     app = Flask(__name__)
 
@@ -51,12 +51,11 @@ def main() -> None:
     parser.add_argument("model", help="zoo name or resnetkit model file")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--backend", default="eager", help="resnetkit backend (default: eager, the classic demo)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads of the model's runner (default: the runtime's own)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request log line, as for resnetkit serve
-    create_app(args.model, args.backend).run(host="127.0.0.1", port=args.port, threaded=True)
+    create_app(args.model, args.backend, args.threads).run(host="127.0.0.1", port=args.port, threaded=True)
 
 
 if __name__ == "__main__":

@@ -292,13 +292,13 @@ def offline_ceilings(ref: str, images: list[bytes], args: argparse.Namespace) ->
     # decoding first: some backends' worker threads keep spinning for a while after a forward pass
     decode = time_calls(lambda: [prepare_image(d, pre) for d in images], warmup=1, min_runs=3, min_seconds=2.0)
     decode_ms = decode.p50_ms / len(images)
-    classifier = load_model(ref, backend=args.backend, options=RunnerOptions(batch_size=args.max_batch_size))
+    classifier = load_model(ref, backend=args.backend,
+                            options=RunnerOptions(batch_size=args.max_batch_size, threads=args.threads))
     batch = torch.randn(args.max_batch_size, *pre.input_shape)
     timing = time_calls(lambda: classifier.logits(batch), warmup=2, min_runs=5, min_seconds=5.0)
     forward_ms = timing.p50_ms / args.max_batch_size
-    runtime = f"{classifier.runner.backend}/{classifier.runner.precision}"
     result = Offline(1000.0 / forward_ms, 1000.0 / (forward_ms + decode_ms), decode_ms, round(os.getloadavg()[0], 2))
-    print(f"offline at batch {args.max_batch_size} ({runtime}): "
+    print(f"offline at batch {args.max_batch_size} ({classifier.ran.label()}): "
           f"forward-only {result.forward_ips:.1f} img/s, decode+preprocess {decode_ms:.2f} ms/img, end-to-end "
           f"{result.end_to_end_ips:.1f} img/s (load average {result.load_average})", flush=True)
     return result
@@ -351,8 +351,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of both servers and of the offline run (default: resnetkit serve "
-                             "chooses its split; Flask and the offline run use torch's default)")
+                        help="inference threads of both servers and of the offline run, given to their runners "
+                             "(default: resnetkit serve chooses its split; Flask and the offline run use the "
+                             "runtime's own)")
     parser.add_argument("--backend", help="backend of resnetkit serve and of the offline ceilings (default: auto)")
     parser.add_argument("--flask-backends", default="eager",
                         help="comma-separated backends of the Flask baseline, one server each (default: eager, the "
@@ -370,15 +371,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         workdir = Path(tmp)
         ref = model_ref(args.model, args.real_weights, workdir)
         images = sample_images(args.model, args.images)
         args.image_count = len(images)
         print(f"{args.model} ({'real' if args.real_weights else 'random'} weights), {len(images)} images, "
-              f"{args.seconds:.0f} s per run, torch threads {args.threads or torch.get_num_threads()}")
+              f"{args.seconds:.0f} s per run, inference threads {args.threads or 'chosen by each runtime'}")
         print(_row({c: c for c in COLUMNS}))
         offline = [] if args.skip_offline else [offline_ceilings(ref, images, args)]
         runs = measure_servers(list(servers(args.model, ref, args)), images, args, workdir)
