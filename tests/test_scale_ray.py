@@ -72,8 +72,8 @@ def test_gpus_per_replica_reach_the_replicas_options_and_are_checked_against_the
     autoscaled = options(Scaling(autoscale="1:3", gpus_per_replica=0.5), max_batch_size=16)
     assert autoscaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 16}
     for scaling, device, message in [
-        (Scaling(gpus_per_replica=0), "cuda", "Ray shows a replica only the GPUs it asks for"),
-        (Scaling(gpus_per_replica=1), "cpu", "would hold GPUs that no replica uses"),
+        (Scaling(gpus_per_replica=0), "cuda", "Ray shows an actor only the GPUs it asks for"),
+        (Scaling(gpus_per_replica=1), "cpu", "would hold GPUs that no actor uses"),
         (Scaling(), "cuda:1", "numbered from cuda:0; use --device cuda"),
         (Scaling(replicas=2, autoscale="1:2"), "auto", "not both"),
     ]:
@@ -101,7 +101,7 @@ def test_config_out_carries_the_device_and_the_gpus_to_the_cluster(tmp_path: Pat
     assert replica._bound_deployment.num_replicas == 4
     refused = run_cli("serve", "cifar_resnet20", "--ray", "--device", "cuda", "--gpus-per-replica", "0",
                       "--config-out", tmp_path / "no.yaml")
-    assert refused.returncode == 2 and "Ray shows a replica only the GPUs it asks for" in refused.stderr
+    assert refused.returncode == 2 and "Ray shows an actor only the GPUs it asks for" in refused.stderr
     assert not (tmp_path / "no.yaml").exists()
 
 
@@ -114,8 +114,17 @@ def test_gpus_per_actor_reach_map_batches():
     assert options["num_gpus"] == 0.5 and options["num_cpus"] == 1 and options["compute"].max_size == 4
     assert options["fn_constructor_kwargs"] == {"request": request, "top_k": 3, "workers": 2}
     assert "num_gpus" not in map_batches_options(request, top_k=3, workers=2, concurrency=4)
-    batches, described = RayEngine(concurrency=4, gpus_per_actor=0.5)(request, [], 3, 2)  # lazy: starts no Ray
-    assert described == "Ray Data, 4 actors, 0.5 GPU each"
+    def described(engine: RayEngine, device: str = "auto") -> str:  # lazy: describing starts no Ray
+        return engine(ModelRequest("cifar_resnet20", device=device), [], 3, 2)[1]
+
+    assert described(RayEngine(concurrency=4, gpus_per_actor=0.5)) == "Ray Data, 4 actors, 0.5 GPU each"
+    assert described(RayEngine(concurrency=2), "cuda") == "Ray Data, 2 actors, 1 GPU each"  # as asked by --device
+    assert described(RayEngine(concurrency=2)) == "Ray Data, 2 actors"  # auto: the driver may have no GPU
+    for gpus, device, message in [(0, "cuda", "--device cuda with --gpus-per-actor 0: Ray shows an actor only"),
+                                  (1, "cpu", "--gpus-per-actor 1 with --device cpu would hold GPUs"),
+                                  (None, "gpu", "--device 'gpu' is not a device")]:
+        with pytest.raises(ResnetkitError, match=message):
+            described(RayEngine(gpus_per_actor=gpus), device)
 
 
 def test_gpus_per_actor_without_ray_is_a_clear_error(tmp_path: Path):

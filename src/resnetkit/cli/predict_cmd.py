@@ -37,9 +37,11 @@ def predict_command(
         "Ray cluster address for --ray.", "RAY_ADDRESS, else a local Ray started for this run"),
         show_default=False)] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Model actors with --ray.")] = 2,
-    gpus_per_actor: Annotated[float, typer.Option("--gpus-per-actor", min=0, help="GPUs each model actor asks Ray "
-                                                  "for with --ray; fractions share a GPU (0.25: four actors on "
-                                                  "one). 0: the actors run on the CPU.")] = 0.0,
+    gpus_per_actor: Annotated[float | None, typer.Option(
+        "--gpus-per-actor", min=0, show_default=False, help=default(
+            "GPUs each model actor asks Ray for with --ray; fractions share a GPU (0.25: four actors on one); 0: "
+            "the actors run on the CPU.", "1 with --device cuda, else 0: the driver may have no GPU while the "
+            "cluster has"))] = None,
     weights: WeightsOpt = None,
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
@@ -53,7 +55,7 @@ def predict_command(
     """
     if address and not ray:
         raise InputError(f"--address {address} is a Ray cluster address: add --ray to run there.")
-    if gpus_per_actor and not ray:
+    if gpus_per_actor is not None and not ray:
         raise InputError("--gpus-per-actor asks Ray for GPUs: add --ray, or drop it (without --ray the model runs "
                          "in this process).")
     request = ModelRequest(model, weights=weights, random_weights=random_weights, backend=backend,

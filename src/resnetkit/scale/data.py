@@ -19,7 +19,7 @@ import pyarrow as pa
 from ..batch.engine import ModelRequest
 from ..batch.output import result_rows
 from ..run.classify import iter_classify
-from .runtime import hide_unassigned_gpus, ray_runtime
+from .runtime import gpus_per_actor, hide_unassigned_gpus, ray_runtime
 
 ROWS_PER_CALL = 4  # forward batches per actor call, so decoding overlaps inference inside the actor
 
@@ -27,7 +27,7 @@ ROWS_PER_CALL = 4  # forward batches per actor call, so decoding overlaps infere
 class Predictor:
     """A Ray Data actor: one loaded model, called with tables of ``source`` paths."""
 
-    def __init__(self, request: ModelRequest, top_k: int, workers: int) -> None:
+    def __init__(self, request: ModelRequest, top_k: int, workers: int | None) -> None:
         hide_unassigned_gpus()  # the model loads on the GPU Ray assigned this actor, else on the CPU
         self.classifier = request.load()
         self.batch_size = request.batch_size
@@ -40,7 +40,7 @@ class Predictor:
         return pa.concat_tables([result_rows(chunk) for chunk in chunks])
 
 
-def map_batches_options(request: ModelRequest, *, top_k: int, workers: int, concurrency: int,
+def map_batches_options(request: ModelRequest, *, top_k: int, workers: int | None, concurrency: int,
                         gpus_per_actor: float = 0.0) -> dict[str, Any]:
     """The keyword arguments of ``map_batches``: the actor pool of :class:`Predictor` s and what each asks Ray for
     (one CPU, and ``gpus_per_actor`` GPUs if any: fractions share a GPU)."""
@@ -55,7 +55,7 @@ def map_batches_options(request: ModelRequest, *, top_k: int, workers: int, conc
     return options
 
 
-def ray_batches(request: ModelRequest, sources: list[str], *, top_k: int, workers: int, concurrency: int,
+def ray_batches(request: ModelRequest, sources: list[str], *, top_k: int, workers: int | None, concurrency: int,
                 gpus_per_actor: float = 0.0, address: str | None = None) -> Iterator[pa.Table]:
     """Result tables of ``sources`` (in no particular order) from ``concurrency`` model actors on Ray."""
     with ray_runtime(address):
@@ -81,11 +81,11 @@ class RayEngine:
 
     concurrency: int = 2
     address: str | None = None
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float | None = None  # None: 1 with --device cuda, else 0
 
     def __call__(self, request: ModelRequest, sources: list[str], top_k: int,
-                 workers: int) -> tuple[Iterator[pa.Table], str]:
+                 workers: int | None) -> tuple[Iterator[pa.Table], str]:
+        gpus = gpus_per_actor(request.device, self.gpus_per_actor, "--gpus-per-actor")
         batches = ray_batches(request, sources, top_k=top_k, workers=workers, concurrency=self.concurrency,
-                              gpus_per_actor=self.gpus_per_actor, address=self.address)
-        gpus = f", {self.gpus_per_actor:g} GPU each" if self.gpus_per_actor else ""
-        return batches, f"Ray Data, {self.concurrency} actors{gpus}"
+                              gpus_per_actor=gpus, address=self.address)
+        return batches, f"Ray Data, {self.concurrency} actors" + (f", {gpus:g} GPU each" if gpus else "")

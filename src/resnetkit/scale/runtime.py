@@ -8,6 +8,7 @@ import os
 from types import ModuleType
 from typing import Iterator
 
+from ..core.device import DEVICE_WORDS, DeviceError
 from ..core.errors import ResnetkitError
 
 INSTALL_HINT = "pip install 'resnetkit[ray]'"
@@ -55,6 +56,27 @@ def ray_runtime(address: str | None = None, **local_options: object) -> Iterator
         started = _own_processes()
         ray.shutdown()
         _stop(started)
+
+
+def gpus_per_actor(device: str, asked: float | None, flag: str) -> float:
+    """GPUs each model actor asks Ray for: ``asked`` (``flag`` names it in messages), else 1 with ``--device cuda``
+    and 0 with ``auto`` or ``cpu``: decided by the word, not by this machine, whose driver may have no GPU while the
+    cluster has. Combinations an actor could not run are refused here, before anything starts."""
+    device = device.strip().lower()
+    if device not in ("auto", "cpu", "cuda", "cuda:0"):
+        if not device.startswith("cuda:"):
+            raise DeviceError(f"--device '{device}' is not a device: use {DEVICE_WORDS}.")
+        raise ResnetkitError(f"--device {device}: on Ray each actor sees only the GPUs Ray assigns it, numbered from "
+                             f"cuda:0; use --device cuda (or auto) with {flag}.")
+    gpus = asked if asked is not None else float(device.startswith("cuda"))
+    if gpus < 0:
+        raise ResnetkitError(f"{flag} must be zero or more (got {gpus:g}).")
+    if device.startswith("cuda") and gpus == 0:
+        raise ResnetkitError(f"--device {device} with {flag} 0: Ray shows an actor only the GPUs it asks for. Give "
+                             f"{flag} (e.g. 0.5), or --device auto or cpu.")
+    if device == "cpu" and gpus > 0:
+        raise ResnetkitError(f"{flag} {gpus:g} with --device cpu would hold GPUs that no actor uses; drop one of them.")
+    return gpus
 
 
 def hide_unassigned_gpus() -> None:

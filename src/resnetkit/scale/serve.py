@@ -39,7 +39,7 @@ from ..serve.hub import ModelHub, ServedModel, load_served
 from ..serve.metrics import ServeMetrics
 from ..serve.server import bind_socket
 from ..serve.settings import ModelEntry, ServeSettings
-from .runtime import hide_unassigned_gpus, ray_runtime
+from .runtime import gpus_per_actor, hide_unassigned_gpus, ray_runtime
 
 APP_NAME = "resnetkit"
 IMPORT_PATH = "resnetkit.scale.serve:build_app"
@@ -170,30 +170,13 @@ class Scaling:
         """The builder's arguments for what was given."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
-    def gpus(self, settings: ServeSettings) -> float:
-        """GPUs per replica, checked against ``--device`` (a replica that asks Ray for no GPU sees none)."""
-        device = settings.device
-        if device not in ("auto", "cpu", "cuda", "cuda:0"):
-            raise ResnetkitError(f"--device {device}: on Ray each replica sees only the GPUs Ray assigns it, "
-                                 "numbered from cuda:0; use --device cuda (or auto) with --gpus-per-replica.")
-        gpus = self.gpus_per_replica if self.gpus_per_replica is not None else float(device.startswith("cuda"))
-        if gpus < 0:
-            raise ResnetkitError(f"--gpus-per-replica must be zero or more (got {gpus:g}).")
-        if device.startswith("cuda") and gpus == 0:
-            raise ResnetkitError(f"--device {device} with --gpus-per-replica 0: Ray shows a replica only the GPUs it "
-                                 "asks for. Give --gpus-per-replica (e.g. 0.5), or --device auto or cpu.")
-        if device == "cpu" and gpus > 0:
-            raise ResnetkitError(f"--gpus-per-replica {gpus:g} with --device cpu would hold GPUs that no replica uses; "
-                                 "drop one of them.")
-        return gpus
-
     def replica_options(self, settings: ServeSettings) -> dict[str, Any]:
         """``ModelReplica.options(...)`` for one model: replicas or autoscaling, queue limits, GPUs."""
         options: dict[str, Any] = {
             # room for a full batch while the previous one runs
             "max_ongoing_requests": max(settings.max_batch_size * 2, 8), "max_queued_requests": settings.max_queue,
             **self._replicas(settings.max_batch_size)}
-        gpus = self.gpus(settings)
+        gpus = gpus_per_actor(settings.device, self.gpus_per_replica, "--gpus-per-replica")
         if gpus:
             options["ray_actor_options"] = {"num_gpus": gpus}
         return options
