@@ -50,7 +50,7 @@ class ModelWorker:
 
     def _build(self, variant: Variant, baseline_mb: float | None, device: Device, reference: bool = False) -> None:
         config = self.config
-        started = time.perf_counter()
+        started = time.monotonic()
         options = RunnerOptions(batch_size=TUNED_BATCH_SIZE, precision=variant.precision, threads=config.threads,
                                 device=device, trial_gate=self.trial_gate)
         try:
@@ -71,7 +71,7 @@ class ModelWorker:
         record = _record(variant, config, classifier, ran, peak_rss_mb())
         record.gpu_peak_mb = gpu_peak_mb(ran.device)
         record.baseline_mem_mb = baseline_mb
-        record.build_seconds = time.perf_counter() - started
+        record.build_seconds = time.monotonic() - started
         if baseline_mb is None:
             record.notes.append("peak memory includes the imports before the model was built (peak RSS cannot be reset here)")
         if len(self.entries) and not reference:

@@ -167,8 +167,7 @@ Column = tuple[str, Callable[[BenchRecord], str]]  # header, cell of a record
 
 
 def _columns(records: Sequence[BenchRecord], config: BenchConfig) -> list[Column]:
-    """The full table's columns: on a GPU the batch time, GPU memory and best batch instead of peak RSS, and a
-    threads column where the variants ran on different thread counts (else the title says it)."""
+    """The full table's columns: on a GPU the batch time, GPU memory and best batch instead of peak RSS."""
     batch = config.batch_size
     columns: list[Column] = [
         ("model", lambda r: r.label), ("params M", lambda r: _fmt(r.params_m)), ("GMACs", lambda r: _fmt(r.gmacs)),
@@ -181,8 +180,7 @@ def _columns(records: Sequence[BenchRecord], config: BenchConfig) -> list[Column
                     ("img/s @best", lambda r: _fmt(r.best_throughput_ips, 1))]
     else:
         columns += [(f"img/s @{batch}", lambda r: _fmt(r.throughput_ips, 1)), ("peak MB", lambda r: _fmt(r.peak_mem_mb, 0))]
-    if len({r.threads for r in records if not r.on_gpu}) > 1:
-        columns.append(("threads", lambda r: "-" if r.on_gpu else str(r.threads)))
+    columns += _threads_column(records)
     columns += [("top-1", lambda r: _fmt(r.top1)), ("top-5", lambda r: _fmt(r.top5)),
                 ("eager fp32 p50", lambda r: _fmt(r.reference_latency_ms_p50, 1)), ("vs eager", lambda r: r.vs_reference)]
     if config.end_to_end:
@@ -191,10 +189,18 @@ def _columns(records: Sequence[BenchRecord], config: BenchConfig) -> list[Column
     return columns
 
 
+def _threads_column(records: Sequence[BenchRecord]) -> list[Column]:
+    """A threads column where the CPU variants ran on different thread counts (else the title says it)."""
+    if len({r.threads for r in records if not r.on_gpu}) < 2:
+        return []
+    return [("threads", lambda r: "-" if r.on_gpu else str(r.threads))]
+
+
 def _places(records: Sequence[BenchRecord]) -> str:
     """Where the records were measured: any GPU, and the CPU with its thread count when all its variants share one."""
     threads = {r.threads for r in records if not r.on_gpu}
-    on_cpu = "".join(f", {count} thread{'s' if count > 1 else ''}" for count in threads) if len(threads) == 1 else ""
+    count = threads.pop() if len(threads) == 1 else None
+    on_cpu = f", {count} thread{'s' if count > 1 else ''}" if count else ""
     places = ", ".join(dict.fromkeys(r.where + ("" if r.on_gpu else on_cpu) for r in records))
     return f"{places}, torch {records[0].torch_version}"
 
@@ -231,6 +237,7 @@ def _gpu_note(records: Sequence[BenchRecord], config: BenchConfig) -> str:
         return ""
     return (f"\non the GPU: every timed call synchronised with it (before and after); timing inputs made on the GPU, "
             "so the figures are the model's own, as plain PyTorch benchmarks measure them (no copy from the host); "
+            "fp32 convolutions run in TF32 where the GPU has it (PyTorch's cuDNN default); "
             "GPU MB: the most memory torch allocated on the GPU (torch.cuda.max_memory_allocated) while the built "
             f"variant ran its warm-up and a batch of {config.batch_size}, weights included; best batch: doubling from "
             f"{config.batch_size} up to {BEST_BATCH_LIMIT} while img/s rose by more than {BEST_BATCH_GAIN:.0%} "
@@ -241,7 +248,8 @@ def _print_seeds_table(records: Sequence[BenchRecord], config: BenchConfig, publ
                        wall_seconds: float) -> None:
     """The seeds' table (ms per batch, GPU MB, img/s), with the published figures next to ours when given."""
     columns: list[Column] = [("model", lambda r: r.label), (f"ms/batch @{config.batch_size}", lambda r: _fmt(r.batch_ms_p50, 2)),
-                             ("GPU MB", lambda r: _fmt(r.gpu_peak_mb, 0)), ("img/s", lambda r: _fmt(r.throughput_ips, 0))]
+                             ("GPU MB", lambda r: _fmt(r.gpu_peak_mb, 0)), ("img/s", lambda r: _fmt(r.throughput_ips, 0)),
+                             *_threads_column(records)]
     theirs = f"; published: {published.device} ({published.source})" if published else ""
     if published:
         row = lambda r: published.rows.get(r.model, PublishedRow())  # noqa: E731
@@ -251,7 +259,8 @@ def _print_seeds_table(records: Sequence[BenchRecord], config: BenchConfig, publ
     _print_rows(f"the seeds' table: batch {config.batch_size}, {size}x{size}, {SEEDS_PRECISION}; ours: "
                 f"{_places(records)}{theirs}", columns, records)
     console.print(
-        f"ours: ms/batch = median of {config.throughput_runs} timed batches of {config.batch_size} taken in the "
+        f"ours: ms/batch = median of {config.throughput_runs} timed batch{'es' if config.throughput_runs > 1 else ''} "
+        f"of {config.batch_size} taken in the "
         f"interleaved rounds, img/s = {config.batch_size} / that; {_rounds_note(records, config)}."
         f"{_gpu_note(records, config)}\n{_load_note(records, wall_seconds)}", highlight=False)
     if published is None:
