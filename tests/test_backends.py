@@ -209,7 +209,7 @@ def test_int8_backends_run_int8_and_stay_close(backend: str, cifar_weights, cifa
 def test_auto_says_what_it_picked(eager) -> None:
     runner = _same_weights("auto", FP32, eager)
     choice = runner.tuning.choice
-    assert runner.backend == f"{choice.backend} (auto)" and runner.precision == choice.precision == "fp32"
+    assert runner.auto and runner.backend == choice.backend and runner.precision == choice.precision == "fp32"
     assert runner.timings_ms[choice.label] == min(runner.timings_ms.values())
     batch = torch.randn(2, 3, 32, 32)
     assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
@@ -237,3 +237,45 @@ def test_backends_command_lists_versions() -> None:
     from resnetkit.backends.openvino import default_precision
 
     assert rows["openvino"]["default_precision"] == default_precision()
+    assert rows["eager"]["devices"] == ["cpu", "cuda"] and rows["onnxruntime"]["devices"] == ["cpu"]
+
+
+def test_backends_say_what_they_write() -> None:
+    result = CliRunner().invoke(app, ["backends", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(result.stdout)}
+    assert rows["onnxruntime"]["exports"] == [{"format": "onnx", "suffix": ".onnx"}]
+    assert rows["openvino"]["exports"] == [{"format": "openvino", "suffix": ".xml"}]
+    assert rows["torchscript"]["exports"] == [{"format": "torchscript", "suffix": ".torchscript"}]
+    defaults = {q["method"]: name for name, row in rows.items() for q in row["quantizes"] if q["default"]}
+    assert defaults == {"fp16": "openvino", "bf16": "openvino", "static-int8": "openvino", "dynamic-int8": "onnxruntime"}
+    assert [(q["method"], q["suffix"]) for q in rows["eager"]["quantizes"]] == [("fp16", ".pt"), ("bf16", ".pt")]
+    assert rows["eager"]["exports"] == [] and rows["auto"]["quantizes"] == []
+    table = CliRunner().invoke(app, ["backends", "--device", "cpu"])
+    assert "default on CPU" in table.stdout and "export onnx; quantize dynamic-int8" in table.stdout
+    assert "quantize fp16, bf16" in table.stdout and "cpu, cuda" in table.stdout
+
+
+def test_the_registry_refuses_a_second_writer_of_an_export_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    onnx = runners.get_backend("onnxruntime").formats[0]
+    runners.registered()
+    monkeypatch.setattr(runners, "_BACKENDS", dict(runners._BACKENDS))
+    with pytest.raises(ValueError, match="export format 'onnx' is already written by backend 'onnxruntime'"):
+        runners.register(runners.Backend("onnx_again", "another ONNX writer", ("fp32",), formats=(onnx,)))
+
+
+def test_exported_graphs_tap_features_through_their_backend(eager) -> None:
+    from resnetkit.features.exported import exported_features_runner
+    from resnetkit.run.loading import Classifier
+
+    batch, seen = torch.randn(2, 3, 32, 32), []
+    hook = eager.module.linear.register_forward_hook(lambda layer, inputs, output: seen.append(inputs[0]))
+    try:
+        eager.logits(batch)
+    finally:
+        hook.remove()
+    for backend in ("onnxruntime", "openvino"):
+        features = exported_features_runner(Classifier(eager.meta, _same_weights(backend, FP32, eager)))
+        assert features is not None and features.backend == backend
+        assert torch.allclose(features(batch), seen[0], atol=1e-3)  # the head's input: the pooled features
+    assert exported_features_runner(Classifier(eager.meta, _same_weights("eager", FP32, eager))) is None

@@ -26,10 +26,11 @@ from resnetkit.core.device import CPU
 from resnetkit.core.errors import BackendUnavailableError, UnknownModelError
 from resnetkit.core.spec import ModelMeta, PublishedMetrics, Step
 from resnetkit.core.zoo import get_spec
+from resnetkit.run.classify import classify
 
-from conftest import make_image
+from conftest import make_image, run_cli
 
-# The whole of a new backend: one module. Shown in docs/architecture.md.
+# The whole of a new backend: one module. Shown in docs/architecture.md ("a backend").
 EXAMPLE_BACKEND = '''
 """PyTorch eager with channels-last memory layout (an example backend)."""
 
@@ -54,20 +55,70 @@ register(Backend("channels_last", "PyTorch eager, channels-last memory layout", 
                  lambda module, meta, options: ChannelsLastRunner(module)))
 '''
 
+# A backend that writes a new file format, also one module (shown in docs/architecture.md too).
+EXAMPLE_FILE_BACKEND = '''
+"""torch.export programs (.pt2): written by 'resnetkit export --format pt2', run by PyTorch (an example backend)."""
+
+from pathlib import Path
+
+import torch
+
+from resnetkit.backends.base import Backend, ExportSettings, FileFormat, FileWriter, RunnerOptions, register
+from resnetkit.backends.common import meta_from_json, meta_to_json
+from resnetkit.core.fileio import atomic_write
+from resnetkit.core.spec import ModelMeta
+
+META_FILE = "resnetkit_meta.json"
+
+
+class ExportedProgramRunner:
+    backend = "torch_export"
+    precision = "fp32"
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        self.module = program.module()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch.float()).float()
+
+
+def write(module: torch.nn.Module, meta: ModelMeta, path: Path, settings: ExportSettings) -> None:
+    example = torch.zeros(2, *meta.preprocessing.input_shape)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with atomic_write(path) as handle:
+        torch.export.save(program, handle, extra_files={META_FILE: meta_to_json(meta)})
+
+
+def read(path: Path, options: RunnerOptions) -> tuple[ExportedProgramRunner, ModelMeta]:
+    extra = {META_FILE: ""}
+    program = torch.export.load(path, extra_files=extra)
+    return ExportedProgramRunner(program), meta_from_json(extra[META_FILE], path)
+
+
+register(Backend("torch_export", "torch.export programs (.pt2), fp32", ("fp32",),
+                 formats=(FileFormat((".pt2",), "a torch.export program", read, export=FileWriter("pt2", write)),)))
+'''
+
+EXAMPLE_MODULES = {"rk_channels_last": EXAMPLE_BACKEND, "rk_torch_export": EXAMPLE_FILE_BACKEND}
+
 
 @pytest.fixture
 def example_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The example module installed as a third-party plug-in (entry point ``resnetkit.backends``)."""
-    (tmp_path / "rk_channels_last.py").write_text(textwrap.dedent(EXAMPLE_BACKEND))
+    """The example modules installed as third-party plug-ins (entry points ``resnetkit.backends``); the name of
+    the first."""
+    entry_points = []
+    for module, text in EXAMPLE_MODULES.items():
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(text))
+        monkeypatch.delitem(sys.modules, module, raising=False)
+        entry_points.append(importlib.metadata.EntryPoint(module, module, base.ENTRY_POINT_GROUP))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "rk_channels_last", raising=False)
-    entry_point = importlib.metadata.EntryPoint("channels_last", "rk_channels_last", base.ENTRY_POINT_GROUP)
     real = importlib.metadata.entry_points
     monkeypatch.setattr(importlib.metadata, "entry_points",
-                        lambda **kw: [entry_point] if kw.get("group") == base.ENTRY_POINT_GROUP else real(**kw))
+                        lambda **kw: entry_points if kw.get("group") == base.ENTRY_POINT_GROUP else real(**kw))
     base.load_backend_modules()
     monkeypatch.setattr(base, "_BACKENDS", dict(base._BACKENDS))  # restored after the test
-    monkeypatch.setattr(base, "_LOADED", False)  # rediscover: package modules are cached, the plug-in is new
+    monkeypatch.setattr(base, "_LOADED", False)  # rediscover: package modules are cached, the plug-ins are new
     return "channels_last"
 
 
@@ -85,6 +136,38 @@ def test_a_new_backend_is_one_module(example_backend: str) -> None:
         load_model("cifar_resnet20", pretrained=False, backend=example_backend, options=RunnerOptions(precision="bf16"))
     assert example_backend in [b.name for b in auto.candidates("fp32", CPU)]
     assert example_backend not in [b.name for b in auto.candidates("int8", CPU)]
+
+
+@pytest.mark.slow
+def test_a_backend_that_writes_a_new_file_format_is_one_module(example_backend: str, tmp_path: Path) -> None:
+    backends = {r["backend"]: r for r in json.loads(run_cli("backends", "--json").stdout)}
+    assert backends["torch_export"]["reads"] == [".pt2"]
+    assert backends["torch_export"]["exports"] == [{"format": "pt2", "suffix": ".pt2"}]
+    assert "export pt2" in run_cli("backends").stdout
+    path = tmp_path / "r20.pt2"
+    exported = run_cli("export", "cifar_resnet20", "--random-weights", "--format", "pt2", "-o", path, "--json")
+    assert exported.returncode == 0, exported.stderr
+    report = json.loads(exported.stdout)
+    assert (report["format"], report["backend"], report["precision"]) == ("pt2", "torch_export", "fp32")
+    assert report["agreement"]["top1_agreement"] == 100.0 and report["agreement"]["max_abs_diff"] < 1e-4
+    loaded = load_model(path)
+    assert (loaded.ran.backend, loaded.meta.format, loaded.meta.name) == ("torch_export", "pt2", "r20")
+    assert [step.describe() for step in loaded.meta.provenance.recipe] == ["export pt2"]
+    image = make_image(tmp_path / "x.png")
+    classified = run_cli("classify", path, image, "--top-k", 3, "--json")
+    assert classified.returncode == 0, classified.stderr
+    got = json.loads(classified.stdout)["results"][0]["predictions"]
+    [want] = classify(load_model("cifar_resnet20", pretrained=False, backend="eager"), [image], top_k=3)
+    assert [p["label"] for p in got] == [p.label for p in want.predictions]
+    assert [p["score"] for p in got] == pytest.approx([p.score for p in want.predictions], abs=1e-5)
+    wrong = run_cli("export", "cifar_resnet20", "--random-weights", "--format", "pt2", "-o", tmp_path / "r20.onnx")
+    assert wrong.returncode == 2 and "pt2 files end in .pt2: use -o" in wrong.stderr
+
+
+def test_the_docs_show_the_example_backends_as_tested() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    for text in EXAMPLE_MODULES.values():
+        assert f"```python{textwrap.dedent(text)}```" in doc
 
 
 def test_files_are_read_by_the_backends_that_register_their_suffix(tmp_path: Path) -> None:
@@ -164,19 +247,18 @@ def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "tuning.json"
     monkeypatch.setenv(tuning.ENV_VAR, str(path))
     monkeypatch.setattr(auto, "TRIAL_SECONDS", 0.06)
-    monkeypatch.setattr(auto, "thread_counts", lambda asked=None: [asked or 1])
+    monkeypatch.setattr(auto, "thread_counts", lambda device, asked=None: [asked or 1])
     return path
 
 
 @pytest.mark.slow
 def test_auto_is_the_default_and_says_what_ran(fresh_cache: Path) -> None:
     model = load_model("cifar_resnet20", pretrained=False)
-    assert model.runner.backend.endswith(" (auto)")
+    assert model.ran.auto
     # the fastest of fp32 and the default precision (bf16 where the CPU has it natively), never int8
     assert model.runner.precision in {"fp32", auto.default_precision(CPU)}
     assert model.runner.tuning.choice.precision == model.runner.precision
-    name = model.runner.backend.removesuffix(" (auto)")
-    assert base.runner_label(model.runner) == f"{name}/{model.runner.precision} (auto)"
+    assert base.runner_label(model.runner) == f"{model.ran.backend}/{model.runner.precision} on CPU (auto)"
     tried = {label.split("/")[0] for label in model.runner.timings_ms}
     assert {"eager", "onnxruntime", "openvino"} <= tried and "compile" not in tried
     exact = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(precision="fp32"))
@@ -226,7 +308,8 @@ def test_auto_tunes_once_then_reads_the_cache(fresh_cache: Path) -> None:
 def test_a_changed_machine_or_library_retunes(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     load_model("cifar_resnet20", pretrained=False).runner.backend  # tune and store
     real = tuning.machine()
-    monkeypatch.setattr(tuning, "machine", lambda: {**real, "libraries": {**real["libraries"], "openvino": "0.0-faked"}})
+    faked = {**real, "libraries": {**real["libraries"], "openvino": "0.0-faked"}}
+    monkeypatch.setattr(tuning, "machine", lambda device=CPU: faked)
     again = load_model("cifar_resnet20", pretrained=False).runner
     assert not again.cached
     [entry] = tuning.entries()  # the entry of the old library versions was replaced
@@ -300,11 +383,11 @@ def test_tuning_cache_keeps_the_fastest_and_rebuilds_only_it(fresh_cache: Path, 
                 Candidate("quick", "fp32", 1): lambda: Sleeper("quick", 0.0)}
     meta, options = get_spec("cifar_resnet20").meta(), RunnerOptions(batch_size=4)
     first = auto.tuned("m", "key-1", meta, options, builders)
-    assert (first.backend, first.cached, sorted(built)) == ("quick (auto)", False, ["quick", "slow"])
+    assert (first.backend, first.cached, sorted(built)) == ("quick", False, ["quick", "slow"])
     assert first.timings_ms["slow/fp32/1t"] > first.timings_ms["quick/fp32/1t"]
     built.clear()
     second = auto.tuned("m", "key-1", meta, options, builders)
-    assert (second.backend, second.cached, built) == ("quick (auto)", True, ["quick"])  # only the winner is built
+    assert (second.backend, second.cached, built) == ("quick", True, ["quick"])  # only the winner is built
     assert not auto.tuned("m", "key-1", meta, dataclasses.replace(options, batch_size=8), builders).cached
-    monkeypatch.setattr(tuning, "machine", lambda: {"cpu": "another CPU", "cores": 64, "libraries": {}})
+    monkeypatch.setattr(tuning, "machine", lambda device=CPU: {"cpu": "another CPU", "cores": 64, "libraries": {}})
     assert not auto.tuned("m", "key-1", meta, options, builders).cached  # another machine: measured again
