@@ -19,16 +19,20 @@ from PIL import Image, ImageDraw
 
 from resnetkit import load_model
 from resnetkit.cli import app
+from resnetkit.core.device import CPU, Device, cuda_count, resolve_device
 from resnetkit.core.errors import DatasetError
+from resnetkit.core.zoo import get_spec
 from resnetkit.train import TrainConfig, TrainingError, TrainingInterrupted, finetune_module, resume, run
+from resnetkit.train import hardware
 from resnetkit.train.config import FROM_RANDOM, FROM_WEIGHTS
-from resnetkit.train.data import load_splits, rare_format_files
+from resnetkit.train.data import Normalize, ShardedSampler, eval_transform, load_splits, make_loader, rare_format_files
 from resnetkit.train.distill import distill_with_baseline
 from resnetkit.train.engine import out_of_memory_advice
 from resnetkit.train.objectives import CrossEntropyObjective, DistillationObjective
 from resnetkit.train.optim import lr_factor
+from resnetkit.train.reporting import format_row
 
-from conftest import run_cli
+from conftest import CIFAR_TRAIN, require, run_cli
 
 COLOURS = {"blue": (30, 30, 220), "green": (30, 200, 30), "red": (220, 30, 30)}
 RESNETKIT = str(Path(sys.executable).with_name("resnetkit"))
@@ -59,9 +63,9 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def scratch(data: Path, out: Path, **overrides) -> TrainConfig:
-    """cifar_resnet20 from random weights, 3 epochs of 5 batches."""
+    """cifar_resnet20 from random weights, 3 epochs of 5 batches, on the CPU (also where there is a GPU)."""
     settings = dict(task="train", model="cifar_resnet20", data_dir=str(data), out_dir=str(out), epochs=3, lr=0.05,
-                    batch_size=16, pretrained=False)
+                    batch_size=16, pretrained=False, device="cpu")
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -92,6 +96,22 @@ def test_training_learns_and_writes_a_run_folder(trained_run: tuple[Path, dict])
     for name in ("best.pt", "last.pt", "metrics.csv", "metrics.json", "curves.png", "config.json"):
         assert (out / name).is_file(), name
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,lr,train_loss")
+    assert (out / "metrics.csv").read_text().splitlines()[0].endswith(",images_per_s,data_wait")
+
+
+def test_epochs_report_the_share_of_time_waiting_for_data(trained_run: tuple[Path, dict]) -> None:
+    out, summary = trained_run
+    history = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert all(0 <= row["data_wait"] <= 1 for row in history) and summary["final"] == history[-1]
+    line = format_row(history[0], 3)
+    assert line.endswith(f"| {100 * history[0]['data_wait']:.0f}% of the time waiting for data")
+    assert format_row({k: v for k, v in history[0].items() if k != "data_wait"}, 3).endswith("img/s")  # older runs
+
+
+def test_cpu_runs_use_data_workers_and_keep_fp32(trained_run: tuple[Path, dict]) -> None:
+    assert trained_run[1]["hardware"] == {
+        "device": "cpu", "device_name": "CPU", "precision": "fp32", "channels_last": False,
+        "workers": hardware.default_workers(), "pin_memory": False, "prefetch_factor": 2, "compile": False}
 
 
 @pytest.mark.slow
@@ -145,6 +165,77 @@ def test_mixed_precision_accumulation_clipping_onecycle(shapes: Path, tmp_path: 
     rows = epoch_metrics(tmp_path / "amp")
     assert all(np.isfinite(r["train_loss"]) for r in rows) and rows[1]["train_loss"] < rows[0]["train_loss"]
     assert summary["final"]["lr"] == pytest.approx(0.05 / 1e4, rel=0.01)
+
+
+def test_results_do_not_depend_on_the_number_of_workers(shapes: Path, tmp_path: Path) -> None:
+    """Each image's augmentation comes from its own seed, so workers change the speed, not the batches."""
+    rows = [epoch_metrics(run(scratch(shapes, tmp_path / f"w{workers}", epochs=1, workers=workers), log=lambda m: None,
+                              progress_bar=False))[0] for workers in (0, 2)]
+    assert rows[0] == rows[1]
+
+
+def test_device_normalization_equals_the_models_own_preprocessing(shapes: Path) -> None:
+    pre = get_spec("resnet18").meta().preprocessing
+    image = Image.open(next((shapes / "train" / "red").iterdir())).convert("RGB")
+    on_device = Normalize(pre, torch.device("cpu"), torch.channels_last)(eval_transform(pre)(image)[None])
+    assert on_device.dtype == torch.float32 and on_device.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(on_device[0], pre.transform()(image))
+
+
+@pytest.mark.parametrize("device, given, expected", [
+    (CPU, {}, {"precision": "fp32", "channels_last": False, "workers": 15, "pin_memory": False}),
+    (Device("cuda", 0), {}, {"precision": "fp16", "channels_last": True, "workers": 15, "pin_memory": True}),
+    (CPU, {"amp": True}, {"precision": "bf16"}),
+    (Device("cuda", 0), {"amp": True}, {"precision": "fp16"}),
+    (Device("cuda", 0), {"precision": "fp32", "channels_last": False, "workers": 3},
+     {"precision": "fp32", "channels_last": False, "workers": 3}),
+    (CPU, {"workers": 0}, {"workers": 0}),
+])
+def test_defaults_follow_the_device_and_the_cores(monkeypatch: pytest.MonkeyPatch, device: Device, given: dict,
+                                                 expected: dict) -> None:
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 16)
+    plan = hardware.plan(TrainConfig(task="train", **given), device)
+    assert {name: getattr(plan, name) for name in expected} == expected
+    options = plan.loader_options()
+    if plan.workers:
+        assert options["persistent_workers"] and options["prefetch_factor"] == (4 if device.is_cuda else 2)
+    else:
+        assert "persistent_workers" not in options
+    assert options["pin_memory"] == device.is_cuda
+
+
+def test_workers_are_shared_by_the_processes_of_a_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 16)
+    assert [hardware.default_workers(n) for n in (1, 2, 8, 16, 32)] == [15, 7, 1, 1, 1]
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 1)
+    assert hardware.default_workers() == 1
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"precision": "fp16"}, "fp16 needs a CUDA GPU"),
+    ({"precision": "int8"}, "--precision must be one of fp32, fp16, bf16"),
+    ({"amp": True, "precision": "fp32"}, "pass one of them"),
+])
+def test_precision_errors(given: dict, message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        hardware.plan(TrainConfig(task="train", **given), CPU)
+
+
+@pytest.mark.skipif(cuda_count() > 0, reason="checks the message of a machine without a GPU")
+def test_cli_device_cuda_without_a_gpu_is_one_error_line(shapes: Path, tmp_path: Path) -> None:
+    done = run_cli("train", "cifar_resnet20", shapes, "-o", tmp_path / "run", "--device", "cuda")
+    assert done.returncode == 2 and done.stderr.startswith("error: --device cuda: torch sees no CUDA GPU")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_compile_trains_a_step_and_says_it_compiles(shapes: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    summary = run(scratch(shapes / "train", tmp_path / "compiled", epochs=1, batch_size=72, val_split=0.0, compile=True),
+                  log=lines.append, progress_bar=False)
+    assert summary["hardware"]["compile"] and np.isfinite(summary["final"]["train_loss"])
+    assert summary["final"]["images"] == 72
+    assert any(line.startswith("compiling: the first step takes tens of seconds") for line in lines)
 
 
 def test_out_of_memory_becomes_advice() -> None:
@@ -251,6 +342,7 @@ def test_cli_finetune_and_error_messages(trained_run: tuple[Path, dict], shapes:
                    "--batch-size", "32", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["val_source"] == str(shapes / "val")
+    assert "% of the time waiting for data" in done.stderr.splitlines()[-1]
     again = run_cli("finetune", "cifar_resnet20", shapes, "-o", out)
     assert again.returncode == 2 and again.stderr.startswith(f"error: {out} already holds a run") and "--resume" in again.stderr
 
@@ -319,7 +411,7 @@ def test_ddp_two_processes_on_gloo(trained_run: tuple[Path, dict], shapes: Path,
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     done = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", RESNETKIT, "train", "cifar_resnet20",
                            str(shapes), "-o", str(tmp_path / "two"), "--epochs", "3", "--batch-size", "8", "--lr", "0.05",
-                           "--json"], capture_output=True, text=True, timeout=180)
+                           "--device", "cpu", "--json"], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["world_size"] == 2  # only rank 0 prints
     one, two = (json.loads((d / "metrics.json").read_text()) for d in (trained_run[0], tmp_path / "two"))
@@ -341,3 +433,39 @@ def test_finetune_cifar_weights_on_hymenoptera(cifar_weights: Path, hymenoptera_
     assert summary["classes"] == ["ants", "bees"] and summary["final"]["images"] == 245
     assert any("imageNotFound.gif" in line for line in lines)
     assert load_model(tmp_path / "ants" / "best.pt").meta.extra["train"]["head_lr"] == pytest.approx(0.1)
+
+
+# --- GPU ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cifar_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 300 training images of each CIFAR-10 class (symbolic links)."""
+    source, root = require(CIFAR_TRAIN), tmp_path_factory.mktemp("cifar3k")
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir()
+        for file in sorted(folder.iterdir())[:300]:
+            (root / folder.name / file.name).symlink_to(file)
+    return root
+
+
+@pytest.mark.gpu
+def test_cuda_defaults_train_cifar_resnet20(cifar_subset: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    summary = run(TrainConfig(task="train", model="cifar_resnet20", data_dir=str(cifar_subset), out_dir=str(tmp_path / "gpu"),
+                              epochs=2, batch_size=128, val_split=0.0, device="cuda"), log=lines.append, progress_bar=False)
+    used = summary["hardware"]
+    assert used["device"] == "cuda:0" and used["precision"] == "fp16" and used["channels_last"] and used["pin_memory"]
+    assert used["workers"] == hardware.default_workers() > 0
+    first, second = epoch_metrics(tmp_path / "gpu")
+    assert second["train_loss"] < first["train_loss"] and second["train_top1"] > 20  # chance is 10 %
+    assert "fp16 autocast + gradient scaler, channels_last" in lines[0]
+
+
+@pytest.mark.gpu
+def test_cuda_batches_arrive_pinned(cifar_subset: Path) -> None:
+    plan = hardware.plan(TrainConfig(task="train"), resolve_device("cuda"))
+    splits = load_splits(str(cifar_subset), None, 0.0, seed=0)
+    loader = make_loader(splits.train, eval_transform(get_spec("cifar_resnet20").meta().preprocessing),
+                         ShardedSampler(len(splits.train), shuffle=True, seed=0), 64, plan.loader_options())
+    batch = next(iter(loader))
+    assert batch.images.dtype == torch.uint8 and batch.images.is_pinned() and batch.labels.is_pinned()

@@ -16,7 +16,8 @@ from ..train.checkpoint import load_resumable
 from ..train.config import FROM_RANDOM, FROM_WEIGHTS, TrainingError
 from ..train.distill import distill_with_baseline
 from ..train.distributed import launched_rank
-from .app import app, console, default, err_console, print_json
+from ..train.hardware import default_workers
+from .app import DeviceOpt, app, console, default, err_console, print_json
 
 
 def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
@@ -58,15 +59,23 @@ COMMON = [
     _param("schedule", _opt(str, "--schedule", help="cosine | onecycle (30 % warm-up from lr/25)."), "cosine"),
     _param("warmup_epochs", _opt(float, "--warmup-epochs", help="Linear warm-up length in epochs (overrides the schedule's)."), 0.0),
     _param("clip_grad", _opt(float | None, "--clip-grad", help=default("Clip the global gradient norm to this value.", "no clipping"))),
-    _param("amp", _opt(bool, "--amp", help="Mixed precision: bf16 autocast on CPU, fp16 + gradient scaler on CUDA."), False),
-    _param("channels_last", _opt(bool, "--channels-last", help="Channels-last memory format."), False),
+    _param("precision", _opt(str | None, "--precision", help=default(
+        "fp32 | fp16 (autocast + gradient scaler; CUDA only) | bf16 (autocast).", "fp16 on CUDA, fp32 on CPU"))),
+    _param("amp", _opt(bool, "--amp", help="Mixed precision, the device's kind: an alias of --precision fp16 on CUDA "
+                                           "(its default) and --precision bf16 on CPU."), False),
+    _param("channels_last", _opt(bool | None, "--channels-last/--no-channels-last", help=default(
+        "Channels-last memory format for weights and batches.", "on CUDA, off on CPU"))),
+    _param("compile", _opt(bool, "--compile", help="torch.compile the model: faster steps, but the first step takes "
+                                                   "tens of seconds to compile (and the epoch's last, smaller batch again)."), False),
     _param("val_dir", _opt(str | None, "--val", help=default("Validation folder.", "DATA_DIR/val if present"))),
     _param("val_split", _opt(float | None, "--val-split", help=default("Fraction of each class held out when there is no validation folder; 0 = none.", 0.1))),
     _param("early_stop", _opt(int | None, "--early-stop", min=1, help=default("Stop after this many epochs without a better validation accuracy.", "never"))),
     _param("augment", _opt(str, "--augment", help="standard (crop + flip for the model's input size) | none."), "standard"),
-    _param("workers", _opt(int, "--workers", min=0, help="Data-loading processes."), 0),
+    _param("workers", _opt(int | None, "--workers", min=0, help=default(
+        "Data-loading processes; 0 loads in the training process.",
+        f"the usable cores minus one per training process, at least 1: {default_workers()} here"))),
     _param("seed", _opt(int, "--seed", help="Seed of initialisation, split, shuffling and augmentation."), 0),
-    _param("device", _opt(str, "--device", help="auto | cpu | cuda | cuda:N."), "auto"),
+    _param("device", DeviceOpt, "auto"),
     _param("resume", _opt(str | None, "--resume", help=default("Continue the run in this folder exactly where it stopped (its saved settings are used).", "a new run"))),
     _param("json_output", _opt(bool, "--json", help="Print the run summary as JSON to stdout (progress goes to stderr)."), False),
 ]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..core.artifacts import build_from_artifact
+from ..core.device import resolve_device
 from ..core.fileio import write_text_atomic
 from ..run.loading import Classifier, load_model
 from ..core.spec import ModelMeta, PublishedMetrics
@@ -21,37 +22,44 @@ from .config import TrainConfig, TrainingError
 from .data import DataSplits, load_splits, rare_format_files
 from .distributed import Dist
 from .engine import Objective, Trainer
+from .hardware import Hardware, processes_on_this_machine
+from .hardware import plan as hardware_plan
 from .objectives import CrossEntropyObjective, DistillationObjective
 from .reporting import Log, stderr_log
 
 
 def run(config: TrainConfig, *, log: Log = stderr_log, progress_bar: bool | None = None) -> dict[str, Any]:
     """Start a run: finetune (new head), train (random init) or distill; returns the summary."""
+    ctx = distributed.setup(config.device)
+    try:
+        return new_trainer(config, ctx, log=log, progress_bar=progress_bar).fit()
+    finally:
+        distributed.teardown(ctx)
+
+
+def new_trainer(config: TrainConfig, ctx: Dist, *, log: Log = stderr_log, progress_bar: bool | None = None) -> Trainer:
+    """The :class:`Trainer` of a new run in ``config.out_dir`` (its ``config.json`` written), ready to ``fit()``."""
     if not config.out_dir:
         raise TrainingError("A run needs an output folder (-o RUN_DIR).")
     run_dir = Path(config.out_dir)
     if (run_dir / ckpt.LAST).exists():
         raise TrainingError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, or pick another -o.")
-    ctx = distributed.setup(config.device)
-    try:
-        teacher = _load_teacher(config)
-        splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed,
-                             teacher.meta.categories if teacher else None)
-        torch.manual_seed(config.seed)
-        module, meta, new_head = initial_model(config.model, splits.classes, config.pretrained, run_dir)
-        if config.head_lr is None:  # a new head on pretrained features learns faster than the features
-            config = config.replace(head_lr=10 * config.lr if new_head and config.pretrained else config.lr)
-        if teacher:
-            check_same_input(teacher.meta, meta)
-        _announce(config, splits, meta, ctx, log)
-        if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        trainer = Trainer(module, meta, config, splits, _objective(config, teacher, ctx), ctx, run_dir, log,
-                          progress_bar=progress_bar)
-        return trainer.fit()
-    finally:
-        distributed.teardown(ctx)
+    hardware = hardware_plan(config, ctx.device, processes_on_this_machine())
+    teacher = _load_teacher(config)
+    splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed,
+                         teacher.meta.categories if teacher else None)
+    torch.manual_seed(config.seed)
+    module, meta, new_head = initial_model(config.model, splits.classes, config.pretrained, run_dir)
+    if config.head_lr is None:  # a new head on pretrained features learns faster than the features
+        config = config.replace(head_lr=10 * config.lr if new_head and config.pretrained else config.lr)
+    if teacher:
+        check_same_input(teacher.meta, meta)
+    _announce(config, splits, meta, ctx, hardware, log)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    return Trainer(module, meta, config, splits, _objective(config, teacher, hardware), ctx, run_dir, log, hardware,
+                   progress_bar=progress_bar)
 
 
 def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None, log: Log = stderr_log,
@@ -61,22 +69,26 @@ def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None, log: L
     config = state.config.replace(out_dir=str(run_dir), **({"epochs": epochs} if epochs else {}))
     ctx = distributed.setup(config.device)
     try:
+        hardware = hardware_plan(config, ctx.device, processes_on_this_machine())
         teacher = _load_teacher(config)
         splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed, state.meta.categories)
         module = build_from_artifact(state.meta, state.model_state)
         where = f", inside epoch {state.progress.epoch + 1} after batch {state.progress.step}" if state.progress.step else ""
         if ctx.is_main:
-            log(f"resuming {run_dir}: {state.progress.epoch} of {config.epochs} epochs done{where}")
-        trainer = Trainer(module, state.meta, config, splits, _objective(config, teacher, ctx), ctx, Path(run_dir), log,
-                          resume=state, progress_bar=progress_bar)
+            log(f"resuming {run_dir}: {state.progress.epoch} of {config.epochs} epochs done{where}; {hardware.describe()}")
+        trainer = Trainer(module, state.meta, config, splits, _objective(config, teacher, hardware), ctx, Path(run_dir),
+                          log, hardware, resume=state, progress_bar=progress_bar)
         return trainer.fit()
     finally:
         distributed.teardown(ctx)
 
 
 def finetune_module(module: nn.Module, meta: ModelMeta, train_dir: str | Path, *, epochs: int, lr: float = 0.01,
-                    batch_size: int = 64, val_dir: str | Path | None = None, workers: int = 0, seed: int = 0) -> dict:
-    """Train all parameters of ``module`` in place (no new head) on folders named like ``meta.categories``.
+                    batch_size: int = 64, val_dir: str | Path | None = None, workers: int | None = None,
+                    seed: int = 0) -> dict:
+    """Train all parameters of ``module`` in place (no new head) on folders named like ``meta.categories``,
+    on the device it is on, with that device's defaults (precision, memory format; ``workers`` None: the
+    usable cores minus one).
 
     Uses the model's augmentation and preprocessing; writes nothing. Returns the last epoch's
     metrics (``train_loss``, ``train_top1``, ``val_loss``, ``val_top1`` (None without ``val_dir``), ...).
@@ -86,8 +98,10 @@ def finetune_module(module: nn.Module, meta: ModelMeta, train_dir: str | Path, *
                          workers=workers, seed=seed)
     splits = load_splits(config.data_dir, config.val_dir, 0.0, seed, meta.categories)
     torch.manual_seed(seed)
-    device = next(module.parameters()).device
-    summary = Trainer(module, meta, config, splits, CrossEntropyObjective(), Dist(device=device), None, stderr_log).fit()
+    device = resolve_device(str(next(module.parameters()).device))
+    hardware = hardware_plan(config, device)
+    summary = Trainer(module, meta, config, splits, CrossEntropyObjective(), Dist(device=device), None, stderr_log,
+                      hardware).fit()
     module.eval()
     return summary["final"]
 
@@ -130,19 +144,19 @@ def check_same_input(teacher: ModelMeta, student: ModelMeta) -> None:
                             f"{s.describe()}; pick a teacher and a student with the same input size and normalization.")
 
 
-def _objective(config: TrainConfig, teacher: Classifier | None, ctx: Dist) -> Objective:
+def _objective(config: TrainConfig, teacher: Classifier | None, hardware: Hardware) -> Objective:
     if teacher is None:
         return CrossEntropyObjective(config.label_smoothing)
-    return DistillationObjective(teacher.module.to(ctx.device, memory_format=config.memory_format), config.temperature,
-                                 config.alpha, config.label_smoothing)
+    module = teacher.module.to(hardware.device.torch, memory_format=hardware.memory_format)
+    return DistillationObjective(module, config.temperature, config.alpha, config.label_smoothing)
 
 
-def _announce(config: TrainConfig, splits: DataSplits, meta: ModelMeta, ctx: Dist, log: Log) -> None:
+def _announce(config: TrainConfig, splits: DataSplits, meta: ModelMeta, ctx: Dist, hardware: Hardware, log: Log) -> None:
     if not ctx.is_main:
         return
     log(f"{config.task} {config.model} -> {config.out_dir}: {len(splits.classes)} classes, "
         f"{len(splits.train)} train images ({splits.train_dir}), {len(splits.val)} val images ({splits.val_source}), "
-        f"input {meta.preprocessing.crop_size}px, mode {config.mode}, device {ctx.device}"
+        f"input {meta.preprocessing.crop_size}px, mode {config.mode}, batch {config.batch_size}; {hardware.describe()}"
         + (f", {ctx.world} processes" if ctx.enabled else ""))
     for path in rare_format_files(splits.train + splits.val):
         log(f"note: {path} has a format that is rare in its class folder; it decodes and is used, but check it is "

@@ -6,8 +6,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ..core.errors import ResnetkitError
 
 TASKS = ("finetune", "train", "distill")
@@ -15,6 +13,7 @@ MODES = ("head", "last-stage", "full")
 SCHEDULES = ("cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adamw")
 AUGMENTS = ("standard", "none")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 # Defaults that depend on how a run starts: from trained weights (fine-tuning, the default except for
 # "train"), or from random weights, which need a higher learning rate, more epochs and more weight decay.
@@ -58,13 +57,15 @@ class TrainConfig:
     batch_size: int = 64  # per process
     accum_steps: int = 1
     clip_grad: float | None = None  # max global gradient norm
-    amp: bool = False  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
-    channels_last: bool = False
+    precision: str | None = None  # fp32 | fp16 | bf16; None: fp16 on CUDA, fp32 on CPU (see hardware.plan)
+    amp: bool = False  # alias: the device's mixed precision (fp16 + GradScaler on CUDA, bf16 on CPU)
+    channels_last: bool | None = None  # None: on CUDA, off on CPU
+    compile: bool = False  # torch.compile the model
     augment: str = "standard"
     early_stop: int | None = None  # patience in epochs
-    workers: int = 0
+    workers: int | None = None  # data-loading processes; None: the usable cores minus one, at least 1
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     pretrained: bool | None = None  # start from the model's weights (False: random init); None: False for "train"
     teacher: str | None = None
     temperature: float = 4.0
@@ -80,10 +81,16 @@ class TrainConfig:
         self._check()
 
     def _check(self) -> None:
-        choices = {"task": TASKS, "mode": MODES, "schedule": SCHEDULES, "optimizer": OPTIMIZERS, "augment": AUGMENTS}
+        choices = {"task": TASKS, "mode": MODES, "schedule": SCHEDULES, "optimizer": OPTIMIZERS, "augment": AUGMENTS,
+                   "precision": (*PRECISIONS, None)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise TrainingError(f"--{name} must be one of {', '.join(allowed)}, not '{getattr(self, name)}'.")
+                words = ", ".join(a for a in allowed if a)
+                raise TrainingError(f"--{name} must be one of {words}, not '{getattr(self, name)}'.")
+        if self.amp and self.precision == "fp32":
+            raise TrainingError("--amp asks for mixed precision and --precision fp32 for none; pass one of them.")
+        if self.workers is not None and self.workers < 0:
+            raise TrainingError(f"--workers must be 0 or more, got {self.workers}.")
         positive = {"epochs": self.epochs, "lr": self.lr, "batch-size": self.batch_size, "accum-steps": self.accum_steps,
                     "temperature": self.temperature}
         for name, value in positive.items():
@@ -95,10 +102,6 @@ class TrainConfig:
             raise TrainingError(f"--alpha must be in [0, 1], got {self.alpha}.")
         if self.task == "distill" and not self.teacher:
             raise TrainingError("distill needs a --teacher model.")
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,19 +1,21 @@
-"""Training data: folder layout, class checks, train/val split, augmentation, sharded loaders."""
+"""Training data: folder layout, class checks, train/val split, augmentation, sharded loaders, normalization on the device."""
 
 from __future__ import annotations
 
 import math
 import random
+import signal
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
-from ..core.datasets import DecodeAndTransform, ImageFileDataset, Sample, collate_skipping_bad, labelled_samples, scan_class_folders
+from ..core.datasets import (Batch, DecodeAndTransform, ImageFileDataset, Sample, collate_skipping_bad, labelled_samples,
+                             scan_class_folders)
 from ..core.errors import DatasetError
 from ..core.spec import Preprocessing
 
@@ -54,17 +56,41 @@ def _format(path: Path) -> str:
 
 
 def train_transform(pre: Preprocessing, augment: str) -> Callable[[Any], torch.Tensor]:
-    """Augmentation for the model's input size, ending in the model's normalization."""
+    """Augmentation for the model's input size: PIL image -> uint8 CHW tensor (:class:`Normalize` finishes it)."""
     if augment == "none":
-        return pre.transform()
+        return eval_transform(pre)
     interpolation = InterpolationMode(pre.interpolation)
     if pre.crop_size <= SMALL_INPUT:
         geometric = [v2.Resize(pre.resize_size, interpolation=interpolation, antialias=True),
                      v2.CenterCrop(pre.crop_size), v2.RandomCrop(pre.crop_size, padding=pre.crop_size // 8)]
     else:
         geometric = [v2.RandomResizedCrop(pre.crop_size, interpolation=interpolation, antialias=True)]
-    return v2.Compose([*geometric, v2.RandomHorizontalFlip(), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(list(pre.mean), list(pre.std))])
+    return v2.Compose([*geometric, v2.RandomHorizontalFlip(), v2.PILToTensor()])
+
+
+def eval_transform(pre: Preprocessing) -> Callable[[Any], torch.Tensor]:
+    """The model's own resize and center-crop: PIL image -> uint8 CHW tensor (:class:`Normalize` finishes it)."""
+    interpolation = InterpolationMode(pre.interpolation)
+    return v2.Compose([v2.Resize(pre.resize_size, interpolation=interpolation, antialias=True),
+                       v2.CenterCrop(pre.crop_size), v2.PILToTensor()])
+
+
+class Normalize:
+    """uint8 batches -> the model's normalized float32 input, on the training device and in its memory format.
+
+    Loader workers hand over uint8 images (a quarter of float32's bytes to pass between processes, pin and
+    copy to the GPU); the scaling and normalization run here, on the device, with the same operations as
+    torchvision's ``ToDtype(scale=True)`` and ``Normalize``.
+    """
+
+    def __init__(self, pre: Preprocessing, device: torch.device, memory_format: torch.memory_format) -> None:
+        self.mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.device, self.memory_format = device, memory_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return images.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
 
 
 def resolve_folders(data_dir: str, val_dir: str | None) -> tuple[str, str | None]:
@@ -121,10 +147,11 @@ def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> t
     return train, val
 
 
-class ShardedSampler(Sampler[int]):
+class ShardedSampler(Sampler[tuple[int, int]]):
     """Epoch-seeded shuffle, padded and split across ``world`` ranks, optionally skipping a prefix.
 
-    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+    The order depends only on (seed, epoch), so a resumed run sees the same batches. It yields
+    ``(epoch, index)`` keys: :class:`SeededImages` draws each image's augmentation from them.
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1, pad: bool = True) -> None:
@@ -145,16 +172,54 @@ class ShardedSampler(Sampler[int]):
             order += order[: total - self.size]
         return order[self.rank :: self.world]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices()[self.start :])
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, index) for index in self.indices()[self.start :]])
 
     def __len__(self) -> int:
         return len(self.indices()) - self.start
 
 
+class SeededImages(Dataset):
+    """Images decoded and transformed by key ``(epoch, index)``, each with random augmentation drawn from its
+    own seed (run seed, epoch, index): the same batches with any number of workers, and after a resume
+    inside an epoch. Unreadable files come back as ``None`` (see :class:`ImageFileDataset`)."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor], seed: int) -> None:
+        self.images = ImageFileDataset(samples, DecodeAndTransform(transform))
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, int, str]:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_000_007 + index) % 2**63)
+            return self.images[index]
+
+
+@dataclass
+class PinnableBatch(Batch):
+    """A :class:`Batch` the DataLoader can pin (it pins objects with a ``pin_memory`` method)."""
+
+    def pin_memory(self) -> "PinnableBatch":
+        return PinnableBatch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped)
+
+
+def collate_pinnable(items: list[tuple[Any, int, str]]) -> PinnableBatch:
+    return PinnableBatch(**vars(collate_skipping_bad(items)))
+
+
+def ignore_ctrl_c(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the training process, which finishes its step and saves."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor], sampler: ShardedSampler,
-                batch_size: int, workers: int) -> DataLoader:
-    """A loader of :class:`~resnetkit.core.datasets.Batch` es; unreadable files are skipped and reported."""
-    return DataLoader(ImageFileDataset(samples, DecodeAndTransform(transform)), batch_size=batch_size, sampler=sampler,
-                      num_workers=workers, collate_fn=collate_skipping_bad, persistent_workers=False,
-                      generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch))
+                batch_size: int, loader_options: dict[str, Any]) -> DataLoader:
+    """A loader of uint8 :class:`Batch` es (``loader_options``: workers, pinning, see ``Hardware.loader_options``);
+    unreadable files are skipped and reported. With persistent workers, make it once and iterate it every epoch
+    after ``sampler.set_epoch``."""
+    return DataLoader(SeededImages(samples, transform, sampler.seed), batch_size=batch_size, sampler=sampler,
+                      collate_fn=collate_pinnable, generator=torch.Generator().manual_seed(sampler.seed),
+                      worker_init_fn=ignore_ctrl_c, **loader_options)

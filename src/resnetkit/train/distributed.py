@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..core.device import CPU, Device, resolve_device
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -17,7 +19,7 @@ class Dist:
 
     rank: int = 0
     world: int = 1
-    device: torch.device = torch.device("cpu")
+    device: Device = CPU
 
     @property
     def is_main(self) -> bool:
@@ -31,7 +33,7 @@ class Dist:
         """Element-wise sum of ``values`` over all ranks."""
         if not self.enabled:
             return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device.torch)
         dist.all_reduce(tensor)
         return tensor.tolist()
 
@@ -53,14 +55,8 @@ class Dist:
     def wrap(self, module: nn.Module) -> nn.Module:
         if not self.enabled:
             return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
+        ids = [self.device.index] if self.device.is_cuda else None
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def launched_rank() -> int:
@@ -68,18 +64,19 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def setup(device_name: str) -> Dist:
-    """Join the ``torchrun`` process group if ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on GPUs)."""
+def setup(device_word: str) -> Dist:
+    """The device (``--device`` words; a GPU this machine lacks is a DeviceError), and the ``torchrun`` process
+    group if ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on GPUs; each process on the GPU of its local rank)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(device_name)
+    device = resolve_device(device_word)
     if world == 1:
         return Dist(device=device)
     rank = launched_rank()
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
+    if device.is_cuda:
+        device = resolve_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+        torch.cuda.set_device(device.torch)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.is_cuda else "gloo")
     return Dist(rank=rank, world=world, device=device)
 
 

@@ -8,6 +8,7 @@ saves a checkpoint that resumes at the same batch with the same random state.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..core.datasets import Batch
 from ..core.errors import DatasetError
@@ -23,8 +25,9 @@ from ..core.spec import ModelMeta
 from ..core.zoo import get_spec
 from . import checkpoint as ckpt
 from .config import TrainConfig, TrainingError, TrainingInterrupted
-from .data import DataSplits, ShardedSampler, make_loader, train_transform
+from .data import DataSplits, Normalize, ShardedSampler, eval_transform, make_loader, train_transform
 from .distributed import Dist
+from .hardware import COMPILE_NOTE, Hardware
 from .optim import freeze, make_optimizer, make_scheduler, param_groups
 from .reporting import EpochProgress, Log, format_row, write_metrics
 
@@ -33,32 +36,46 @@ OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
 
 
 class StepRunner:
-    """Forward, loss, backward (scaled, accumulated) and optimizer steps (clipped) of one model."""
+    """Forward, loss, backward (scaled, accumulated) and optimizer steps (clipped) of one model.
+
+    Each batch's loss sum and correct count stay on the device until :class:`EpochTotals` reads them, so
+    the next batch is queued while the GPU computes this one. The one wait per step is the gradient
+    scaler's inf/NaN check (fp16): SGD's fused CUDA kernel, which would take that check on the GPU, also
+    moves the momentum on the steps the scaler skips in torch 2.11 (NaN weights after the first fp16
+    overflow), so the optimizers are the plain ones.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective,
-                 config: TrainConfig, device: torch.device) -> None:
-        self.model, self.optimizer, self.objective, self.config, self.device = model, optimizer, objective, config, device
-        self.amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if config.amp else None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-        
+                 config: TrainConfig, hardware: Hardware, normalize: Normalize) -> None:
+        self.model, self.optimizer, self.objective, self.config = model, optimizer, objective, config
+        self.device, self.amp_dtype, self.normalize = hardware.device.torch, hardware.autocast_dtype, normalize
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=hardware.scales_gradients)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, non_blocking=True, memory_format=self.config.memory_format)
+        """A uint8 batch (CPU, pinned, or already on the device) as the model's normalized input."""
+        return self.normalize(images)
 
-    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, sync: bool = True) -> tuple[float, int]:
-        """Accumulate the gradients of one batch; returns (loss sum, correct predictions)."""
-        images, labels = self.inputs(images), labels.to(self.device)
+    def train_batch(self, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of training: gradients accumulated, then at an accumulation ``boundary`` the optimizer
+        step. Returns (loss sum, correct predictions) as tensors on the device."""
+        sums = self.forward_backward(images, labels, sync=boundary)
+        if boundary:
+            self.optimizer_step()
+        return sums
+
+    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, sync: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accumulate the gradients of one batch; returns (loss sum, correct predictions) on the device."""
+        images, labels = self.inputs(images), labels.to(self.device, non_blocking=True)
         no_sync = getattr(self.model, "no_sync", None)
         with contextlib.nullcontext() if sync or no_sync is None else no_sync(), out_of_memory_advice(len(labels)):
             with self.autocast():
                 logits = self.model(images)
                 loss = self.objective(images, logits, labels)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"The loss became {loss.item()}; lower --lr (or enable --clip-grad).")
             self.scaler.scale(loss / self.config.accum_steps).backward()
-        return loss.item() * len(labels), int((logits.argmax(1) == labels).sum())
+        return loss.detach() * len(labels), (logits.detach().argmax(1) == labels).sum()
 
     def optimizer_step(self) -> None:
         if self.config.clip_grad:
@@ -68,6 +85,31 @@ class StepRunner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+
+
+class EpochTotals:
+    """Loss sum and correct predictions (on the device, read only when shown or saved), images seen and
+    files skipped, of this process's part of an epoch."""
+
+    def __init__(self, partial: list[float], device: torch.device) -> None:
+        self.on_device = torch.tensor(partial[:2], dtype=torch.float64, device=device)
+        self.seen, self.skipped = int(partial[2]), int(partial[3])
+
+    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> None:
+        self.on_device[0] += loss_sum.double()
+        self.on_device[1] += correct.double()
+        self.seen += seen
+
+    def read(self) -> list[float]:
+        """[loss sum, correct, seen, skipped] (waits for the device); a loss that is no longer finite stops the run."""
+        loss_sum, correct = self.on_device.tolist()
+        if not math.isfinite(loss_sum):
+            raise TrainingError(f"The loss became {loss_sum}; lower --lr (or enable --clip-grad).")
+        return [loss_sum, correct, float(self.seen), float(self.skipped)]
+
+    def mean_loss(self) -> str:
+        loss_sum, _, seen, _ = self.read()
+        return f"loss {loss_sum / max(seen, 1):.4f}"
 
 
 @contextlib.contextmanager
@@ -105,27 +147,39 @@ def ctrl_c_flag(enabled: bool) -> Iterator[threading.Event]:
 
 
 class Trainer:
-    """Trains ``module`` (in place) on ``splits`` with ``objective``; writes to ``run_dir`` if given."""
+    """Trains ``module`` (in place) on ``splits`` with ``objective``; writes to ``run_dir`` if given.
+
+    ``hardware`` (see :func:`~resnetkit.train.hardware.plan`) says how: precision, memory format, data
+    workers, pinned memory, compilation; the device is ``ctx.device``.
+    """
 
     def __init__(self, module: nn.Module, meta: ModelMeta, config: TrainConfig, splits: DataSplits,
-                 objective: Objective, ctx: Dist, run_dir: Path | None, log: Log,
+                 objective: Objective, ctx: Dist, run_dir: Path | None, log: Log, hardware: Hardware,
                  resume: ckpt.Resumable | None = None, progress_bar: bool | None = None) -> None:
-        self.meta, self.config, self.splits, self.ctx, self.run_dir = meta, config, splits, ctx, run_dir
+        self.meta, self.config, self.splits, self.ctx, self.run_dir, self.hardware = meta, config, splits, ctx, run_dir, hardware
         self.log = log if ctx.is_main else (lambda message: None)
-        self.module = module.to(ctx.device, memory_format=config.memory_format)
+        self.module = module.to(ctx.device.torch, memory_format=hardware.memory_format)
         self.frozen_norms = freeze(self.module, meta.arch, config.mode)
         optimizer = make_optimizer(param_groups(self.module, get_spec(meta.arch).head, config), config)
-        self.step = StepRunner(ctx.wrap(self.module), optimizer, objective, config, ctx.device)
+        normalize = Normalize(meta.preprocessing, ctx.device.torch, hardware.memory_format)
+        self.step = StepRunner(ctx.wrap(self._compiled(self.module)), optimizer, objective, config, hardware, normalize)
         self.train_sampler = ShardedSampler(len(splits.train), shuffle=True, seed=config.seed, rank=ctx.rank, world=ctx.world)
         self.val_sampler = ShardedSampler(len(splits.val), shuffle=False, seed=config.seed, rank=ctx.rank, world=ctx.world, pad=False)
         self.batches_per_epoch = -(-len(self.train_sampler) // config.batch_size)
         steps_per_epoch = -(-self.batches_per_epoch // config.accum_steps)
         self.scheduler = make_scheduler(optimizer, config, steps_per_epoch)
-        self.train_tf, self.eval_tf = train_transform(meta.preprocessing, config.augment), meta.preprocessing.transform()
         self.bar = EpochProgress(self.log, progress_bar if ctx.is_main else False)
         self.progress = ckpt.Progress()
         if resume is not None:
             self._restore(resume)
+
+    def _compiled(self, module: nn.Module) -> nn.Module:
+        """``module`` compiled for training with ``--compile`` (validation runs the module itself: compiling
+        it in eval mode would cost a second compilation)."""
+        if not self.hardware.compile:
+            return module
+        self.log(COMPILE_NOTE)
+        return torch.compile(module)
 
     def _restore(self, resume: ckpt.Resumable) -> None:
         self.step.optimizer.load_state_dict(resume.optimizer)
@@ -139,80 +193,93 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Run the remaining epochs; returns the summary also written to ``metrics.json``."""
         started = time.perf_counter()
-        with ctrl_c_flag(self.run_dir is not None) as interrupted:
+        train_loader, val_loader = self._loaders()  # their workers end with this call
+        with ctrl_c_flag(self.run_dir is not None) as interrupted, self.hardware.backend_flags():
             while self.progress.epoch < self.config.epochs and not self.progress.stopped_early:
-                row = self._train_epoch(interrupted)
-                row.update(self._validate())
+                row = self._train_epoch(train_loader, interrupted)
+                row.update(self._validate(val_loader))
                 self._end_epoch(row)
         summary = self.summary(time.perf_counter() - started)
         if self.run_dir is not None and self.ctx.is_main:
             write_metrics(self.run_dir, self.progress.history, summary)
         return summary
 
-    def _train_epoch(self, interrupted: threading.Event) -> dict[str, Any]:
+    def _loaders(self) -> tuple[DataLoader, DataLoader]:
+        """Training and validation loaders, made once per run (their workers live across epochs)."""
+        pre, options, size = self.meta.preprocessing, self.hardware.loader_options(), self.config.batch_size
+        return (make_loader(self.splits.train, train_transform(pre, self.config.augment), self.train_sampler, size, options),
+                make_loader(self.splits.val, eval_transform(pre), self.val_sampler, size, options))
+
+    def _train_epoch(self, loader: DataLoader, interrupted: threading.Event) -> dict[str, Any]:
+        """One epoch (or the rest of an interrupted one); its row counts the time blocked waiting for batches."""
         epoch, first = self.progress.epoch, self.progress.step
         self.train_sampler.set_epoch(epoch, start=first * self.config.batch_size)
-        loader = make_loader(self.splits.train, self.train_tf, self.train_sampler, self.config.batch_size, self.config.workers)
         self._train_mode()
-        sums = self.progress.partial
-        started = time.perf_counter()
+        totals = EpochTotals(self.progress.partial, self.ctx.device.torch)
+        waited, started = 0.0, time.perf_counter()
         self.bar.start(f"epoch {epoch + 1}/{self.config.epochs}", self.batches_per_epoch, first)
         try:
-            for index, batch in enumerate(loader, start=first):
+            batches = iter(loader)  # starts the workers in the first epoch: waiting for data too
+            waited += time.perf_counter() - started
+            for index in range(first, self.batches_per_epoch):
+                before = time.perf_counter()
+                batch = next(batches)
+                waited += time.perf_counter() - before
                 boundary = (index + 1) % self.config.accum_steps == 0 or index + 1 == self.batches_per_epoch
-                self._accumulate(batch, sums, sync=boundary)
+                self._accumulate(batch, totals, boundary)
                 if boundary:
-                    self.step.optimizer_step()
                     self.scheduler.step()
                 self.progress.step = index + 1
-                self.bar.advance(f"loss {sums[0] / max(sums[2], 1):.4f}")
+                self.bar.advance(totals.mean_loss)
                 if boundary and self.ctx.any(interrupted.is_set()):
+                    self.progress.partial = totals.read()
                     self._save_interrupted()
         finally:
             self.bar.stop()
-        return self._epoch_row(epoch, sums, time.perf_counter() - started)
+        sums = totals.read()  # waits for the device, so the clock stops when its work is done
+        return self._epoch_row(epoch, sums, time.perf_counter() - started, waited)
 
-    def _accumulate(self, batch: Batch, sums: list[float], sync: bool) -> None:
-        sums[3] += len(batch.skipped)
+    def _accumulate(self, batch: Batch, totals: EpochTotals, boundary: bool) -> None:
+        totals.skipped += len(batch.skipped)
         for path in batch.skipped:
             self.log(f"skipped unreadable file: {path}")
         if len(batch.labels):
-            loss_sum, correct = self.step.forward_backward(batch.images, batch.labels, sync)
-            sums[0] += loss_sum
-            sums[1] += correct
-            sums[2] += len(batch.labels)
+            totals.add(*self.step.train_batch(batch.images, batch.labels, boundary), len(batch.labels))
+        elif boundary:
+            self.step.optimizer_step()
 
     def _train_mode(self) -> None:
         self.module.train()
         for norm in self.frozen_norms:
             norm.eval()
 
-    def _epoch_row(self, epoch: int, sums: list[float], seconds: float) -> dict[str, Any]:
+    def _epoch_row(self, epoch: int, sums: list[float], seconds: float, waited: float) -> dict[str, Any]:
         loss_sum, correct, seen, skipped = self.ctx.sum(list(sums))
         if seen == 0:
             raise DatasetError(f"No readable training images in {self.splits.train_dir} ({int(skipped)} unreadable).")
         return {"epoch": epoch + 1, "lr": self.step.optimizer.param_groups[-1]["lr"], "train_loss": loss_sum / seen,
                 "train_top1": 100.0 * correct / seen, "images": int(seen), "skipped": int(skipped),
-                "seconds": round(seconds, 3), "images_per_s": seen / seconds if seconds > 0 else 0.0}
+                "seconds": round(seconds, 3), "images_per_s": seen / seconds if seconds > 0 else 0.0,
+                "data_wait": round(min(1.0, waited / seconds), 4) if seconds > 0 else 0.0}
 
     @torch.no_grad()
-    def _validate(self) -> dict[str, Any]:
+    def _validate(self, loader: DataLoader) -> dict[str, Any]:
         """Loss and top-1 on the validation split (cross-entropy, no smoothing), reduced over ranks."""
         if not self.splits.val:
             return {"val_loss": None, "val_top1": None}
         self.module.eval()
-        loader = make_loader(self.splits.val, self.eval_tf, self.val_sampler, self.config.batch_size, self.config.workers)
-        loss_sum, correct, seen = 0.0, 0, 0
+        sums = torch.zeros(2, dtype=torch.float64, device=self.ctx.device.torch)
+        seen = 0
         for batch in loader:
             if not len(batch.labels):
                 continue
             with self.step.autocast():
                 logits = self.module(self.step.inputs(batch.images)).float()
-            labels = batch.labels.to(self.ctx.device)
-            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(1) == labels).sum())
+            labels = batch.labels.to(self.ctx.device.torch, non_blocking=True)
+            sums[0] += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+            sums[1] += (logits.argmax(1) == labels).sum().double()
             seen += len(labels)
-        loss_sum, correct, seen = self.ctx.sum([loss_sum, correct, seen])
+        loss_sum, correct, seen = self.ctx.sum([*sums.tolist(), seen])
         if seen == 0:
             raise DatasetError(f"No readable validation images in {self.splits.val_source}.")
         return {"val_loss": loss_sum / seen, "val_top1": 100.0 * correct / seen}
@@ -263,5 +330,5 @@ class Trainer:
             "train_images": len(self.splits.train), "val_images": len(self.splits.val), "val_source": self.splits.val_source,
             "epochs_run": len(history), "stopped_early": self.progress.stopped_early, "best_epoch": self.progress.best_epoch,
             "best": best, "final": history[-1] if history else None, "world_size": self.ctx.world,
-            "seconds": round(seconds, 2) if seconds is not None else None,
+            "hardware": self.hardware.to_dict(), "seconds": round(seconds, 2) if seconds is not None else None,
         }

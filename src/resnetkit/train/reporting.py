@@ -15,7 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..core.fileio import atomic_write, write_text_atomic
 
 Log = Callable[[str], None]
-COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "images", "skipped", "seconds", "images_per_s")
+COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "images", "skipped", "seconds", "images_per_s",
+           "data_wait")
+STATUS_EVERY_S = 0.5  # the bar's status (which waits for the device) is read at most this often
 
 
 def stderr_log(message: str) -> None:
@@ -33,19 +35,23 @@ class EpochProgress:
     def start(self, title: str, total: int, done: int = 0) -> None:
         self.title, self.total, self.done = title, total, done
         self.every = total // 5 if total >= 10 else total  # about five lines per epoch, none for short ones
-        self.started = time.perf_counter()
+        self.started = self._status_at = time.perf_counter()
         if self.enabled:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True)
             self._bar.start()
             self._task = self._bar.add_task(title, total=total, completed=done, status="")
 
-    def advance(self, status: str) -> None:
+    def advance(self, status: Callable[[], str]) -> None:
+        """One batch done; ``status()`` is called only when shown (it may wait for the device)."""
         self.done += 1
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, status=status)
+            now = time.perf_counter()
+            shown = now - self._status_at >= STATUS_EVERY_S or self.done == self.total
+            self._bar.update(self._task, advance=1, **({"status": status()} if shown else {}))
+            self._status_at = now if shown else self._status_at
         elif self.done % self.every == 0 and self.done < self.total:
-            self.log(f"{self.title}: batch {self.done}/{self.total} {status} ({time.perf_counter() - self.started:.0f} s)")
+            self.log(f"{self.title}: batch {self.done}/{self.total} {status()} ({time.perf_counter() - self.started:.0f} s)")
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -60,6 +66,8 @@ def format_row(row: dict[str, Any], epochs: int) -> str:
     if row.get("val_top1") is not None:
         parts.append(f"val loss {row['val_loss']:.4f} acc {row['val_top1']:.2f}%")
     parts.append(f"{row['images_per_s']:.0f} img/s")
+    if row.get("data_wait") is not None:  # absent in runs saved before it was measured
+        parts.append(f"{100 * row['data_wait']:.0f}% of the time waiting for data")
     if row["skipped"]:
         parts.append(f"{row['skipped']} unreadable file(s) skipped")
     return " | ".join(parts)
