@@ -291,19 +291,25 @@ def _writers(backends: Iterable[Backend]) -> dict[str, tuple[Backend, FileFormat
     return {f.export.name: (b, f) for b in backends for f in b.formats if f.export is not None}
 
 
+def _by_name() -> list[Backend]:
+    """The registered backends by name: an order that does not depend on which module was imported first."""
+    return sorted(registered(), key=lambda b: b.name)
+
+
 def export_formats() -> dict[str, tuple[Backend, FileFormat]]:
-    """``resnetkit export --format NAME``: NAME -> the backend whose file format it is, and that format."""
-    return _writers(registered())
+    """``resnetkit export --format NAME``: NAME -> the backend whose file format it is, and that format (by
+    backend name)."""
+    return _writers(_by_name())
 
 
 def quantize_methods() -> list[str]:
-    """The methods some backend writes with ``resnetkit quantize``, in registry order."""
-    return list(dict.fromkeys(q.method for b in registered() for q in b.quantizers))
+    """The methods some backend writes with ``resnetkit quantize`` (by backend name, then as each lists them)."""
+    return list(dict.fromkeys(q.method for b in _by_name() for q in b.quantizers))
 
 
 def quantizers_of(method: str) -> list[tuple[Backend, Quantizer]]:
-    """The backends that write ``method`` and how, the default first."""
-    found = [(b, q) for b in registered() for q in b.quantizers if q.method == method]
+    """The backends that write ``method`` and how: the default first, then by name."""
+    found = [(b, q) for b in _by_name() for q in b.quantizers if q.method == method]
     return sorted(found, key=lambda item: not item[1].default)
 
 

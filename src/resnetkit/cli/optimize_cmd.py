@@ -12,7 +12,8 @@ import typer
 from rich.table import Table
 
 from ..backends import describe
-from ..backends.base import RunnerOptions, quantize_methods
+from ..backends.base import RunnerOptions, quantize_methods, quantizers_of
+from ..backends.onnxruntime import DEFAULT_OPSET
 from ..core.device import CPU, resolve_device
 from ..run.loading import Classifier, load_model
 from ..shrink.compare import Agreement, ratio
@@ -20,7 +21,8 @@ from ..shrink.export import check_export_request, export_model, export_table
 from ..shrink.prune import METHODS as PRUNE_METHODS
 from ..shrink.prune import PruneReport, check_prune_request, prune
 from ..shrink.quantize import CALIBRATION_METHODS, QuantizeReport, quantize, resolve_request
-from .app import JsonFlag, ModelArg, OutputOpt, RandomWeightsFlag, WeightsOpt, app, console, print_json, styled
+from .app import (JsonFlag, ModelArg, OutputOpt, RandomWeightsFlag, WeightsOpt, app, console, default, print_json,
+                  styled)
 
 EvalOpt = Annotated[str | None, typer.Option("--eval", help="Labelled class-per-folder images: report top-1 before and after (default: none).")]
 EvalLimitOpt = Annotated[int | None, typer.Option("--eval-limit", min=1, help="Evaluate a fixed random subset of N images (default: all).")]
@@ -34,6 +36,11 @@ PruneDeviceOpt = Annotated[str, typer.Option("--device", help=(
     f"Where the latencies before and after are measured (eager PyTorch, fp32): {DEVICES}. Pruning, fine-tuning and "
     "saving run on the CPU whatever the device."))]
 BackendsDeviceOpt = Annotated[str, typer.Option("--device", help=f"The device whose default precisions are shown: {DEVICES}.")]
+
+
+def _default_writers() -> str:
+    """``fp16 openvino, ...``: each quantize method's default backend, from the registry."""
+    return ", ".join(f"{method} {quantizers_of(method)[0][0].name}" for method in quantize_methods())
 
 
 def _load_source(model: str, weights: str | None, random_weights: bool) -> Classifier:
@@ -78,7 +85,7 @@ def export_command(
     fmt: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(export_table())} (see 'resnetkit backends').")],
     output: OutputOpt,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="ONNX: any batch size (default: fixed).")] = False,
-    opset: Annotated[int | None, typer.Option("--opset", min=7, help="ONNX opset (default 18).")] = None,
+    opset: Annotated[int | None, typer.Option("--opset", min=7, help=default("ONNX opset.", DEFAULT_OPSET))] = None,
     check_data: Annotated[str | None, typer.Option("--check-data", help="Images for the check (default: generated).")] = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsFlag = False,
@@ -108,7 +115,9 @@ def quantize_command(
     model: ModelArg,
     method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(quantize_methods())}.")],
     output: OutputOpt,
-    backend: Annotated[str | None, typer.Option("--backend", help="openvino (.xml; default, except dynamic-int8), onnxruntime (.onnx; int8; also picked by an -o ending in .onnx) or eager (.pt, fp16/bf16).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help=default(
+        "The backend that writes the file (see 'resnetkit backends', column writes).",
+        "the one whose file type -o names, else the method's: " + _default_writers()))] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration images (static-int8), any folder layout (default: none).")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", min=1, help="Calibration images to use.")] = 300,
     calibration: Annotated[str | None, typer.Option("--calibration", help=f"Activation ranges: {', '.join(CALIBRATION_METHODS)} (default: histogram on openvino, percentile on onnxruntime).")] = None,
@@ -166,7 +175,7 @@ def prune_command(
     method: Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(PRUNE_METHODS)}.")],
     output: OutputOpt,
     amount: Annotated[float, typer.Option("--amount", help="Fraction of weights (l1-unstructured) or channels (channel) to remove.")] = 0.3,
-    round_to: Annotated[int | None, typer.Option("--round-to", min=1, help="Channel counts kept as multiples of N (default 8; 4 for CIFAR ResNets).")] = None,
+    round_to: Annotated[int | None, typer.Option("--round-to", min=1, help=default("Channel counts kept as multiples of N.", "8; 4 for CIFAR ResNets"))] = None,
     finetune_dir: Annotated[str | None, typer.Option("--finetune", help="Class-per-folder training images for a short recovery fine-tune (default: none).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Fine-tune epochs.")] = 1,
     lr: Annotated[float, typer.Option("--lr", help="Fine-tune learning rate.")] = 0.01,
