@@ -45,10 +45,10 @@ def test_asking_for_a_gpu_without_one_says_what_to_do():
 
 
 def test_labels_say_what_ran_and_where():
-    assert RunInfo("openvino", "bf16", CPU, auto=True).label() == "openvino/bf16 on CPU (auto)"
+    assert RunInfo("openvino", "bf16", CPU, chosen_by_auto=True).label() == "openvino/bf16 on CPU (auto)"
     assert RunInfo("eager", "fp32").label() == "eager/fp32 on CPU"
     assert RunInfo("eager", "fp32", threads=2).to_dict() == {
-        "backend": "eager", "precision": "fp32", "device": "cpu", "device_name": "CPU", "auto": False, "threads": 2,
+        "backend": "eager", "precision": "fp32", "device": "cpu", "device_name": "CPU", "chosen_by_auto": False, "threads": 2,
         "label": "eager/fp32 on CPU"}
 
 
@@ -71,6 +71,16 @@ def test_auto_tries_the_backends_of_the_device():
         b.name for b in auto.candidates(None, CPU)]
     assert auto.default_precision(GPU) == "fp16"
     assert auto.thread_counts(GPU) == [None] and auto.thread_counts(CPU, 1) == [1]
+
+
+def test_auto_keeps_cuda_graphs_only_where_they_are_clearly_faster():
+    from resnetkit.backends.tuning import Candidate
+
+    eager, graph = Candidate("eager", "fp16", None), Candidate("cuda-graph", "fp16", None)
+    assert auto.choose({eager: 3.45, graph: 0.90}) == graph  # batch 1: launches dominate
+    assert auto.choose({eager: 15.5, graph: 15.2}) == eager  # batch 256: within 3 %, not worth the graph's buffers
+    assert auto.choose({eager: 15.5, graph: 14.9}) == graph
+    assert auto.choose({graph: 1.0}) == graph
 
 
 class _Fits(TorchRunner):
@@ -171,7 +181,7 @@ def test_auto_on_a_gpu_picks_a_gpu_backend_and_caches_per_gpu(tmp_path, monkeypa
     model = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(device=device))
     model.logits(torch.zeros(1, 3, 32, 32))
     ran = model.ran
-    assert ran.auto and ran.device.is_cuda and ran.backend in ("eager", "cuda-graph") and ran.precision == "fp16"
+    assert ran.chosen_by_auto and ran.device.is_cuda and ran.backend in ("eager", "cuda-graph") and ran.precision == "fp16"
     [entry] = tuning.entries()
     assert entry.machine["gpu"]["gpu"] == torch.cuda.get_device_name(0) and entry.machine["gpu"]["cuda"]
     assert set(entry.timings_ms) == {"eager/fp16", "cuda-graph/fp16"}

@@ -81,7 +81,7 @@ def test_onnx_artifact_runs_on_openvino_and_auto(tmp_path: Path) -> None:
     assert openvino.runner.precision == "fp32"  # the export records fp32; OpenVINO is told so
     assert torch.allclose(openvino.logits(batch), expected, atol=1e-3)
     auto = load_model(path, backend="auto")
-    assert auto.ran.auto and auto.ran.backend in ("onnxruntime", "openvino")
+    assert auto.ran.chosen_by_auto and auto.ran.backend in ("onnxruntime", "openvino")
 
 
 def test_exported_files_refuse_backends_and_precisions_they_cannot_run(tmp_path: Path) -> None:

@@ -254,7 +254,7 @@ def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.slow
 def test_auto_is_the_default_and_says_what_ran(fresh_cache: Path) -> None:
     model = load_model("cifar_resnet20", pretrained=False)
-    assert model.ran.auto
+    assert model.ran.chosen_by_auto
     # the fastest of fp32 and the default precision (bf16 where the CPU has it natively), never int8
     assert model.runner.precision in {"fp32", auto.default_precision(CPU)}
     assert model.runner.tuning.choice.precision == model.runner.precision

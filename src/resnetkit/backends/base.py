@@ -74,12 +74,12 @@ class RunInfo:
     backend: str
     precision: str
     device: Device = CPU
-    auto: bool = False  # chosen by the auto backend
+    chosen_by_auto: bool = False  # chosen by the auto backend, by measuring
     threads: int | None = None
 
     def label(self) -> str:
         """For people: ``openvino/bf16 on CPU (auto)``, ``cuda-graph/fp16 on NVIDIA H200 (auto)``, ``eager/fp32 on CPU``."""
-        return f"{self.backend}/{self.precision} on {self.device.name}" + (" (auto)" if self.auto else "")
+        return f"{self.backend}/{self.precision} on {self.device.name}" + (" (auto)" if self.chosen_by_auto else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "device": str(self.device), "device_name": self.device.name, "label": self.label()}
@@ -166,6 +166,9 @@ class Backend:
     imports: tuple[str, ...] = ()  # modules that must be importable for it to be available
     install_hint: str = ""
     tried_by_auto: bool = True  # False for backends whose start-up cost is too high to measure on the fly
+    # keeps device memory per batch size beyond the model's (CUDA graphs' buffers): auto picks it only when it is
+    # clearly faster than the best candidate that does not
+    memory_per_batch_size: bool = False
     # reads every format some other backend reads (auto: measures the backends that read it)
     reads_any: FileReader | None = None
     quantizers: tuple[Quantizer, ...] = ()

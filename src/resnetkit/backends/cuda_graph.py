@@ -71,4 +71,4 @@ def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> Cuda
 
 register(Backend("cuda-graph", "CUDA-graph replay of the eager model, one graph per batch size (GPU latency path)",
                  tuple(FLOAT_DTYPES), _factory, default_precision=default_precision, devices=("cuda",),
-                 package="torch"))
+                 package="torch", memory_per_batch_size=True))

@@ -152,7 +152,7 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, ran: 
         threads=ran.threads or torch.get_num_threads(),  # runners that do not say run on torch's threads
         device=str(ran.device),
         device_name=ran.device.name,
-        chosen_by_auto=ran.auto,
+        chosen_by_auto=ran.chosen_by_auto,
         ran=ran.label(),
         memory_format="channels_last" if config.channels_last else "contiguous (NCHW)",
         torch_version=torch.__version__,

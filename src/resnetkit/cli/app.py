@@ -157,5 +157,5 @@ OutputOpt = Annotated[str, typer.Option("--output", "-o", help="File to write.")
 EvalOpt = Annotated[str | None, typer.Option("--eval", help=default(
     "Labelled class-per-folder images: report top-1 on them.", "no accuracy measured"))]
 EvalLimitOpt = Annotated[int | None, typer.Option("--eval-limit", min=1, help=default(
-    "Evaluate a fixed random subset of N images (default: all).", "all images"))]
+    "Evaluate a fixed random subset of N images.", "all images"))]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout, and nothing else.")]

@@ -60,7 +60,7 @@ class Device:
 
     def describe(self) -> dict[str, Any]:
         """The device's facts for a record: what it is and what a measurement on it depends on."""
-        facts: dict[str, Any] = {"device": str(self), "name": self.name, "chosen_by_auto": self.auto}
+        facts: dict[str, Any] = {"device": str(self), "name": self.name, "from_device_auto": self.auto}
         if self.is_cuda:
             facts.update(gpu_facts(self.index or 0))
         else:

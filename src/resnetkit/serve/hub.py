@@ -55,7 +55,7 @@ class ServedModel:
         meta, ran = self.classifier.meta, self.classifier.ran
         return ModelInfo(
             name=self.name, arch=meta.arch, weights=meta.weights, backend=ran.backend, precision=ran.precision,
-            device=str(ran.device), device_name=ran.device.name, chosen_by_auto=ran.auto, runtime=ran.label(),
+            device=str(ran.device), device_name=ran.device.name, chosen_by_auto=ran.chosen_by_auto, runtime=ran.label(),
             num_classes=meta.num_classes, input_size=meta.preprocessing.crop_size,
             preprocessing=meta.preprocessing.describe(), published_top1=meta.metrics.top1,
             dataset=meta.metrics.dataset, max_batch_size=self.batcher.max_batch_size,
