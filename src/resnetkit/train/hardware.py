@@ -74,7 +74,8 @@ class Hardware:
         """One phrase for the run's first log line."""
         parts = [f"device {self.device} ({self.device.name})", PRECISION_NAMES[self.precision],
                  "channels_last" if self.channels_last else "contiguous memory format",
-                 f"{self.workers} data workers" if self.workers else "data loaded in the main process"]
+                 f"{self.workers} data worker{'s' if self.workers > 1 else ''}" if self.workers
+                 else "data loaded in the main process"]
         if self.pin_memory:
             parts.append("pinned memory")
         if self.compile:
