@@ -439,11 +439,11 @@ def test_finetune_cifar_weights_on_hymenoptera(cifar_weights: Path, hymenoptera_
 
 @pytest.fixture(scope="module")
 def cifar_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 300 training images of each CIFAR-10 class (symbolic links)."""
-    source, root = require(CIFAR_TRAIN), tmp_path_factory.mktemp("cifar3k")
+    """The first 500 training images of each CIFAR-10 class (symbolic links)."""
+    source, root = require(CIFAR_TRAIN), tmp_path_factory.mktemp("cifar5k")
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
         (root / folder.name).mkdir()
-        for file in sorted(folder.iterdir())[:300]:
+        for file in sorted(folder.iterdir())[:500]:
             (root / folder.name / file.name).symlink_to(file)
     return root
 
@@ -457,7 +457,7 @@ def test_cuda_defaults_train_cifar_resnet20(cifar_subset: Path, tmp_path: Path) 
     assert used["device"] == "cuda:0" and used["precision"] == "fp16" and used["channels_last"] and used["pin_memory"]
     assert used["workers"] == hardware.default_workers() > 0
     first, second = epoch_metrics(tmp_path / "gpu")
-    assert second["train_loss"] < first["train_loss"] and second["train_top1"] > 20  # chance is 10 %
+    assert second["train_loss"] < first["train_loss"] and second["train_top1"] > 15  # chance is 10 %
     assert "fp16 autocast + gradient scaler, channels_last" in lines[0]
 
 
