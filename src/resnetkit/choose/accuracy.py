@@ -26,19 +26,19 @@ def published_metrics(meta: ModelMeta) -> tuple[PublishedMetrics, str]:
 
 def published_accuracy(meta: ModelMeta, precision: str, *, default_precision: bool) -> dict[str, Any]:
     """The weights' published top-1/top-5 where they describe this variant: unmodified weights run in
-    fp32, or in the default precision (bf16 where the CPU computes it natively), which resnetkit holds to
-    0.2 points of fp32 (measured on the CIFAR-10 ResNets, docs/optimize.md); said so in the source."""
+    fp32, or in the default precision (bf16 where the CPU computes it natively, fp16 on a GPU), which resnetkit
+    holds to 0.2 points of fp32 (measured on the CIFAR-10 ResNets: docs/optimize.md, docs/gpu.md); said so."""
     metrics, applies = published_metrics(meta)
     if metrics.top1 is None:
         source = "none published for these weights (measure with --eval DIR)"
     elif precision == "fp32":
         return {"top1": metrics.top1, "top5": metrics.top5, "accuracy_source": f"published: {metrics.source}{applies}",
                 "accuracy_dataset": metrics.dataset}
-    elif precision == "bf16" and default_precision:
+    elif precision in ("bf16", "fp16") and default_precision:
         return {"top1": metrics.top1, "top5": metrics.top5, "accuracy_dataset": metrics.dataset,
-                "accuracy_source": f"published for fp32: {metrics.source}{applies}; ran bf16, the default precision "
-                                   f"(within {DEFAULT_PRECISION_BOUND} points of fp32 on the CIFAR-10 ResNets; "
-                                   "check with --eval DIR)"}
+                "accuracy_source": f"published for fp32: {metrics.source}{applies}; ran {precision}, the default "
+                                   f"precision (within {DEFAULT_PRECISION_BOUND} points of fp32 on the CIFAR-10 "
+                                   "ResNets; check with --eval DIR)"}
     else:
         source = (f"not measured: the published {metrics.top1:.2f} % is for fp32 and this variant ran {precision} "
                   "(measure with --eval DIR)")

@@ -87,7 +87,7 @@ class BenchRecord:
     accuracy_dataset: str
     published_gmacs: float | None
     input_size: int
-    threads: int
+    threads: int | None  # None on a GPU
     device: str  # "cpu", "cuda:0"
     memory_format: str
     torch_version: str

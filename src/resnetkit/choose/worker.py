@@ -149,7 +149,8 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, ran: 
         **published_accuracy(meta, ran.precision, default_precision=variant.precision is None),
         published_gmacs=published_metrics(meta)[0].gmacs,
         input_size=shape[-1],
-        threads=ran.threads or torch.get_num_threads(),  # runners that do not say run on torch's threads
+        # runners that do not say run on torch's threads; threads do not apply on a GPU
+        threads=None if ran.device.is_cuda else ran.threads or torch.get_num_threads(),
         device=str(ran.device),
         device_name=ran.device.name,
         chosen_by_auto=ran.chosen_by_auto,

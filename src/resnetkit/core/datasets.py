@@ -127,6 +127,10 @@ class Batch:
     labels: torch.Tensor
     skipped: list[str]  # paths of files that could not be decoded
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked images, which a GPU copies without blocking (DataLoader calls this with pin_memory=True)."""
+        return Batch(self.images.pin_memory(), self.labels, self.skipped)
+
 
 def collate_skipping_bad(items: list[tuple[Any, int, str]]) -> Batch:
     """Stack the good items; report the paths of the bad ones (``None`` images)."""

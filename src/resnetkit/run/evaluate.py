@@ -72,7 +72,8 @@ def evaluate(
     workers = default_workers(ran.device) if workers is None else workers
     prepare = functools.partial(prepare_image, preprocessing=classifier.meta.preprocessing)
     loader = DataLoader(ImageFileDataset(samples, prepare), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate_skipping_bad, persistent_workers=False)
+                        num_workers=workers, collate_fn=collate_skipping_bad, persistent_workers=False,
+                        pin_memory=ran.device.is_cuda)
     num_classes = classifier.meta.num_classes
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     top5_hits = 0
