@@ -128,8 +128,8 @@ class Batch:
     skipped: list[str]  # paths of files that could not be decoded
 
     def pin_memory(self) -> "Batch":
-        """Page-locked images, which a GPU copies without blocking (DataLoader calls this with pin_memory=True)."""
-        return Batch(self.images.pin_memory(), self.labels, self.skipped)
+        """Page-locked tensors, which a GPU copies without blocking (DataLoader calls this with pin_memory=True)."""
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped)
 
 
 def collate_skipping_bad(items: list[tuple[Any, int, str]]) -> Batch:

@@ -15,9 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from ..backends.base import RunnerOptions, make_runner

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
-from ..core.datasets import (Batch, DecodeAndTransform, ImageFileDataset, Sample, collate_skipping_bad, labelled_samples,
+from ..core.datasets import (DecodeAndTransform, ImageFileDataset, Sample, collate_skipping_bad, labelled_samples,
                              scan_class_folders)
 from ..core.errors import DatasetError
 from ..core.spec import Preprocessing
@@ -200,18 +200,6 @@ class SeededImages(Dataset):
             return self.images[index]
 
 
-@dataclass
-class PinnableBatch(Batch):
-    """A :class:`Batch` the DataLoader can pin (it pins objects with a ``pin_memory`` method)."""
-
-    def pin_memory(self) -> "PinnableBatch":
-        return PinnableBatch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped)
-
-
-def collate_pinnable(items: list[tuple[Any, int, str]]) -> PinnableBatch:
-    return PinnableBatch(**vars(collate_skipping_bad(items)))
-
-
 def ignore_ctrl_c(worker_id: int) -> None:
     """Loader workers leave Ctrl-C to the training process, which finishes its step and saves."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -223,5 +211,5 @@ def make_loader(samples: Sequence[Sample], transform: Callable[[Any], torch.Tens
     unreadable files are skipped and reported. With persistent workers, make it once and iterate it every epoch
     after ``sampler.set_epoch``."""
     return DataLoader(SeededImages(samples, transform, sampler.seed), batch_size=batch_size, sampler=sampler,
-                      collate_fn=collate_pinnable, generator=torch.Generator().manual_seed(sampler.seed),
+                      collate_fn=collate_skipping_bad, generator=torch.Generator().manual_seed(sampler.seed),
                       worker_init_fn=ignore_ctrl_c, **loader_options)
