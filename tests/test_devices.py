@@ -44,6 +44,13 @@ def test_asking_for_a_gpu_without_one_says_what_to_do():
         resolve_device("cuda:1")
 
 
+def test_load_model_takes_a_device_word():
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager", device="cpu")
+    assert model.ran.device == CPU and model.logits(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(DeviceError, match="not a device"):
+        load_model("cifar_resnet20", pretrained=False, device="tpu")
+
+
 def test_labels_say_what_ran_and_where():
     assert RunInfo("openvino", "bf16", CPU, chosen_by_auto=True).label() == "openvino/bf16 on CPU (auto)"
     assert RunInfo("eager", "fp32").label() == "eager/fp32 on CPU"

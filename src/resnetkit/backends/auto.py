@@ -182,7 +182,7 @@ def _read_any(path: Path, options: RunnerOptions) -> tuple[AutoRunner, ModelMeta
     return tuned(path.name, tuning.file_key(path), meta, options, builders), meta
 
 
-register(Backend("auto", "measures the available backends and thread counts for the model and batch size "
-                         "(cached per machine); runs the fastest",
+register(Backend("auto", "measures the backends that run on the device (and thread counts on the CPU) for the model "
+                         "and batch size, cached per machine and device; runs the fastest",
                  ("fp32", "bf16", "fp16", "int8"), _factory, default_precision=default_precision, devices=("cpu", "cuda"),
                  package="torch", tried_by_auto=False, reads_any=_read_any))

@@ -15,6 +15,7 @@ from torch import nn
 from ..backends import tuning
 from ..backends.base import FLOAT_DTYPES, RunInfo, Runner, RunnerOptions, file_suffixes, module_backend, read_file, run_info
 from ..core.artifacts import ARTIFACT_SUFFIXES, load_artifact
+from ..core.device import resolve_device
 from ..core.errors import ModuleRequiredError, UnknownModelError, WeightsError
 from ..core.images import prepare_image
 from ..core.spec import ModelMeta, ModelSpec
@@ -112,6 +113,7 @@ def load_model(
     backend: str | None = None,
     options: RunnerOptions | None = None,
     progress: bool | None = None,
+    device: str | None = None,
 ) -> Classifier:
     """Load a model reference: a zoo name (with published, chosen or no weights) or an artifact path.
 
@@ -121,10 +123,14 @@ def load_model(
     zoo models and ``.pt`` artifacts run on ``auto`` (the fastest measured backend, in the
     default precision of :mod:`resnetkit.backends.auto`, or the precision an artifact stores);
     other files on their own runtime from the backend registry (ONNX Runtime for ``.onnx``,
-    OpenVINO for ``.xml``, TorchScript for ``.torchscript``). The runner is built on first use.
+    OpenVINO for ``.xml``, TorchScript for ``.torchscript``). ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)
+    is where it runs, shorthand for ``options.device`` (default ``auto``: the first CUDA GPU, else the CPU).
+    The runner is built on first use.
     """
     ref = str(ref)
     options = options or RunnerOptions()
+    if device is not None:
+        options = options.on(resolve_device(device))
     if is_zoo_name(ref):
         spec = get_spec(ref)
         module, meta = _zoo_module(spec, weights, pretrained, progress)
