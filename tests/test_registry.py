@@ -258,7 +258,7 @@ def test_auto_is_the_default_and_says_what_ran(fresh_cache: Path) -> None:
     # the fastest of fp32 and the default precision (bf16 where the CPU has it natively), never int8
     assert model.runner.precision in {"fp32", auto.default_precision(CPU)}
     assert model.runner.tuning.choice.precision == model.runner.precision
-    assert base.runner_label(model.runner) == f"{model.ran.backend}/{model.runner.precision} on CPU (auto)"
+    assert model.ran.label() == f"{model.ran.backend}/{model.runner.precision} on CPU (auto)"
     tried = {label.split("/")[0] for label in model.runner.timings_ms}
     assert {"eager", "onnxruntime", "openvino"} <= tried and "compile" not in tried
     exact = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(precision="fp32"))

@@ -285,11 +285,6 @@ def make_runner(module: nn.Module, meta: ModelMeta, backend: str | None = None,
     return chosen.factory(module, meta, options)  # type: ignore[misc]
 
 
-def runner_label(runner: Runner) -> str:
-    """What ran and where, for people (see :meth:`RunInfo.label`)."""
-    return run_info(runner).label()
-
-
 def _writers(backends: Iterable[Backend]) -> dict[str, tuple[Backend, FileFormat]]:
     return {f.export.name: (b, f) for b in backends for f in b.formats if f.export is not None}
 
