@@ -8,8 +8,12 @@ Precision: what was asked for, else each backend's default precision on the devi
 :data:`DEFAULT_PRECISIONS` (on the CPU fp32, or bf16 where the CPU computes bf16 natively: OpenVINO's default
 hint says so; on a GPU fp16), else fp32. Never int8 unless asked: int8 needs a calibrated artifact.
 Candidates are the registered backends marked ``tried_by_auto`` that run on the device and in the precision
-(for a model file: the backends that read it). On a GPU, candidates are timed on inputs already there,
-synchronised.
+(for a model file: the backends that read it); on the CPU each with its runtime's own thread setting and with one
+thread. On the CPU the candidates are built and timed in a separate Python process
+(:mod:`resnetkit.backends.trial`), and this process builds only the winner: runtimes keep thread pools and pinned
+cores for the life of a process, so losers built beside the winner could slow it down. On a GPU, candidates are
+timed in this process (no thread pools to leave behind; a second CUDA context would cost memory and seconds), on
+inputs already there, synchronised.
 """
 
 from __future__ import annotations
@@ -17,9 +21,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
+import pickle
 import statistics
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 import torch
 from torch import nn
@@ -31,6 +40,8 @@ from ..core.spec import ModelMeta
 from . import tuning
 from .base import Backend, Runner, RunnerOptions, make_runner, readers_of, register, registered, run_info
 from .tuning import Candidate, Tuning
+
+log = logging.getLogger(__name__)
 
 TRIAL_SECONDS = 0.3  # timed seconds per candidate, spread over interleaved rounds (at least 3 calls a round)
 TRIAL_ROUNDS = 3
@@ -61,13 +72,14 @@ class AutoRunner:
 
 
 def thread_counts(device: Device, asked: int | None = None) -> list[int | None]:
-    """Intra-op thread counts to try on the CPU: the one asked for, else one and every usable core (None on a GPU,
+    """Intra-op thread settings to try on the CPU: the one asked for, else the runtime's own (None: what it does
+    alone, which knows the cores it should use) and one thread where there are more usable cores (None on a GPU,
     where threads do not apply)."""
     if device.is_cuda:
         return [None]
     if asked:
         return [asked]
-    return sorted({1, usable_cores()})
+    return [None, 1] if usable_cores() > 1 else [None]
 
 
 def _precision_for(backend: Backend, requested: str | None, device: Device) -> str:
@@ -126,60 +138,118 @@ def choose(timings: Mapping[Candidate, float]) -> Candidate:
     return fastest if timings[fastest] < (1 - CLEARLY_FASTER) * timings[runner_up] else runner_up
 
 
-def tuned(name: str, key: str, meta: ModelMeta, options: RunnerOptions,
-          builders: Mapping[Candidate, Callable[[], Runner]]) -> AutoRunner:
-    """The cached choice for this model, batch size and precision if there is one, else measure
-    every candidate that builds, keep the fastest and store the measurements."""
-    cached = None if options.retune else tuning.lookup(key, options.batch_size, options.precision, options.threads,
-                                                       options.device)
-    if cached is not None and cached.choice in builders:
-        return AutoRunner(builders[cached.choice](), cached, cached=True)
-    runners = {}
-    for candidate, build in builders.items():
+class Source(Protocol):
+    """What auto builds its candidates from (picklable, to be built again in the trial process)."""
+
+    def build(self, candidate: Candidate, options: RunnerOptions) -> tuple[Runner, ModelMeta]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleSource:
+    """A PyTorch module: each candidate gets a copy, in the candidate's precision and threads."""
+
+    module: nn.Module
+    meta: ModelMeta
+
+    def build(self, candidate: Candidate, options: RunnerOptions) -> tuple[Runner, ModelMeta]:
+        chosen = dataclasses.replace(options, precision=candidate.precision, threads=candidate.threads)
+        return make_runner(copy.deepcopy(self.module), self.meta, candidate.backend, chosen), self.meta
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSource:
+    """A model file, read by each backend that reads it (the file's own precision unless one was asked for)."""
+
+    path: Path
+
+    def build(self, candidate: Candidate, options: RunnerOptions) -> tuple[Runner, ModelMeta]:
+        fmt = readers_of(self.path.suffix.lower())[candidate.backend]
+        return fmt.read(self.path, dataclasses.replace(options, threads=candidate.threads))
+
+
+def measure(source: Source, tried: list[Candidate], options: RunnerOptions,
+            seconds: float = TRIAL_SECONDS) -> dict[Candidate, float]:
+    """Build every candidate that builds (in the precision asked for, if one was) and time them interleaved on a
+    random batch for about ``seconds`` each: median latency (ms) per candidate. Raises :class:`ResnetkitError`
+    when none builds."""
+    runners: dict[Candidate, Runner] = {}
+    meta = None
+    for candidate in tried:
         try:
-            runner = build()
+            runner, meta = source.build(candidate, options)
         except BackendUnavailableError:
             continue
         if options.precision is None or runner.precision == options.precision:  # e.g. no fp16 arithmetic here
             runners[candidate] = runner
-    if not runners:
-        raise ResnetkitError(f"No backend can run {name} with these options; see 'resnetkit backends'.")
+    if not runners or meta is None:
+        raise ResnetkitError("No backend can run this model with these options; see 'resnetkit backends'.")
     batch = torch.randn(max(options.batch_size, 1), *meta.preprocessing.input_shape, device=options.device.torch)
+    return median_latencies(runners, batch, seconds, sync=options.device.synchronize)
+
+
+def measure_apart(source: Source, tried: list[Candidate], options: RunnerOptions) -> dict[Candidate, float]:
+    """:func:`measure` in a fresh Python process on the CPU (see the module's docstring); in this process on a GPU,
+    or when ``source`` cannot be sent to another process (e.g. a module of a class defined in ``__main__``)."""
+    job = (source, tried, dataclasses.replace(options, trial_gate=None), TRIAL_SECONDS)
+    try:
+        payload = pickle.dumps(job)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        log.warning("auto: timing the candidates in this process (the model cannot be sent to another: %s)", exc)
+        payload = None
+    if options.device.is_cuda or payload is None:
+        return measure(*job)
+    with tempfile.TemporaryDirectory(prefix="resnetkit-trial-") as folder:
+        result_path = Path(folder) / "result.pickle"
+        done = subprocess.run([sys.executable, "-m", f"{__package__}.trial", str(result_path)], input=payload,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if not result_path.is_file():
+            last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+            raise ResnetkitError(f"auto's trial process failed (exit {done.returncode}: {last}). "
+                                 "Pick a backend with --backend instead, or report this.")
+        outcome = pickle.loads(result_path.read_bytes())
+    if isinstance(outcome, ResnetkitError):
+        raise outcome
+    return outcome
+
+
+def tuned(name: str, key: str, options: RunnerOptions, source: Source,
+          tried: list[Candidate]) -> tuple[AutoRunner, ModelMeta]:
+    """The cached choice for this model, batch size and precision if there is one, else measure every candidate
+    (:func:`measure_apart`), keep the fastest and store the measurements. Only the chosen one is built here."""
+    cached = None if options.retune else tuning.lookup(key, options.batch_size, options.precision, options.threads,
+                                                       options.device)
+    if cached is not None and cached.choice in tried:
+        runner, meta = source.build(cached.choice, options)
+        return AutoRunner(runner, cached, cached=True), meta
     with (options.trial_gate or contextlib.nullcontext)():
-        timings = median_latencies(runners, batch, sync=options.device.synchronize)
+        try:
+            timings = measure_apart(source, tried, options)
+        except ResnetkitError as exc:
+            raise ResnetkitError(f"{name}: {exc}") from None
     best = choose(timings)
     entry = Tuning(name, key, options.batch_size, options.precision, options.threads, best,
                    {c.label: t for c, t in timings.items()}, machine=tuning.machine(options.device))
     tuning.store(entry)
-    return AutoRunner(runners[best], entry, cached=False)
+    runner, meta = source.build(best, options)
+    return AutoRunner(runner, entry, cached=False), meta
+
+
+def _tried(backends: list[str], precision: Callable[[str], str | None], options: RunnerOptions) -> list[Candidate]:
+    return [Candidate(name, precision(name), threads) for name in backends
+            for threads in thread_counts(options.device, options.threads)]
 
 
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> AutoRunner:
-    def build(candidate: Candidate) -> Runner:
-        chosen = dataclasses.replace(options, precision=candidate.precision, threads=candidate.threads)
-        return make_runner(copy.deepcopy(module), meta, candidate.backend, chosen)
-
-    tried = [Candidate(b.name, _precision_for(b, options.precision, options.device), threads)
-             for b in candidates(options.precision, options.device)
-             for threads in thread_counts(options.device, options.threads)]
-    return tuned(meta.name, tuning.module_key(module), meta, options, {c: (lambda c=c: build(c)) for c in tried})
+    by_name = {b.name: b for b in candidates(options.precision, options.device)}
+    tried = _tried(list(by_name), lambda name: _precision_for(by_name[name], options.precision, options.device),
+                   options)
+    return tuned(meta.name, tuning.module_key(module), options, ModuleSource(module, meta), tried)[0]
 
 
 def _read_any(path: Path, options: RunnerOptions) -> tuple[AutoRunner, ModelMeta]:
-    """A model file on the fastest of the backends that read it (and thread counts)."""
-    read: dict[Candidate, tuple[Runner, ModelMeta]] = {}
-
-    def build(candidate: Candidate) -> Runner:
-        fmt = readers_of(path.suffix.lower())[candidate.backend]
-        read[candidate] = fmt.read(path, dataclasses.replace(options, threads=candidate.threads))
-        return read[candidate][0]
-
-    tried = [Candidate(name, options.precision, threads) for name in readers_of(path.suffix.lower())
-             for threads in thread_counts(options.device, options.threads)]
-    build(tried[0])  # the file's metadata (input shape) is needed before measuring
-    meta = read[tried[0]][1]
-    builders = {c: (lambda c=c: read[c][0] if c in read else build(c)) for c in tried}
-    return tuned(path.name, tuning.file_key(path), meta, options, builders), meta
+    """A model file on the fastest of the backends that read it (and thread settings)."""
+    tried = _tried(list(readers_of(path.suffix.lower())), lambda name: options.precision, options)
+    return tuned(path.name, tuning.file_key(path), options, FileSource(path), tried)
 
 
 register(Backend("auto", "measures the backends that run on the device (and thread counts on the CPU) for the model "

@@ -244,7 +244,7 @@ def load_backend_modules() -> None:
 
 
 _LOADED = False
-_SUPPORT_MODULES = {"base", "common", "tuning"}
+_SUPPORT_MODULES = {"base", "common", "trial", "tuning"}
 
 
 def registered() -> list[Backend]:

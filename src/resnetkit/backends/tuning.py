@@ -25,7 +25,7 @@ from ..core.device import CPU, Device, cpu_name, gpu_facts, usable_cores
 from ..core.fileio import write_text_atomic
 
 ENV_VAR = "RESNETKIT_TUNING_CACHE"
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 LIBRARIES = ("torch", "onnxruntime", "openvino")
 
 
@@ -74,7 +74,8 @@ def file_key(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to run a model: a backend, a precision (None: the file's own) and intra-op threads (None on a GPU)."""
+    """One way to run a model: a backend, a precision (None: the file's own) and intra-op threads (None: the
+    runtime's own setting; always None on a GPU)."""
 
     backend: str
     precision: str | None
@@ -94,7 +95,7 @@ class Tuning:
     model_key: str
     batch_size: int
     precision: str | None  # requested (None: auto's default)
-    threads: int | None  # requested (None: auto tried one thread and every core)
+    threads: int | None  # requested (None: auto tried the runtime's own setting and one thread)
     choice: Candidate
     timings_ms: dict[str, float]  # candidate label -> median latency
     machine: dict[str, Any] = field(default_factory=machine)  # where it was measured (see :func:`machine`)

@@ -6,10 +6,20 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
-from ..core.measure import LoadSpan, Timing, load_average, median_ci, median_is_stable, speedup, timing_from_samples
+from ..core.measure import (LoadSpan, Timing, load_average, median_ci, median_is_stable, percentile, speedup,
+                            timing_from_samples)
 from .pool import Worker
 from .records import BenchConfig, BenchRecord, Variant
+
+# an eager reference this many times slower per GMAC than the median of the run's other references, or whose runs
+# spread (interquartile range) over more than this share of its median, is not compared with: a ratio from it would
+# measure the reference's trouble (e.g. its threads fighting the deployed runtime's), not the deployed model.
+# Depthwise networks are slower per GMAC in eager PyTorch (efficientnet_b0 3.4x resnet50 in the README's bench
+# run); the 577 ms reference of issue 19 was 150x
+OUT_OF_LINE_PER_GMAC = 25.0
+UNSTEADY_SPREAD = 0.5
 
 
 @dataclass
@@ -62,8 +72,16 @@ class Track:
             statistics.median(self.throughput) if self.throughput else middle * config.batch_size)
         return max(needed - len(ordered), 0) * middle / 1000.0 + max(throughput, 0) / 1000.0 * (not self.is_reference)
 
-    def finished(self, config: BenchConfig, cores: int, other_cpu_share: float | None) -> BenchRecord:
-        """The variant's record with what was measured (``partial`` if it had not stopped yet)."""
+    def ms_per_gmac(self) -> float | None:
+        """Median latency per GMAC so far (None without samples or a MAC count)."""
+        if not self.samples or not self.record.gmacs:
+            return None
+        return statistics.median(self.samples) / self.record.gmacs
+
+    def finished(self, config: BenchConfig, cores: int, other_cpu_share: float | None,
+                 neighbours_ms_per_gmac: Sequence[float] = ()) -> BenchRecord:
+        """The variant's record with what was measured (``partial`` if it had not stopped yet);
+        ``neighbours_ms_per_gmac``: the other models' eager references in this run, to check this one's against."""
         timing = timing_from_samples(self.samples, config.warmup)
         batch_ms = statistics.median(self.throughput) if self.throughput else None
         record = replace(
@@ -79,10 +97,27 @@ class Track:
             record.preprocess_ms_p50, record.e2e_latency_ms_p50 = self.end_to_end
         if self.best_batch:
             record.best_batch_size, record.best_throughput_ips = self.best_batch
-        self._compare_with_reference(record, timing, config)
+        self._compare_with_reference(record, timing, config, neighbours_ms_per_gmac)
         return record
 
-    def _compare_with_reference(self, record: BenchRecord, timing: Timing, config: BenchConfig) -> None:
+    def reference_trouble(self, neighbours_ms_per_gmac: Sequence[float]) -> str | None:
+        """Why this (reference) track's timings are out of line, or None: spread too wide, or too slow per GMAC
+        against the other references of the run."""
+        ordered = sorted(self.samples)
+        middle = statistics.median(ordered)
+        spread = (percentile(ordered, 75) - percentile(ordered, 25)) / middle
+        if spread > UNSTEADY_SPREAD:
+            return f"its runs spread over {100 * spread:.0f} % of its median"
+        rate = self.ms_per_gmac()
+        if rate is not None and neighbours_ms_per_gmac:
+            usual = statistics.median(neighbours_ms_per_gmac)
+            if rate > OUT_OF_LINE_PER_GMAC * usual:
+                return (f"{rate:.3g} ms per GMAC, {rate / usual:.0f}x the other models' eager references in this run "
+                        f"({usual:.3g})")
+        return None
+
+    def _compare_with_reference(self, record: BenchRecord, timing: Timing, config: BenchConfig,
+                                neighbours_ms_per_gmac: Sequence[float]) -> None:
         reference = self.reference
         if reference is self:
             record.reference_latency_ms_p50, record.vs_reference = timing.p50_ms, "is the reference"
@@ -96,4 +131,8 @@ class Track:
                             record.other_cpu_share)
             record.reference_latency_ms_p50 = ref_timing.p50_ms
             record.reference_timed_seconds = sum(reference.samples) / 1000.0
+            trouble = reference.reference_trouble(neighbours_ms_per_gmac)
+            if trouble:
+                record.vs_reference = f"reference out of line: {trouble}; not compared"
+                return
             record.speedup_vs_reference, record.vs_reference = speedup(ref_timing, timing, span)

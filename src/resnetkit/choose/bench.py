@@ -214,7 +214,9 @@ class _Run:
 
     def _result(self, track: Track) -> BenchRecord:
         share = self.meter.foreign_share() if self.meter is not None else None
-        return track.finished(self.config, machine_cores(), share)
+        neighbours = [rate for t in self.tracks if t.is_reference and t is not track.reference
+                      for rate in [t.ms_per_gmac()] if rate is not None]
+        return track.finished(self.config, machine_cores(), share, neighbours)
 
 
 def environment() -> dict[str, Any]:

@@ -114,7 +114,8 @@ class BenchRecord:
     other_cpu_share: float | None = None  # share of all cores used by other processes while measuring (Linux)
     reference_latency_ms_p50: float | None = None  # eager fp32, measured interleaved with this variant
     speedup_vs_reference: float | None = None  # None when not comparable
-    vs_reference: str = ""  # "2.10x faster", "not comparable: machine busy (...)", "is the reference"
+    vs_reference: str = ""  # "2.10x faster", "within noise (...)", "not comparable: machine busy (...)",
+    # "reference out of line: ...; not compared", "is the reference"
     build_seconds: float | None = None  # wall time to load the variant and warm it up, in its process
     timed_seconds: float | None = None  # wall time of its timed calls (latency and throughput)
     reference_timed_seconds: float | None = None  # ... and of its reference's (shared by a model's variants)

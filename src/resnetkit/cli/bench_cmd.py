@@ -225,8 +225,8 @@ def _print_table(records: Sequence[BenchRecord], config: BenchConfig, wall_secon
         f"{config.throughput_runs} runs; float32 input, {records[0].memory_format}; one fresh process per model; 'eager "
         "fp32 p50' and 'vs eager': plain PyTorch fp32 timed in the same process in the same rounds ('not comparable: "
         "machine busy' when other processes used more than 25 % of the CPU while timing (Linux; elsewhere: the "
-        "load average exceeded the core count) or the runs' spread, the mean interquartile "
-        "range, exceeds the difference); GMACs counted with torch.utils.flop_counter at the model's input size; "
+        "load average exceeded the core count); 'within noise' when the 95 % confidence intervals of the two "
+        "medians overlap); GMACs counted with torch.utils.flop_counter at the model's input size; "
         f"sizes are torch.save'd state dicts (MB = 10^6 bytes){memory}.{_gpu_note(records, config)}\n"
         f"{_load_note(records, wall_seconds)}\naccuracy: " + condensed(sources), highlight=False)
 

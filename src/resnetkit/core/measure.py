@@ -309,19 +309,23 @@ def end_load_span(span: LoadSpan) -> LoadSpan:
     return LoadSpan(span.before, load_average(), span.cores, foreign)
 
 
+def cis_overlap(first: Timing, second: Timing) -> bool:
+    """Whether the 95 % confidence intervals of the two medians overlap: the difference is within the noise."""
+    (low_a, high_a), (low_b, high_b) = first.p50_ci_ms, second.p50_ci_ms
+    return low_a <= high_b and low_b <= high_a
+
+
 def speedup(reference: Timing, candidate: Timing, load: LoadSpan) -> tuple[float | None, str]:
     """How many times faster ``candidate`` is than ``reference`` — for two timings measured
     interleaved in one run. Returns (factor, text); the factor is None and the text says
-    "not comparable: machine busy (...)" when the machine was busy (load above the core count)
-    or the spread of the runs (mean of the two interquartile ranges) exceeds the difference of
-    the medians."""
-    difference = abs(reference.p50_ms - candidate.p50_ms)
-    spread = ((reference.p75_ms - reference.p25_ms) + (candidate.p75_ms - candidate.p25_ms)) / 2
+    "not comparable: machine busy (...)" when other processes used the CPU meanwhile (see
+    :attr:`LoadSpan.busy`), or "within noise (...)" when the 95 % confidence intervals of the two
+    medians overlap."""
     if load.busy:
         return None, f"not comparable: machine busy ({load.describe()})"
-    if spread > difference:
-        return None, (f"not comparable: machine busy (the runs' spread, {spread:.3g} ms, exceeds the "
-                      f"difference of the medians, {difference:.3g} ms)")
+    if cis_overlap(reference, candidate):
+        return None, (f"within noise ({reference.p50_ms:.3g} vs {candidate.p50_ms:.3g} ms; the 95 % confidence "
+                      "intervals of the medians overlap)")
     factor = reference.p50_ms / candidate.p50_ms
     return factor, f"{factor:.2f}x faster" if factor >= 1 else f"{1 / factor:.2f}x slower"
 
@@ -337,6 +341,9 @@ class InterleavedTimings:
         return speedup(self.timings[reference], self.timings[candidate], self.load)
 
 
+BURST_SECONDS = 0.05  # timed seconds of one callable per round of time_interleaved
+
+
 def time_interleaved(
     fns: Mapping[str, Callable[[], object]],
     *,
@@ -344,20 +351,34 @@ def time_interleaved(
     min_runs: int = 10,
     max_runs: int = 500,
     min_seconds: float = 2.0,
+    max_seconds: float | None = None,
+    burst_seconds: float = BURST_SECONDS,
     sync: Sync = None,
 ) -> InterleavedTimings:
-    """Time several callables in rounds (each called once per round, in turn) so that a slow
-    spell of the machine hits all of them alike; at least ``min_runs`` rounds and
-    ``min_seconds`` of timed calls in all, at most ``max_runs`` rounds."""
+    """Time several callables in rounds, so that a slow spell of the machine hits all of them alike. In each
+    round each one runs a short burst (``burst_seconds``, at least two calls) whose first call is not counted: it
+    pays for the switch from the previous callable (another runtime's threads still spinning, cold caches).
+    At least ``min_runs`` counted calls each and ``min_seconds`` of timed calls in all; then, with
+    ``max_seconds``, more rounds until the 95 % confidence interval of each one's median is clear of the first
+    one's (the reference), or ``max_seconds`` of timed calls in all. At most ``max_runs`` counted calls each."""
     for fn in fns.values():
         if warmup:
             timed_calls(fn, calls=warmup, sync=sync)
     load = start_load_span()
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    spent, rounds = 0.0, 0
-    while rounds < max_runs and (rounds < min_runs or spent < min_seconds):
-        rounds += 1
+    spent = 0.0
+
+    def settled() -> bool:
+        if min(map(len, samples.values())) < min_runs or spent < min_seconds:
+            return False
+        if max_seconds is None or spent >= max_seconds:
+            return True
+        timings = [timing_from_samples(s) for s in samples.values()]
+        return not any(cis_overlap(timings[0], other) for other in timings[1:])
+
+    while not settled() and min(map(len, samples.values())) < max_runs:
         for name, fn in fns.items():
-            samples[name] += timed_calls(fn, sync=sync)
-            spent += samples[name][-1] / 1000.0
+            burst = timed_calls(fn, calls=2, min_seconds=burst_seconds, max_calls=max_runs + 1, sync=sync)
+            samples[name] += burst[1:]
+            spent += sum(burst) / 1000.0
     return InterleavedTimings({name: timing_from_samples(s, warmup) for name, s in samples.items()}, end_load_span(load))

@@ -110,6 +110,7 @@ def agreement(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Call
 
 
 LATENCY_SECONDS = 2.0  # minimum timed wall-clock per measurement
+MAX_LATENCY_SECONDS = 8.0  # ... and at most, while the medians' confidence intervals still overlap
 
 
 def cpu_module(source: Classifier, command: str) -> nn.Module:
@@ -142,18 +143,21 @@ def synchronize_all(devices: Iterable[Device]) -> Callable[[], None] | None:
 
 
 def compare_latency(classifiers: Mapping[str, Classifier], batch_size: int = 1) -> InterleavedTimings:
-    """Before/after latency of several classifiers measured interleaved in one run (one call
-    of each per round, at least 10 rounds and ``LATENCY_SECONDS`` seconds after 3 warm-up
-    calls each), with the load average before and after. Each one's input is on the device it
-    runs on, and on a GPU the clock stops once the GPU has finished. Use its ``speedup(before, after)``
-    for the "x faster" text: it says "not comparable: machine busy" when it is not."""
+    """Latency of several classifiers measured interleaved in one run, the way ``bench`` measures: short bursts
+    of each in turn (3 warm-up calls each first), at least 10 counted calls each and ``LATENCY_SECONDS`` in all,
+    then more rounds until each one's median is clear of the first one's (the reference: one measured reference
+    for every comparison of the command run) or ``MAX_LATENCY_SECONDS``; with the CPU use of other processes
+    meanwhile. Each one's input is on the device it runs on, and on a GPU the clock stops once the GPU has
+    finished. Use its ``speedup(reference, other)`` for the "x faster" text: it says "within noise" or
+    "not comparable: machine busy" when that is what was found."""
     calls, devices = {}, []
     for name, classifier in classifiers.items():
         device = classifier.ran.device
         batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape, device=device.torch)
         calls[name] = lambda c=classifier, b=batch: c.logits(b)
         devices.append(device)
-    return time_interleaved(calls, warmup=3, min_runs=10, min_seconds=LATENCY_SECONDS, sync=synchronize_all(devices))
+    return time_interleaved(calls, warmup=3, min_runs=10, min_seconds=LATENCY_SECONDS,
+                            max_seconds=MAX_LATENCY_SECONDS, sync=synchronize_all(devices))
 
 
 def top1_accuracy(classifier: Classifier, data_dir: str | os.PathLike[str], limit: int | None = None) -> float:
