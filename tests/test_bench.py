@@ -305,6 +305,26 @@ def test_a_reference_out_of_line_with_its_neighbours_or_unsteady_is_not_compared
         "reference out of line: its runs spread over")
 
 
+def test_off_a_terminal_progress_is_a_line_per_model_built_and_variant_measured_with_a_fresh_estimate():
+    from resnetkit.choose.records import BenchProgress
+    from resnetkit.cli.bench_cmd import _print_progress, err_console
+
+    printed: dict[str, int] = {}
+    steps = [BenchProgress("starting", 0, 0, 3), BenchProgress("starting", 0, 1, 3, 24.0, last="resnet50"),
+             BenchProgress("starting", 0, 3, 3, 0.0, last="resnet18"), BenchProgress("measuring", 1, 0, 3, 70.0),
+             BenchProgress("measuring", 2, 0, 3, 65.0), BenchProgress("measuring", 3, 1, 3, 30.0)]
+    with err_console.capture() as captured:
+        for step in steps:
+            _print_progress(step, printed)
+    assert captured.get().splitlines() == [
+        "building 3 models, one process each (auto times its candidates on first use)",
+        "built resnet50 (1 of 3); about 0:24 m:ss left to build the rest",
+        "built resnet18 (3 of 3); about 0:00 m:ss left to build the rest",
+        "measuring 3 variants in interleaved rounds; about 1:10 m:ss left",
+        "measured 1 of 3 variants; about 0:30 m:ss left",  # round 2 finished nothing: no line
+    ]
+
+
 def test_notes_that_differ_in_one_word_are_printed_once():
     from resnetkit.cli.bench_cmd import condensed
 

@@ -14,6 +14,8 @@ its cap (:mod:`.adaptive`). On a GPU each variant then looks for its best throug
 from __future__ import annotations
 
 import platform
+import statistics
+import time
 from multiprocessing.connection import wait
 from typing import Any, Callable, Sequence
 
@@ -101,20 +103,26 @@ class _Run:
                 self._add(LocalWorker(model, variants, self.config))
             return
         pending = sorted(enumerate(requested.items()), key=lambda item: -_build_cost(item[1][0]))
-        starting: list[ProcessWorker] = []
+        starting: dict[ProcessWorker, float] = {}  # worker -> when it started
+        build_seconds: list[float] = []
         gate = TrialGate(process_context(), len(pending))  # auto's trials pause the other builds
         parallel = usable_cores() if CAN_PAUSE else 1
+        self.on_progress(BenchProgress("starting", 0, 0, len(requested)))
         while pending or starting:
             while pending and len(starting) < parallel:
                 slot, (model, variants) = pending.pop(0)
                 with interrupts_held():
-                    starting.append(ProcessWorker(model, variants, self.config, gate, slot))
-                    self.workers.append(starting[-1])
+                    worker = ProcessWorker(model, variants, self.config, gate, slot)
+                    starting[worker] = time.monotonic()
+                    self.workers.append(worker)
             ready = wait([w.conn for w in starting])
-            for worker in [w for w in starting if w.conn in ready]:
-                starting.remove(worker)
-                self._add(worker)
-            self.on_progress(BenchProgress("starting", 0, len(requested) - len(pending) - len(starting), len(requested)))
+            for built in [w for w in starting if w.conn in ready]:
+                build_seconds.append(time.monotonic() - starting.pop(built))
+                self._add(built)
+                # what the builds so far took, for those still to come (the longest ones start first: an overestimate)
+                eta = statistics.fmean(build_seconds) * (len(pending) + len(starting)) / parallel
+                self.on_progress(BenchProgress("starting", 0, len(requested) - len(pending) - len(starting),
+                                               len(requested), eta, last=built.model))
 
     def _add(self, worker: Worker) -> None:
         if worker not in self.workers:

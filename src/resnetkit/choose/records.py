@@ -162,9 +162,10 @@ class BenchProgress:
 
     phase: str  # "starting" | "measuring"
     round: int
-    done: int  # models started (starting) or variants finished (measuring)
+    done: int  # models built (starting) or variants finished (measuring)
     total: int
-    eta_seconds: float | None = None
+    eta_seconds: float | None = None  # re-estimated from the builds so far (starting) or the timings so far
+    last: str | None = None  # starting: the model built last
 
 
 class BenchInterrupted(KeyboardInterrupt):

@@ -127,10 +127,11 @@ def _progress_display() -> Iterator[Callable[[BenchProgress], None]]:
                   console=err_console, transient=True, disable=not live) as bar:
         task = bar.add_task("starting", total=None, eta="")
 
+        printed: dict[str, int] = {}
+
         def update(progress: BenchProgress) -> None:
-            if not live and progress.phase == "measuring" and progress.round == 1:
-                err_console.print(f"measuring {progress.total} variants in interleaved rounds (first estimate: "
-                                  f"{_duration(progress.eta_seconds or 0)} m:ss)", highlight=False)
+            if not live:
+                _print_progress(progress, printed)
             if progress.phase == "starting":
                 bar.update(task, description="building models (one process each)", completed=progress.done,
                            total=progress.total)
@@ -140,6 +141,25 @@ def _progress_display() -> Iterator[Callable[[BenchProgress], None]]:
                            total=progress.total, eta=eta)
 
         yield update
+
+
+def _print_progress(progress: BenchProgress, printed: dict[str, int]) -> None:
+    """Off a terminal (e.g. output to a log): a line when the builds begin, after each model is built and after
+    each variant is measured, each with the time left re-estimated from what was measured so far. ``printed``:
+    phase -> the count of the last line printed (one line per change)."""
+    if printed.get(progress.phase) == progress.done:
+        return
+    printed[progress.phase] = progress.done
+    left = "" if progress.eta_seconds is None else f"; about {_duration(progress.eta_seconds)} m:ss left"
+    if progress.phase == "starting" and progress.last is None:
+        message = f"building {progress.total} models, one process each (auto times its candidates on first use)"
+    elif progress.phase == "starting":
+        message = f"built {progress.last} ({progress.done} of {progress.total}){left} to build the rest"
+    elif progress.round == 1 and progress.done == 0:
+        message = f"measuring {progress.total} variants in interleaved rounds{left}"
+    else:
+        message = f"measured {progress.done} of {progress.total} variants{left}"
+    err_console.print(message, highlight=False)
 
 
 def _duration(seconds: float) -> str:

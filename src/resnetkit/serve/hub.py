@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,19 +126,22 @@ class ModelHub:
     def _load_for_split(self) -> tuple[list[tuple[str, str, Classifier]], CpuSplit]:
         """The models built for the split of the cores, and the split (worker thread; see :mod:`.cpu_split`):
         on a GPU every core decodes; on the CPU ``--threads`` if given, else the thread count whose decode +
-        inference pipeline measured fastest."""
+        inference pipeline measured fastest, each count's models freed before the next is built and the chosen
+        ones built again alone (runtimes keep threads and cores per model for as long as it lives)."""
         device = resolve_device(self.settings.device)
         cores, asked, workers = usable_cores(), self.settings.threads, self.settings.workers
         if device.is_cuda:
             return self._load_all(None), gpu_split(device.name, cores, workers)
         if asked:
             return self._load_all(asked), CpuSplit(asked, workers_for(asked, cores, workers), cores)
-        built, rates = {}, {}
+        rates = {}
         for threads in candidate_threads(cores):
-            built[threads] = self._load_all(threads)
-            rates[threads] = pipeline_rate([c for _, _, c in built[threads]], workers_for(threads, cores, workers))
+            trial = self._load_all(threads)
+            rates[threads] = pipeline_rate([c for _, _, c in trial], workers_for(threads, cores, workers))
+            del trial
+            gc.collect()  # the next models are built with no trial model left beside them
         split = fastest_split(rates, cores, workers)
-        return built[split.threads], split
+        return self._load_all(split.threads), split  # built alone, as auto builds its winner
 
     def _load_all(self, threads: int | None) -> list[tuple[str, str, Classifier]]:
         """Every configured model, loaded and warmed by :func:`load_served` for ``threads`` intra-op threads."""
