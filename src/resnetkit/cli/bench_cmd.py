@@ -91,7 +91,8 @@ def bench_command(
     config = BenchConfig.quick(**overrides) if quick else BenchConfig(**overrides)
     started = time.monotonic()
     interrupted = False
-    with _progress_display() as on_progress:
+    tunes = any(backend in (None, "auto") for backend in backend_list)
+    with _progress_display(" (auto times its candidates on first use)" if tunes else "") as on_progress:
         try:
             records = bench(_split(models) or list(DEFAULT_MODELS), config, backends=backend_list,
                             precisions=precision_list, on_record=_report_record, on_progress=on_progress)
@@ -119,9 +120,9 @@ def bench_command(
 
 
 @contextmanager
-def _progress_display() -> Iterator[Callable[[BenchProgress], None]]:
-    """A rich progress line on a terminal (round counter, variants done, ETA); otherwise one
-    line when the timing rounds begin."""
+def _progress_display(building_note: str) -> Iterator[Callable[[BenchProgress], None]]:
+    """A rich progress line on a terminal (round counter, variants done, ETA); otherwise a line per step
+    (``building_note`` follows the first)."""
     live = err_console.is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[eta]}"),
                   console=err_console, transient=True, disable=not live) as bar:
@@ -131,7 +132,7 @@ def _progress_display() -> Iterator[Callable[[BenchProgress], None]]:
 
         def update(progress: BenchProgress) -> None:
             if not live:
-                _print_progress(progress, printed)
+                _print_progress(progress, printed, building_note)
             if progress.phase == "starting":
                 bar.update(task, description="building models (one process each)", completed=progress.done,
                            total=progress.total)
@@ -143,7 +144,7 @@ def _progress_display() -> Iterator[Callable[[BenchProgress], None]]:
         yield update
 
 
-def _print_progress(progress: BenchProgress, printed: dict[str, int]) -> None:
+def _print_progress(progress: BenchProgress, printed: dict[str, int], building_note: str = "") -> None:
     """Off a terminal (e.g. output to a log): a line when the builds begin, after each model is built and after
     each variant is measured, each with the time left re-estimated from what was measured so far. ``printed``:
     phase -> the count of the last line printed (one line per change)."""
@@ -152,7 +153,7 @@ def _print_progress(progress: BenchProgress, printed: dict[str, int]) -> None:
     printed[progress.phase] = progress.done
     left = "" if progress.eta_seconds is None else f"; about {_duration(progress.eta_seconds)} m:ss left"
     if progress.phase == "starting" and progress.last is None:
-        message = f"building {progress.total} models, one process each (auto times its candidates on first use)"
+        message = f"building {progress.total} models, one process each{building_note}"
     elif progress.phase == "starting":
         message = f"built {progress.last} ({progress.done} of {progress.total}){left} to build the rest"
     elif progress.round == 1 and progress.done == 0:
