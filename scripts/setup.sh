@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install resnetkit into it; idempotent. Usage: scripts/setup.sh [EXTRA]
+# Create a venv (once) and install resnetkit into it; idempotent. Usage: scripts/setup.sh [EXTRA]
+# EXTRA defaults to all (every job's packages but edge) in .venv; 'dev' adds the test tools, 'core' installs no
+# extra. 'edge' and 'dev-edge' go to .venv-edge: the edge converters pin typing-extensions below 4.13, which the
+# rest of the stack has outgrown (VENV=DIR chooses another place).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-extra=${1:-}
-spec="."; [ -n "$extra" ] && spec=".[$extra]"
-stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-12)-${extra:-base}"
+extra=${1:-all}
+case $extra in *edge) venv=${VENV:-.venv-edge} ;; *) venv=${VENV:-.venv} ;; esac
+[ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+spec="."; [ "$extra" != core ] && spec=".[$extra]"
+stamp="$venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-12)-${extra}"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet -e "$spec" 2>&1 | grep -vE "is ignored|^\s*$" || true
-  .venv/bin/python -c "import resnetkit" && touch "$stamp"
+  "$venv/bin/python" -m pip install --quiet -e "$spec" 2>&1 | grep -vE "is ignored|^\s*$" || true
+  "$venv/bin/python" -c "import resnetkit" && touch "$stamp"
 fi

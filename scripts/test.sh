@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up (venv, package, test extras, headless Chromium when possible) and run the tests.
-#   scripts/test.sh [PYTEST ARGS]          all modules, each in its own Python process (what CI runs)
+#   scripts/test.sh [PYTEST ARGS]          all modules, each in its own Python process (tests/test_edge.py in
+#                                          .venv-edge), and the Docker image check (scripts/docker_check.sh) at
+#                                          the lowest CPU and I/O priority beside them (what CI runs)
 #   scripts/test.sh --quick [PYTEST ARGS]  the quick subset in one process: every test not marked slow
 #   scripts/test.sh tests/test_zoo.py      a selection, in one process
 # With CI=true a missing ../shared (the real weights and data) is an error, not a reason to skip.
@@ -27,15 +29,38 @@ done
 # The suite drives PyTorch, ONNX Runtime and OpenVINO, whose native thread pools would otherwise
 # pile up in one long process: each module gets a process of its own.
 reports=$(mktemp -d)
-trap 'rm -rf "$reports"' EXIT
+background=()
+trap 'kill "${background[@]}" 2>/dev/null; rm -rf "$reports"' EXIT
+# Beside the tests, at the lowest priority: the Docker image check (mostly waiting on I/O; it counts as one test,
+# skipped, saying why, where Docker cannot run) and the edge tests' venv (the edge converters pin packages that
+# the rest has outgrown)
+nice -n 19 ionice -c 3 scripts/docker_check.sh >"$reports/docker.log" 2>&1 &
+docker_check=$!
+nice -n 19 ionice -c 3 scripts/setup.sh dev-edge >"$reports/edge-setup.log" 2>&1 &
+edge_setup=$!
+background=("$docker_check" "$edge_setup")
 status=0
-for module in tests/test_*.py; do
-  name=$(basename "$module" .py)
-  code=0
-  .venv/bin/python -m pytest "$module" --junitxml="$reports/$name.xml" "$@" || code=$?
+run_module() {  # PYTHON MODULE [PYTEST ARGS]
+  local python=$1 module=$2 code=0
+  shift 2
+  "$python" -m pytest "$module" --junitxml="$reports/$(basename "$module" .py).xml" "$@" || code=$?
   [ "$code" -le 128 ] || echo "error: $module: the Python process died by signal $((code - 128))" >&2
   [ "$code" -eq 0 ] || [ "$code" -eq 5 ] || status=1  # 5: every test of the module deselected
+}
+for module in tests/test_*.py; do
+  [ "$module" = tests/test_edge.py ] || run_module .venv/bin/python "$module" "$@"
 done
+if wait "$edge_setup"; then
+  run_module .venv-edge/bin/python tests/test_edge.py "$@"
+else
+  cat "$reports/edge-setup.log" >&2; echo "error: could not set up .venv-edge for tests/test_edge.py" >&2; status=1
+fi
+code=0
+wait "$docker_check" || code=$?
+cat "$reports/docker.log"
+case $code in 0) failures=0 skipped=0 ;; 3) failures=0 skipped=1 ;; *) failures=1 skipped=0 status=1 ;; esac
+echo "<testsuite name=\"docker_check\" tests=\"1\" failures=\"$failures\" errors=\"0\" skipped=\"$skipped\"/>" \
+  >"$reports/docker_check.xml"
 .venv/bin/python - "$reports" <<'EOF'
 import sys, pathlib, xml.etree.ElementTree as ET
 totals = dict(tests=0, failures=0, errors=0, skipped=0)

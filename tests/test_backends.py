@@ -222,7 +222,7 @@ def test_backend_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         load_model("cifar_resnet20", pretrained=False, backend="onnxruntime", options=RunnerOptions(precision="bf16"))
     backend = runners.get_backend("openvino")
     monkeypatch.setitem(runners._BACKENDS, "openvino", dataclasses.replace(backend, imports=("no_such_module_xyz",)))
-    with pytest.raises(BackendUnavailableError, match="not available on this machine.*pip install openvino"):
+    with pytest.raises(BackendUnavailableError, match=r"not available on this machine. Install it with: pip install 'resnetkit\[optimize\]'"):
         load_model("cifar_resnet20", pretrained=False, backend="openvino")
 
 

@@ -201,6 +201,8 @@ def help_problems(path: tuple[str, ...], command: Any) -> list[str]:
             wrong.append(check_setting(env, said or ""))
         command_name = path[0] if path else ""
         by_flag = CHECKS if command_name in TRAINING else {**CHECKS, **INFERENCE_CHECKS}
+        if command_name == "export":  # export's --precision is what the file stores, not what a model runs in
+            by_flag = {flag: check for flag, check in by_flag.items() if flag != "--precision"}
         for check in (by_flag.get(long_flag(option)), COMMAND_CHECKS.get(command_name)):
             if check is not None:
                 wrong.append(check(path, option, said))

@@ -174,7 +174,7 @@ def test_files_are_read_by_the_backends_that_register_their_suffix(tmp_path: Pat
     assert list(base.readers_of(".onnx")) == ["onnxruntime", "openvino"]  # the file's own runtime first
     assert list(base.readers_of(".xml")) == ["openvino"]
     assert list(base.readers_of(".torchscript")) == ["torchscript"]
-    odd = tmp_path / "model.tflite"
+    odd = tmp_path / "model.caffemodel"
     odd.write_bytes(b"\0")
     with pytest.raises(UnknownModelError, match=r"known suffixes: \.pt, \.pth, .*\.onnx.*\.torchscript.*\.xml"):
         load_model(odd)

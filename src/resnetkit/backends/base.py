@@ -103,6 +103,8 @@ class ExportSettings:
     dynamic_batch: bool = False  # any batch size, where a format fixes one (else ``batch_size``)
     batch_size: int = 1
     opset: int | None = None  # ONNX opset (None: the writer's default)
+    precision: str = "fp32"  # what the file stores: one of its writer's ``precisions``
+    calibration: Sequence[torch.Tensor] = ()  # preprocessed batches, for int8 files
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,11 @@ class FileWriter:
     write: Callable[[nn.Module, ModelMeta, Path, ExportSettings], None]  # an fp32 module on the CPU -> the file
     recorded: tuple[str, ...] = ()  # the ExportSettings fields recorded in the file's provenance
     checker: str | None = None  # the validator a file passes before it is written (a failure stops the export)
+    precisions: tuple[str, ...] = ("fp32",)  # what ``--precision`` may ask it to store (int8: calibrated)
+    # why its files cannot run on this machine (None: they can); export then checks them without predictions
+    runs_here: Callable[[], str | None] = lambda: None
+    # for files that cannot run here: what can be checked without running them (inputs, outputs, labels...)
+    inspect: Callable[[Path], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -184,3 +184,34 @@ def progress_to_stderr() -> Iterator[None]:
     """Send the chatter quantization tools print to stdout to stderr (stdout may be JSON)."""
     with contextlib.redirect_stdout(sys.stderr):
         yield
+
+
+def pt2e_int8(module: nn.Module, example: torch.Tensor, quantizer: Any, calibration: Sequence[torch.Tensor], *,
+              fold_quantize: bool = True) -> torch.fx.GraphModule:
+    """``module`` quantized to int8 by PyTorch's PT2E flow with ``quantizer`` (the target runtime's own), its
+    activation ranges observed on ``calibration`` in slices of ``example``'s batch size (the graph is exported
+    for that fixed batch); ``fold_quantize=False`` leaves the weights' Quantize nodes for a converter that folds
+    them itself (litert-torch)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calibration:
+        raise ResnetkitError("int8 needs calibration images: --calib DIR (a few hundred representative images).")
+    graph = torch.export.export(module.eval(), (example,)).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    size = len(example)
+    with torch.no_grad():
+        for batch in calibration:
+            for start in range(0, len(batch) - size + 1, size):
+                prepared(batch[start:start + size].float())
+    return move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=fold_quantize))
+
+
+def in_fixed_batches(run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, size: int) -> torch.Tensor:
+    """``run`` (a graph compiled for batches of exactly ``size``) over ``batch`` in slices of that size, the last
+    one zero-padded; the logits of the real inputs."""
+    if len(batch) == size:
+        return run(batch)
+    pad = -len(batch) % size
+    padded = torch.cat([batch, batch.new_zeros(pad, *batch.shape[1:])]) if pad else batch
+    return torch.cat([run(part) for part in padded.split(size)])[:len(batch)]

@@ -8,7 +8,9 @@ per-channel int8 weights, ``reduce_range`` on CPUs without VNNI, percentile cali
 from __future__ import annotations
 
 import copy
+import importlib.util
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import ResnetkitError, UnknownModelError
+from ..core.errors import BackendUnavailableError, ResnetkitError, UnknownModelError
+from ..core.extras import install_hint
 from ..core.fileio import atomic_write
 from ..core.spec import ModelMeta
 from .base import (Backend, ExportSettings, FileFormat, FileWriter, QuantizeData, Quantizer, Runner, RunnerOptions,
@@ -203,7 +206,24 @@ def int8_kernels(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def graph_precision(model: onnx.ModelProto) -> str:
-    return "int8" if any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node) else "fp32"
+    import onnx
+
+    if any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node):
+        return "int8"
+    return "fp16" if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) else "fp32"
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with fp16 weights and arithmetic, for mobile runtimes; the input and the logits stay float32 (a
+    Cast at each end), so callers and the metadata do not change. ONNX Runtime's CPU provider runs the ops it has
+    no fp16 kernel for in fp32, with Casts it inserts itself."""
+    if importlib.util.find_spec("onnxconverter_common") is None:
+        raise BackendUnavailableError(f"fp16 ONNX files are written with onnxconverter-common. {install_hint('edge')}")
+    from onnxconverter_common.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():  # one warning per weight too small for fp16, which is set to fp16's smallest
+        warnings.simplefilter("ignore", UserWarning)
+        return convert_float_to_float16(model, keep_io_types=True)
 
 
 def exported(module: nn.Module, meta: ModelMeta) -> onnx.ModelProto:
@@ -236,8 +256,9 @@ def _read(path: Path, options: RunnerOptions) -> tuple[OnnxRuntimeRunner, ModelM
 
 
 def _write(module: nn.Module, meta: ModelMeta, path: Path, settings: ExportSettings) -> None:
-    save_onnx(to_onnx(module, meta, dynamic_batch=settings.dynamic_batch, batch_size=settings.batch_size,
-                      opset=settings.opset), path)
+    model = to_onnx(module, meta, dynamic_batch=settings.dynamic_batch, batch_size=settings.batch_size,
+                    opset=settings.opset)
+    save_onnx(to_fp16(model) if settings.precision == "fp16" else model, path)
 
 
 def _write_static_int8(module: nn.Module, meta: ModelMeta, path: Path, data: QuantizeData) -> None:
@@ -288,9 +309,10 @@ def features_runner(runner: Runner) -> OnnxRuntimeRunner | None:
 
 register(Backend("onnxruntime", "ONNX Runtime CPU; int8 = static QDQ", ("fp32", "int8"), _factory,
                  formats=(FileFormat((".onnx",), "an ONNX graph", _read,
-                                     export=FileWriter("onnx", _write, ("dynamic_batch", "opset"), "onnx.checker")),),
+                                     export=FileWriter("onnx", _write, ("dynamic_batch", "opset", "precision"),
+                                                       "onnx.checker", precisions=("fp32", "fp16"))),),
                  quantizers=(Quantizer("dynamic-int8", ".onnx", _write_dynamic_int8, default=True),
                              Quantizer("static-int8", ".onnx", _write_static_int8, calibration="percentile")),
                  int8_kernels=_runner_int8_kernels, features=features_runner, package="onnxruntime",
                  imports=("onnx", "onnxruntime", "onnxscript"),
-                 install_hint="Install it with: pip install onnx onnxscript onnxruntime"))
+                 install_hint=install_hint("optimize")))

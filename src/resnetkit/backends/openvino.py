@@ -25,6 +25,7 @@ from torch import nn
 
 from ..core.device import CPU, Device
 from ..core.errors import BackendUnavailableError, UnknownModelError
+from ..core.extras import install_hint
 from ..core.spec import RANDOM_WEIGHTS, ModelMeta
 from .base import (Backend, ExportSettings, FileFormat, FileWriter, QuantizeData, Quantizer, Runner, RunnerOptions,
                    register)
@@ -159,7 +160,7 @@ def quantize_static(model: ov.Model, batches: Sequence[torch.Tensor], method: st
     ((images, labels) batches) NNCF's accuracy control reverts layers to float until top-1
     is within ``max_drop`` points of the float model."""
     if importlib.util.find_spec("nncf") is None:
-        raise BackendUnavailableError("int8 on OpenVINO needs NNCF: pip install nncf (or use --backend onnxruntime).")
+        raise BackendUnavailableError(f"int8 on OpenVINO needs NNCF. {install_hint('optimize')} (or use --backend onnxruntime).")
     # NNCF imports its torch part, and so torch.utils.cpp_extension, which logs "No CUDA runtime is found" on
     # a CUDA build of torch without a GPU: that one logger is quietened, nothing else.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -420,4 +421,4 @@ register(Backend("openvino", "OpenVINO CPU; int8 = NNCF", ("fp32", "bf16", "fp16
                              Quantizer("static-int8", ".xml", _write_static_int8, default=True, calibration="histogram",
                                        accuracy_control=True)),
                  int8_kernels=runner_int8_layers, features=features_runner,
-                 package="openvino", imports=("openvino",), install_hint="Install it with: pip install openvino nncf"))
+                 package="openvino", imports=("openvino",), install_hint=install_hint("optimize")))

@@ -22,6 +22,7 @@ Rules for every command (the types and helpers below make them the easy path):
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ..core.errors import ResnetkitError
+from ..core.extras import missing_extra
 
 
 def _width(stream) -> int | None:
@@ -86,6 +88,12 @@ class Group(TyperGroup):
         except ResnetkitError as exc:
             print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except ModuleNotFoundError as exc:  # an optional extra's module, imported on first use
+            error = missing_extra(exc, f"'{' '.join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))}'")
+            if error is None:
+                raise
+            print_error(str(error))
+            raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
@@ -134,6 +142,20 @@ app = App(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"resnetkit {importlib.metadata.version('resnetkit')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                    help="Print resnetkit's version and exit.")] = False) -> None:
+    """Options before the command."""
+
 
 ModelArg = Annotated[str, typer.Argument(
     metavar="MODEL", help="Zoo name (see 'resnetkit models') or path of a model file written by resnetkit.")]

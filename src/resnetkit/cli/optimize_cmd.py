@@ -17,7 +17,7 @@ from ..backends.onnxruntime import DEFAULT_OPSET
 from ..core.device import CPU, resolve_device
 from ..run.loading import Classifier, load_model
 from ..shrink.compare import Agreement, ratio
-from ..shrink.export import check_export_request, export_model, export_table
+from ..shrink.export import ExportReport, check_export_request, export_model, export_table
 from ..shrink.prune import METHODS as PRUNE_METHODS
 from ..shrink.prune import PruneReport, check_prune_request, prune
 from ..shrink.quantize import CALIBRATION_METHODS, QuantizeReport, quantize, resolve_request
@@ -87,27 +87,51 @@ def export_command(
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="ONNX: any batch size (default: fixed).")] = False,
     opset: Annotated[int | None, typer.Option("--opset", min=7, help=default("ONNX opset.", DEFAULT_OPSET))] = None,
     check_data: Annotated[str | None, typer.Option("--check-data", help="Images for the check (default: generated).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="What the file stores: fp32, fp16 (onnx, litert, coreml) or int8 (litert, executorch; needs --calib) (default: fp32; coreml: fp16).")] = None,
+    calib: Annotated[str | None, typer.Option("--calib", help="int8: calibration images, any folder layout (default: none).")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", min=1, help="int8: calibration images to use.")] = 300,
+    eval_dir: EvalOpt = None,
+    eval_limit: EvalLimitOpt = None,
     weights: WeightsOpt = None,
     random_weights: RandomWeightsFlag = False,
     batch_size: LatencyBatchOpt = 1,
     device: LatencyDeviceOpt = "auto",
     json_output: JsonFlag = False,
 ) -> None:
-    """Export to ONNX, TorchScript, OpenVINO IR, a backend plug-in's format or a Hugging Face folder (hf) with the class names and preprocessing, then check it against eager."""
-    measured_on = check_export_request(fmt, output, resolve_device(device))[2]
+    """Export to ONNX, TorchScript, OpenVINO IR, LiteRT, ExecuTorch, Core ML, a backend plug-in's format or a Hugging Face folder (hf) with the class names and preprocessing, then check it against eager."""
+    measured_on = check_export_request(fmt, output, resolve_device(device), precision, calib)[2]
     report = export_model(_load_source(model, weights, random_weights), fmt, output, dynamic_batch=dynamic_batch,
-                          opset=opset, check_dir=check_data, batch_size=batch_size, device=measured_on)
+                          opset=opset, check_dir=check_data, batch_size=batch_size, device=measured_on,
+                          precision=precision, calib_dir=calib, calib_size=calib_size, eval_dir=eval_dir,
+                          eval_limit=eval_limit)
     if json_output:
         print_json(report.to_dict())
         return
-    rows = [("eager (fp32)", _mb(report.eager_size_bytes), f"{report.eager_latency_ms:.2f}", ""),
-            (f"{fmt} on {report.backend} ({report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
+    _print_export(report, fmt, batch_size)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_export(report: ExportReport, fmt: str, batch_size: int) -> None:
+    rows = [("eager (fp32)", _mb(report.eager_size_bytes), _ms(report.eager_latency_ms), ""),
+            (f"{fmt} on {report.backend} ({report.precision})", _mb(report.size_bytes), _ms(report.latency_ms),
              report.speedup)]
     console.print(_table(f"{report.source} -> {report.path} ({report.name})", rows,
                          ("", "size (MB)", _latency_column(batch_size, report.device_name), "vs eager")))
     if report.checker:
         console.print(f"{report.checker}: passed", highlight=False)
-    _print_agreement(report.agreement, "eager")
+    if report.calibration:
+        console.print(f"calibrated on {report.calibration}", highlight=False)
+    if report.agreement is not None:
+        _print_agreement(report.agreement, "eager")
+    if report.top1 is not None:
+        console.print(f"top-1 on {report.eval_dir}: eager {report.source_top1:.2f} %, {fmt} {report.top1:.2f} % "
+                      f"({report.top1 - report.source_top1:+.2f} points)", highlight=False)
+    for key, value in (report.inspection or {}).items():
+        console.print(f"{key}: {value}", highlight=False)
+    _print_notes(report.notes)
 
 
 @app.command("quantize")

@@ -6,9 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..batch.engine import ModelRequest, predict
-from ..batch.inputs import InputError
-from ..scale.data import RayEngine
+from ..core.extras import require
 from .app import (BackendOpt, BatchSizeOpt, DeviceOpt, JsonFlag, ModelArg, PrecisionOpt, RandomWeightsFlag, WeightsOpt,
                   WorkersOpt, app, console, default, print_json)
 
@@ -53,6 +51,11 @@ def predict_command(
 
     Example: resnetkit predict resnet50 photos/ -o labels.parquet (add --resume after an interruption, --ray for Ray Data).
     """
+    require("predict", "'resnetkit predict'")
+    from ..batch.engine import ModelRequest, predict
+    from ..batch.inputs import InputError
+    from ..scale.data import RayEngine
+
     if address and not ray:
         raise InputError(f"--address {address} is a Ray cluster address: add --ray to run there.")
     if gpus_per_actor is not None and not ray:

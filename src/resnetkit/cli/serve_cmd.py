@@ -7,10 +7,17 @@ from typing import Annotated, Any
 import typer
 
 from ..core.errors import ResnetkitError
-from ..serve.settings import ENV_PREFIX, ServeSettings
+from ..core.extras import extra_of, require
 from .app import RandomWeightsFlag, app
 
-_DEFAULTS = ServeSettings.model_construct()  # the defaults, without reading RESNETKIT_*
+try:
+    from ..serve.settings import ENV_PREFIX, ServeSettings
+
+    _DEFAULTS = ServeSettings.model_construct()  # the defaults, without reading RESNETKIT_*
+except ModuleNotFoundError as exc:  # no serve extra: the command only says which one to install
+    if extra_of(exc.name or "") is None:
+        raise
+    ENV_PREFIX, _DEFAULTS = "RESNETKIT_", None
 
 
 def _opt(flag: str, help: str, kind: Any = str, unset: str = "none", **extra: Any) -> Any:
@@ -80,6 +87,7 @@ def serve_command(
 
     Example: resnetkit serve resnet50,cifar_resnet20 --port 8000 (offline, to try the page: add --random-weights; env RESNETKIT_RANDOM_WEIGHTS). Ctrl-C or SIGTERM finishes in-flight requests, then exits.
     """
+    require("serve", "'resnetkit serve'")  # ServeSettings was imported above when it passes
     if (replicas or autoscale or gpus_per_replica is not None) and not (ray or config_out):
         raise ResnetkitError("--replicas, --autoscale and --gpus-per-replica apply to Ray Serve: add --ray (see "
                              "docs/scale.md), or drop them to serve from this one process.")

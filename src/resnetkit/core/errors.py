@@ -40,3 +40,7 @@ class BackendUnavailableError(ResnetkitError):
 
 class ModuleRequiredError(ResnetkitError):
     """A command needs the PyTorch model, and the model was loaded from an exported file that keeps only logits."""
+
+
+class ExtraRequiredError(ResnetkitError):
+    """A command needs an optional extra (``pip install 'resnetkit[serve]'``) that is not installed here."""

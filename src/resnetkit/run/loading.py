@@ -139,7 +139,7 @@ def load_model(
     if path.exists():
         if weights:
             raise UnknownModelError(f"--weights only applies to zoo models; {ref} already carries its weights.")
-        if path.is_dir():  # a Hugging Face transformers-format folder
+        if path.is_dir() and path.suffix.lower() not in file_suffixes():  # a Hugging Face transformers-format folder
             module, meta = read_folder(path)
             return module_classifier(module, meta, backend, options)
         if path.suffix.lower() in ARTIFACT_SUFFIXES:

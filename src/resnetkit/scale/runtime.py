@@ -10,8 +10,9 @@ from typing import Iterator
 
 from ..core.device import DEVICE_WORDS, DeviceError
 from ..core.errors import ResnetkitError
+from ..core.extras import pip_hint
 
-INSTALL_HINT = "pip install 'resnetkit[ray]'"
+INSTALL_HINT = pip_hint("ray")
 # Ray on Linux replaces a 127.0.0.1 node address by the machine's routable one, unless it believes it runs
 # a single-node, non-cluster Ray (its setting for laptops); a local Ray for one command is exactly that.
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}

@@ -9,7 +9,7 @@ would load it and compared with the eager model on the same inputs.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,13 @@ from ..core.errors import ResnetkitError, UnknownModelError
 from ..run.loading import Classifier, load_model
 from ..core.measure import serialized_size_bytes
 from ..core.spec import ModelMeta, Step
-from .compare import Agreement, agreement, compare_latency, cpu_module, on_device, sample_batches
+from .compare import (Agreement, agreement, compare_latency, cpu_module, image_batches, on_device,
+                      random_weights_notes, sample_batches, top1_accuracy)
 from ..interop.hf import save_folder
 
 HF_FOLDER = "hf"
 CHECK_IMAGES = 64
+CALIBRATION_IMAGES = 300
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,24 @@ class ExportReport:
     eager_size_bytes: int  # fp32 state dict, for comparison
     backend: str  # how the artifact runs by default (its latency is timed so)
     precision: str
-    agreement: Agreement  # of the artifact run in exact fp32: the file's fidelity, not the runtime's precision
-    eager_latency_ms: float
-    latency_ms: float
+    # of the artifact run in exact fp32 (in the precision it stores, for fp16 and int8 files): the file's fidelity,
+    # not the runtime's precision; None where the file cannot run on this machine (see ``notes``)
+    agreement: Agreement | None
+    eager_latency_ms: float | None
+    latency_ms: float | None
     batch_size: int
     onnx_checker: str | None = None  # "passed" for ONNX files (onnx.checker validates them before they are written)
     speedup: str = ""  # vs eager, from latencies measured interleaved in one run (or why not comparable)
     checker: str | None = None  # the validator the file passed before it was written, e.g. onnx.checker
     device: str = "cpu"  # where both latencies were measured
     device_name: str = "CPU"
+    stored_precision: str = "fp32"  # what the file stores (--precision)
+    calibration: str | None = None  # the images int8 was calibrated on
+    eval_dir: str | None = None
+    source_top1: float | None = None  # on eval_dir, the source model (eager fp32) and the file
+    top1: float | None = None
+    inspection: dict[str, Any] | None = None  # what was checked without running a file that cannot run here
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +93,7 @@ class ExportReport:
 def artifact_size(path: Path) -> int:
     """Bytes on disk: all files of a folder, or the file and those its format writes beside it (OpenVINO's .bin)."""
     if path.is_dir():
-        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     companions = {path.with_suffix(s) for f in readers_of(path.suffix.lower()).values() for s in f.companions}
     return path.stat().st_size + sum(c.stat().st_size for c in companions if c.exists())
 
@@ -94,26 +105,49 @@ def check_output_path(output: str | os.PathLike[str], suffix: str, what: str) ->
     return path
 
 
-def check_export_request(fmt: str, output: str | os.PathLike[str],
-                         device: Device = CPU) -> tuple[ExportFormat, Path, Device]:
+def check_export_request(fmt: str, output: str | os.PathLike[str], device: Device = CPU,
+                         precision: str | None = None,
+                         calib_dir: str | os.PathLike[str] | None = None) -> tuple[ExportFormat, Path, Device]:
     """The format, the output path and the device the latencies are measured on, once they are known to fit
     (before any model is loaded): ``device`` where the file's own runtime runs there, the CPU where ``--device
-    auto`` chose a GPU it does not run on."""
+    auto`` chose a GPU it does not run on. ``precision`` must be one the format stores (None: its default, the
+    first of its writer's ``precisions``); int8 needs ``calib_dir``."""
     formats = export_table()
     if fmt not in formats:
         raise UnknownModelError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(formats)}.")
     chosen = formats[fmt]
+    precision = precision or chosen.writer.precisions[0]
+    if precision not in chosen.writer.precisions:
+        with_precision = [name for name, f in formats.items() if precision in f.writer.precisions]
+        raise ResnetkitError(f"--format {fmt} stores {', '.join(chosen.writer.precisions)}, not {precision}. "
+                             f"{precision} files: --format {' or '.join(with_precision) or '-'} (or 'resnetkit quantize').")
+    if precision == "int8" and calib_dir is None:
+        raise ResnetkitError("int8 needs calibration images: --calib DIR (a few hundred representative images, e.g. "
+                             "part of the training set; class sub-folders are fine).")
     path = check_output_path(output, chosen.suffix, fmt)
     if chosen.backend is not None:
         device = get_backend(chosen.backend.name).fit_device(device)  # installed, and runs there
     return chosen, path, device
 
 
-def exported_meta(meta: ModelMeta, writer: FileWriter, name: str, settings: ExportSettings) -> ModelMeta:
-    """The artifact's metadata: named ``name``, same weights (so the published figures still apply), fp32."""
-    recorded = {field: getattr(settings, field) for field in writer.recorded}
-    return meta.derived(name, Step("export", writer.name, recorded), same_weights=True, format=writer.name,
-                        precision="fp32")
+def exported_meta(meta: ModelMeta, writer: FileWriter, name: str, settings: ExportSettings,
+                  calibration: str | None = None) -> ModelMeta:
+    """The artifact's metadata: named ``name``, in the precision it stores; an fp32 file has the same weights (so
+    the published figures still apply), an fp16 or int8 one does not."""
+    recorded = {name: getattr(settings, name) for name in writer.recorded}
+    if calibration is not None:
+        recorded["calibration"] = calibration
+    return meta.derived(name, Step("export", writer.name, recorded), same_weights=settings.precision == "fp32",
+                        format=writer.name, precision=settings.precision)
+
+
+def _calibration(meta: ModelMeta, calib_dir: str | os.PathLike[str] | None,
+                 calib_size: int) -> tuple[list, str | None]:
+    """The calibration batches and their description (none without ``calib_dir``)."""
+    if calib_dir is None:
+        return [], None
+    batches = image_batches(calib_dir, meta, limit=calib_size, batch_size=16)
+    return batches, f"{sum(len(b) for b in batches)} images from {calib_dir}"
 
 
 def export_model(
@@ -127,6 +161,11 @@ def export_model(
     check_images: int = CHECK_IMAGES,
     batch_size: int = 1,
     device: Device = CPU,
+    precision: str | None = None,
+    calib_dir: str | os.PathLike[str] | None = None,
+    calib_size: int = CALIBRATION_IMAGES,
+    eval_dir: str | os.PathLike[str] | None = None,
+    eval_limit: int | None = None,
 ) -> ExportReport:
     """Export the loaded model ``source`` to ``output`` in ``fmt`` (see :func:`export_table`) and check it.
 
@@ -135,17 +174,27 @@ def export_model(
     the model on the CPU. The check runs ``check_images`` images from ``check_dir`` (or generated
     ones) through ``source`` and the artifact as loaded back, in exact fp32 (a bf16 default would
     measure the runtime's precision, not the file); the latency is the artifact's as it runs by
-    default, next to eager fp32, both on ``device`` where the artifact's runtime runs there."""
-    chosen, path, device = check_export_request(fmt, output, device)
-    settings = ExportSettings(dynamic_batch=dynamic_batch, batch_size=batch_size, opset=opset)
-    chosen.writer.write(cpu_module(source, "export"), exported_meta(source.meta, chosen.writer, path.stem, settings),
-                        path, settings)
+    default, next to eager fp32, both on ``device`` where the artifact's runtime runs there.
+
+    ``precision`` (None: the format's default, fp32 for all but Core ML's fp16) fp16 or int8 stores the file so (where its format does: see ``FileWriter.precisions``); int8
+    is calibrated on ``calib_size`` images of ``calib_dir``. Such a file is compared in the precision it stores.
+    With ``eval_dir`` (labelled, one sub-folder per class) the top-1 of the source and of the file are measured
+    on it. A file that cannot run on this machine (Core ML off macOS) is checked without predictions."""
+    chosen, path, device = check_export_request(fmt, output, device, precision, calib_dir)
+    precision = precision or chosen.writer.precisions[0]
+    calibration, described = _calibration(source.meta, calib_dir, calib_size) if precision == "int8" else ([], None)
+    settings = ExportSettings(dynamic_batch=dynamic_batch, batch_size=batch_size, opset=opset, precision=precision,
+                              calibration=calibration)
+    meta = exported_meta(source.meta, chosen.writer, path.stem, settings, described)
+    chosen.writer.write(cpu_module(source, "export"), meta, path, settings)
+    if (why := chosen.writer.runs_here()) is not None:
+        return _unrun_report(source, fmt, path, meta, chosen.writer, why, batch_size, described)
     exported = load_model(path, options=RunnerOptions(device=device))
-    exact = (exported if exported.ran.precision == "fp32"
+    exact = (exported if exported.ran.precision in ("fp32", precision)
              else load_model(path, options=RunnerOptions(precision="fp32", device=device)))
     batches, inputs = sample_batches(source.meta, check_dir, count=check_images)
     timings = compare_latency({"eager": on_device(source, device), "exported": exported}, batch_size)
-    return ExportReport(
+    report = ExportReport(
         name=exported.meta.name,
         source=source.meta.name,
         format=fmt,
@@ -163,4 +212,36 @@ def export_model(
         checker=chosen.writer.checker,
         device=str(device),
         device_name=device.name,
+        stored_precision=precision,
+        calibration=described,
+        notes=_notes(precision, exported, check_dir, eval_dir) + random_weights_notes(source.meta),
+    )
+    if eval_dir is not None:
+        report.eval_dir = str(eval_dir)
+        report.source_top1 = top1_accuracy(source, eval_dir, eval_limit)
+        report.top1 = top1_accuracy(exported, eval_dir, eval_limit)
+    return report
+
+
+def _notes(precision: str, exported: Classifier, check_dir: str | os.PathLike[str] | None,
+           eval_dir: str | os.PathLike[str] | None) -> list[str]:
+    notes = []
+    if precision != "fp32" and check_dir is None:
+        notes.append(f"{precision}: the agreement above is on generated images; give --check-data DIR (real images) "
+                     "and --eval DIR (labelled) to see what the precision costs.")
+    if precision == "int8" and eval_dir is None:
+        notes.append("int8: give --eval DIR (labelled images not used for calibration) to measure the accuracy change.")
+    return notes
+
+
+def _unrun_report(source: Classifier, fmt: str, path: Path, meta: ModelMeta, writer: FileWriter, why: str,
+                  batch_size: int, calibration: str | None) -> ExportReport:
+    """The report on a file whose runtime is not on this machine: what it holds, checked without running it."""
+    return ExportReport(
+        name=meta.name, source=source.meta.name, format=fmt, path=str(path), size_bytes=artifact_size(path),
+        eager_size_bytes=serialized_size_bytes(source.module), backend=writer.name, precision=meta.precision,
+        agreement=None, eager_latency_ms=None, latency_ms=None, batch_size=batch_size, checker=writer.checker,
+        speedup="not measured", stored_precision=meta.precision, calibration=calibration,
+        inspection=writer.inspect(path) if writer.inspect is not None else None,
+        notes=[f"predictions were not run: {why}", *random_weights_notes(source.meta)],
     )
