@@ -18,6 +18,8 @@ work=$(mktemp -d)
 started_dockerd=""
 made_base=""
 
+export NEEDRESTART_SUSPEND=1  # apt: no needrestart prompt or noise in the log
+
 cannot() { echo "docker check: skipped: $*" >&2; exit 3; }
 say() { echo "docker check: $*"; }
 
