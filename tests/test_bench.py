@@ -142,6 +142,10 @@ def test_cli_bench_compares_backends_and_artifacts_in_one_table(tmp_path):
     labels = [(r["model"], r["backend"], r["precision"]) for r in json.loads((tmp_path / "b.json").read_text())]
     assert labels == [("cifar_resnet20", "eager", "fp32"), ("cifar_resnet20", "onnxruntime", "fp32"),
                       (onnx_file, "onnxruntime", "fp32")]
+    # the file's size on disk beside the zoo model's state dict
+    assert [r["file_mb"] for r in json.loads((tmp_path / "b.json").read_text())] == [
+        None, None, pytest.approx(Path(onnx_file).stat().st_size / 1e6)]
+    assert "file MB" in result.stdout and "file MB: a model file on disk" in result.stdout
     output = result.stdout + result.stderr  # the per-variant lines name each variant in full (the table may wrap)
     assert ("measured cifar_resnet20 [onnxruntime/fp32 on CPU]" in output
             and f"measured {onnx_file} [onnxruntime/fp32 on CPU]" in output)

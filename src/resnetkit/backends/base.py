@@ -328,6 +328,14 @@ def readers_of(suffix: str) -> dict[str, FileFormat]:
     return dict(sorted(found.items(), key=lambda item: not item[1].own_runtime))
 
 
+def artifact_size(path: Path) -> int:
+    """Bytes on disk: all files of a folder, or the file and those its format writes beside it (OpenVINO's .bin)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    companions = {path.with_suffix(s) for f in readers_of(path.suffix.lower()).values() for s in f.companions}
+    return path.stat().st_size + sum(c.stat().st_size for c in companions if c.exists())
+
+
 def read_file(path: Path, backend: str | None, options: RunnerOptions) -> tuple[Runner, ModelMeta]:
     """Run the model file ``path`` on ``backend`` (``None``: the file's own runtime). A file computes
     in the precision it was made for; asking for another one is refused."""

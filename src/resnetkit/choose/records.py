@@ -95,6 +95,7 @@ class BenchRecord:
     device_name: str = "CPU"  # "CPU" or the GPU's name
     chosen_by_auto: bool = False
     ran: str = ""  # the runner's RunInfo.label(): "openvino/bf16 on CPU (auto)"
+    file_mb: float | None = None  # a model file's size on disk, the files beside it included (None: a zoo model)
     batch_ms_p50: float | None = None  # median time of one throughput batch
     gpu_peak_mb: float | None = None  # on a GPU: torch's peak allocated memory while running (None on the CPU)
     best_batch_size: int | None = None  # on a GPU: the batch with the most images per second (see choose.gpu)

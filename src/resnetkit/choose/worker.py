@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..backends.base import RunInfo, RunnerOptions
+from ..backends.base import RunInfo, RunnerOptions, artifact_size
 from ..backends.base import TrialGate as TrialGateHook
 from ..core.device import Device, cpu_name, resolve_device
 from ..core.errors import ResnetkitError
@@ -155,6 +156,7 @@ def _record(variant: Variant, config: BenchConfig, classifier: Classifier, ran: 
         device_name=ran.device.name,
         chosen_by_auto=ran.chosen_by_auto,
         ran=ran.label(),
+        file_mb=artifact_size(Path(variant.model)) / 1e6 if Path(variant.model).is_file() else None,
         memory_format="channels_last" if config.channels_last else "contiguous (NCHW)",
         torch_version=torch.__version__,
         cpu=cpu_name(),

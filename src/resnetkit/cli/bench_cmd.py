@@ -192,7 +192,10 @@ def _columns(records: Sequence[BenchRecord], config: BenchConfig) -> list[Column
     batch = config.batch_size
     columns: list[Column] = [
         ("model", lambda r: r.label), ("params M", lambda r: _fmt(r.params_m)), ("GMACs", lambda r: _fmt(r.gmacs)),
-        ("MB fp32", lambda r: _fmt(r.size_mb_fp32, 1)), ("p50 ms", lambda r: _fmt(r.latency_ms_p50, 1)),
+        ("MB fp32", lambda r: _fmt(r.size_mb_fp32, 1))]
+    if any(r.file_mb is not None for r in records):  # model files: their size on disk, in what they store
+        columns += [("file MB", lambda r: _fmt(r.file_mb, 2))]
+    columns += [("p50 ms", lambda r: _fmt(r.latency_ms_p50, 1)),
         ("p50 95% CI", _ci), ("runs", lambda r: f"{r.latency_runs}" + ("" if r.status == "stable" else f" ({r.status})"))]
     if any(r.on_gpu for r in records):
         columns += [(f"ms/batch @{batch}", lambda r: _fmt(r.batch_ms_p50, 1)), ("GPU MB", lambda r: _fmt(r.gpu_peak_mb, 0)),
@@ -208,6 +211,11 @@ def _columns(records: Sequence[BenchRecord], config: BenchConfig) -> list[Column
         columns += [("decode+prep ms", lambda r: _fmt(r.preprocess_ms_p50, 1)),
                     ("e2e ms", lambda r: _fmt(r.e2e_latency_ms_p50, 1))]
     return columns
+
+
+def _files_note(records: Sequence[BenchRecord]) -> str:
+    return "; file MB: a model file on disk, with the files written beside it" if any(
+        r.file_mb is not None for r in records) else ""
 
 
 def _threads_column(records: Sequence[BenchRecord]) -> list[Column]:
@@ -248,7 +256,7 @@ def _print_table(records: Sequence[BenchRecord], config: BenchConfig, wall_secon
         "machine busy' when other processes used more than 25 % of the CPU while timing (Linux; elsewhere: the "
         "load average exceeded the core count); 'within noise' when the 95 % confidence intervals of the two "
         "medians overlap); GMACs counted with torch.utils.flop_counter at the model's input size; "
-        f"sizes are torch.save'd state dicts (MB = 10^6 bytes){memory}.{_gpu_note(records, config)}\n"
+        f"sizes are torch.save'd state dicts (MB = 10^6 bytes){_files_note(records)}{memory}.{_gpu_note(records, config)}\n"
         f"{_load_note(records, wall_seconds)}\naccuracy: " + condensed(sources), highlight=False)
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from ..backends.base import (Backend, ExportSettings, FileWriter, RunnerOptions, export_formats, get_backend,
-                             readers_of)
+from ..backends.base import (Backend, ExportSettings, FileWriter, RunnerOptions, artifact_size, export_formats,
+                             get_backend)
 from ..core.device import CPU, Device
 from ..core.errors import ResnetkitError, UnknownModelError
 from ..run.loading import Classifier, load_model
@@ -88,14 +88,6 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def artifact_size(path: Path) -> int:
-    """Bytes on disk: all files of a folder, or the file and those its format writes beside it (OpenVINO's .bin)."""
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    companions = {path.with_suffix(s) for f in readers_of(path.suffix.lower()).values() for s in f.companions}
-    return path.stat().st_size + sum(c.stat().st_size for c in companions if c.exists())
 
 
 def check_output_path(output: str | os.PathLike[str], suffix: str, what: str) -> Path:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backends.base import (FLOAT_DTYPES, QuantizeData, Quantizer, RunnerOptions, get_backend, make_runner,
-                             quantize_methods, quantizers_of, registered)
+from ..backends.base import (FLOAT_DTYPES, QuantizeData, Quantizer, RunnerOptions, artifact_size, get_backend,
+                             make_runner, quantize_methods, quantizers_of, registered)
 from ..core.device import CPU, Device
 from ..core.errors import ResnetkitError
 from ..run.loading import Classifier, load_model
@@ -30,7 +30,7 @@ from ..core.measure import serialized_size_bytes
 from ..core.spec import ModelMeta, Step
 from .compare import (Agreement, agreement, compare_latency, cpu_module, image_batches, labelled_batches, on_device,
                       random_weights_notes, sample_batches, top1_accuracy)
-from .export import artifact_size, check_output_path
+from .export import check_output_path
 
 CALIBRATION_METHODS = ("histogram", "percentile", "minmax")
 CHECK_IMAGES = 256
