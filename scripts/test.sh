@@ -4,7 +4,7 @@
 #                                          .venv-edge), and the Docker image check (scripts/docker_check.sh) at
 #                                          the lowest CPU and I/O priority beside them (what CI runs)
 #   scripts/test.sh --quick [PYTEST ARGS]  the quick subset in one process: every test not marked slow
-#   scripts/test.sh tests/test_zoo.py      a selection, in one process
+#   scripts/test.sh tests/test_zoo.py      a selection, in one process (tests/test_edge.py: in .venv-edge)
 # With CI=true a missing ../shared (the real weights and data) is an error, not a reason to skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,10 @@ if [ "${1:-}" = --quick ]; then
   exec .venv/bin/python -m pytest -m "not slow" "$@"
 fi
 for arg in "$@"; do
-  case "$arg" in tests/*|*.py|*::*) exec .venv/bin/python -m pytest "$@" ;; esac
+  case "$arg" in
+    tests/test_edge.py*) scripts/setup.sh dev-edge && exec .venv-edge/bin/python -m pytest "$@" ;;  # its own venv
+    tests/*|*.py|*::*) exec .venv/bin/python -m pytest "$@" ;;
+  esac
 done
 
 # The suite drives PyTorch, ONNX Runtime and OpenVINO, whose native thread pools would otherwise
