@@ -7,17 +7,21 @@
 ARG BASE=python:3.12-slim
 
 FROM ${BASE} AS build
-# Packages come from these indexes unless wheelhouse/ holds wheels; torch and torchvision from the CPU-only index
+# Packages come from these indexes unless wheelhouse/ holds wheels or FIND_LINKS names a wheelhouse served over
+# HTTP (e.g. http://127.0.0.1:8080/ with --network host: the wheels then stay out of the build context and its
+# layers); torch and torchvision from the CPU-only index
 ARG INDEX_URL=https://pypi.org/simple
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG FIND_LINKS=
 ARG EXTRAS=serve
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 COPY wheelhouse/ /wheelhouse/
 COPY pyproject.toml README.md /src/
 COPY src /src/src
 RUN python3 -m venv /opt/venv \
- && if ls /wheelhouse/*.whl >/dev/null 2>&1; then \
-      /opt/venv/bin/pip install --no-index --find-links /wheelhouse "/src[${EXTRAS}]"; \
+ && links="${FIND_LINKS}" && if ls /wheelhouse/*.whl >/dev/null 2>&1; then links=/wheelhouse; fi \
+ && if [ -n "$links" ]; then \
+      /opt/venv/bin/pip install --no-index --find-links "$links" "/src[${EXTRAS}]"; \
     else \
       /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.6,<2.15" "torchvision>=0.21,<0.30" \
       && /opt/venv/bin/pip install --index-url "${INDEX_URL}" "/src[${EXTRAS}]"; \

@@ -3,7 +3,8 @@
 # ../shared on a read-only volume, and check it from the host: the page, /predictions and /v2 infer with real
 # CIFAR-10 images, a junk upload, the health check, a non-root process, and a docker stop that answers the
 # requests in flight. Prints the image size and the build time, then removes everything it made.
-#   scripts/docker_check.sh          exit 0: passed; 1: a check failed; 3: Docker cannot run here (says why)
+#   scripts/docker_check.sh          exit 0: passed; 1: a check failed; 3: Docker cannot run here, or the
+#                                    disk has too little room for the build (says why)
 #   RESNETKIT_DOCKER_CHECK=0 scripts/test.sh   the test command without it
 # Where no base image can be pulled (no registry), it makes one: Debian bookworm (Python 3.11) by debootstrap
 # from the Debian mirror (DEBIAN_MIRROR), imported with docker import. Set DOCKER_CHECK_BASE to use another
@@ -17,6 +18,7 @@ TAG=resnetkit-check-$$
 work=$(mktemp -d)
 started_dockerd=""
 made_base=""
+wheel_server=""
 
 export NEEDRESTART_SUSPEND=1  # apt: no needrestart prompt or noise in the log
 
@@ -25,10 +27,10 @@ say() { echo "docker check: $*"; }
 
 cleanup() {
   docker rm -f "$TAG" >/dev/null 2>&1 || true
-  docker rmi -f "$TAG:latest" >/dev/null 2>&1 || true
+  docker rmi -f "$TAG:latest" "$TAG-build:latest" >/dev/null 2>&1 || true
   [ -z "$made_base" ] || docker rmi -f "$made_base" >/dev/null 2>&1 || true
   docker image prune -f >/dev/null 2>&1 || true  # the build stage's layers
-  find wheelhouse -name '*.whl' -delete 2>/dev/null || true
+  [ -z "$wheel_server" ] || kill "$wheel_server" 2>/dev/null || true
   if [ -n "$started_dockerd" ]; then kill "$started_dockerd" 2>/dev/null || true; wait "$started_dockerd" 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -49,6 +51,19 @@ ensure_dockerd() {
   cannot "dockerd did not start: $(tail -n 3 "$work/dockerd.log" | tr '\n' ' ')"
 }
 
+# Docker's classic builder writes each layer twice before it drops the container's copy: at its peak (copying
+# the venv, 5.8 GB with a CUDA build of torch, into the final stage) it holds 17.6 GB, measured here (2026-12-05);
+# the wheelhouse takes 2.9 GB until then. Where the disk has less, skip and say so rather than fail mid-build.
+free_gb() { df -P -B1G "$1" | awk 'NR == 2 { print $4 }'; }
+check_disk() {
+  local root need_root=18 need_work=3
+  root=$(docker info -f '{{.DockerRootDir}}')
+  [ "$(free_gb "$root")" -ge "$need_root" ] \
+    || cannot "$(free_gb "$root") GB free on $root's disk; the image build needs about $need_root GB (free some space)"
+  [ "$(free_gb "$work")" -ge "$need_work" ] \
+    || cannot "$(free_gb "$work") GB free on $work's disk; the wheelhouse needs about $need_work GB (free some space)"
+}
+
 # A base image with python3 (and useradd) for the Dockerfile's BASE argument
 make_base() {
   if [ -n "${DOCKER_CHECK_BASE:-}" ]; then echo "$DOCKER_CHECK_BASE"; return; fi
@@ -67,6 +82,7 @@ make_base() {
 [ "${RESNETKIT_DOCKER_CHECK:-1}" != 0 ] || cannot "RESNETKIT_DOCKER_CHECK=0"
 [ -d "$SHARED/weights/cifar10" ] && [ -d "$SHARED/data/cifar10/test" ] || cannot "$SHARED (CIFAR weights and data) is missing"
 ensure_dockerd
+check_disk
 t0=$SECONDS
 base=$(make_base)
 base_py=$(docker run --rm "$base" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -74,18 +90,31 @@ host_py=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [ "$base_py" = "$host_py" ] || cannot "the base image has Python $base_py, this host $host_py: the wheelhouse would not fit"
 say "base image $base (Python $base_py) in $((SECONDS - t0)) s"
 
-t0=$SECONDS
-nice -n 19 "$PYTHON" -m pip download --quiet --dest wheelhouse ".[serve]" "setuptools>=77" 2>&1 | grep -v "is ignored" || true
-say "wheelhouse: $(find wheelhouse -name '*.whl' | wc -l) wheels, $(du -sh wheelhouse | cut -f1), in $((SECONDS - t0)) s"
+free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+# The wheelhouse is served to the build over loopback (FIND_LINKS, the build on the host's network) instead of
+# sent in the build context: that would hold 2.9 GB twice more on the disk (the context and its COPY layer)
 t0=$SECONDS
-DOCKER_BUILDKIT=0 nice -n 19 docker build --quiet --build-arg BASE="$base" -t "$TAG" . >"$work/build.log" 2>&1 \
-  || { tail -n 30 "$work/build.log"; echo "docker check: FAIL docker build" >&2; exit 1; }
+nice -n 19 "$PYTHON" -m pip download --quiet --dest "$work/wheelhouse" ".[serve]" "setuptools>=77" 2>&1 | grep -v "is ignored" || true
+say "wheelhouse: $(find "$work/wheelhouse" -name '*.whl' | wc -l) wheels, $(du -sh "$work/wheelhouse" | cut -f1), in $((SECONDS - t0)) s"
+wheel_port=$(free_port)
+"$PYTHON" -m http.server --bind 127.0.0.1 --directory "$work/wheelhouse" "$wheel_port" >"$work/wheels.log" 2>&1 &
+wheel_server=$!
+
+build() {  # [DOCKER BUILD ARGS]: the same build arguments each time, so that the second build reuses the first
+  DOCKER_BUILDKIT=0 nice -n 19 docker build --quiet --network host --build-arg BASE="$base" \
+    --build-arg FIND_LINKS="http://127.0.0.1:$wheel_port/" "$@" . >>"$work/build.log" 2>&1 \
+    || { tail -n 30 "$work/build.log"; echo "docker check: FAIL docker build" >&2; exit 1; }
+}
+t0=$SECONDS
+build --target build -t "$TAG-build"
+kill "$wheel_server"; wheel_server=""; rm -rf "$work/wheelhouse"  # installed: its room goes to the final stage
+build -t "$TAG"
 build_s=$((SECONDS - t0))
 size=$(docker image inspect -f '{{.Size}}' "$TAG")
 say "image built in ${build_s} s: $(awk -v b="$size" 'BEGIN { printf "%.2f GB (%.0f bytes)", b / 1e9, b }')"
 
-port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 docker run -d --name "$TAG" -p "127.0.0.1:$port:8000" -e RESNETKIT_OFFLINE=1 \
   -v "$(cd "$SHARED/weights/cifar10" && pwd):/weights/hub/checkpoints:ro" "$TAG" cifar_resnet20 >/dev/null
 t0=$SECONDS

@@ -46,7 +46,9 @@ status=0
 run_module() {  # PYTHON MODULE [PYTEST ARGS]
   local python=$1 module=$2 code=0
   shift 2
-  "$python" -m pytest "$module" --junitxml="$reports/$(basename "$module" .py).xml" "$@" || code=$?
+  # --durations: the log names every test over 20 s, where CI's time goes
+  "$python" -m pytest "$module" --junitxml="$reports/$(basename "$module" .py).xml" --durations=5 --durations-min=20 \
+    "$@" || code=$?
   [ "$code" -le 128 ] || echo "error: $module: the Python process died by signal $((code - 128))" >&2
   [ "$code" -eq 0 ] || [ "$code" -eq 5 ] || status=1  # 5: every test of the module deselected
 }
