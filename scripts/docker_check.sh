@@ -52,7 +52,7 @@ ensure_dockerd() {
 }
 
 # Docker's classic builder writes each layer twice before it drops the container's copy: at its peak (copying
-# the venv, 5.8 GB with a CUDA build of torch, into the final stage) it holds 17.6 GB, measured here (2026-12-05);
+# the venv, 5.8 GB with a CUDA build of torch, into the final stage) it held 17.4 GB, measured here (2026-12-05);
 # the wheelhouse takes 2.9 GB until then. Where the disk has less, skip and say so rather than fail mid-build.
 free_gb() { df -P -B1G "$1" | awk 'NR == 2 { print $4 }'; }
 check_disk() {
