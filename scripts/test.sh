@@ -33,7 +33,8 @@ done
 # pile up in one long process: each module gets a process of its own.
 reports=$(mktemp -d)
 background=()
-trap 'kill "${background[@]}" 2>/dev/null; rm -rf "$reports"' EXIT
+# "|| true": under set -e a failing kill (the jobs have ended) would turn the suite's exit status into 1
+trap 'kill "${background[@]}" 2>/dev/null || true; rm -rf "$reports"' EXIT
 # Beside the tests, at the lowest priority: the Docker image check (mostly waiting on I/O; it counts as one test,
 # skipped, saying why, where Docker cannot run) and the edge tests' venv (the edge converters pin packages that
 # the rest has outgrown)
@@ -43,6 +44,7 @@ nice -n 19 ionice -c 3 scripts/setup.sh dev-edge >"$reports/edge-setup.log" 2>&1
 edge_setup=$!
 background=("$docker_check" "$edge_setup")
 status=0
+failed_modules=()  # named again after the totals, so the end of a long log says what failed
 run_module() {  # PYTHON MODULE [PYTEST ARGS]
   local python=$1 module=$2 code=0
   shift 2
@@ -50,7 +52,7 @@ run_module() {  # PYTHON MODULE [PYTEST ARGS]
   "$python" -m pytest "$module" --junitxml="$reports/$(basename "$module" .py).xml" --durations=5 --durations-min=20 \
     "$@" || code=$?
   [ "$code" -le 128 ] || echo "error: $module: the Python process died by signal $((code - 128))" >&2
-  [ "$code" -eq 0 ] || [ "$code" -eq 5 ] || status=1  # 5: every test of the module deselected
+  [ "$code" -eq 0 ] || [ "$code" -eq 5 ] || { status=1; failed_modules+=("$module (exit $code)"); }  # 5: all deselected
 }
 for module in tests/test_*.py; do
   [ "$module" = tests/test_edge.py ] || run_module .venv/bin/python "$module" "$@"
@@ -58,12 +60,13 @@ done
 if wait "$edge_setup"; then
   run_module .venv-edge/bin/python tests/test_edge.py "$@"
 else
-  cat "$reports/edge-setup.log" >&2; echo "error: could not set up .venv-edge for tests/test_edge.py" >&2; status=1
+  cat "$reports/edge-setup.log" >&2; echo "error: could not set up .venv-edge for tests/test_edge.py" >&2
+  status=1 failed_modules+=("tests/test_edge.py (no .venv-edge)")
 fi
 code=0
 wait "$docker_check" || code=$?
 cat "$reports/docker.log"
-case $code in 0) failures=0 skipped=0 ;; 3) failures=0 skipped=1 ;; *) failures=1 skipped=0 status=1 ;; esac
+case $code in 0) failures=0 skipped=0 ;; 3) failures=0 skipped=1 ;; *) failures=1 skipped=0 status=1 failed_modules+=("scripts/docker_check.sh (exit $code)") ;; esac
 echo "<testsuite name=\"docker_check\" tests=\"1\" failures=\"$failures\" errors=\"0\" skipped=\"$skipped\"/>" \
   >"$reports/docker_check.xml"
 .venv/bin/python - "$reports" <<'EOF'
@@ -77,4 +80,5 @@ failed = totals["failures"] + totals["errors"]
 passed = totals["tests"] - failed - totals["skipped"]
 print(f"total: {passed} passed, {failed} failed, {totals['skipped']} skipped")
 EOF
+[ "$status" -eq 0 ] || echo "error: failed: ${failed_modules[*]}; their output is above" >&2
 exit "$status"
