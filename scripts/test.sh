@@ -43,6 +43,7 @@ docker_check=$!
 nice -n 19 ionice -c 3 scripts/setup.sh dev-edge >"$reports/edge-setup.log" 2>&1 &
 edge_setup=$!
 background=("$docker_check" "$edge_setup")
+export RESNETKIT_SUITE_TUNING_CACHE="$reports/tuning.json"  # auto's choices, shared by the module processes
 status=0
 failed_modules=()  # named again after the totals, so the end of a long log says what failed
 run_module() {  # PYTHON MODULE [PYTEST ARGS]

@@ -35,8 +35,11 @@ def isolated_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """auto's tuning cache lives in a session temp file, never in the user's cache directory."""
-    path = tmp_path_factory.mktemp("tuning") / "tuning.json"
+    """auto's tuning cache lives in a session temp file, never in the user's cache directory. scripts/test.sh names
+    one file for all its module processes (RESNETKIT_SUITE_TUNING_CACHE), as a user's machine keeps one: each model
+    is then tuned once per run, not once per module (about 15 s each here). Tests of tuning itself use an empty one."""
+    suite_cache = os.environ.get("RESNETKIT_SUITE_TUNING_CACHE")
+    path = Path(suite_cache) if suite_cache else tmp_path_factory.mktemp("tuning") / "tuning.json"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RESNETKIT_TUNING_CACHE", str(path))
         yield path

@@ -18,6 +18,7 @@ from conftest import make_image
 from resnetkit.core.errors import ModuleRequiredError, ResnetkitError
 from resnetkit.explain import explain
 from resnetkit.run.classify import classify
+from resnetkit.run.loading import load_model
 from test_features import run_cli
 
 
@@ -31,7 +32,7 @@ def test_explain_writes_top_k_heatmaps_of_the_image_size(cifar_weights, cifar_te
     bee = first_image(hymenoptera_dir / "val" / "bees")  # larger than the 32 px input: mapped back over the crop
     code, stdout, stderr = run_cli(capsys, "explain", "cifar_resnet20", str(cat), str(bee), "-o", str(tmp_path), "-k", "3")
     assert code == 0
-    expected = classify("cifar_resnet20", [cat, bee], top_k=3)
+    expected = classify(load_model("cifar_resnet20", backend="eager"), [cat, bee], top_k=3)  # the module explained
     index = json.loads((tmp_path / "explanations.json").read_text())
     assert index["model"] == "cifar_resnet20" and index["method"] == "gradcam" and index["random_weights"] is False
     assert index["backend"] == "eager" and index["precision"] == "fp32"  # grad-cam runs the float32 module
@@ -101,15 +102,16 @@ def test_exported_files_say_they_cannot_be_explained(tmp_path, capsys):
     assert code == 2 and "error: 'explain' needs the PyTorch model" in stderr
 
 
-@pytest.fixture
-def client(cifar_weights, tmp_path):
+@pytest.fixture(scope="module")
+def client(cifar_weights, tmp_path_factory):
     from resnetkit.backends.torchscript import save_torchscript
     from resnetkit.core.zoo import get_spec
     from resnetkit.serve import ServeSettings
     from resnetkit.serve.app import create_app
 
     spec = get_spec("cifar_resnet20")
-    script = save_torchscript(spec.build().eval(), spec.meta().replace(weights="random"), tmp_path / "ts.torchscript")
+    script = save_torchscript(spec.build().eval(), spec.meta().replace(weights="random"),
+                              tmp_path_factory.mktemp("explain") / "ts.torchscript")
     settings = ServeSettings(models=("cifar_resnet20", f"scripted={script}"), max_batch_size=4)
     with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 120
@@ -133,7 +135,7 @@ def test_explanations_route_returns_the_top_class_heatmap(client, cifar_test_dir
     assert Image.open(io.BytesIO(base64.b64decode(both["heatmaps"][1]["png_base64"]))).size == (32, 32)
 
 
-@pytest.mark.slow  # the served app tunes cifar_resnet20 first: about 10 s
+@pytest.mark.slow
 def test_explanations_route_errors(client):
     bad = client.post("/explanations/cifar_resnet20", content=b"not an image")
     assert bad.status_code == 422 and "not an image format" in bad.json()["detail"]
@@ -153,7 +155,7 @@ def test_web_page_shows_the_heatmap_on_request(cifar_weights, cifar_test_dir, tm
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
     image = first_image(cifar_test_dir / "cat")
     [expected] = classify("cifar_resnet20", [image], top_k=1)
-    server = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False)).start()
+    server = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False, backend="eager")).start()
     try:
         server.wait_ready()
         with sync_api.sync_playwright() as playwright:

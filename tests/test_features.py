@@ -39,7 +39,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.mark.slow
 def test_leave_one_out_nearest_neighbour_accuracy_is_far_above_chance(cifar_weights, cifar_test_dir):
     files = cifar_files(cifar_test_dir, 100)
-    embeddings = extract_features("cifar_resnet20", files, batch_size=64)
+    embeddings = extract_features("cifar_resnet20", files, batch_size=64, backend="eager")  # what auto picks is tested apart
     assert embeddings.vectors.shape == (1000, 64) and not any(embeddings.errors)
     labels = np.array([Path(s).parent.name for s in embeddings.sources])
     base = unit_rows(embeddings.vectors)
@@ -92,7 +92,7 @@ def test_embed_npy_with_sidecar_matches_python_api(cifar_weights, cifar_test_dir
 @pytest.mark.slow
 def test_layer_takes_an_earlier_stage_pooled(cifar_weights, cifar_test_dir):
     files = cifar_files(cifar_test_dir, 1, CLASSES[:2])
-    assert extract_features("cifar_resnet20", files, layer="layer2").vectors.shape == (2, 32)
+    assert extract_features("cifar_resnet20", files, layer="layer2", backend="eager").vectors.shape == (2, 32)
     with pytest.raises(ResnetkitError, match="has no layer 'layer9'. Choose one of: conv1, bn1, layer1, layer2, layer3"):
         extract_features("cifar_resnet20", files, layer="layer9")
 
@@ -147,7 +147,8 @@ def test_similar_finds_the_query_itself_then_its_class(cifar_weights, cifar_test
 def test_similar_refuses_random_weight_embeddings(tmp_path):
     from resnetkit.features import embed_to_file
 
-    out = embed_to_file("resnet18", [make_image(tmp_path / "a.png")], tmp_path / "e.parquet", pretrained=False).path
+    out = embed_to_file("resnet18", [make_image(tmp_path / "a.png")], tmp_path / "e.parquet", pretrained=False,
+                        backend="eager").path  # not auto: tuning resnet18 took ~40 s of this test
     with pytest.raises(ResnetkitError, match="made with random weights"):
         find_similar(out, [tmp_path / "a.png"])
 

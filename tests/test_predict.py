@@ -126,12 +126,12 @@ def test_cli_json_summary(images: Path, tmp_path: Path):
 
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume_labels_every_image_exactly_once(cifar_weights, cifar_test_dir, tmp_path: Path):
-    paths = resolve_inputs([cifar_test_dir])[:6000]
+    paths = resolve_inputs([cifar_test_dir])[:3000]
     listing = tmp_path / "inputs.txt"
     listing.write_text("\n".join(paths))
     out = tmp_path / "labels.parquet"
     command = [sys.executable, "-m", "resnetkit", "predict", "cifar_resnet20", str(listing), "-o", str(out),
-               "--part-size", "250", "--batch-size", "50"]
+               "--part-size", "250", "--batch-size", "50", "--backend", "eager"]  # auto's tuning is tested apart
     process = subprocess.Popen(command, env=os.environ, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while len(list(out.glob("part-*"))) < 3 and time.monotonic() < deadline and process.poll() is None:
@@ -139,7 +139,7 @@ def test_kill_9_mid_run_then_resume_labels_every_image_exactly_once(cifar_weight
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = PartStore(out).read().num_rows
-    assert 0 < before < 6000
+    assert 0 < before < 3000
     subprocess.run(command + ["--resume"], env=os.environ, check=True, stderr=subprocess.DEVNULL, timeout=900)
     sources = PartStore(out).read().column("source").to_pylist()
-    assert len(sources) == 6000 and set(sources) == set(paths)
+    assert len(sources) == 3000 and set(sources) == set(paths)

@@ -226,7 +226,7 @@ def test_family_traits_drive_pruning() -> None:
 def test_random_weights_carry_no_accuracy_anywhere(tmp_path: Path) -> None:
     from resnetkit.serve.hub import ServedModel
 
-    model = load_model("resnet18", pretrained=False)
+    model = load_model("resnet18", pretrained=False, backend="eager")  # not auto: its tuning took ~15 s here
     assert model.meta.weights == "random" and model.meta.metrics == PublishedMetrics()
     derived = model.meta.derived("r18-pruned", Step("prune", "channel"))
     assert derived.provenance.source_metrics is None
@@ -234,7 +234,8 @@ def test_random_weights_carry_no_accuracy_anywhere(tmp_path: Path) -> None:
     assert served["published_top1"] is None and served["weights"] == "random"
     cifar = load_model("cifar_resnet20", pretrained=False, backend="eager")
     artifact = save_artifact(tmp_path / "r20-random.pt", cifar.module, cifar.meta)
-    result = CliRunner().invoke(app, ["classify", str(artifact), str(make_image(tmp_path / "x.png")), "--json"])
+    result = CliRunner().invoke(app, ["classify", str(artifact), str(make_image(tmp_path / "x.png")), "--json",
+                                         "--backend", "eager"])  # not auto: tuning a new file here took ~15 s
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["results"][0]["predictions"] and "91.73" not in result.stdout
 
@@ -305,18 +306,6 @@ def test_auto_tunes_once_then_reads_the_cache(fresh_cache: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_changed_machine_or_library_retunes(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    load_model("cifar_resnet20", pretrained=False).runner.backend  # tune and store
-    real = tuning.machine()
-    faked = {**real, "libraries": {**real["libraries"], "openvino": "0.0-faked"}}
-    monkeypatch.setattr(tuning, "machine", lambda device=CPU: faked)
-    again = load_model("cifar_resnet20", pretrained=False).runner
-    assert not again.cached
-    [entry] = tuning.entries()  # the entry of the old library versions was replaced
-    assert entry.machine["libraries"]["openvino"] == "0.0-faked"
-
-
-@pytest.mark.slow
 def test_threads_are_applied_per_runner() -> None:
     from resnetkit.backends.eager import EagerRunner
     from resnetkit.backends.onnxruntime import OnnxRuntimeRunner, to_onnx
@@ -360,42 +349,64 @@ def test_torchscript_export_prints_no_deprecation_warnings(tmp_path: Path) -> No
     assert not [w for w in caught if "torch.jit" in str(w.message)]
 
 
-@pytest.mark.slow
-def test_tuning_cache_keeps_the_fastest_and_rebuilds_only_it(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
+class Sleeper:
+    """A stand-in runner that takes ``seconds`` per call."""
+    precision = "fp32"
 
-    from resnetkit.backends.tuning import Candidate
+    def __init__(self, name: str, seconds: float, built: list[str]) -> None:
+        self.backend, self.seconds = name, seconds
+        built.append(name)
 
-    built: list[str] = []
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return torch.zeros(len(batch), 10)
 
-    class Sleeper:
-        precision = "fp32"
 
-        def __init__(self, name: str, seconds: float) -> None:
-            self.backend, self.seconds = name, seconds
-            built.append(name)
+class Sleepers:
+    """A source of a slow and a quick :class:`Sleeper`, for the tests of the cache's logic (``in_process_trials``)."""
 
-        def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-            time.sleep(self.seconds)
-            return torch.zeros(len(batch), 10)
+    def __init__(self) -> None:
+        self.built: list[str] = []
 
-    meta, options = get_spec("cifar_resnet20").meta(), RunnerOptions(batch_size=4)
+    def build(self, candidate: tuning.Candidate, options: RunnerOptions):
+        seconds = {"slow": 0.004, "quick": 0.0}[candidate.backend]
+        return Sleeper(candidate.backend, seconds, self.built), get_spec("cifar_resnet20").meta()
 
-    class Sleepers:  # a local class cannot be sent to the trial process: this one is timed in-process
-        def build(self, candidate: Candidate, options: RunnerOptions):
-            return Sleeper(candidate.backend, {"slow": 0.004, "quick": 0.0}[candidate.backend]), meta
 
-    tried = [Candidate("slow", "fp32", 1), Candidate("quick", "fp32", 1)]
-    first, _ = auto.tuned("m", "key-1", options, Sleepers(), tried)
+SLEEPERS = [tuning.Candidate("slow", "fp32", 1), tuning.Candidate("quick", "fp32", 1)]
+
+
+@pytest.fixture
+def in_process_trials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto times its candidates in this process (the trial process could not import this module's Sleepers)."""
+    monkeypatch.setattr(auto, "measure_apart", lambda source, tried, options: auto.measure(source, tried, options))
+
+
+def test_tuning_cache_keeps_the_fastest_and_rebuilds_only_it(fresh_cache: Path, in_process_trials: None,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    options, source = RunnerOptions(batch_size=4), Sleepers()
+    first, _ = auto.tuned("m", "key-1", options, source, SLEEPERS)
     # both built and timed, then the winner built afresh: the one this process runs is not the one that was timed
-    assert (first.backend, first.cached, sorted(built)) == ("quick", False, ["quick", "quick", "slow"])
+    assert (first.backend, first.cached, sorted(source.built)) == ("quick", False, ["quick", "quick", "slow"])
     assert first.timings_ms["slow/fp32/1t"] > first.timings_ms["quick/fp32/1t"]
-    built.clear()
-    second, _ = auto.tuned("m", "key-1", options, Sleepers(), tried)
-    assert (second.backend, second.cached, built) == ("quick", True, ["quick"])  # only the winner is built
-    assert not auto.tuned("m", "key-1", dataclasses.replace(options, batch_size=8), Sleepers(), tried)[0].cached
+    source.built.clear()
+    second, _ = auto.tuned("m", "key-1", options, source, SLEEPERS)
+    assert (second.backend, second.cached, source.built) == ("quick", True, ["quick"])  # only the winner is built
+    assert not auto.tuned("m", "key-1", dataclasses.replace(options, batch_size=8), source, SLEEPERS)[0].cached
     monkeypatch.setattr(tuning, "machine", lambda device=CPU: {"cpu": "another CPU", "cores": 64, "libraries": {}})
-    assert not auto.tuned("m", "key-1", options, Sleepers(), tried)[0].cached  # another machine: measured again
+    assert not auto.tuned("m", "key-1", options, source, SLEEPERS)[0].cached  # another machine: measured again
+
+
+def test_a_changed_library_retunes_and_replaces_the_entry(fresh_cache: Path, in_process_trials: None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    options = RunnerOptions(batch_size=4)
+    assert not auto.tuned("m", "key-1", options, Sleepers(), SLEEPERS)[0].cached  # tune and store
+    real = tuning.machine()
+    faked = {**real, "libraries": {**real["libraries"], "openvino": "0.0-faked"}}
+    monkeypatch.setattr(tuning, "machine", lambda device=CPU: faked)
+    assert not auto.tuned("m", "key-1", options, Sleepers(), SLEEPERS)[0].cached
+    [entry] = tuning.entries()  # the entry of the old library versions was replaced
+    assert entry.machine["libraries"]["openvino"] == "0.0-faked"
 
 
 @pytest.mark.slow

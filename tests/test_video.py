@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -45,8 +43,9 @@ def random_model():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "resnetkit", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
+    from conftest import run_cli  # in this process: a fresh one per call cost ~5 s of imports
+
+    return run_cli(*args)
 
 
 @pytest.mark.slow
@@ -101,7 +100,7 @@ def test_truncated_video_keeps_the_frames_done_and_says_so(cifar_weights, ship_c
     assert [f.predictions[0].label for f in report.frames].count("ship") >= 0.6 * len(report.frames)
 
 
-@pytest.mark.slow  # a CLI process each
+@pytest.mark.slow
 def test_cli_reports_truncation_and_keeps_results(cifar_weights, ship_clip, tmp_path):
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(ship_clip.read_bytes()[:5000])
@@ -111,7 +110,7 @@ def test_cli_reports_truncation_and_keeps_results(cifar_weights, ship_clip, tmp_
     assert video["frames"] and "truncated or corrupted" in video["error"]
 
 
-@pytest.mark.slow  # a CLI process each
+@pytest.mark.slow
 def test_cli_json_has_per_frame_results_segments_and_realtime_factor(cifar_weights, ship_clip):
     result = _cli("classify", "cifar_resnet20", str(ship_clip), "--fps", "5", "--json", "-k", "2")
     assert result.returncode == 0, result.stderr
@@ -128,7 +127,7 @@ def test_cli_json_has_per_frame_results_segments_and_realtime_factor(cifar_weigh
     assert {k: video[k] for k in ran} == {k: data[k] for k in ran} and "ran" not in video
 
 
-@pytest.mark.slow  # a CLI process each
+@pytest.mark.slow
 def test_cli_text_output_prints_segments_and_realtime_factor(cifar_weights, ship_clip):
     result = _cli("classify", "cifar_resnet20", str(ship_clip), "--every", "5")
     assert result.returncode == 0, result.stderr
@@ -138,7 +137,7 @@ def test_cli_text_output_prints_segments_and_realtime_factor(cifar_weights, ship
     assert f"per classified frame ({what_ran}, batch 16, " in result.stdout
 
 
-@pytest.mark.slow  # a CLI process each
+@pytest.mark.slow
 def test_not_a_video_is_a_clear_error(cifar_weights, tmp_path):
     fake = tmp_path / "notes.mp4"
     fake.write_text("not a video\n" * 20)

@@ -11,6 +11,7 @@ from ..backends.base import RunInfo, RunnerOptions
 from ..core.datasets import require_folder
 from ..core.device import resolve_device
 from ..core.errors import ImageError
+from ..core.images import iter_image_paths
 from ..core.spec import RANDOM_WEIGHTS, ModelMeta
 from ..run.classify import classify
 from ..run.evaluate import evaluate
@@ -58,14 +59,15 @@ def classify_command(
 
     Unreadable files get an error; the rest are still classified. What ran (backend, precision, device) is
     printed on stderr, or in the JSON."""
+    images = [str(p) for p in iter_image_paths(p for p in paths if not is_video_source(p))]
+    video_sources = [p for p in paths if is_video_source(p)]
+    if not images and not video_sources:  # before loading the model, which may tune it first
+        raise ImageError(f"No image files found in {', '.join(paths)}: name image or video files, or folders that hold images.")
     options = RunnerOptions(batch_size=batch_size, precision=precision, device=resolve_device(device))
     classifier = load_model(model, weights=weights, pretrained=not random_weights, backend=backend, options=options)
-    images = [p for p in paths if not is_video_source(p)]
     results = classify(classifier, images, top_k=top_k, batch_size=batch_size, workers=workers) if images else []
     videos = [classify_video(classifier, p, fps=fps, every=every, top_k=top_k, batch_size=batch_size, smooth=smooth,
-                             max_frames=max_frames) for p in paths if is_video_source(p)]
-    if not results and not videos:
-        raise ImageError(f"No image files found in {', '.join(paths)}: name image or video files, or folders that hold images.")
+                             max_frames=max_frames) for p in video_sources]
     failed = sum(r.error is not None for r in results) + sum(v.error is not None for v in videos)
     if json_output:
         print_json({"model": classifier.meta.name, **classifier.ran.to_dict(),

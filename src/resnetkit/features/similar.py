@@ -80,11 +80,11 @@ def find_similar(
     if not len(valid):
         raise EmbeddingFileError(f"{embeddings_file} has no embeddings (every row is an error).")
     weights = info["weights"] if is_zoo_name(info["model"]) else None  # artifacts carry their weights
-    extractor = load_extractor(info["model"], layer=info.get("layer"), weights=weights, backend=backend,
-                               precision=precision, batch_size=batch_size, device=device)
     sources = [str(p) for p in iter_image_paths(images)]
     if not sources:
         raise EmbeddingFileError("No query images found in the given paths.")
+    extractor = load_extractor(info["model"], layer=info.get("layer"), weights=weights, backend=backend,
+                               precision=precision, batch_size=batch_size, device=device)
     queries = collect(extractor, sources, batch_size, workers, progress=False)
     index = CosineIndex(stored.vectors[valid], Path(embeddings_file), method)
     results = [SimilarResult(source, error=error) for source, error in zip(queries.sources, queries.errors)]
