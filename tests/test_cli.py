@@ -86,8 +86,11 @@ def test_every_mistake_is_one_error_line_exit_2_no_traceback(args, message):
         assert rest[0].startswith("Usage: resnetkit") and rest[1].startswith("See 'resnetkit")
 
 
-def test_classify_without_images_is_an_error(cifar_weights, tmp_path):
+def test_classify_without_images_is_an_error_before_the_model_loads(tmp_path, monkeypatch):
+    from resnetkit.cli import run_cmd
+
     (tmp_path / "notes.txt").write_text("no images here")
+    monkeypatch.setattr(run_cmd, "load_model", lambda *a, **k: pytest.fail("loaded (and tuned) the model first"))
     result = run_cli("classify", "cifar_resnet20", tmp_path)
     assert result.returncode == 2 and result.stderr.startswith(f"error: No image files found in {tmp_path}")
 
