@@ -153,6 +153,18 @@ def test_similar_refuses_random_weight_embeddings(tmp_path):
         find_similar(out, [tmp_path / "a.png"])
 
 
+def test_similar_without_query_images_says_so_before_loading_the_model(cifar_weights, cifar_test_dir, tmp_path,
+                                                                      monkeypatch):
+    from resnetkit.features import embed_to_file, similar
+
+    out = embed_to_file("cifar_resnet20", cifar_files(cifar_test_dir, 1, CLASSES[:1]), tmp_path / "e.parquet",
+                        backend="eager").path
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(similar, "load_extractor", lambda *a, **k: pytest.fail("loaded (and tuned) the model first"))
+    with pytest.raises(ResnetkitError, match="No query images found"):
+        find_similar(out, [tmp_path / "empty"])
+
+
 def test_hnsw_agrees_with_exact_search_on_clustered_vectors():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(50, 64))
