@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up (venv, package, test extras, headless Chromium when possible) and run the tests.
-#   scripts/test.sh [PYTEST ARGS]          all modules, each in its own Python process (tests/test_edge.py in
-#                                          .venv-edge), and the Docker image check (scripts/docker_check.sh) at
-#                                          the lowest CPU and I/O priority beside them (what CI runs)
+#   scripts/test.sh [PYTEST ARGS]          all modules, each in its own Python process, one after another; beside
+#                                          them at the lowest CPU and I/O priority, tests/test_edge.py (in
+#                                          .venv-edge) and the Docker image check (scripts/docker_check.sh) (what CI
+#                                          runs)
 #   scripts/test.sh --quick [PYTEST ARGS]  the quick subset in one process: every test not marked slow
 #   scripts/test.sh tests/test_zoo.py      a selection, in one process (tests/test_edge.py: in .venv-edge)
 # With CI=true a missing ../shared (the real weights and data) is an error, not a reason to skip.
@@ -35,34 +36,48 @@ reports=$(mktemp -d)
 background=()
 # "|| true": under set -e a failing kill (the jobs have ended) would turn the suite's exit status into 1
 trap 'kill "${background[@]}" 2>/dev/null || true; rm -rf "$reports"' EXIT
-# Beside the tests, at the lowest priority: the Docker image check (mostly waiting on I/O; it counts as one test,
-# skipped, saying why, where Docker cannot run) and the edge tests' venv (the edge converters pin packages that
-# the rest has outgrown)
-nice -n 19 ionice -c 3 scripts/docker_check.sh >"$reports/docker.log" 2>&1 &
-docker_check=$!
-nice -n 19 ionice -c 3 scripts/setup.sh dev-edge >"$reports/edge-setup.log" 2>&1 &
-edge_setup=$!
-background=("$docker_check" "$edge_setup")
 export RESNETKIT_SUITE_TUNING_CACHE="$reports/tuning.json"  # auto's choices, shared by the module processes
 status=0
 failed_modules=()  # named again after the totals, so the end of a long log says what failed
-run_module() {  # PYTHON MODULE [PYTEST ARGS]
-  local python=$1 module=$2 code=0
+pytest_module() {  # PYTHON MODULE [PYTEST ARGS]: one module's tests in a process of their own, with a JUnit report
+  local python=$1 module=$2
   shift 2
   # --durations: the log names every test over 20 s, where CI's time goes
-  "$python" -m pytest "$module" --junitxml="$reports/$(basename "$module" .py).xml" --durations=5 --durations-min=20 \
-    "$@" || code=$?
-  [ "$code" -le 128 ] || echo "error: $module: the Python process died by signal $((code - 128))" >&2
-  [ "$code" -eq 0 ] || [ "$code" -eq 5 ] || { status=1; failed_modules+=("$module (exit $code)"); }  # 5: all deselected
+  "$python" -m pytest "$module" --junitxml="$reports/$(basename "$module" .py).xml" --durations=5 --durations-min=20 "$@"
 }
+record() {  # MODULE EXIT-CODE
+  [ "$2" -le 128 ] || echo "error: $1: the Python process died by signal $(($2 - 128))" >&2
+  [ "$2" -eq 0 ] || [ "$2" -eq 5 ] || { status=1; failed_modules+=("$1 (exit $2)"); }  # 5: every test deselected
+}
+edge_tests() {  # [PYTEST ARGS]: set up .venv-edge (the edge converters pin packages the rest has outgrown), then
+  # tests/test_edge.py in it; exit 99 when the set-up failed
+  scripts/setup.sh dev-edge >"$reports/edge-setup.log" 2>&1 || return 99
+  # a cache of its own: its library versions differ, and an entry of other versions is measured again
+  RESNETKIT_SUITE_TUNING_CACHE="$reports/tuning-edge.json" pytest_module .venv-edge/bin/python tests/test_edge.py "$@" \
+    >"$reports/edge.log" 2>&1
+}
+# Beside the other modules, at the lowest CPU and I/O priority, so that they take only what the others leave idle
+# (about 40 % of 2 cores, measured in a CI run): the Docker image check (it counts as one test, skipped, saying why,
+# where Docker cannot run) and the edge tests
+nice -n 19 ionice -c 3 scripts/docker_check.sh >"$reports/docker.log" 2>&1 &
+docker_check=$!
+( renice -n 19 -p "$BASHPID" >/dev/null; ionice -c 3 -p "$BASHPID"; edge_tests "$@" ) &
+edge=$!
+background=("$docker_check" "$edge")
 for module in tests/test_*.py; do
-  [ "$module" = tests/test_edge.py ] || run_module .venv/bin/python "$module" "$@"
+  [ "$module" = tests/test_edge.py ] && continue
+  code=0
+  pytest_module .venv/bin/python "$module" "$@" || code=$?
+  record "$module" "$code"
 done
-if wait "$edge_setup"; then
-  run_module .venv-edge/bin/python tests/test_edge.py "$@"
-else
+code=0
+wait "$edge" || code=$?
+if [ "$code" -eq 99 ]; then
   cat "$reports/edge-setup.log" >&2; echo "error: could not set up .venv-edge for tests/test_edge.py" >&2
   status=1 failed_modules+=("tests/test_edge.py (no .venv-edge)")
+else
+  cat "$reports/edge.log"
+  record tests/test_edge.py "$code"
 fi
 code=0
 wait "$docker_check" || code=$?
