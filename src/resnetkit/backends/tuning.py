@@ -25,7 +25,7 @@ from ..core.device import CPU, Device, cpu_name, gpu_facts, usable_cores
 from ..core.fileio import write_text_atomic
 
 ENV_VAR = "RESNETKIT_TUNING_CACHE"
-CACHE_VERSION = 4
+CACHE_VERSION = 5  # 5: trials before it timed the candidates after ONNX Runtime while its threads still spun
 LIBRARIES = ("torch", "onnxruntime", "openvino")
 
 
