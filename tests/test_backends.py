@@ -68,6 +68,7 @@ def test_openvino_reports_the_precision_it_chose(eager) -> None:
 
 @pytest.mark.slow
 def test_converted_models_are_cached_on_disk(eager, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.backends import common
     from resnetkit.backends import openvino as ov_backend
 
     monkeypatch.setenv("RESNETKIT_TUNING_CACHE", str(tmp_path / "tuning.json"))
@@ -85,7 +86,7 @@ def test_converted_models_are_cached_on_disk(eager, tmp_path, monkeypatch: pytes
         other.linear.bias += 1.0  # other weights: another entry
     monkeypatch.undo()
     monkeypatch.setenv("RESNETKIT_TUNING_CACHE", str(tmp_path / "tuning.json"))
-    monkeypatch.setattr(ov_backend, "CONVERTED_KEPT", 1)
+    monkeypatch.setattr(common, "CONVERTED_KEPT", 1)
     ov_backend.converted(other, trained)
     assert [p.name for p in (tmp_path / "openvino-models").glob("*.xml")] != [stored.name]  # the older one evicted
     assert len(list((tmp_path / "openvino-models").iterdir())) == 2  # one .xml + its .bin, no temp files
@@ -93,11 +94,35 @@ def test_converted_models_are_cached_on_disk(eager, tmp_path, monkeypatch: pytes
 
 
 @pytest.mark.slow
+def test_exported_onnx_graphs_are_cached_on_disk(eager, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime's runners (and OpenVINO's conversion) start from the exported ONNX graph: the next process
+    that loads the same weights reads it back instead of exporting again."""
+    from collections import OrderedDict
+
+    from resnetkit.backends import common
+    from resnetkit.backends import onnxruntime as ort_backend
+
+    monkeypatch.setenv("RESNETKIT_TUNING_CACHE", str(tmp_path / "tuning.json"))
+    monkeypatch.setattr(common, "_recent", OrderedDict())  # as in a new process: nothing converted in memory
+    trained = dataclasses.replace(eager.meta, weights="my-weights")
+    ort_backend.exported(eager.module, trained)
+    [stored] = (tmp_path / "onnx-models").iterdir()
+    common._recent.clear()
+    monkeypatch.setattr(ort_backend, "to_onnx", lambda *_: pytest.fail("exported again"))
+    runner = runners.make_runner(copy.deepcopy(eager.module), trained, "onnxruntime", FP32)
+    batch = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
+    assert ort_backend.read_meta(runner.model, stored) == trained
+    assert stored.suffix == ".onnx" and list((tmp_path / "onnx-models").iterdir()) == [stored]  # no temp files
+
+
+@pytest.mark.slow
 def test_random_weights_are_cached_apart_and_never_push_real_models_out(eager, tmp_path, monkeypatch) -> None:
+    from resnetkit.backends import common
     from resnetkit.backends import openvino as ov_backend
 
     monkeypatch.setenv("RESNETKIT_TUNING_CACHE", str(tmp_path / "tuning.json"))
-    monkeypatch.setattr(ov_backend, "CONVERTED_KEPT", 1)
+    monkeypatch.setattr(common, "CONVERTED_KEPT", 1)
     ov_backend.converted(eager.module, dataclasses.replace(eager.meta, weights="my-weights"))
     for name in ("cifar_resnet20", "cifar_resnet32"):
         random = load_model(name, pretrained=False, backend="eager")

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import sys
 import threading
 import warnings
@@ -22,14 +23,16 @@ from torch import nn
 from ..core.device import CPU, Device
 from ..core.errors import ResnetkitError
 from ..core.samples import generated_batches
-from ..core.spec import ModelMeta
+from ..core.spec import RANDOM_WEIGHTS, ModelMeta
 from .base import FLOAT_DTYPES, RunnerOptions
+from .tuning import cache_path
 
 log = logging.getLogger("resnetkit")
 
 META_KEY = "resnetkit"  # key under which artifacts store ModelMeta.to_dict() as JSON
 GENERATED_CALIBRATION_IMAGES = 32
 RECENT_CONVERSIONS = 2  # converted graphs kept in memory per process
+CONVERTED_KEPT = 8  # converted models kept on disk per kind, for real and for random weights each; least recently used go first
 
 Converted = TypeVar("Converted")
 _recent: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -74,6 +77,39 @@ def convert_once(kind: str, module: nn.Module, meta: ModelMeta, convert: Callabl
         while len(_recent) > RECENT_CONVERSIONS:
             _recent.popitem(last=False)
     return copy(converted)
+
+
+def converted_on_disk(kind: str, module: nn.Module, meta: ModelMeta, versions: Sequence[str],
+                      convert: Callable[[], Converted], save: Callable[[Converted, Path], object],
+                      load: Callable[[Path], Converted], suffixes: Sequence[str]) -> Converted:
+    """``convert()``, through an on-disk cache of converted models next to the tuning cache (``<kind>-models/``):
+    torch.export and a converter take 5-20 s per model on a 2-core CPU, reading the result back about a second.
+    Keyed by the weight values, the metadata and ``versions`` (the converters'). Random weights (drawn from a fixed
+    seed, so the same on every load) have a folder of their own: bench times the eight default models with them,
+    and they never push the user's real models out. One entry is a file per suffix in ``suffixes``; ``save``
+    writes them all, atomically, given the path with the first one."""
+    folder = cache_path().parent / f"{kind}-models"
+    if meta.weights == RANDOM_WEIGHTS:
+        folder = folder / "random-weights"
+    path = folder / f"{content_key(module, meta, *versions)}{suffixes[0]}"
+    if all(path.with_suffix(suffix).is_file() for suffix in suffixes):
+        os.utime(path)  # recently used
+        return load(path)
+    converted = convert()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        save(converted, path)
+        _evict_least_recent(folder, suffixes)
+    except OSError as exc:  # a read-only or full cache directory costs speed, not the result
+        log.warning("could not cache the converted model in %s: %s", folder, exc)
+    return converted
+
+
+def _evict_least_recent(folder: Path, suffixes: Sequence[str]) -> None:
+    entries = sorted(folder.glob(f"*{suffixes[0]}"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for path in entries[CONVERTED_KEPT:]:
+        for suffix in suffixes:
+            path.with_suffix(suffix).unlink(missing_ok=True)
 
 
 def calibration_batches(meta: ModelMeta, options: RunnerOptions) -> Sequence[torch.Tensor]:

@@ -26,10 +26,10 @@ from torch import nn
 from ..core.device import CPU, Device
 from ..core.errors import BackendUnavailableError, UnknownModelError
 from ..core.extras import install_hint
-from ..core.spec import RANDOM_WEIGHTS, ModelMeta
+from ..core.spec import ModelMeta
 from .base import (Backend, ExportSettings, FileFormat, FileWriter, QuantizeData, Quantizer, Runner, RunnerOptions,
                    register)
-from .common import (META_KEY, calibration_batches, content_key, meta_from_json, meta_to_json,
+from .common import (META_KEY, calibration_batches, converted_on_disk, meta_from_json, meta_to_json,
                      progress_to_stderr)
 
 if TYPE_CHECKING:
@@ -75,41 +75,14 @@ def to_openvino(module: nn.Module, meta: ModelMeta) -> ov.Model:
     return model
 
 
-CONVERTED_KEPT = 8  # converted models kept on disk, for real and for random weights each; the least recently used go first
-
-
 def converted(module: nn.Module, meta: ModelMeta) -> ov.Model:
-    """:func:`to_openvino`, through an on-disk cache of converted models next to the tuning cache.
-
-    Converting resnet50 takes about 5 s here, reading it back well under one. Keyed by the
-    weight values, the metadata and the torch and OpenVINO versions. Random weights (drawn from a
-    fixed seed, so the same on every load) have a folder of their own: bench times the eight default
-    models with them, and they never push the user's real models out."""
+    """:func:`to_openvino` through the on-disk cache of converted models (:func:`.common.converted_on_disk`):
+    converting resnet50 takes about 5 s here, reading it back well under one."""
     import openvino as ov
 
-    from .tuning import cache_path
-
-    folder = cache_path().parent / "openvino-models"
-    if meta.weights == RANDOM_WEIGHTS:
-        folder = folder / "random-weights"
-    xml = folder / f"{content_key(module, meta, torch.__version__, ov.__version__)}.xml"
-    if xml.is_file() and xml.with_suffix(".bin").is_file():
-        os.utime(xml)  # recently used
-        return shared_core().read_model(str(xml))
-    model = to_openvino(module, meta)
-    try:
-        save_openvino(model, xml)
-        _evict_least_recent(folder, CONVERTED_KEPT)
-    except OSError as exc:  # a read-only or full cache directory costs speed, not the result
-        log.warning("could not cache the converted model in %s: %s", folder, exc)
-    return model
-
-
-def _evict_least_recent(folder: Path, kept: int) -> None:
-    models = sorted(folder.glob("*.xml"), key=lambda path: path.stat().st_mtime, reverse=True)
-    for xml in models[kept:]:
-        xml.unlink(missing_ok=True)
-        xml.with_suffix(".bin").unlink(missing_ok=True)
+    return converted_on_disk("openvino", module, meta, (torch.__version__, ov.__version__),
+                             lambda: to_openvino(module, meta), save_openvino,
+                             lambda xml: shared_core().read_model(str(xml)), (".xml", ".bin"))
 
 
 def set_meta(model: ov.Model, meta: ModelMeta) -> None:
