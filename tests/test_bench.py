@@ -27,7 +27,8 @@ from resnetkit.backends.base import RunInfo, RunnerOptions
 from resnetkit.core.device import CPU
 from resnetkit.choose.trial_gate import CAN_PAUSE, TrialGate
 from resnetkit.run.loading import load_model
-from resnetkit.core.measure import CpuMeter, LoadSpan, median_ci, median_is_stable, speedup, timing_from_samples
+from resnetkit.core.measure import (SETTLE_SECONDS, CpuMeter, LoadSpan, median_ci, median_is_stable, speedup,
+                                    time_interleaved, timing_from_samples)
 from resnetkit.shrink.compare import compare_latency
 
 REQUIRED_KEYS = {"model", "params_m", "gmacs", "size_mb_fp32", "size_mb_fp16", "latency_ms_p50", "latency_ms_p90",
@@ -271,6 +272,24 @@ def test_median_ci_and_stability():
     assert median_ci([1.0, 2.0, 3.0]) == (1.0, 3.0)  # too few values: the whole range
     assert median_is_stable([10.0] * 20, 0.01)
     assert not median_is_stable([5.0, 15.0] * 10, 0.03)
+
+
+def test_interleaved_bursts_start_once_the_previous_runtimes_threads_stop_spinning():
+    """A runtime's threads spin on after its call returns (PyTorch's ~15 ms here): each burst starts
+    SETTLE_SECONDS after the other callable's last call, and that wait is not in its timings."""
+    calls: list[tuple[str, float]] = []
+
+    def callable_named(name: str):
+        def call() -> None:
+            calls.append((name, time.perf_counter()))
+            time.sleep(0.002)
+        return call
+
+    result = time_interleaved({"a": callable_named("a"), "b": callable_named("b")}, warmup=0, min_runs=4,
+                              min_seconds=0.0, burst_seconds=0.0)
+    switches = [(after[1] - before[1]) for before, after in zip(calls, calls[1:]) if before[0] != after[0]]
+    assert len(switches) >= 7 and min(switches) >= SETTLE_SECONDS
+    assert all(timing.p50_ms < SETTLE_SECONDS * 1000 for timing in result.timings.values())
 
 
 def test_speedup_says_not_comparable_when_busy_and_within_noise_when_the_intervals_overlap():

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..core.device import Device, usable_cores
 from ..core.errors import BackendUnavailableError, ResnetkitError
-from ..core.measure import timed_calls
+from ..core.measure import SETTLE_SECONDS, timed_calls
 from ..core.spec import ModelMeta
 from . import tuning
 from .base import Backend, Runner, RunnerOptions, make_runner, readers_of, register, registered, run_info
@@ -120,7 +120,7 @@ def median_latencies(runners: Mapping[Candidate, Runner], batch: torch.Tensor,
         for candidate, runner in racing.items():
             calls = 3 if not samples[candidate] else 1
             samples[candidate] += timed_calls(lambda r=runner: r(batch), calls=calls, min_seconds=seconds / TRIAL_ROUNDS,
-                                              sync=sync)
+                                              sync=sync, settle=SETTLE_SECONDS)
         fastest = min(statistics.median(samples[c]) for c in racing)
         racing = {c: r for c, r in racing.items() if statistics.median(samples[c]) <= CLEAR_LOSER * fastest}
     return {c: statistics.median(values) for c, values in samples.items()}

@@ -18,7 +18,8 @@ from ..backends.base import RunInfo, RunnerOptions, artifact_size
 from ..backends.base import TrialGate as TrialGateHook
 from ..core.device import Device, cpu_name, resolve_device
 from ..core.errors import ResnetkitError
-from ..core.measure import count_macs, count_params, peak_rss_mb, reset_peak_rss, serialized_size_bytes, time_calls, timed_calls
+from ..core.measure import (SETTLE_SECONDS, count_macs, count_params, peak_rss_mb, reset_peak_rss, serialized_size_bytes,
+                             time_calls, timed_calls)
 from ..core.samples import synthetic_jpeg
 from ..run.loading import Classifier, load_model
 from .accuracy import add_measured_accuracy, published_accuracy, published_metrics
@@ -86,18 +87,21 @@ class ModelWorker:
         assert built is not None, "a variant that failed to build is never timed"
         return built
 
-    def _timed(self, index: int, batch: int, calls: int, min_seconds: float = 0.0) -> list[float]:
+    def _timed(self, index: int, batch: int, calls: int, min_seconds: float = 0.0, settle: float = 0.0) -> list[float]:
         """ms of ``calls`` forward passes of variant ``index`` (and at least ``min_seconds``) on a random batch
-        of ``batch`` images made on the runner's device, each synchronised with it."""
+        of ``batch`` images made on the runner's device, each synchronised with it, after ``settle`` seconds."""
         classifier, ran = self._variant(index)
         inputs = torch.randn(batch, *classifier.meta.preprocessing.input_shape, device=ran.device.torch)
         return timed_calls(lambda: classifier.logits(inputs), calls=calls, min_seconds=min_seconds,
-                           sync=ran.device.synchronize)
+                           sync=ran.device.synchronize, settle=settle)
 
     def time(self, index: int, kind: str, calls: int) -> list[float]:
-        """``calls`` timed forward passes of variant ``index`` at batch 1 (``latency``) or at
-        the throughput batch size (``throughput``), in ms."""
-        return self._timed(index, 1 if kind == "latency" else self.config.batch_size, calls)
+        """``calls`` timed forward passes of variant ``index`` at batch 1 (``latency``, a burst of the parent's
+        interleaved rounds: after :data:`SETTLE_SECONDS`, as another variant ran just before) or at the throughput
+        batch size (``throughput``, right after that variant's burst), in ms."""
+        if kind == "latency":
+            return self._timed(index, 1, calls, settle=SETTLE_SECONDS)
+        return self._timed(index, self.config.batch_size, calls)
 
     def best_batch(self, index: int) -> tuple[int, float] | None:
         """On a GPU: the batch size with the most images per second and that rate (:func:`.gpu.best_batch`,

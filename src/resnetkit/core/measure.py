@@ -130,11 +130,20 @@ class Timing:
 Sync = Callable[[], None] | None  # an accelerator's synchronize (Device.synchronize); None on the CPU
 
 
+# Interleaved timings wait this long before each burst: runtimes' worker threads spin on after a call returns and
+# take the cores from the next callable. PyTorch's OpenMP threads (libgomp) spun ~15 ms after each call on a
+# 2-core Zen 2 EPYC (2026-12-06), and ONNX Runtime's ~60 ms before its runner set force_spinning_stop.
+SETTLE_SECONDS = 0.02
+
+
 def timed_calls(fn: Callable[[], object], *, calls: int = 1, min_seconds: float = 0.0, max_calls: int | None = None,
-                sync: Sync = None) -> list[float]:
+                sync: Sync = None, settle: float = 0.0) -> list[float]:
     """The one timing loop: milliseconds of each call of ``fn``, at least ``calls`` calls and until ``min_seconds``
     of timed calls have passed (at most ``max_calls``). With ``sync`` (an accelerator's synchronize) the clock
-    starts once the device is idle and stops once it has finished the call, not when the call was queued."""
+    starts once the device is idle and stops once it has finished the call, not when the call was queued.
+    ``settle``: seconds to wait first, untimed, when another runtime ran just before (:data:`SETTLE_SECONDS`)."""
+    if settle:
+        time.sleep(settle)
     samples: list[float] = []
     spent = 0.0
     while len(samples) < calls or (spent < min_seconds and (max_calls is None or len(samples) < max_calls)):
@@ -356,8 +365,8 @@ def time_interleaved(
     sync: Sync = None,
 ) -> InterleavedTimings:
     """Time several callables in rounds, so that a slow spell of the machine hits all of them alike. In each
-    round each one runs a short burst (``burst_seconds``, at least two calls) whose first call is not counted: it
-    pays for the switch from the previous callable (another runtime's threads still spinning, cold caches).
+    round each one runs a short burst (``burst_seconds``, at least two calls) after :data:`SETTLE_SECONDS` (the
+    previous callable's threads stop spinning), and its first call is not counted: it pays for the switch (cold caches).
     At least ``min_runs`` counted calls each and ``min_seconds`` of timed calls in all; then, with
     ``max_seconds``, more rounds until the 95 % confidence interval of each one's median is clear of the first
     one's (the reference), or ``max_seconds`` of timed calls in all. At most ``max_runs`` counted calls each."""
@@ -378,7 +387,8 @@ def time_interleaved(
 
     while not settled() and min(map(len, samples.values())) < max_runs:
         for name, fn in fns.items():
-            burst = timed_calls(fn, calls=2, min_seconds=burst_seconds, max_calls=max_runs + 1, sync=sync)
+            burst = timed_calls(fn, calls=2, min_seconds=burst_seconds, max_calls=max_runs + 1, sync=sync,
+                                settle=SETTLE_SECONDS)
             samples[name] += burst[1:]
             spent += sum(burst) / 1000.0
     return InterleavedTimings({name: timing_from_samples(s, warmup) for name, s in samples.items()}, end_load_span(load))
