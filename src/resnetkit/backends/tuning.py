@@ -25,7 +25,7 @@ from ..core.device import CPU, Device, cpu_name, gpu_facts, usable_cores
 from ..core.fileio import write_text_atomic
 
 ENV_VAR = "RESNETKIT_TUNING_CACHE"
-CACHE_VERSION = 5  # 5: trials before it timed the candidates after ONNX Runtime while its threads still spun
+CACHE_VERSION = 5  # 5: earlier trials timed each candidate while the one before still spun its threads (ORT, PyTorch)
 LIBRARIES = ("torch", "onnxruntime", "openvino")
 
 
