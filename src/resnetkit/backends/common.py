@@ -61,37 +61,36 @@ def content_key(module: nn.Module, meta: ModelMeta, *versions: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def convert_once(kind: str, module: nn.Module, meta: ModelMeta, convert: Callable[[], Converted],
+def convert_once(kind: str, key: str, convert: Callable[[], Converted],
                  copy: Callable[[Converted], Converted]) -> Converted:
-    """``convert()``, or a ``copy`` of its result for the same weights and metadata converted a moment
+    """``convert()``, or a ``copy`` of its result for the same ``key`` (:func:`content_key`) converted a moment
     ago in this process: ``auto`` builds one runner per thread count from the same module, and the
     conversion (torch.export + the backend's converter) is most of a runner's build time."""
-    key = (kind, content_key(module, meta))
     with _recent_lock:
-        if key in _recent:
-            _recent.move_to_end(key)
-            return copy(_recent[key])
+        if (kind, key) in _recent:
+            _recent.move_to_end((kind, key))
+            return copy(_recent[(kind, key)])
     converted = convert()
     with _recent_lock:
-        _recent[key] = converted
+        _recent[(kind, key)] = converted
         while len(_recent) > RECENT_CONVERSIONS:
             _recent.popitem(last=False)
     return copy(converted)
 
 
-def converted_on_disk(kind: str, module: nn.Module, meta: ModelMeta, versions: Sequence[str],
-                      convert: Callable[[], Converted], save: Callable[[Converted, Path], object],
-                      load: Callable[[Path], Converted], suffixes: Sequence[str]) -> Converted:
+def converted_on_disk(kind: str, key: str, meta: ModelMeta, convert: Callable[[], Converted],
+                      save: Callable[[Converted, Path], object], load: Callable[[Path], Converted],
+                      suffixes: Sequence[str]) -> Converted:
     """``convert()``, through an on-disk cache of converted models next to the tuning cache (``<kind>-models/``):
     torch.export and a converter take 5-20 s per model on a 2-core CPU, reading the result back about a second.
-    Keyed by the weight values, the metadata and ``versions`` (the converters'). Random weights (drawn from a fixed
-    seed, so the same on every load) have a folder of their own: bench times the eight default models with them,
-    and they never push the user's real models out. One entry is a file per suffix in ``suffixes``; ``save``
-    writes them all, atomically, given the path with the first one."""
+    ``key`` is :func:`content_key` of the weight values, the metadata and the converters' versions. Random weights
+    (drawn from a fixed seed, so the same on every load) have a folder of their own: bench times the eight default
+    models with them, and they never push the user's real models out. One entry is a file per suffix in
+    ``suffixes``; ``save`` writes them all, atomically, given the path with the first one."""
     folder = cache_path().parent / f"{kind}-models"
     if meta.weights == RANDOM_WEIGHTS:
         folder = folder / "random-weights"
-    path = folder / f"{content_key(module, meta, *versions)}{suffixes[0]}"
+    path = folder / f"{key}{suffixes[0]}"
     if all(path.with_suffix(suffix).is_file() for suffix in suffixes):
         os.utime(path)  # recently used
         return load(path)

@@ -25,8 +25,8 @@ from ..core.fileio import atomic_write
 from ..core.spec import ModelMeta
 from .base import (Backend, ExportSettings, FileFormat, FileWriter, QuantizeData, Quantizer, Runner, RunnerOptions,
                    register)
-from .common import (META_KEY, calibration_batches, captured_stdout, convert_once, converted_on_disk, cpu_has_vnni,
-                     meta_from_json, meta_to_json)
+from .common import (META_KEY, calibration_batches, captured_stdout, content_key, convert_once, converted_on_disk,
+                     cpu_has_vnni, meta_from_json, meta_to_json)
 
 if TYPE_CHECKING:
     import onnx
@@ -236,11 +236,13 @@ def exported(module: nn.Module, meta: ModelMeta) -> onnx.ModelProto:
     OpenVINO runners (at each thread count) from one export."""
     import onnx
 
-    def read_or_export() -> onnx.ModelProto:
-        return converted_on_disk("onnx", module, meta, (torch.__version__, onnx.__version__),
-                                 lambda: to_onnx(module, meta), _save, lambda path: onnx.load(str(path)), (".onnx",))
+    key = content_key(module, meta, torch.__version__, onnx.__version__)
 
-    return convert_once("onnx", module, meta, read_or_export, _copy_of)
+    def read_or_export() -> onnx.ModelProto:
+        return converted_on_disk("onnx", key, meta, lambda: to_onnx(module, meta), _save,
+                                 lambda path: onnx.load(str(path)), (".onnx",))
+
+    return convert_once("onnx", key, read_or_export, _copy_of)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:

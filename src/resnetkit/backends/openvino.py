@@ -29,7 +29,7 @@ from ..core.extras import install_hint
 from ..core.spec import ModelMeta
 from .base import (Backend, ExportSettings, FileFormat, FileWriter, QuantizeData, Quantizer, Runner, RunnerOptions,
                    register)
-from .common import (META_KEY, calibration_batches, converted_on_disk, meta_from_json, meta_to_json,
+from .common import (META_KEY, calibration_batches, content_key, converted_on_disk, meta_from_json, meta_to_json,
                      progress_to_stderr)
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def converted(module: nn.Module, meta: ModelMeta) -> ov.Model:
     converting resnet50 takes about 5 s here, reading it back well under one."""
     import openvino as ov
 
-    return converted_on_disk("openvino", module, meta, (torch.__version__, ov.__version__),
+    return converted_on_disk("openvino", content_key(module, meta, torch.__version__, ov.__version__), meta,
                              lambda: to_openvino(module, meta), save_openvino,
                              lambda xml: shared_core().read_model(str(xml)), (".xml", ".bin"))
 
