@@ -210,3 +210,21 @@ def test_quantized_predictions_stay_close_on_real_images(tmp_path: Path, cifar_w
     assert report.agreement.top1_agreement >= 90.0  # the full-set figures (98-99 %) are in docs/optimize.md
     assert abs(report.top1 - report.fp32_top1) <= 2.0
     assert not any("random weights" in note for note in report.notes)
+
+
+def test_onnxruntime_calibration_reads_every_image_once_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ONNX Runtime keeps the intermediate outputs of every image it reads at once (~100 MB each for
+    # resnet50: 300 calibration images were killed for memory on 24 GB); it must read them in chunks.
+    from resnetkit.backends import onnxruntime as ort_backend
+
+    assert [ort_backend.calibration_chunk(n) for n in (1, 7, 20, 245, 300, 241)] == [1, 7, 5, 7, 6, 1]
+    ranges: list[tuple[int, int]] = []
+    set_range = ort_backend._Images.set_range
+    monkeypatch.setattr(ort_backend._Images, "set_range",
+                        lambda self, start_index, end_index: (ranges.append((start_index, end_index)),
+                                                              set_range(self, start_index, end_index))[1])
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    batches = [torch.rand(10, 3, 32, 32), torch.rand(10, 3, 32, 32)]
+    quantized = ort_backend.quantize_static(ort_backend.to_onnx(model.module, model.meta), batches)
+    assert ranges == [(0, 5), (5, 10), (10, 15), (15, 20)]
+    assert ort_backend.int8_kernels(quantized)
