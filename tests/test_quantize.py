@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -228,3 +229,33 @@ def test_onnxruntime_calibration_reads_every_image_once_a_few_at_a_time(monkeypa
     quantized = ort_backend.quantize_static(ort_backend.to_onnx(model.module, model.meta), batches)
     assert ranges == [(0, 5), (5, 10), (10, 15), (15, 20)]
     assert ort_backend.int8_kernels(quantized)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend_default", ["bf16", "fp32"])
+def test_int8_is_also_compared_with_the_backends_own_default_precision(
+        tmp_path: Path, calib_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        backend_default: str) -> None:
+    # OpenVINO computes in bf16 by itself on CPUs with AVX512-BF16 or AMX: int8's gain over what users get
+    # without quantizing is then much smaller than over fp32, and the report shows both.
+    import dataclasses
+
+    from resnetkit.backends import base
+    from resnetkit.cli.optimize_cmd import _print_quantize
+
+    openvino = base.get_backend("openvino")
+    monkeypatch.setitem(base._BACKENDS, "openvino",
+                        dataclasses.replace(openvino, default_precision=lambda device: backend_default))
+    report = quantize(eager_source("cifar_resnet20", pretrained=False), "static-int8", tmp_path / "q.xml",
+                      calib_dir=str(calib_dir), calib_size=8, check_images=8)
+    _print_quantize(report)
+    printed = capsys.readouterr().out
+    if backend_default == "fp32":
+        assert report.default_precision is None and report.default_backend_latency_ms is None
+        assert "its default here" not in printed and "default (" not in printed
+        return
+    assert report.default_precision == "bf16" and report.default_backend_latency_ms > 0
+    assert "bf16 openvino (its default here)" in printed
+    assert re.search(r"vs openvino's default \(bf16 on this CPU\): (\d+\.\d\dx (faster|slower)|within noise|"
+                     r"not comparable)", printed)
+    assert report.to_dict()["speedup_vs_default"] == report.speedup_vs_default != ""

@@ -175,12 +175,18 @@ def _print_quantize(report: QuantizeReport) -> None:
         ("fp32 eager", _mb(report.fp32_size_bytes), f"{report.fp32_latency_ms:.2f}", "1.00x",
          f"{report.fp32_top1:.2f}" if top1 else "-"),
         (f"fp32 {report.backend}", "", f"{report.fp32_backend_latency_ms:.2f}", report.fp32_backend_speedup, "-"),
+        *([(f"{report.default_precision} {report.backend} (its default here)", "",
+            f"{report.default_backend_latency_ms:.2f}", report.default_backend_speedup, "-")]
+          if report.default_precision else []),
         (f"{report.method} {report.backend} (ran {report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
          report.speedup, f"{report.top1:.2f}" if top1 else "-"),
     ]
     columns = ("", "size (MB)", _latency_column(report.batch_size, report.device_name), "speed-up vs eager", "top-1 %")
     console.print(_table(f"{report.source} {report.method} -> {report.path} ({report.name})", rows, columns))
     console.print(f"size: {_size_change(report.fp32_size_bytes, report.size_bytes)} the fp32 weights", highlight=False)
+    if report.default_precision:
+        console.print(f"vs {report.backend}'s default ({report.default_precision} on this {report.device_name}): "
+                      f"{report.speedup_vs_default} (interleaved in the same run)", highlight=False)
     if report.int8_kernels:
         kernels = ", ".join(f"{op} x{n}" for op, n in report.int8_kernels.items())
         console.print(f"int8 kernels in the runtime graph: {kernels}", highlight=False)

@@ -67,6 +67,13 @@ class QuantizeReport:
     # vs fp32 eager, from latencies measured interleaved in one run (or why not comparable)
     fp32_backend_speedup: str = ""
     speedup: str = ""
+    # the backend at the float precision it picks by itself on this device (bf16 on CPUs with AVX512-BF16 or
+    # AMX for OpenVINO), when that is neither fp32 nor what the quantized model runs: what users get without
+    # quantizing. Its speed-up is vs fp32 eager; speedup_vs_default is the quantized model's vs it.
+    default_precision: str | None = None
+    default_backend_latency_ms: float | None = None
+    default_backend_speedup: str = ""
+    speedup_vs_default: str = ""
     device: str = "cpu"  # where the latencies were measured
     device_name: str = "CPU"
 
@@ -167,8 +174,11 @@ def quantize(
     quantized = load_model(request.output, options=RunnerOptions(device=request.device))
     kernels = int8_kernels(quantized, request)
     check, inputs = sample_batches(source.meta, eval_dir or calib_dir, count=check_images, seed=1)
+    default_precision = _backend_default_precision(request, quantized.ran.precision)
     timings = compare_latency({"fp32": on_device(source, request.device),
-                               "fp32_backend": _fp32_on_backend(source, request, batch_size),
+                               "fp32_backend": _float_on_backend(source, request, batch_size, "fp32"),
+                               **({"default": _float_on_backend(source, request, batch_size, default_precision)}
+                                  if default_precision else {}),
                                "quantized": quantized}, batch_size)
     report = QuantizeReport(
         name=quantized.meta.name, source=source.meta.name, method=method, backend=request.backend,
@@ -185,6 +195,11 @@ def quantize(
         notes=_notes(source, quantized, request, eval_dir),
         device=str(request.device), device_name=request.device.name,
     )
+    if default_precision:
+        report.default_precision = default_precision
+        report.default_backend_latency_ms = timings.timings["default"].p50_ms
+        report.default_backend_speedup = timings.speedup("fp32", "default")[1]
+        report.speedup_vs_default = timings.speedup("default", "quantized")[1]
     if eval_dir:
         report.eval_dir = str(eval_dir)
         report.fp32_top1 = top1_accuracy(source, eval_dir, eval_limit)
@@ -214,9 +229,16 @@ def _quantize_data(meta: ModelMeta, request: QuantizeRequest,
     return QuantizeData(calibration[0] if calibration else (), request.calibration_method, validation, request.max_drop)
 
 
-def _fp32_on_backend(source: Classifier, request: QuantizeRequest, batch_size: int) -> Classifier:
-    """The source's weights on the request's backend in exact fp32, on the device the latencies are measured on."""
-    options = RunnerOptions(batch_size=batch_size, precision="fp32", device=request.device)
+def _backend_default_precision(request: QuantizeRequest, quantized_precision: str) -> str | None:
+    """The float precision the request's backend picks by itself on the device, when it is neither fp32 (the
+    fp32 row already shows it) nor the quantized model's precision (the quantized row is then the same thing)."""
+    precision = get_backend(request.backend).default_precision(request.device)
+    return precision if precision not in ("fp32", quantized_precision) else None
+
+
+def _float_on_backend(source: Classifier, request: QuantizeRequest, batch_size: int, precision: str) -> Classifier:
+    """The source's weights on the request's backend at ``precision``, on the device the latencies are measured on."""
+    options = RunnerOptions(batch_size=batch_size, precision=precision, device=request.device)
     return Classifier(source.meta, make_runner(cpu_module(source, "quantize"), source.meta, request.backend, options))
 
 
