@@ -108,12 +108,39 @@ def test_exported_onnx_graphs_are_cached_on_disk(eager, tmp_path, monkeypatch: p
     ort_backend.exported(eager.module, trained)
     [stored] = (tmp_path / "onnx-models").iterdir()
     common._recent.clear()
-    monkeypatch.setattr(ort_backend, "to_onnx", lambda *_: pytest.fail("exported again"))
+    monkeypatch.setattr(ort_backend, "traced_onnx", lambda *_: pytest.fail("exported again"))
     runner = runners.make_runner(copy.deepcopy(eager.module), trained, "onnxruntime", FP32)
     batch = torch.randn(2, 3, 32, 32)
     assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
     assert ort_backend.read_meta(runner.model, stored) == trained
     assert stored.suffix == ".onnx" and list((tmp_path / "onnx-models").iterdir()) == [stored]  # no temp files
+
+
+def test_runtimes_get_a_traced_graph_unless_the_trace_would_depend_on_the_data(eager, monkeypatch) -> None:
+    """The graph the runtimes share comes from torch's tracing exporter (a tenth of torch.export's time); a
+    model whose trace would bake in one branch of data-dependent control flow goes to torch.export instead."""
+    from torch import nn
+
+    from resnetkit.backends import onnxruntime as ort_backend
+
+    exported_by_torch_export = []
+    monkeypatch.setattr(ort_backend, "to_onnx",
+                        lambda module, meta: exported_by_torch_export.append(meta.name) or "torch.export's graph")
+    traced = ort_backend.traced_onnx(eager.module, eager.meta)
+    assert exported_by_torch_export == []
+    assert [d.dim_param for d in traced.graph.input[0].type.tensor_type.shape.dim][0] == "batch"
+    assert ort_backend.read_meta(traced, "traced") == eager.meta
+    batch = torch.randn(3, 3, 32, 32)
+    runner = ort_backend.OnnxRuntimeRunner(traced, "fp32")
+    assert torch.allclose(runner(batch), eager.logits(batch), atol=1e-3)
+
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3)) if x.sum() > 0 else -x.mean((2, 3))
+
+    meta = dataclasses.replace(eager.meta, name="branchy")
+    assert ort_backend.traced_onnx(Branchy(), meta) == "torch.export's graph"
+    assert exported_by_torch_export == ["branchy"]
 
 
 @pytest.mark.slow

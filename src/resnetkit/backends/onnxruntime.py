@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
+import logging
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from .common import (META_KEY, calibration_batches, captured_stdout, content_key
 if TYPE_CHECKING:
     import onnx
 
+log = logging.getLogger(__name__)
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
@@ -54,6 +57,34 @@ def to_onnx(module: nn.Module, meta: ModelMeta, *, dynamic_batch: bool = True, b
     # The exporter's intermediate shape annotations can disagree with ONNX shape inference
     # (seen on Gemm); they are optional, so drop them and let consumers infer shapes.
     del model.graph.value_info[:]
+    set_meta(model, meta)
+    return model
+
+
+def traced_onnx(module: nn.Module, meta: ModelMeta) -> onnx.ModelProto:
+    """:func:`to_onnx` with a dynamic batch, made by torch's TorchScript-based exporter where it traces the model
+    cleanly, else by :func:`to_onnx`. This is the graph the runtimes run (:func:`exported`), not a file users get.
+
+    Why not always the torch.export-based exporter: tracing takes 0.3-0.7 s per model against 2.7-5.9 s
+    (resnet18 ... mobilenet_v2, Zen 5), and the two graphs ran at the same latency on ONNX Runtime and OpenVINO
+    with the same outputs (docs/optimize.md); on a first run that export was most of each model's set-up.
+    torch deprecates that exporter (it warns that it will be removed), so any failure, a trace that depended on
+    the data (TracerWarning), or its absence from a later torch falls back to :func:`to_onnx`."""
+    import onnx
+
+    stream = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its deprecation, and notes such as "constant folding not applied"
+            warnings.simplefilter("error", torch.jit.TracerWarning)
+            torch.onnx.export(copy.deepcopy(module).float().eval(), (torch.zeros(1, *meta.preprocessing.input_shape),),
+                              stream, dynamo=False, opset_version=DEFAULT_OPSET, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    except Exception as exc:  # noqa: BLE001  (whatever stops the tracer, the other exporter is the answer)
+        log.debug("tracing %s for ONNX failed (%s); using the torch.export-based exporter", meta.name, exc)
+        return to_onnx(module, meta)
+    model = onnx.load_from_string(stream.getvalue())
+    _check_opset(model, DEFAULT_OPSET)
     set_meta(model, meta)
     return model
 
@@ -247,8 +278,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def exported(module: nn.Module, meta: ModelMeta) -> onnx.ModelProto:
-    """:func:`to_onnx` with a dynamic batch through the on-disk cache of converted models
-    (:func:`.common.converted_on_disk`; exporting resnet152 takes 20 s on a 2-core Zen 2, reading it back 1 s),
+    """:func:`traced_onnx` through the on-disk cache of converted models
+    (:func:`.common.converted_on_disk`; exporting resnet152 with torch.export took 20 s on a 2-core Zen 2,
+    reading it back 1 s),
     or a copy of the same weights' graph read moments ago in this process: ``auto`` builds ONNX Runtime and
     OpenVINO runners (at each thread count) from one export."""
     import onnx
@@ -256,7 +288,7 @@ def exported(module: nn.Module, meta: ModelMeta) -> onnx.ModelProto:
     key = content_key(module, meta, torch.__version__, onnx.__version__)
 
     def read_or_export() -> onnx.ModelProto:
-        return converted_on_disk("onnx", key, meta, lambda: to_onnx(module, meta), _save,
+        return converted_on_disk("onnx", key, meta, lambda: traced_onnx(module, meta), _save,
                                  lambda path: onnx.load(str(path)), (".onnx",))
 
     return convert_once("onnx", key, read_or_export, _copy_of)
