@@ -336,6 +336,17 @@ def test_a_reference_out_of_line_with_its_neighbours_or_unsteady_is_not_compared
         "reference out of line: its runs spread over")
 
 
+def test_builds_are_ranked_by_parameters_and_a_model_file_by_its_size(tmp_path):
+    from resnetkit.choose.bench import _build_cost
+
+    costs = [_build_cost(m) for m in ("resnet152", "resnet50", "efficientnet_b0", "shufflenet_v2_x1_0", "cifar_resnet20")]
+    assert costs == sorted(costs, reverse=True)  # efficientnet_b0 builds in a third of resnet50's time, not more
+    small, large = tmp_path / "small.onnx", tmp_path / "large.onnx"
+    small.write_bytes(b"\0" * 4_000_000)
+    large.write_bytes(b"\0" * 40_000_000)
+    assert _build_cost(str(large)) - _build_cost(str(small)) == pytest.approx(9.0)  # 4 bytes a parameter
+
+
 def test_off_a_terminal_progress_is_a_line_per_model_built_and_variant_measured_with_a_fresh_estimate():
     from resnetkit.choose.records import BenchProgress
     from resnetkit.cli.bench_cmd import _print_progress, err_console

@@ -14,16 +14,17 @@ its cap (:mod:`.adaptive`). On a GPU each variant then looks for its best throug
 from __future__ import annotations
 
 import platform
-import statistics
 import time
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from ..backends.base import artifact_size
 from ..core.device import cpu_name, machine_cores, resolve_device, usable_cores
 from ..core.errors import ResnetkitError
-from ..core.measure import CpuMeter, load_average
+from ..core.measure import CpuMeter, count_params, load_average
 from ..core.zoo import get_spec, is_zoo_name
 from ..run.loading import check_model_ref
 from .adaptive import Track
@@ -72,14 +73,23 @@ def bench(
     return run.records()
 
 
+# one model's build (its process's start, auto's trial, warming up, the eager reference) took about 6 s plus 0.4 s per
+# million parameters on the 2-core Zen 5 VM, the eight default models built one at a time (2026-12-06); their
+# counts of modules, used before, ranked efficientnet_b0 (9 s) second of the eight, after resnet152 (29 s)
+FIXED_BUILD_MPARAMS = 16.0  # the fixed part, in millions of parameters' worth
+
+
 def _build_cost(model: str) -> float:
-    """A rough measure of how long ``model`` takes to build (exporting and converting it), to start the longest
-    builds first so that short ones fill the end: the number of modules of its architecture (a model file:
-    unknown, counted as the longest)."""
-    if not is_zoo_name(model):
-        return float("inf")
-    with torch.device("meta"):  # the architecture without allocating or initialising weights
-        return float(sum(1 for _ in get_spec(model).build().modules()))
+    """How long ``model`` takes to build, relative to the others (to start the longest builds first, so that short
+    ones fill the end, and to estimate the time left): its parameters in millions plus a fixed part. A model file's
+    parameters are guessed from its size at 4 bytes each."""
+    if is_zoo_name(model):
+        with torch.device("meta"):  # the architecture without allocating or initialising weights
+            params = count_params(get_spec(model).build())
+    else:
+        path = Path(model)
+        params = artifact_size(path) // 4 if path.exists() else 0
+    return FIXED_BUILD_MPARAMS + params / 1e6
 
 
 class _Run:
@@ -92,6 +102,7 @@ class _Run:
         self.failures: list[ResnetkitError] = []
         self.order: dict[str, int] = {}  # model -> position in the request, for the output order
         self.meter: CpuMeter | None = None  # other processes' CPU use while timing
+        self.measuring_since = 0.0  # time.monotonic() when the rounds began
 
     def start(self, requested: dict[str, list[Variant]]) -> None:
         """Start one worker per model, longest builds first, at most one per core at a time (building is
@@ -102,9 +113,10 @@ class _Run:
             for model, variants in requested.items():
                 self._add(LocalWorker(model, variants, self.config))
             return
-        pending = sorted(enumerate(requested.items()), key=lambda item: -_build_cost(item[1][0]))
+        cost = {model: _build_cost(model) for model in requested}
+        pending = sorted(enumerate(requested.items()), key=lambda item: -cost[item[1][0]])
         starting: dict[ProcessWorker, float] = {}  # worker -> when it started
-        build_seconds: list[float] = []
+        built_seconds = built_cost = 0.0
         gate = TrialGate(process_context(), len(pending))  # auto's trials pause the other builds
         parallel = usable_cores() if CAN_PAUSE else 1
         self.on_progress(BenchProgress("starting", 0, 0, len(requested)))
@@ -117,10 +129,12 @@ class _Run:
                     self.workers.append(worker)
             ready = wait([w.conn for w in starting])
             for built in [w for w in starting if w.conn in ready]:
-                build_seconds.append(time.monotonic() - starting.pop(built))
+                built_seconds += time.monotonic() - starting.pop(built)
+                built_cost += cost[built.model]
                 self._add(built)
-                # what the builds so far took, for those still to come (the longest ones start first: an overestimate)
-                eta = statistics.fmean(build_seconds) * (len(pending) + len(starting)) / parallel
+                # what the builds so far took per unit of cost, for the cost of those still to come
+                left = sum(cost[model] for _, (model, _) in pending) + sum(cost[w.model] for w in starting)
+                eta = built_seconds / built_cost * left / parallel
                 self.on_progress(BenchProgress("starting", 0, len(requested) - len(pending) - len(starting),
                                                len(requested), eta, last=built.model))
 
@@ -149,6 +163,7 @@ class _Run:
     def measure(self) -> None:
         """Interleaved rounds until every variant is stable or capped."""
         self.meter = CpuMeter([worker.pid for worker in self.workers])
+        self.measuring_since = time.monotonic()
         round_number = 0
         while active := [t for t in self.tracks if t.status is None]:
             round_number += 1
@@ -208,7 +223,11 @@ class _Run:
                     self.on_record(self._result(track), track.variant)
 
     def _eta(self, active: Sequence[Track]) -> float:
-        return sum(t.remaining_seconds(self.config) for t in active)
+        """The timed seconds the variants still need, times the wall seconds each timed second has taken so far
+        (the pauses between bursts, the requests to the processes, their ends: 3-4x here, at batch 1)."""
+        timed = sum(sum(t.samples) + sum(t.throughput) for t in self.tracks) / 1000.0
+        wall_per_timed = (time.monotonic() - self.measuring_since) / timed if timed else 1.0
+        return sum(t.remaining_seconds(self.config) for t in active) * max(wall_per_timed, 1.0)
 
     def close_workers(self, wait: bool = True) -> None:
         """End the measuring processes: asked to stop, or (``wait=False``, on Ctrl-C) at once."""
