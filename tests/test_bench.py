@@ -511,3 +511,50 @@ def test_compare_latency_interleaves_before_and_after():
     factor, text = result.speedup("eager", "onnxruntime")
     assert (factor is None and text.startswith(("not comparable: machine busy", "within noise"))) or text.endswith(
         ("faster", "slower"))
+
+
+def test_auto_trial_runs_in_a_helper_forked_from_the_fork_server_once_then_in_a_new_interpreter(monkeypatch):
+    """The helper times the candidates of the first job (a real one); a second goes to a new interpreter."""
+    import pickle
+
+    from resnetkit.backends.auto import ModuleSource
+    from resnetkit.backends.tuning import Candidate
+    from resnetkit.choose import pool
+
+    context = pool.process_context()
+    mine, theirs = context.Pipe()
+    helper = context.Process(target=pool._serve_trial, args=(theirs,), daemon=True)
+    helper.start()
+    theirs.close()
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    tried = [Candidate("eager", "fp32", None), Candidate("eager", "fp32", 1)]
+    job = pickle.dumps((ModuleSource(model.module, model.meta), tried, RunnerOptions(), 0.05))
+    ask = pool._TrialHelper(mine)
+    timings = ask(job)
+    assert set(timings) == set(tried) and all(ms > 0 for ms in timings.values())
+    helper.join(10)
+    assert helper.exitcode == 0  # one job, then it ends
+    monkeypatch.setattr(pool, "in_new_interpreter", lambda payload: ("new interpreter", payload == job))
+    assert ask(job) == ("new interpreter", True)
+
+
+def test_a_trial_helper_that_dies_is_a_clear_error_and_one_never_asked_ends():
+    from resnetkit.backends.auto import TrialFailed
+    from resnetkit.choose import pool
+
+    context = pool.process_context()
+    for asked in (True, False):
+        mine, theirs = context.Pipe()
+        helper = context.Process(target=pool._serve_trial, args=(theirs,), daemon=True)
+        helper.start()
+        theirs.close()
+        if asked:
+            helper.kill()
+            helper.join(10)
+            with pytest.raises(TrialFailed, match="auto's trial process failed \\(its helper process ended without "
+                                                  "answering\\). Pick a backend with --backend instead"):
+                pool._TrialHelper(mine)(b"job")
+        else:
+            pool._TrialHelper(mine).close()  # auto's choice was cached
+            helper.join(10)
+            assert helper.exitcode == 0

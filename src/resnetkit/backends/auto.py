@@ -10,8 +10,9 @@ hint says so; on a GPU fp16), else fp32. Never int8 unless asked: int8 needs a c
 Candidates are the registered backends marked ``tried_by_auto`` that run on the device and in the precision
 (for a model file: the backends that read it); on the CPU each with its runtime's own thread setting and with one
 thread. On the CPU the candidates are built and timed in a separate Python process
-(:mod:`resnetkit.backends.trial`), and this process builds only the winner: runtimes keep thread pools and pinned
-cores for the life of a process, so losers built beside the winner could slow it down. On a GPU, candidates are
+(:mod:`resnetkit.backends.trial`; bench's comes ready from its fork server), and this process builds only the
+winner: runtimes keep thread pools and pinned cores for the life of a process, so losers built beside the winner
+could slow it down. On a GPU, candidates are
 timed in this process (no thread pools to leave behind; a second CUDA context would cost memory and seconds), on
 inputs already there, synchronised.
 """
@@ -187,10 +188,18 @@ def measure(source: Source, tried: list[Candidate], options: RunnerOptions,
     return median_latencies(runners, batch, seconds, sync=options.device.synchronize)
 
 
+class TrialFailed(ResnetkitError):
+    """auto's trial process ended without an outcome."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"auto's trial process failed ({why}). Pick a backend with --backend instead, or report this.")
+
+
 def measure_apart(source: Source, tried: list[Candidate], options: RunnerOptions) -> dict[Candidate, float]:
-    """:func:`measure` in a fresh Python process on the CPU (see the module's docstring); in this process on a GPU,
-    or when ``source`` cannot be sent to another process (e.g. a module of a class defined in ``__main__``)."""
-    job = (source, tried, dataclasses.replace(options, trial_gate=None), TRIAL_SECONDS)
+    """:func:`measure` in a fresh process on the CPU (see the module's docstring): ``options.trial_process``, else a
+    new Python interpreter; in this process on a GPU, or when ``source`` cannot be sent to another process (e.g. a
+    module of a class defined in ``__main__``)."""
+    job = (source, tried, dataclasses.replace(options, trial_gate=None, trial_process=None), TRIAL_SECONDS)
     try:
         payload = pickle.dumps(job)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -198,18 +207,22 @@ def measure_apart(source: Source, tried: list[Candidate], options: RunnerOptions
         payload = None
     if options.device.is_cuda or payload is None:
         return measure(*job)
+    outcome = (options.trial_process or in_new_interpreter)(payload)
+    if isinstance(outcome, ResnetkitError):
+        raise outcome
+    return outcome  # type: ignore[return-value]
+
+
+def in_new_interpreter(payload: bytes) -> object:
+    """The outcome of the trial job ``payload`` run by ``python -m resnetkit.backends.trial``."""
     with tempfile.TemporaryDirectory(prefix="resnetkit-trial-") as folder:
         result_path = Path(folder) / "result.pickle"
         done = subprocess.run([sys.executable, "-m", f"{__package__}.trial", str(result_path)], input=payload,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         if not result_path.is_file():
             last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
-            raise ResnetkitError(f"auto's trial process failed (exit {done.returncode}: {last}). "
-                                 "Pick a backend with --backend instead, or report this.")
-        outcome = pickle.loads(result_path.read_bytes())
-    if isinstance(outcome, ResnetkitError):
-        raise outcome
-    return outcome
+            raise TrialFailed(f"exit {done.returncode}: {last}")
+        return pickle.loads(result_path.read_bytes())
 
 
 def tuned(name: str, key: str, options: RunnerOptions, source: Source,

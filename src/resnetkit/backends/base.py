@@ -48,6 +48,7 @@ class Runner(Protocol):
 
 
 TrialGate = Callable[[], AbstractContextManager[object]]
+TrialProcess = Callable[[bytes], object]  # runs auto's pickled trial job in a fresh process (see backends.trial)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class RunnerOptions:
     device: Device = field(default_factory=lambda: resolve_device("auto"))
     # auto times its candidates inside this (bench passes one that keeps its other processes off the CPU)
     trial_gate: TrialGate | None = field(default=None, compare=False)
+    # ... in a process this gives (bench: one forked from its fork server, where torch is imported), not a new Python
+    trial_process: TrialProcess | None = field(default=None, compare=False)
 
     def on(self, device: Device) -> "RunnerOptions":
         return replace(self, device=device)

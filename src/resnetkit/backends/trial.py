@@ -1,7 +1,7 @@
-"""The trial process of ``auto`` (see :mod:`resnetkit.backends.auto`): reads a pickled (source, candidates,
-options, seconds) job from stdin, builds and times the candidates, and pickles the median latencies (or the
-:class:`~resnetkit.core.errors.ResnetkitError` that stopped it) to the file named by its one argument.
-The result goes to a file, not stdout, because runtimes may print there."""
+"""The trial process of ``auto`` (see :mod:`resnetkit.backends.auto`): builds and times the candidates of a
+pickled (source, candidates, options, seconds) job and gives back the median latencies, or the
+:class:`~resnetkit.core.errors.ResnetkitError` that stopped it. As a program (``python -m``) it reads the job from
+stdin and pickles the outcome to the file named by its one argument (not stdout: runtimes may print there)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ from ..core.fileio import atomic_write
 from .auto import measure
 
 
-def main(result_path: str) -> None:
-    job = pickle.loads(sys.stdin.buffer.read())
+def run(payload: bytes) -> object:
+    """The outcome of the pickled job: the timings, or the error that stopped them."""
     try:
-        outcome: object = measure(*job)
+        return measure(*pickle.loads(payload))
     except ResnetkitError as exc:
-        outcome = exc
+        return exc
+
+
+def main(result_path: str) -> None:
+    outcome = run(sys.stdin.buffer.read())
     with atomic_write(Path(result_path)) as handle:
         pickle.dump(outcome, handle)
 

@@ -1,5 +1,5 @@
-"""The measuring processes: one per model, started from a fork server, driven over a pipe, and ended
-cleanly whatever happens (Ctrl-C, SIGTERM, a process that dies).
+"""The measuring processes: one per model, started from a fork server with a helper beside it for auto's trial,
+driven over a pipe, and ended cleanly whatever happens (Ctrl-C, SIGTERM, a process that dies).
 
 No CUDA call happens in the fork server: it only imports this module (torch included), and each measuring
 process resolves its device itself (:class:`~.worker.ModelWorker`), so CUDA is first touched in a fresh child.
@@ -15,6 +15,8 @@ from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from typing import Any, Iterator, Sequence
 
+from ..backends.auto import TrialFailed, in_new_interpreter
+from ..backends.trial import run as run_trial
 from ..core.errors import ResnetkitError
 from .records import BenchConfig, Variant
 from .trial_gate import TrialGate, resume_or_pause
@@ -81,14 +83,17 @@ class LocalWorker:
         self.worker.close()
 
 
-def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConfig, gate: TrialGate, slot: int) -> None:
+def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConfig, gate: TrialGate, slot: int,
+           trial_conn: Any) -> None:
     """Entry point of a measuring process: build, answer ``(method, args)`` requests, stop on None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
     # ... with SIGTERM, as a normal exit: exit handlers then release what the libraries hold (e.g. the
     # multiprocessing lock tqdm makes during torch.export), which a plain SIGTERM would leave for
     # Python's resource tracker to report as leaked
     signal.signal(signal.SIGTERM, _exit_now)
-    worker = ModelWorker(model, variants, config, trial_gate=lambda: gate.timing(slot))
+    trial_helper = _TrialHelper(trial_conn)
+    worker = ModelWorker(model, variants, config, trial_gate=lambda: gate.timing(slot), trial_process=trial_helper)
+    trial_helper.close()  # a helper still waiting (auto's choice was cached) ends
     gate.idle(slot)
     conn.send(worker.entries)
     while (request := conn.recv()) is not None:
@@ -98,6 +103,41 @@ def _serve(conn: Any, model: str, variants: Sequence[Variant], config: BenchConf
 
 def _exit_now(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
+
+
+def _serve_trial(conn: Any) -> None:
+    """Entry point of a measuring process's trial helper: run the one trial job auto sends, if any, and answer.
+    Forked from the fork server, it starts with torch and the runtimes imported but nothing run: as fresh as a
+    new interpreter, without its 3.4 s of imports, which the trial gate would otherwise hold every other build for."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        payload = conn.recv_bytes()
+    except EOFError:  # auto's choice was cached: nothing to time
+        return
+    conn.send(run_trial(payload))
+
+
+class _TrialHelper:
+    """A measuring process's way to its trial helper (:func:`_serve_trial`): auto's first trial there, any later
+    one (a second variant to tune) in a new interpreter, auto's own way."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def __call__(self, payload: bytes) -> object:
+        if self.conn.closed:
+            return in_new_interpreter(payload)
+        try:
+            self.conn.send_bytes(payload)
+            return self.conn.recv()
+        except (EOFError, OSError):
+            raise TrialFailed("its helper process ended without answering") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self.conn.closed:
+            self.conn.close()
 
 
 def process_context() -> BaseContext:
@@ -121,13 +161,18 @@ class ProcessWorker:
         context = process_context()
         self.model = model
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, model, variants, config, gate, slot), daemon=True)
+        trial_ends = context.Pipe()  # the measuring process's end, its trial helper's end
+        self.process = context.Process(target=_serve, args=(child, model, variants, config, gate, slot, trial_ends[0]),
+                                       daemon=True)
+        self.trial_helper = context.Process(target=_serve_trial, args=(trial_ends[1],), daemon=True)
         self.gate, self.slot = gate, slot
         with _sigint_ignored():
-            gate.start(slot, self._start_process)
-        child.close()
+            gate.start(slot, self._start_processes)
+        for end in (child, *trial_ends):
+            end.close()
 
-    def _start_process(self) -> int:
+    def _start_processes(self) -> int:
+        self.trial_helper.start()
         self.process.start()
         return self.pid
 
@@ -166,6 +211,9 @@ class ProcessWorker:
                 end()
                 resume_or_pause(self.pid, "SIGCONT")
                 self.process.join(5)
+        if self.trial_helper.is_alive():  # the measuring process died while its helper timed or waited
+            self.trial_helper.kill()
+            self.trial_helper.join(5)
         self.conn.close()
 
 

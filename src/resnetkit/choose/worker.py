@@ -16,6 +16,7 @@ import torch
 
 from ..backends.base import RunInfo, RunnerOptions, artifact_size
 from ..backends.base import TrialGate as TrialGateHook
+from ..backends.base import TrialProcess
 from ..core.device import Device, cpu_name, resolve_device
 from ..core.errors import ResnetkitError
 from ..core.measure import (SETTLE_SECONDS, count_macs, count_params, peak_rss_mb, reset_peak_rss, serialized_size_bytes,
@@ -36,10 +37,10 @@ class ModelWorker:
     """The variants of one model, built in this process and timed on request."""
 
     def __init__(self, model: str, variants: Sequence[Variant], config: BenchConfig,
-                 trial_gate: TrialGateHook | None = None) -> None:
+                 trial_gate: TrialGateHook | None = None, trial_process: TrialProcess | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)  # here, in the measuring process, not before it starts
-        self.trial_gate = trial_gate
+        self.trial_gate, self.trial_process = trial_gate, trial_process
         self.built: list[tuple[Classifier, RunInfo] | None] = []
         self.entries: list[Entry] = []
         baseline_mb = reset_peak_rss()
@@ -54,7 +55,7 @@ class ModelWorker:
         config = self.config
         started = time.monotonic()
         options = RunnerOptions(batch_size=TUNED_BATCH_SIZE, precision=variant.precision, threads=config.threads,
-                                device=device, trial_gate=self.trial_gate)
+                                device=device, trial_gate=self.trial_gate, trial_process=self.trial_process)
         try:
             classifier = load_model(variant.model, pretrained=config.eval_dir is not None and not reference,
                                     backend=variant.backend, options=options)
