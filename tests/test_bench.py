@@ -558,3 +558,19 @@ def test_a_trial_helper_that_dies_is_a_clear_error_and_one_never_asked_ends():
             pool._TrialHelper(mine).close()  # auto's choice was cached
             helper.join(10)
             assert helper.exitcode == 0
+
+
+def test_a_trial_that_raises_in_the_helper_comes_back_as_auto_s_clear_error():
+    from resnetkit.backends.auto import TrialFailed
+    from resnetkit.choose import pool
+
+    context = pool.process_context()
+    mine, theirs = context.Pipe()
+    helper = context.Process(target=pool._serve_trial, args=(theirs,), daemon=True)
+    helper.start()
+    theirs.close()
+    outcome = pool._TrialHelper(mine)(b"not a pickled job")
+    assert isinstance(outcome, TrialFailed)
+    assert str(outcome).startswith("auto's trial process failed (UnpicklingError: ")
+    helper.join(10)
+    assert helper.exitcode == 0

@@ -193,6 +193,10 @@ class TrialFailed(ResnetkitError):
 
     def __init__(self, why: str) -> None:
         super().__init__(f"auto's trial process failed ({why}). Pick a backend with --backend instead, or report this.")
+        self.why = why
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # sent back from a trial helper whole, not wrapped twice
+        return type(self), (self.why,)
 
 
 def measure_apart(source: Source, tried: list[Candidate], options: RunnerOptions) -> dict[Candidate, float]:

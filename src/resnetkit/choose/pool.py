@@ -114,7 +114,13 @@ def _serve_trial(conn: Any) -> None:
         payload = conn.recv_bytes()
     except EOFError:  # auto's choice was cached: nothing to time
         return
-    conn.send(run_trial(payload))
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)  # runtimes may print; like a new interpreter's trial, this one's stdout goes nowhere
+    try:
+        outcome = run_trial(payload)
+    except Exception as exc:  # noqa: BLE001 - a runtime's crash becomes auto's clear error, not a traceback here
+        outcome = TrialFailed(f"{type(exc).__name__}: {exc}")
+    conn.send(outcome)
 
 
 class _TrialHelper:
