@@ -13,7 +13,9 @@ spec="."; [ "$extra" != core ] && spec=".[$extra]"
 stamp="$venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-12)-${extra}"
 if [ ! -f "$stamp" ]; then
   # pip compiles bytecode on one core; compileall -j 0 does it on all of them (about 40 s -> 19 s on 2 cores)
+  echo "setup: pip installs $spec into $venv (on a 2-core VM with the wheels on disk: about 65 s for 'all')" >&2
   "$venv/bin/python" -m pip install --quiet --no-compile -e "$spec" 2>&1 | grep -vE "is ignored|^\s*$" || true
+  echo "setup: compiling the installed Python files to bytecode on every core (about 20 s there)" >&2
   "$venv/bin/python" -m compileall -q -j 0 "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null 2>&1 || true
   "$venv/bin/python" -c "import resnetkit" && touch "$stamp"
 fi
