@@ -311,27 +311,38 @@ def test_speedup_says_not_comparable_when_busy_and_within_noise_when_the_interva
                                        "overlap)")
 
 
+def _track(samples: list[float], gmacs: float, is_reference: bool, rounds: int = 5) -> Track:
+    record = BenchRecord(model="m", backend="eager" if is_reference else "openvino", precision="fp32", params_m=1.0,
+                         gmacs=gmacs, size_mb_fp32=1.0, size_mb_fp16=0.5, latency_ms_p50=0.0, latency_ms_p90=0.0,
+                         latency_runs=0, throughput_ips=None, batch_size=1, throughput_runs=0, peak_mem_mb=1.0,
+                         top1=None, top5=None, accuracy_source="", accuracy_dataset="", published_gmacs=None,
+                         input_size=224, threads=2, device="cpu", memory_format="", torch_version="", cpu="")
+    return Track(None, 0, Variant("m"), record, is_reference=is_reference, samples=samples, rounds=rounds,
+                 status="stable")
+
+
+def test_time_left_counts_the_rounds_still_required_even_when_the_runs_agree():
+    config = BenchConfig(min_rounds=3, burst_seconds=0.1)
+    steady = [1.0] * 20  # one burst whose runs agree: by the runs alone, nothing is left
+    assert _track(steady, 0.4, True, rounds=1).remaining_seconds(config) == pytest.approx(0.2)  # two more bursts
+    assert _track(steady, 0.4, True, rounds=3).remaining_seconds(config) == 0.0
+    slow = [200.0] * 20  # a call longer than a burst: a round takes one call
+    assert _track(slow, 0.4, True, rounds=2).remaining_seconds(config) == pytest.approx(0.2)
+
+
 def test_a_reference_out_of_line_with_its_neighbours_or_unsteady_is_not_compared():
     config = BenchConfig()
 
-    def track(samples: list[float], gmacs: float, is_reference: bool) -> Track:
-        record = BenchRecord(model="m", backend="eager" if is_reference else "openvino", precision="fp32", params_m=1.0,
-                             gmacs=gmacs, size_mb_fp32=1.0, size_mb_fp16=0.5, latency_ms_p50=0.0, latency_ms_p90=0.0,
-                             latency_runs=0, throughput_ips=None, batch_size=1, throughput_runs=0, peak_mem_mb=1.0,
-                             top1=None, top5=None, accuracy_source="", accuracy_dataset="", published_gmacs=None,
-                             input_size=224, threads=2, device="cpu", memory_format="", torch_version="", cpu="")
-        return Track(None, 0, Variant("m"), record, is_reference=is_reference, samples=samples, rounds=5, status="stable")
-
-    deployed = track([10.0, 10.1, 9.9] * 10, 0.4, False)
-    deployed.reference = track([577.0, 580.0, 575.0] * 10, 0.4, True)  # efficientnet_b0's 577 ms, 1440 ms per GMAC
+    deployed = _track([10.0, 10.1, 9.9] * 10, 0.4, False)
+    deployed.reference = _track([577.0, 580.0, 575.0] * 10, 0.4, True)  # efficientnet_b0's 577 ms, 1440 ms per GMAC
     neighbours = [8.0, 9.5, 12.0]  # the resnets' eager references, ms per GMAC
     record = deployed.finished(config, 2, 0.0, neighbours)
     assert record.speedup_vs_reference is None and record.reference_latency_ms_p50 == 577.0
     assert record.vs_reference == ("reference out of line: 1.44e+03 ms per GMAC, 152x the other models' eager "
                                    "references in this run (9.5); not compared")
-    deployed.reference = track([40.0, 41.0, 39.0] * 10, 0.4, True)  # 100 ms per GMAC: slow, but in line
+    deployed.reference = _track([40.0, 41.0, 39.0] * 10, 0.4, True)  # 100 ms per GMAC: slow, but in line
     assert deployed.finished(config, 2, 0.0, neighbours).vs_reference == "4.00x faster"
-    deployed.reference = track([10.0, 40.0, 80.0, 20.0] * 8, 0.4, True)
+    deployed.reference = _track([10.0, 40.0, 80.0, 20.0] * 8, 0.4, True)
     assert deployed.finished(config, 2, 0.0, neighbours).vs_reference.startswith(
         "reference out of line: its runs spread over")
 

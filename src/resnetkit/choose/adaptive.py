@@ -59,7 +59,8 @@ class Track:
 
     def remaining_seconds(self, config: BenchConfig) -> float:
         """Estimated timed seconds until this variant stops: the CI of the median narrows
-        like 1/sqrt(runs), so the runs needed grow with the square of (width / tolerance)."""
+        like 1/sqrt(runs), so the runs needed grow with the square of (width / tolerance); and at
+        least a burst for each of the ``min_rounds`` rounds still to come."""
         if not self.samples:
             return 0.0
         ordered = sorted(self.samples)
@@ -70,7 +71,9 @@ class Track:
         needed = min(max(needed, config.min_runs), config.max_runs, self.max_seconds(config) * 1000.0 / middle)
         throughput = (config.throughput_runs - len(self.throughput)) * (
             statistics.median(self.throughput) if self.throughput else middle * config.batch_size)
-        return max(needed - len(ordered), 0) * middle / 1000.0 + max(throughput, 0) / 1000.0 * (not self.is_reference)
+        rounds = max(config.min_rounds - self.rounds, 0) * max(config.burst_seconds, middle / 1000.0)
+        return (max(max(needed - len(ordered), 0) * middle / 1000.0, rounds)
+                + max(throughput, 0) / 1000.0 * (not self.is_reference))
 
     def ms_per_gmac(self) -> float | None:
         """Median latency per GMAC so far (None without samples or a MAC count)."""
