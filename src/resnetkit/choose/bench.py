@@ -224,7 +224,7 @@ class _Run:
 
     def _eta(self, active: Sequence[Track]) -> float:
         """The timed seconds the variants still need, times the wall seconds each timed second has taken so far
-        (the pauses between bursts, the requests to the processes, their ends: 3-4x here, at batch 1)."""
+        (the pauses between bursts, the requests to the processes, their ends)."""
         timed = sum(sum(t.samples) + sum(t.throughput) for t in self.tracks) / 1000.0
         wall_per_timed = (time.monotonic() - self.measuring_since) / timed if timed else 1.0
         return sum(t.remaining_seconds(self.config) for t in active) * max(wall_per_timed, 1.0)
