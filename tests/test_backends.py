@@ -289,7 +289,7 @@ def test_backend_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         load_model("cifar_resnet20", pretrained=False, backend="onnxruntime", options=RunnerOptions(precision="bf16"))
     backend = runners.get_backend("openvino")
     monkeypatch.setitem(runners._BACKENDS, "openvino", dataclasses.replace(backend, imports=("no_such_module_xyz",)))
-    with pytest.raises(BackendUnavailableError, match=r"not available on this machine. Install it with: pip install 'resnetkit\[optimize\]'"):
+    with pytest.raises(BackendUnavailableError, match=r"not available on this machine. Install it with: pip install 'resnetkit\[backends\]'"):
         load_model("cifar_resnet20", pretrained=False, backend="openvino")
 
 

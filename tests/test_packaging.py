@@ -113,7 +113,7 @@ def test_require_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         extras.require("serve", "'resnetkit serve'")
     assert str(info.value) == ("'resnetkit serve' needs the 'serve' extra (uvicorn not installed). "
                                "Install it with: pip install 'resnetkit[serve]'")
-    assert extras.extra_of("onnxruntime.quantization") == "optimize" and extras.extra_of("numpy") is None
+    assert extras.extra_of("onnxruntime.quantization") == "backends" and extras.extra_of("numpy") is None
 
 
 def test_cli_turns_a_missing_extra_into_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,7 +198,7 @@ def test_the_core_wheel_classifies_and_names_the_extras(core_venv: Path, tmp_pat
     assert labels == ["cat", "ship"]
 
     for command, extra in ((["serve", "cifar_resnet20"], "serve"), (["predict", "cifar_resnet20", str(cat), "-o", "o.csv"], "predict"),
-                           (["export", "cifar_resnet20", "--format", "onnx", "-o", "m.onnx"], "optimize")):
+                           (["export", "cifar_resnet20", "--format", "onnx", "-o", "m.onnx"], "backends")):
         result = in_venv(core_venv, *command, env=env)
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr

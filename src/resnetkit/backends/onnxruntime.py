@@ -382,4 +382,4 @@ register(Backend("onnxruntime", "ONNX Runtime CPU; int8 = static QDQ", ("fp32", 
                              Quantizer("static-int8", ".onnx", _write_static_int8, calibration="percentile")),
                  int8_kernels=_runner_int8_kernels, features=features_runner, package="onnxruntime",
                  imports=("onnx", "onnxruntime", "onnxscript"),
-                 install_hint=install_hint("optimize")))
+                 install_hint=install_hint("backends")))

@@ -393,4 +393,4 @@ register(Backend("openvino", "OpenVINO CPU; int8 = NNCF", ("fp32", "bf16", "fp16
                              Quantizer("static-int8", ".xml", _write_static_int8, default=True, calibration="histogram",
                                        accuracy_control=True)),
                  int8_kernels=runner_int8_layers, features=features_runner,
-                 package="openvino", imports=("openvino",), install_hint=install_hint("optimize")))
+                 package="openvino", imports=("openvino",), install_hint=install_hint("backends")))

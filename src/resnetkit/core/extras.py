@@ -17,7 +17,8 @@ from .errors import ExtraRequiredError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "starlette", "uvicorn", "multipart", "prometheus_client", "pydantic", "pydantic_settings",
               "fastapi_offline"),
-    "optimize": ("onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "torch_pruning"),
+    "backends": ("onnx", "onnxscript", "onnxruntime", "openvino"),
+    "optimize": ("nncf", "torch_pruning"),  # and backends' (pyproject.toml: optimize pulls backends in)
     "predict": ("pyarrow",),
     "video": ("av",),
     "features": ("faiss", "pyarrow"),
