@@ -40,7 +40,10 @@ if [ -n "$uv" ]; then
   echo "setup: uv installs $spec into $venv and compiles its bytecode (on a 2-core VM with the wheels on disk:" \
        "about 20 s for the main job's 'backends', 40 s for 'all')" >&2
   mapfile -t sources < <(pip_sources)
-  "$uv" pip install --quiet --compile-bytecode --python "$venv/bin/python" "${sources[@]}" -e "$spec" pip
+  # unsafe-first-match: a package's versions on the first index that has it (a local mirror of pip's) first, then
+  # the next index's; pip treats every index alike, and uv's default would stop at the first index's versions
+  "$uv" pip install --quiet --compile-bytecode --index-strategy unsafe-first-match --python "$venv/bin/python" \
+    "${sources[@]}" -e "$spec" pip
 else
   echo "setup: uv unavailable (pip could not install it); pip installs $spec into $venv (about 65 s for 'all')" >&2
   "$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$venv/bin/python" -m ensurepip --upgrade >/dev/null
