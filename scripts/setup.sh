@@ -16,30 +16,13 @@ spec="."; [ "$extra" != core ] && spec=".[$extra]"
 stamp="$venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-12)-${extra}"
 [ -f "$stamp" ] && exit 0
 
-pip_sources() {  # pip's configured package sources as uv options, one word per line: uv reads no pip.conf and no
-  # PIP_* variables, and without them it would miss a mirror or wheel folder that pip is set to use
-  "$PYTHON" - <<'EOF'
-import re, subprocess, sys
-listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-chosen = {}  # option -> its value from the scope pip reads last: global < install < environment (PIP_*)
-for scope in ("global", "install", ":env:"):
-    for line in listing.splitlines():
-        match = re.fullmatch(rf"{re.escape(scope)}\.(index-url|extra-index-url|find-links|constraint)='(.*)'", line)
-        if match:
-            chosen[match[1]] = match[2].split()
-for option, values in chosen.items():
-    for value in values:
-        print(f"--{option}\n{value}")
-EOF
-}
-
 tools="$venv/.setup-tools"  # where pip puts uv when it is not on PATH
 uv=$(command -v uv || command -v "$tools/bin/uv" || true)
 if [ -z "$uv" ] && "$PYTHON" -m pip install --quiet --target "$tools" uv >/dev/null 2>&1; then uv="$tools/bin/uv"; fi
 if [ -n "$uv" ]; then
   echo "setup: uv installs $spec into $venv and compiles its bytecode (on a 2-core VM with the wheels on disk:" \
        "about 20 s for the main job's 'backends', 40 s for 'all')" >&2
-  mapfile -t sources < <(pip_sources)
+  mapfile -t sources < <("$PYTHON" scripts/pip_sources.py)  # pip's indexes, wheel folders, constraints
   # unsafe-first-match: a package's versions on the first index that has it (a local mirror of pip's) first, then
   # the next index's; pip treats every index alike, and uv's default would stop at the first index's versions
   "$uv" pip install --quiet --compile-bytecode --index-strategy unsafe-first-match --python "$venv/bin/python" \

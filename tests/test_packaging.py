@@ -203,3 +203,24 @@ def test_the_core_wheel_classifies_and_names_the_extras(core_venv: Path, tmp_pat
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert f"pip install 'resnetkit[{extra}]'" in result.stderr
+
+
+def test_setup_passes_pips_package_sources_on_to_uv(tmp_path: Path) -> None:
+    """scripts/setup.sh installs with uv, which reads no pip configuration: scripts/pip_sources.py turns pip's into
+    uv options, each from the scope pip gives precedence (global < install < PIP_* environment)."""
+    config = tmp_path / "pip.conf"  # loaded after the machine's own files, so it decides every option it sets
+    config.write_text("[global]\nindex-url = https://global.example/simple\n"
+                      "extra-index-url = https://a.example/simple https://b.example/simple\n"
+                      "find-links = /global/wheels\nconstraint = /global/constraints.txt\n"
+                      "[install]\nfind-links = /install/wheels\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env |= {"PIP_CONFIG_FILE": str(config), "PIP_CONSTRAINT": "/env/constraints.txt"}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pip_sources.py")], env=env, capture_output=True,
+                          text=True, check=True)
+    words = done.stdout.splitlines()
+    options: dict[str, list[str]] = {}
+    for option, value in zip(words[::2], words[1::2]):
+        options.setdefault(option, []).append(value)
+    assert options == {"--index-url": ["https://global.example/simple"],
+                       "--extra-index-url": ["https://a.example/simple", "https://b.example/simple"],
+                       "--find-links": ["/install/wheels"], "--constraint": ["/env/constraints.txt"]}
