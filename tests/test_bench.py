@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from resnetkit import BenchConfig, bench
-from resnetkit.choose.adaptive import Track
+from resnetkit.choose.adaptive import Track, share_budget
 from resnetkit.choose.bench import BenchInterrupted, Variant
 from resnetkit.choose.records import BenchRecord
 from resnetkit.backends.base import RunInfo, RunnerOptions
@@ -328,6 +328,47 @@ def test_time_left_counts_the_rounds_still_required_even_when_the_runs_agree():
     assert _track(steady, 0.4, True, rounds=3).remaining_seconds(config) == 0.0
     slow = [200.0] * 20  # a call longer than a burst: a round takes one call
     assert _track(slow, 0.4, True, rounds=2).remaining_seconds(config) == pytest.approx(0.2)
+
+
+def test_a_time_budget_cuts_every_cap_by_one_share_and_times_throughput_once():
+    config = BenchConfig(budget_seconds=12.0)  # caps 8 s, the reference's 3 s, 200 runs; throughput 3 batches
+    slow = _track([190.0], 0.4, False, rounds=1)  # resnet152 on a Zen 3: 200 runs would take 38 s
+    slow.throughput, slow.status = [3000.0], None
+    fast = _track([6.5], 0.4, False, rounds=1)  # 200 runs take 1.3 s, within any share above 17 %
+    fast.throughput, fast.status = [100.0], None
+    reference = _track([340.0], 0.4, True, rounds=1)
+    tracks = [slow, fast, reference]
+    share = share_budget(tracks, config)
+    # 3.1 s of throughput timed; 8.9 s left for 8 s x share + 1.3 s + 3 s x share
+    assert share == pytest.approx((12.0 - 3.1 - 1.3) / 11.0, abs=1e-6)
+    assert [t.max_seconds(config) for t in tracks] == pytest.approx([8.0 * share, 8.0 * share, 3.0 * share])
+    assert not slow.needs_throughput(config) and slow.remaining_seconds(config) < 8.0 * share
+    assert slow.finished(config, 2, 0.0).latency_cap_seconds == pytest.approx(8.0 * share)
+
+    roomy = [_track([6.5], 0.4, False, rounds=1)]
+    roomy[0].throughput, roomy[0].status = [100.0], None
+    assert share_budget(roomy, config) == 1.0 and roomy[0].needs_throughput(config)  # 1.6 s fit: nothing cut
+    assert share_budget(tracks, BenchConfig(budget_seconds=None)) == 1.0
+    for track in tracks:
+        track.cap_share, track.throughput_runs = 1.0, None
+    assert share_budget(tracks, BenchConfig(budget_seconds=20.0)) == 1.0  # 3 batches each would not fit, the caps do
+    assert not slow.needs_throughput(config) and slow.max_seconds(config) == 8.0
+    assert share_budget(tracks, BenchConfig(budget_seconds=1.0)) == pytest.approx(0.1)  # never below a tenth
+
+
+def test_the_table_says_what_the_budget_cut():
+    from resnetkit.cli.bench_cmd import _rounds_note, _throughput_runs
+
+    config = BenchConfig(budget_seconds=40.0)
+    cut = [dataclasses.replace(_track([5.0], 0.4, False).record, latency_cap_seconds=2.88, throughput_runs=1)]
+    assert _rounds_note(cut, config).endswith(
+        "; those caps and 3 throughput batches per variant would have taken more than the run's budget of 40 s of "
+        "timed calls (--budget), so throughput was timed once per variant and every cap cut to 36 % of it (2.9 s)")
+    assert _throughput_runs(cut) == "1 run" and _throughput_runs(cut, "timed batch") == "1 timed batch"
+    whole = [dataclasses.replace(cut[0], latency_cap_seconds=8.0, throughput_runs=3)]
+    assert "budget" not in _rounds_note(whole, config) and _throughput_runs(whole + cut) == "1-3 runs"
+    once = [dataclasses.replace(whole[0], throughput_runs=1)]
+    assert _rounds_note(once, config).endswith("(--budget), so throughput was timed once per variant")
 
 
 def test_a_reference_out_of_line_with_its_neighbours_or_unsteady_is_not_compared():

@@ -20,6 +20,8 @@ from .records import BenchConfig, BenchRecord, Variant
 # run); the 577 ms reference of issue 19 was 150x
 OUT_OF_LINE_PER_GMAC = 25.0
 UNSTEADY_SPREAD = 0.5
+# a time budget never cuts a cap below this share of it (with at least min_rounds bursts still to come)
+MIN_CAP_SHARE = 0.1
 
 
 @dataclass
@@ -40,9 +42,11 @@ class Track:
     load_after: float | None = None
     end_to_end: tuple[float, float] | None = None
     best_batch: tuple[int, float] | None = None  # on a GPU: (batch size, images per second)
+    cap_share: float = 1.0  # the share of its cap left to it by the run's time budget (see share_budget)
+    throughput_runs: int | None = None  # throughput batches to time (None: the config's)
 
     def needs_throughput(self, config: BenchConfig) -> bool:
-        return not self.is_reference and len(self.throughput) < config.throughput_runs
+        return not self.is_reference and len(self.throughput) < (self.throughput_runs or config.throughput_runs)
 
     def update_status(self, config: BenchConfig) -> None:
         stable = (len(self.samples) >= config.min_runs and self.rounds >= config.min_rounds
@@ -54,8 +58,17 @@ class Track:
             self.load_after = load_average()
 
     def max_seconds(self, config: BenchConfig) -> float:
-        """This variant's cap in timed batch-1 seconds."""
+        """This variant's cap in timed batch-1 seconds (its share of it, where the run's budget cut it)."""
+        return self.full_cap(config) * self.cap_share
+
+    def full_cap(self, config: BenchConfig) -> float:
         return min(config.max_seconds, config.reference_max_seconds) if self.is_reference else config.max_seconds
+
+    def latency_seconds_at(self, config: BenchConfig, share: float) -> float:
+        """Timed batch-1 seconds this variant takes at most with ``share`` of its cap: the cap's share, or
+        ``max_runs`` calls at its median so far if that comes first."""
+        by_runs = config.max_runs * statistics.median(self.samples) / 1000.0 if self.samples else float("inf")
+        return min(self.full_cap(config) * share, by_runs)
 
     def remaining_seconds(self, config: BenchConfig) -> float:
         """Estimated timed seconds until this variant stops: the CI of the median narrows
@@ -69,7 +82,7 @@ class Track:
         width = max(middle - low, high - middle) / middle if middle else 0.0
         needed = len(ordered) * (width / config.tolerance) ** 2 if len(ordered) >= 6 else config.min_runs
         needed = min(max(needed, config.min_runs), config.max_runs, self.max_seconds(config) * 1000.0 / middle)
-        throughput = (config.throughput_runs - len(self.throughput)) * (
+        throughput = ((self.throughput_runs or config.throughput_runs) - len(self.throughput)) * (
             statistics.median(self.throughput) if self.throughput else middle * config.batch_size)
         rounds = max(config.min_rounds - self.rounds, 0) * max(config.burst_seconds, middle / 1000.0)
         return (max(max(needed - len(ordered), 0) * middle / 1000.0, rounds)
@@ -95,6 +108,7 @@ class Track:
             other_cpu_share=None if other_cpu_share is None else round(other_cpu_share, 3),
             batch_ms_p50=batch_ms, throughput_ips=config.batch_size / (batch_ms / 1000.0) if batch_ms else None,
             throughput_runs=len(self.throughput), notes=list(self.record.notes),
+            latency_cap_seconds=self.max_seconds(config),
             timed_seconds=(sum(self.samples) + sum(self.throughput)) / 1000.0)
         if self.end_to_end:
             record.preprocess_ms_p50, record.e2e_latency_ms_p50 = self.end_to_end
@@ -139,3 +153,34 @@ class Track:
                 record.vs_reference = f"reference out of line: {trouble}; not compared"
                 return
             record.speedup_vs_reference, record.vs_reference = speedup(ref_timing, timing, span)
+
+
+def share_budget(tracks: Sequence[Track], config: BenchConfig) -> float:
+    """Fit the run's timed calls into ``config.budget_seconds``, after its first round (every variant timed once,
+    its throughput batch included), and return the share of its cap each variant keeps (1.0: the budget does not
+    bind). Where the caps and ``throughput_runs`` batches per variant would take longer, throughput stays at the
+    batch already timed and, if the caps still take longer, every cap is cut by the same share (not below
+    :data:`MIN_CAP_SHARE`), the largest whose batch-1 seconds fit what the throughput batches left of the budget. Variants stop earlier once stable,
+    so the budget bounds the timed calls; it does not fill them. On a slow CPU, the eight default models' caps
+    were 89 s of the main job's timed calls (Zen 3, 2 cores, resnet152 at 190 ms a call)."""
+    budget = config.budget_seconds
+    if not budget:
+        return 1.0
+    throughput = sum(statistics.median(t.throughput) / 1000.0 * config.throughput_runs for t in tracks if t.throughput)
+    if sum(t.latency_seconds_at(config, 1.0) for t in tracks) + throughput <= budget:
+        return 1.0
+    for track in tracks:
+        track.throughput_runs = max(len(track.throughput), 1)
+    left = budget - sum(sum(t.throughput) for t in tracks) / 1000.0
+    if sum(t.latency_seconds_at(config, 1.0) for t in tracks) <= left:
+        return 1.0
+    low, high = MIN_CAP_SHARE, 1.0  # the latency seconds grow with the share: bisect for the largest that fits
+    for _ in range(30):
+        middle = (low + high) / 2
+        if sum(t.latency_seconds_at(config, middle) for t in tracks) <= left:
+            low = middle
+        else:
+            high = middle
+    for track in tracks:
+        track.cap_share = low
+    return low

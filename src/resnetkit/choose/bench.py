@@ -27,7 +27,7 @@ from ..core.errors import ResnetkitError
 from ..core.measure import CpuMeter, count_params, load_average
 from ..core.zoo import get_spec, is_zoo_name
 from ..run.loading import check_model_ref
-from .adaptive import Track
+from .adaptive import Track, share_budget
 from .pool import LocalWorker, ProcessWorker, Worker, WorkerDied, interrupts_held, process_context, sigterm_as_interrupt
 from .records import BenchConfig, BenchInterrupted, BenchProgress, BenchRecord, Variant
 from .trial_gate import CAN_PAUSE, TrialGate
@@ -169,6 +169,8 @@ class _Run:
             round_number += 1
             for track in active:
                 self._burst(track)
+            if round_number == 1:
+                share_budget(self.tracks, self.config)
             self._finish_workers()
             self.on_progress(BenchProgress("measuring", round_number, len(self.tracks) - len(active),
                                            len(self.tracks), self._eta(active)))

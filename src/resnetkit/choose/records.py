@@ -30,6 +30,10 @@ class BenchConfig:
     # settle a ratio of that size, and at 8 s it was most of the main job's timed calls
     reference_max_seconds: float = 3.0
     burst_seconds: float = 0.1  # timed calls per variant and round (at least one)
+    # timed seconds of the whole run (batch-1 and throughput calls of every variant): where the caps would take
+    # longer, each cap is cut by the same share (choose.adaptive.share_budget); None: no budget. It binds on slow
+    # CPUs only: the eight default models took 14 s of timed calls on a Zen 5, 89 s uncut on a Zen 3 (2 cores)
+    budget_seconds: float | None = 40.0
     throughput_runs: int = 3
     eval_dir: str | None = None
     eval_limit: int | None = None
@@ -118,6 +122,7 @@ class BenchRecord:
     vs_reference: str = ""  # "2.10x faster", "within noise (...)", "not comparable: machine busy (...)",
     # "reference out of line: ...; not compared", "is the reference"
     build_seconds: float | None = None  # wall time to load the variant and warm it up, in its process
+    latency_cap_seconds: float | None = None  # its cap in timed batch-1 seconds (cut where the run's budget bound)
     timed_seconds: float | None = None  # wall time of its timed calls (latency and throughput)
     reference_timed_seconds: float | None = None  # ... and of its reference's (shared by a model's variants)
     notes: list[str] = field(default_factory=list)

@@ -53,6 +53,7 @@ def bench_command(
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", min=1, help="Images to evaluate with --eval (default: all).")] = None,
     tolerance: Annotated[float | None, typer.Option("--tolerance", min=0.001, max=1, help="Stop a variant once the 95 % confidence interval of its median latency is within this fraction of it (default: 0.03, quick: 0.1).")] = None,
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=0.1, help="Cap per variant: timed batch-1 seconds (default: 8, quick: 2).")] = None,
+    budget: Annotated[float | None, typer.Option("--budget", min=0, help="Timed seconds for the whole run, every variant's batch-1 and throughput calls together: where the caps would take longer (slow CPUs, many models), throughput is timed once per variant and every cap is cut by the same share, down to a tenth; the table says so (default: 40; 0: no budget).")] = None,
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also time eager fp32 interleaved in the same process, for the 'vs eager' column.")] = True,
     table: Annotated[BenchTable | None, typer.Option("--table", help=f"seeds: the seeds' table instead of the full one: {', '.join(SEEDS_MODELS)} at batch {SEEDS_BATCH_SIZE}, {SEEDS_PRECISION} (ms per batch, GPU MB, img/s; with --device cuda on a GPU) (default: the full table).")] = None,
     published: Annotated[str | None, typer.Option("--published", help=f"With --table seeds: print these published figures next to ours, a JSON file {PUBLISHED_FORMAT} (default: none; none ship with resnetkit).")] = None,
@@ -86,6 +87,8 @@ def bench_command(
         get_backend(name)
     overrides = {k: v for k, v in {"batch_size": batch_size, "threads": threads, "tolerance": tolerance,
                                    "max_seconds": max_seconds}.items() if v is not None}
+    if budget is not None:
+        overrides["budget_seconds"] = budget or None
     overrides.update(device=device, channels_last=channels_last, end_to_end=end_to_end, eval_dir=eval_dir,
                      eval_limit=eval_limit, reference=reference)
     config = BenchConfig.quick(**overrides) if quick else BenchConfig(**overrides)
@@ -251,7 +254,7 @@ def _print_table(records: Sequence[BenchRecord], config: BenchConfig, wall_secon
     console.print(
         f"latency: batch 1, median (p50) of timed runs after {config.warmup} warm-up runs, with the 95 % confidence "
         f"interval of the median; {_rounds_note(records, config)}; throughput: batch {config.batch_size}, median of "
-        f"{config.throughput_runs} runs; float32 input, {records[0].memory_format}; one fresh process per model; 'eager "
+        f"{_throughput_runs(records)}; float32 input, {records[0].memory_format}; one fresh process per model; 'eager "
         "fp32 p50' and 'vs eager': plain PyTorch fp32 timed in the same process in the same rounds ('not comparable: "
         "machine busy' when other processes used more than 25 % of the CPU while timing (Linux; elsewhere: the "
         "load average exceeded the core count); 'within noise' when the 95 % confidence intervals of the two "
@@ -288,7 +291,7 @@ def _print_seeds_table(records: Sequence[BenchRecord], config: BenchConfig, publ
     _print_rows(f"the seeds' table: batch {config.batch_size}, {size}x{size}, {SEEDS_PRECISION}; ours: "
                 f"{_places(records)}{theirs}", columns, records)
     console.print(
-        f"ours: ms/batch = median of {config.throughput_runs} timed batch{'es' if config.throughput_runs > 1 else ''} "
+        f"ours: ms/batch = median of {_throughput_runs(records, 'timed batch')} "
         f"of {config.batch_size} taken in the "
         f"interleaved rounds, img/s = {config.batch_size} / that; {_rounds_note(records, config)}."
         f"{_gpu_note(records, config)}\n{_load_note(records, wall_seconds)}", highlight=False)
@@ -316,7 +319,28 @@ def _rounds_note(records: Sequence[BenchRecord], config: BenchConfig) -> str:
                      if config.reference else "")
     return (f"adaptive: every variant timed in short bursts in interleaved rounds until its median's 95 % CI was "
             f"within +-{config.tolerance * 100:g} % (stable: {stable} of {len(records)}) or it reached "
-            f"{config.max_runs} runs / {config.max_seconds:g} s (capped{reference_cap})")
+            f"{config.max_runs} runs / {config.max_seconds:g} s (capped{reference_cap}){_budget_note(records, config)}")
+
+
+def _budget_note(records: Sequence[BenchRecord], config: BenchConfig) -> str:
+    """What the run's time budget cut, if it bound (see choose.adaptive.share_budget): throughput batches, caps."""
+    share = min((r.latency_cap_seconds / config.max_seconds for r in records if r.latency_cap_seconds), default=1.0)
+    fewer_batches = any(r.throughput_runs < config.throughput_runs for r in records if r.status != "partial")
+    if share > 0.999 and not fewer_batches:
+        return ""
+    caps = f" and every cap cut to {100 * share:.0f} % of it ({config.max_seconds * share:.2g} s)" if share <= 0.999 else ""
+    return (f"; those caps and {config.throughput_runs} throughput batches per variant would have taken more than "
+            f"the run's budget of {config.budget_seconds:g} s of timed calls (--budget), so throughput was timed once "
+            f"per variant{caps}")
+
+
+def _throughput_runs(records: Sequence[BenchRecord], noun: str = "run") -> str:
+    """"3 runs", "1 run" or "1-3 runs": how many throughput batches were timed per variant."""
+    counts = sorted({r.throughput_runs for r in records})
+    plural = "es" if noun.endswith("h") else "s"
+    if len(counts) > 1:
+        return f"{counts[0]}-{counts[-1]} {noun}{plural}"
+    return f"{counts[0] if counts else 0} {noun}{plural if counts != [1] else ''}"
 
 
 def _load_note(records: Sequence[BenchRecord], wall_seconds: float) -> str:
