@@ -292,6 +292,36 @@ def test_auto_stops_timing_clear_losers_after_a_round() -> None:
     assert calls["fast"] <= 1 + 0.03 / 0.002 + 1  # once the slow one is out, the race is over: one round
 
 
+def test_auto_races_candidates_tied_with_the_fastest_on_until_one_is_clear_or_the_tiebreak_cap(monkeypatch) -> None:
+    """Each burst of a fake timer gives one sample per call from a runner's list of latencies, in turn."""
+    monkeypatch.setattr(auto, "TIEBREAK_SECONDS", 0.1)
+    timed: dict[str, int] = {}
+
+    def fake_timed_calls(fn, *, calls: int = 1, **_) -> list[float]:
+        name, latencies = fn()
+        timed[name] = timed.get(name, 0) + calls
+        return [latencies[(timed[name] - calls + i) % len(latencies)] for i in range(calls)]
+
+    monkeypatch.setattr(auto, "timed_calls", fake_timed_calls)
+
+    def candidates(latencies_ms: dict[str, list[float]]) -> dict:
+        return {tuning.Candidate(name, "fp32", 1): (lambda batch, n=name, l=values: (n, l))
+                for name, values in latencies_ms.items()}
+
+    twins = candidates({"one": [2.0, 2.2], "other": [2.1, 2.0]})
+    auto.median_latencies(twins, torch.zeros(1), seconds=0.03)
+    # 3 + 1 + 1 calls in the rounds; then tied, a call each a round until one has 0.1 s more (48 calls of 2.1 ms)
+    assert timed == {"one": 5 + 48, "other": 5 + 48}
+    timed.clear()
+    apart = candidates({"fast": [2.0, 2.1], "slower": [2.6, 2.7]})
+    medians = auto.median_latencies(apart, torch.zeros(1), seconds=0.03)
+    assert medians[tuning.Candidate("fast", "fp32", 1)] == 2.0 and timed == {"fast": 5, "slower": 5}
+    timed.clear()
+    close = candidates({"fast": [2.0, 2.1, 2.0], "close": [2.05, 2.6, 2.6, 2.6]})  # ranges overlap at first
+    auto.median_latencies(close, torch.zeros(1), seconds=0.03)
+    assert 5 < timed["fast"] < 5 + 48  # raced on, and stopped once the intervals came apart, before the cap
+
+
 @pytest.mark.slow
 def test_auto_tunes_once_then_reads_the_cache(fresh_cache: Path) -> None:
     first = load_model("cifar_resnet20", pretrained=False, options=RunnerOptions(batch_size=2)).runner
