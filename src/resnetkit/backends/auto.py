@@ -49,7 +49,7 @@ TRIAL_ROUNDS = 3
 CLEAR_LOSER = 1.5  # after a round, candidates this many times slower than the fastest stop being timed
 # after the rounds, candidates whose median's 95 % CI still overlaps the fastest one's get more rounds, up to this
 # many more timed seconds each: on a 2-core Zen 3, 0.3 s each picked ONNX Runtime at one thread for shufflenet_v2
-# (6.9 against 7.6 ms in the trial), which then ran at 8.2 ms where OpenVINO at two threads had run at 6.5
+# (6.9 against 7.6 ms in the trial), which bench then timed at 8.2 ms (OpenVINO at two threads: 6.5 ms in another run)
 TIEBREAK_SECONDS = 0.6
 # a candidate that keeps memory per batch size (CUDA graphs) must beat the best one that does not by this share: at
 # batch 256 a graph of resnet50 ran 1-2 % faster than eager on an H200 (docs/gpu.md), not worth its buffers
