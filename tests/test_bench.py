@@ -399,6 +399,17 @@ def test_builds_are_ranked_by_parameters_and_a_model_file_by_its_size(tmp_path):
     assert _build_cost(str(large)) - _build_cost(str(small)) == pytest.approx(9.0)  # 4 bytes a parameter
 
 
+def test_the_build_estimate_counts_what_running_builds_still_need_not_their_whole_cost():
+    from resnetkit.choose.bench import builds_left_seconds
+
+    # the Zen 3 run: resnet101 (cost 60.5) built in 79 s; resnet152 (76.2) running for 79 s; 166.2 of cost pending
+    rate = 79.0 / 60.5
+    assert builds_left_seconds(rate, [41.6, 37.8, 27.7, 21.3, 19.5, 18.3], [(76.2, 79.0)], 2) == pytest.approx(
+        (166.2 * rate + 76.2 * rate - 79.0) / 2)  # 119 s, where counting resnet152 whole said 158 s (67 s taken)
+    assert builds_left_seconds(rate, [], [(20.0, 60.0)], 2) == 0.0  # running longer than expected: nothing left
+    assert builds_left_seconds(2.0, [10.0], [], 1) == 20.0
+
+
 def test_off_a_terminal_progress_is_a_line_per_model_built_and_variant_measured_with_a_fresh_estimate():
     from resnetkit.choose.records import BenchProgress
     from resnetkit.cli.bench_cmd import _print_progress, err_console
