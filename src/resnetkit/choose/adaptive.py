@@ -160,9 +160,9 @@ def share_budget(tracks: Sequence[Track], config: BenchConfig) -> float:
     its throughput batch included), and return the share of its cap each variant keeps (1.0: the budget does not
     bind). Where the caps and ``throughput_runs`` batches per variant would take longer, throughput stays at the
     batch already timed and, if the caps still take longer, every cap is cut by the same share (not below
-    :data:`MIN_CAP_SHARE`), the largest whose batch-1 seconds fit what the throughput batches left of the budget. Variants stop earlier once stable,
-    so the budget bounds the timed calls; it does not fill them. On a slow CPU, the eight default models' caps
-    were 89 s of the main job's timed calls (Zen 3, 2 cores, resnet152 at 190 ms a call)."""
+    :data:`MIN_CAP_SHARE`), the largest whose batch-1 seconds fit what the throughput batches left of the budget.
+    Variants stop earlier once stable, so the budget bounds the timed calls; it does not fill them. On a slow CPU,
+    the eight default models' caps were 89 s of the main job's timed calls (Zen 3, 2 cores, resnet152 at 190 ms)."""
     budget = config.budget_seconds
     if not budget:
         return 1.0

@@ -324,6 +324,8 @@ def _rounds_note(records: Sequence[BenchRecord], config: BenchConfig) -> str:
 
 def _budget_note(records: Sequence[BenchRecord], config: BenchConfig) -> str:
     """What the run's time budget cut, if it bound (see choose.adaptive.share_budget): throughput batches, caps."""
+    if not config.budget_seconds:
+        return ""
     share = min((r.latency_cap_seconds / config.max_seconds for r in records if r.latency_cap_seconds), default=1.0)
     fewer_batches = any(r.throughput_runs < config.throughput_runs for r in records if r.status != "partial")
     if share > 0.999 and not fewer_batches:
