@@ -481,15 +481,18 @@ needs_pause = pytest.mark.skipif(not CAN_PAUSE or not Path("/proc/self/stat").ex
 @needs_pause
 def test_a_trial_pauses_the_building_processes_and_resumes_them():
     gate = TrialGate(get_context("spawn"), 3)
-    with _processes("while True: pass", "import time; time.sleep(60)") as (building, idle):
-        gate.start(0, lambda: building.pid)
-        gate.start(1, lambda: idle.pid)
+    spin = "while True: pass"
+    with _processes(spin, spin, "import time; time.sleep(60)") as (building, its_helper, idle):
+        gate.start(0, lambda: (building.pid, its_helper.pid))  # a measuring process and its trial helper
+        gate.start(1, lambda: (idle.pid,))
         gate.idle(1)
         assert _wait_for_state(idle.pid, "S") == "S"  # started, sleeping
         with gate.timing(2):
             assert _wait_for_state(building.pid, "T") == "T"
+            assert _wait_for_state(its_helper.pid, "T") == "T"
             assert _process_state(idle.pid) == "S"  # built, waiting: left alone
         assert _wait_for_state(building.pid, "R") == "R"
+        assert _wait_for_state(its_helper.pid, "R") == "R"
 
 
 def test_no_process_starts_while_a_trial_runs():
@@ -506,7 +509,7 @@ def test_no_process_starts_while_a_trial_runs():
     timer.start()
     while not events:
         time.sleep(0.01)
-    gate.start(0, lambda: events.append("started") or 0)
+    gate.start(0, lambda: events.append("started") or (0,))
     timer.join()
     assert events == ["timing", "timed", "started"]
 
@@ -517,8 +520,8 @@ def test_a_process_that_dies_timing_frees_the_trial_and_resumes_the_others():
     gate = TrialGate(context, 2)
     dying = context.Process(target=_hold_the_trial_and_die, args=(gate, 1))
     with _processes("while True: pass") as (building,):
-        gate.start(0, lambda: building.pid)
-        gate.start(1, lambda: (dying.start(), dying.pid or 0)[1])
+        gate.start(0, lambda: (building.pid,))
+        gate.start(1, lambda: (dying.start(), dying.pid or 0)[1:])
         dying.join(60)
         assert dying.exitcode == 3
         assert _process_state(building.pid) == "T"  # paused by a trial that never ended
@@ -592,12 +595,19 @@ def test_auto_trial_runs_in_a_helper_forked_from_the_fork_server_once_then_in_a_
     model = load_model("cifar_resnet20", pretrained=False, backend="eager")
     tried = [Candidate("eager", "fp32", None), Candidate("eager", "fp32", 1)]
     job = pickle.dumps((ModuleSource(model.module, model.meta), tried, RunnerOptions(), 0.05))
-    ask = pool._TrialHelper(mine)
-    timings = ask(job)
+    ask, gate_taken = pool._TrialHelper(mine), []
+
+    @contextmanager
+    def gate():  # taken once the helper has built the candidates, held while it times them
+        gate_taken.append(helper.is_alive())
+        yield
+
+    timings = ask(job, gate)
     assert set(timings) == set(tried) and all(ms > 0 for ms in timings.values())
+    assert gate_taken == [True]
     helper.join(10)
     assert helper.exitcode == 0  # one job, then it ends
-    monkeypatch.setattr(pool, "in_new_interpreter", lambda payload: ("new interpreter", payload == job))
+    monkeypatch.setattr(pool, "in_new_interpreter", lambda payload, gate: ("new interpreter", payload == job))
     assert ask(job) == ("new interpreter", True)
 
 

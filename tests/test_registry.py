@@ -3,6 +3,7 @@ and no accuracy figure for random weights anywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib.metadata
@@ -410,6 +411,24 @@ SLEEPERS = [tuning.Candidate("slow", "fp32", 1), tuning.Candidate("quick", "fp32
 def in_process_trials(monkeypatch: pytest.MonkeyPatch) -> None:
     """auto times its candidates in this process (the trial process could not import this module's Sleepers)."""
     monkeypatch.setattr(auto, "measure_apart", lambda source, tried, options: auto.measure(source, tried, options))
+
+
+def test_auto_builds_every_candidate_before_it_takes_the_trial_gate_and_times_them_inside_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building (exports, conversions) happens beside bench's other builds; only the timing needs the quiet machine."""
+    source, events = Sleepers(), []
+    time_them = auto.median_latencies
+    monkeypatch.setattr(auto, "median_latencies", lambda *args, **kw: events.append("timing") or time_them(*args, **kw))
+
+    @contextlib.contextmanager
+    def gate():
+        events.append(f"gate taken after building {sorted(source.built)}")
+        yield
+        events.append("gate left")
+
+    timings = auto.measure(source, SLEEPERS, RunnerOptions(), seconds=0.01, timing_gate=gate)
+    assert events == ["gate taken after building ['quick', 'slow']", "timing", "gate left"]
+    assert timings[SLEEPERS[0]] > timings[SLEEPERS[1]]
 
 
 def test_tuning_cache_keeps_the_fastest_and_rebuilds_only_it(fresh_cache: Path, in_process_trials: None,

@@ -39,7 +39,7 @@ from ..core.errors import BackendUnavailableError, ResnetkitError
 from ..core.measure import SETTLE_SECONDS, median_ci, timed_calls
 from ..core.spec import ModelMeta
 from . import tuning
-from .base import Backend, Runner, RunnerOptions, make_runner, readers_of, register, registered, run_info
+from .base import Backend, Runner, RunnerOptions, TrialGate, make_runner, readers_of, register, registered, run_info
 from .tuning import Candidate, Tuning
 
 log = logging.getLogger(__name__)
@@ -189,11 +189,11 @@ class FileSource:
         return fmt.read(self.path, dataclasses.replace(options, threads=candidate.threads))
 
 
-def measure(source: Source, tried: list[Candidate], options: RunnerOptions,
-            seconds: float = TRIAL_SECONDS) -> dict[Candidate, float]:
+def measure(source: Source, tried: list[Candidate], options: RunnerOptions, seconds: float = TRIAL_SECONDS,
+            timing_gate: TrialGate | None = None) -> dict[Candidate, float]:
     """Build every candidate that builds (in the precision asked for, if one was) and time them interleaved on a
-    random batch for about ``seconds`` each: median latency (ms) per candidate. Raises :class:`ResnetkitError`
-    when none builds."""
+    random batch for about ``seconds`` each, inside ``timing_gate`` (building happens outside it): median latency
+    (ms) per candidate. Raises :class:`ResnetkitError` when none builds."""
     runners: dict[Candidate, Runner] = {}
     meta = None
     for candidate in tried:
@@ -206,7 +206,8 @@ def measure(source: Source, tried: list[Candidate], options: RunnerOptions,
     if not runners or meta is None:
         raise ResnetkitError("No backend can run this model with these options; see 'resnetkit backends'.")
     batch = torch.randn(max(options.batch_size, 1), *meta.preprocessing.input_shape, device=options.device.torch)
-    return median_latencies(runners, batch, seconds, sync=options.device.synchronize)
+    with (timing_gate or contextlib.nullcontext)():
+        return median_latencies(runners, batch, seconds, sync=options.device.synchronize)
 
 
 class TrialFailed(ResnetkitError):
@@ -223,7 +224,7 @@ class TrialFailed(ResnetkitError):
 def measure_apart(source: Source, tried: list[Candidate], options: RunnerOptions) -> dict[Candidate, float]:
     """:func:`measure` in a fresh process on the CPU (see the module's docstring): ``options.trial_process``, else a
     new Python interpreter; in this process on a GPU, or when ``source`` cannot be sent to another process (e.g. a
-    module of a class defined in ``__main__``)."""
+    module of a class defined in ``__main__``). The candidates are timed inside ``options.trial_gate``."""
     job = (source, tried, dataclasses.replace(options, trial_gate=None, trial_process=None), TRIAL_SECONDS)
     try:
         payload = pickle.dumps(job)
@@ -231,16 +232,17 @@ def measure_apart(source: Source, tried: list[Candidate], options: RunnerOptions
         log.warning("auto: timing the candidates in this process (the model cannot be sent to another: %s)", exc)
         payload = None
     if options.device.is_cuda or payload is None:
-        return measure(*job)
-    outcome = (options.trial_process or in_new_interpreter)(payload)
+        return measure(*job, timing_gate=options.trial_gate)
+    outcome = (options.trial_process or in_new_interpreter)(payload, options.trial_gate)
     if isinstance(outcome, ResnetkitError):
         raise outcome
     return outcome  # type: ignore[return-value]
 
 
-def in_new_interpreter(payload: bytes) -> object:
-    """The outcome of the trial job ``payload`` run by ``python -m resnetkit.backends.trial``."""
-    with tempfile.TemporaryDirectory(prefix="resnetkit-trial-") as folder:
+def in_new_interpreter(payload: bytes, timing_gate: TrialGate | None = None) -> object:
+    """The outcome of the trial job ``payload`` run by ``python -m resnetkit.backends.trial`` (inside ``timing_gate``
+    as a whole: building too)."""
+    with (timing_gate or contextlib.nullcontext)(), tempfile.TemporaryDirectory(prefix="resnetkit-trial-") as folder:
         result_path = Path(folder) / "result.pickle"
         done = subprocess.run([sys.executable, "-m", f"{__package__}.trial", str(result_path)], input=payload,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
@@ -259,11 +261,10 @@ def tuned(name: str, key: str, options: RunnerOptions, source: Source,
     if cached is not None and cached.choice in tried:
         runner, meta = source.build(cached.choice, options)
         return AutoRunner(runner, cached, cached=True), meta
-    with (options.trial_gate or contextlib.nullcontext)():
-        try:
-            timings = measure_apart(source, tried, options)
-        except ResnetkitError as exc:
-            raise ResnetkitError(f"{name}: {exc}") from None
+    try:
+        timings = measure_apart(source, tried, options)
+    except ResnetkitError as exc:
+        raise ResnetkitError(f"{name}: {exc}") from None
     best = choose(timings)
     entry = Tuning(name, key, options.batch_size, options.precision, options.threads, best,
                    {c.label: t for c, t in timings.items()}, machine=tuning.machine(options.device))

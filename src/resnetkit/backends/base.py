@@ -48,7 +48,8 @@ class Runner(Protocol):
 
 
 TrialGate = Callable[[], AbstractContextManager[object]]
-TrialProcess = Callable[[bytes], object]  # runs auto's pickled trial job in a fresh process (see backends.trial)
+# runs auto's pickled trial job in a fresh process (see backends.trial), timing inside the gate if one is given
+TrialProcess = Callable[[bytes, TrialGate | None], object]
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class RunnerOptions:
     threads: int | None = None  # intra-op threads of this runner (None: the runtime's default; CPU only)
     retune: bool = False  # auto: measure again instead of reading the tuning cache
     device: Device = field(default_factory=lambda: resolve_device("auto"))
-    # auto times its candidates inside this (bench passes one that keeps its other processes off the CPU)
+    # auto times its candidates inside this, having built them (bench passes one that keeps its other processes off
+    # the CPU)
     trial_gate: TrialGate | None = field(default=None, compare=False)
     # ... in a process this gives (bench: one forked from its fork server, where torch is imported), not a new Python
     trial_process: TrialProcess | None = field(default=None, compare=False)

@@ -12,12 +12,14 @@ from pathlib import Path
 from ..core.errors import ResnetkitError
 from ..core.fileio import atomic_write
 from .auto import measure
+from .base import TrialGate
 
 
-def run(payload: bytes) -> object:
-    """The outcome of the pickled job: the timings, or the error that stopped them."""
+def run(payload: bytes, timing_gate: TrialGate | None = None) -> object:
+    """The outcome of the pickled job, its candidates timed inside ``timing_gate``: the timings, or the error that
+    stopped them."""
     try:
-        return measure(*pickle.loads(payload))
+        return measure(*pickle.loads(payload), timing_gate=timing_gate)
     except ResnetkitError as exc:
         return exc
 

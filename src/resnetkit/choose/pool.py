@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from typing import Any, Iterator, Sequence
 
 from ..backends.auto import TrialFailed, in_new_interpreter
+from ..backends.base import TrialGate as TrialGateHook
 from ..backends.trial import run as run_trial
 from ..core.errors import ResnetkitError
 from .records import BenchConfig, Variant
@@ -108,7 +109,8 @@ def _exit_now(signum: int, frame: Any) -> None:
 def _serve_trial(conn: Any) -> None:
     """Entry point of a measuring process's trial helper: run the one trial job auto sends, if any, and answer.
     Forked from the fork server, it starts with torch and the runtimes imported but nothing run: as fresh as a
-    new interpreter, without its 3.4 s of imports, which the trial gate would otherwise hold every other build for."""
+    new interpreter, without its 3.4 s of imports. It builds the candidates beside the other builds, then asks
+    its measuring process to take the trial gate (:func:`_gate_held_by_asker`) before it times them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         payload = conn.recv_bytes()
@@ -117,10 +119,22 @@ def _serve_trial(conn: Any) -> None:
     with open(os.devnull, "w") as devnull:
         os.dup2(devnull.fileno(), 1)  # runtimes may print; like a new interpreter's trial, this one's stdout goes nowhere
     try:
-        outcome = run_trial(payload)
+        outcome = run_trial(payload, timing_gate=lambda: _gate_held_by_asker(conn))
     except Exception as exc:  # noqa: BLE001 - a runtime's crash becomes auto's clear error, not a traceback here
         outcome = TrialFailed(f"{type(exc).__name__}: {exc}")
     conn.send(outcome)
+
+
+BUILT, TIME = "built", "time"  # the trial helper's candidates are built; its measuring process holds the gate
+
+
+@contextmanager
+def _gate_held_by_asker(conn: Any) -> Iterator[None]:
+    """The trial helper's side of the trial gate: the measuring process that sent the job takes the gate when
+    told the candidates are built, and holds it until the outcome comes back."""
+    conn.send(BUILT)
+    conn.recv()
+    yield
 
 
 class _TrialHelper:
@@ -130,12 +144,17 @@ class _TrialHelper:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
 
-    def __call__(self, payload: bytes) -> object:
+    def __call__(self, payload: bytes, timing_gate: TrialGateHook | None = None) -> object:
         if self.conn.closed:
-            return in_new_interpreter(payload)
+            return in_new_interpreter(payload, timing_gate)
         try:
             self.conn.send_bytes(payload)
-            return self.conn.recv()
+            answer = self.conn.recv()
+            if answer != BUILT:  # the error that stopped the building
+                return answer
+            with (timing_gate or nullcontext)():
+                self.conn.send(TIME)
+                return self.conn.recv()
         except (EOFError, OSError):
             raise TrialFailed("its helper process ended without answering") from None
         finally:
@@ -177,10 +196,10 @@ class ProcessWorker:
         for end in (child, *trial_ends):
             end.close()
 
-    def _start_processes(self) -> int:
+    def _start_processes(self) -> tuple[int, int]:
         self.trial_helper.start()
         self.process.start()
-        return self.pid
+        return self.pid, self.trial_helper.pid or 0
 
     @property
     def pid(self) -> int:

@@ -1,10 +1,11 @@
 """Give one of bench's measuring processes the machine to itself while it times ``auto``'s candidates.
 
-Models build in up to one process per core at once. When ``auto`` in one of them is about to time
-its candidates (``RunnerOptions.trial_gate``), it pauses every other process that
-is still building (SIGSTOP) and resumes them (SIGCONT) when its trial is over: the trial runs on
-a quiet machine, and no process sits idle waiting for a long build elsewhere to end. One process
-times at a time, and the parent starts no process meanwhile. Where processes cannot be paused
+Models build in up to one process per core at once, each with a helper process that builds and times
+``auto``'s candidates. When one of them is about to time its candidates (``RunnerOptions.trial_gate``; building
+them, exporting and converting included, happens before, beside the other builds), it pauses every other process
+that is still building, helpers included (SIGSTOP), and resumes them (SIGCONT) when its timing is over: the
+candidates are timed on a quiet machine, and no process sits idle waiting for a long build elsewhere to end. One
+process times at a time, and the parent starts no process meanwhile. Where processes cannot be paused
 (no SIGSTOP: Windows), bench builds one model at a time instead (:data:`CAN_PAUSE`).
 
 Written here because no library pauses a set of processes around a critical section. Every
@@ -16,9 +17,10 @@ from __future__ import annotations
 import os
 import signal
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 IDLE, BUSY, TIMING = range(3)
+PIDS_PER_SLOT = 2  # a measuring process and its trial helper
 CAN_PAUSE = hasattr(signal, "SIGSTOP")
 SAFETY_SECONDS = 600.0  # a trial that hangs without its process dying holds the others this long at most
 
@@ -30,13 +32,15 @@ class TrialGate:
         self._trial = context.Lock()  # held by the process timing its candidates
         self._lock = context.Lock()  # guards the arrays
         self._states = context.RawArray("b", processes)
-        self._pids = context.RawArray("i", processes)
+        self._pids = context.RawArray("i", processes * PIDS_PER_SLOT)
 
-    def start(self, slot: int, start_process: Callable[[], int]) -> None:
-        """Parent: run ``start_process`` (which starts process ``slot`` and returns its pid) once no
-        trial runs, so the new process is known, and can be paused, before it takes any CPU."""
+    def start(self, slot: int, start_processes: Callable[[], Sequence[int]]) -> None:
+        """Parent: run ``start_processes`` (which starts the processes of ``slot`` and returns their pids, at most
+        :data:`PIDS_PER_SLOT`) once no trial runs, so the new processes are known, and can be paused, before they
+        take any CPU."""
         with _holding(self._trial), self._lock:
-            self._pids[slot] = start_process()
+            pids = start_processes()
+            self._pids[slot * PIDS_PER_SLOT:(slot + 1) * PIDS_PER_SLOT] = [*pids, *[0] * (PIDS_PER_SLOT - len(pids))]
             self._states[slot] = BUSY
 
     def idle(self, slot: int) -> None:
@@ -67,10 +71,12 @@ class TrialGate:
                     self._states[slot] = BUSY
 
     def _signal_building(self, slot: int, name: str) -> None:
-        """Send ``name`` to every process but ``slot`` that is still building."""
-        for other, (state, pid) in enumerate(zip(self._states[:], self._pids[:])):
+        """Send ``name`` to the processes of every slot but ``slot`` that is still building."""
+        pids = self._pids[:]
+        for other, state in enumerate(self._states[:]):
             if other != slot and state == BUSY:
-                resume_or_pause(pid, name)
+                for pid in pids[other * PIDS_PER_SLOT:(other + 1) * PIDS_PER_SLOT]:
+                    resume_or_pause(pid, name)
 
 
 def resume_or_pause(pid: int, name: str) -> None:
