@@ -167,14 +167,14 @@ class _TrialHelper:
 
 def process_context() -> BaseContext:
     """How measuring processes start: ``forkserver`` where the platform has it (Linux, macOS), with this
-    module preloaded, so each process forks from a server that imported torch once instead of importing it
-    again (2 s each here), and ends without tearing the interpreter down (1 s each; multiprocessing ends
-    forked processes with ``os._exit`` after its own clean-up); else ``spawn``. The server is a fresh
-    interpreter that never touches CUDA, so the processes forked from it can."""
+    module preloaded (by :mod:`.fork_server`), so each process forks from a server that imported torch once
+    instead of importing it again (2 s each here), and ends without tearing the interpreter down (1 s each;
+    multiprocessing ends forked processes with ``os._exit`` after its own clean-up); else ``spawn``. The server
+    is a fresh interpreter that never touches CUDA, so the processes forked from it can."""
     if "forkserver" not in get_all_start_methods():
         return get_context("spawn")
     context = get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context.set_forkserver_preload([f"{__package__}.fork_server"])
     return context
 
 
