@@ -331,7 +331,7 @@ def test_time_left_counts_the_rounds_still_required_even_when_the_runs_agree():
 
 
 def test_a_time_budget_cuts_every_cap_by_one_share_and_times_throughput_once():
-    config = BenchConfig(budget_seconds=12.0)  # caps 8 s, the reference's 3 s, 200 runs; throughput 3 batches
+    config = BenchConfig(budget_seconds=12.0, reference_max_seconds=3.0)  # caps 8 s and 3 s, 200 runs; throughput 3 batches
     slow = _track([190.0], 0.4, False, rounds=1)  # resnet152 on a Zen 3: 200 runs would take 38 s
     slow.throughput, slow.status = [3000.0], None
     fast = _track([6.5], 0.4, False, rounds=1)  # 200 runs take 1.3 s, within any share above 17 %
