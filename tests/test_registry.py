@@ -281,15 +281,18 @@ def test_auto_stops_timing_clear_losers_after_a_round() -> None:
         return run
 
     runners = {tuning.Candidate(name, "fp32", 1): runner(name, seconds)
-               for name, seconds in (("fast", 0.002), ("close", 0.0024), ("slow", 0.008))}
+               for name, seconds in (("fast", 0.002), ("close", 0.0024), ("middling", 0.0035), ("slow", 0.008))}
     medians = auto.median_latencies(runners, torch.zeros(1), seconds=0.09)
     by_name = {candidate.backend: ms for candidate, ms in medians.items()}
-    assert by_name["fast"] < by_name["close"] < by_name["slow"]
-    # the close one is timed in all three rounds (0.03 s each), the slow one only in the first (and the warm-up)
+    assert by_name["fast"] < by_name["close"] < by_name["middling"] < by_name["slow"]
+    # the close one is timed in all three rounds (0.03 s each), the slow one (4x) only in the first (and the
+    # warm-up), the middling one (1.75x: kept after the first round, which drops only those over 2x) in two
     assert calls["close"] > 3 * 3 and calls["slow"] <= 1 + 0.03 / 0.008 + 1
+    assert 1 + 0.03 / 0.0035 + 1 < calls["middling"] <= 1 + 2 * (0.03 / 0.0035 + 1)
     calls.clear()
-    alone = auto.median_latencies({c: r for c, r in runners.items() if c.backend != "close"}, torch.zeros(1), 0.09)
-    assert set(alone) == {c for c in runners if c.backend != "close"}
+    quick_pair = {c: r for c, r in runners.items() if c.backend in ("fast", "slow")}
+    alone = auto.median_latencies(quick_pair, torch.zeros(1), 0.09)
+    assert set(alone) == set(quick_pair)
     assert calls["fast"] <= 1 + 0.03 / 0.002 + 1  # once the slow one is out, the race is over: one round
 
 
@@ -311,16 +314,16 @@ def test_auto_races_candidates_tied_with_the_fastest_on_until_one_is_clear_or_th
 
     twins = candidates({"one": [2.0, 2.2], "other": [2.1, 2.0]})
     auto.median_latencies(twins, torch.zeros(1), seconds=0.03)
-    # 3 + 1 + 1 calls in the rounds; then tied, a call each a round until one has 0.1 s more (48 calls of 2.1 ms)
-    assert timed == {"one": 5 + 48, "other": 5 + 48}
+    # a call in each of the 3 rounds; then tied, a call each a round until one has 0.1 s more (48 calls of 2.1 ms)
+    assert timed == {"one": 3 + 48, "other": 3 + 48}
     timed.clear()
     apart = candidates({"fast": [2.0, 2.1], "slower": [2.6, 2.7]})
     medians = auto.median_latencies(apart, torch.zeros(1), seconds=0.03)
-    assert medians[tuning.Candidate("fast", "fp32", 1)] == 2.0 and timed == {"fast": 5, "slower": 5}
+    assert medians[tuning.Candidate("fast", "fp32", 1)] == 2.0 and timed == {"fast": 3, "slower": 3}
     timed.clear()
     close = candidates({"fast": [2.0, 2.1, 2.0], "close": [2.05, 2.6, 2.6, 2.6]})  # ranges overlap at first
     auto.median_latencies(close, torch.zeros(1), seconds=0.03)
-    assert 5 < timed["fast"] < 5 + 48  # raced on, and stopped once the intervals came apart, before the cap
+    assert 3 < timed["fast"] < 3 + 48  # raced on, and stopped once the intervals came apart, before the cap
 
 
 @pytest.mark.slow

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 TRIAL_SECONDS = 0.3  # timed seconds per candidate, spread over interleaved rounds (at least 3 calls a round)
 TRIAL_ROUNDS = 3
 CLEAR_LOSER = 1.5  # after a round, candidates this many times slower than the fastest stop being timed
+# ... after the first round, which times each candidate once (or for its share of a round, if longer), this many: one
+# call after the warm-up is a rough estimate, but enough to drop eager and one-thread candidates 2-6x slower than
+# the fastest; timing three calls each (before) took 3.2 of the 4.5 s of resnet152's trial on a 2-core Zen 4
+FIRST_ROUND_LOSER = 2.0
 # after the rounds, candidates whose median's 95 % CI still overlaps the fastest one's get more rounds, up to this
 # many more timed seconds each: on a 2-core Zen 3, 0.3 s each picked ONNX Runtime at one thread for shufflenet_v2
 # (6.9 against 7.6 ms in the trial), which bench then timed at 8.2 ms (OpenVINO at two threads: 6.5 ms in another run)
@@ -111,28 +115,29 @@ def median_latencies(runners: Mapping[Candidate, Runner], batch: torch.Tensor,
                      seconds: float = TRIAL_SECONDS, sync: Callable[[], None] | None = None) -> dict[Candidate, float]:
     """Median latency (ms) of each runner on ``batch``, measured in interleaved rounds so that a
     burst of background load hits every candidate alike (one warm-up call each first). After
-    each round, candidates slower than :data:`CLEAR_LOSER` times the fastest median so far sit
-    out the remaining rounds: their place in the ranking is settled, and timing them is most of
-    a trial's cost (eager at 1 thread is 4-8x slower than the winner here). Once one candidate is
-    left, the trial ends. Candidates still tied with the fastest after the rounds (overlapping confidence
+    each round, candidates slower than :data:`CLEAR_LOSER` (:data:`FIRST_ROUND_LOSER` after the first) times
+    the fastest median so far sit out the remaining rounds: their place in the ranking is settled, and timing
+    them is most of a trial's cost (eager at 1 thread is 4-8x slower than the winner here). Once one candidate
+    is left, the trial ends. Candidates still tied with the fastest after the rounds (overlapping confidence
     intervals of the median) race on for up to :data:`TIEBREAK_SECONDS` each, until one of them is clear."""
     samples: dict[Candidate, list[float]] = {c: [] for c in runners}
     for runner in runners.values():
         runner(batch)
 
-    def burst(candidate: Candidate, calls: int = 1) -> None:
+    def burst(candidate: Candidate) -> None:
         runner = runners[candidate]
-        samples[candidate] += timed_calls(lambda: runner(batch), calls=calls, min_seconds=seconds / TRIAL_ROUNDS,
+        samples[candidate] += timed_calls(lambda: runner(batch), calls=1, min_seconds=seconds / TRIAL_ROUNDS,
                                           sync=sync, settle=SETTLE_SECONDS)
 
     racing = list(runners)
-    for _ in range(TRIAL_ROUNDS):
+    for round_number in range(TRIAL_ROUNDS):
         if len(racing) == 1 and all(samples.values()):
             break
         for candidate in racing:
-            burst(candidate, calls=3 if not samples[candidate] else 1)
+            burst(candidate)
         fastest = min(statistics.median(samples[c]) for c in racing)
-        racing = [c for c in racing if statistics.median(samples[c]) <= CLEAR_LOSER * fastest]
+        loser = FIRST_ROUND_LOSER if round_number == 0 else CLEAR_LOSER
+        racing = [c for c in racing if statistics.median(samples[c]) <= loser * fastest]
     tied, timed_before = _tied_with_fastest(samples, racing), {c: sum(samples[c]) for c in racing}
     while len(tied) > 1 and all(sum(samples[c]) - timed_before[c] < TIEBREAK_SECONDS * 1000.0 for c in tied):
         for candidate in tied:

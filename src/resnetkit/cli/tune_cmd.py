@@ -54,8 +54,9 @@ def tune_command(
         table.add_row(label, f"{ms:.2f}", "chosen" if label == entry.choice.label else "")
     console.print(table)
     console.print(f"chosen: {classifier.ran.label()}; each candidate timed for {auto.TRIAL_SECONDS:g} s over "
-                  f"{auto.TRIAL_ROUNDS} interleaved rounds after a warm-up call; a candidate over {auto.CLEAR_LOSER:g}x "
-                  "the fastest median after a round was not timed in the later ones (none, once one was left)",
+                  f"{auto.TRIAL_ROUNDS} interleaved rounds after a warm-up call; a candidate over "
+                  f"{auto.FIRST_ROUND_LOSER:g}x the fastest median after the first round, or {auto.CLEAR_LOSER:g}x "
+                  "after a later one, was not timed in the later ones (none, once one was left)",
                   highlight=False)
     source = "read from the cache" if runner.cached else "measured now"
     load = f", 1-minute load {entry.load_1min:.1f}" if entry.load_1min is not None else ""
