@@ -75,8 +75,12 @@ def bench(
 
 # one model's build (its process's start, auto's trial, warming up, the eager reference) took about 6 s plus 0.4 s per
 # million parameters on the 2-core Zen 5 VM, the eight default models built one at a time (2026-12-06); their
-# counts of modules, used before, ranked efficientnet_b0 (9 s) second of the eight, after resnet152 (29 s)
-FIXED_BUILD_MPARAMS = 16.0  # the fixed part, in millions of parameters' worth
+# counts of modules, used before, ranked efficientnet_b0 (9 s) second of the eight, after resnet152 (29 s). Built
+# two at a time, with auto's trials pausing the other build only while they time (2026-12-07), the fixed part
+# shrank: the first builds of a 2-core Zen 4 fit 4 million parameters' worth (shufflenet_v2 3.8 s, resnet152
+# 39.7 s), and at 6 the estimate after the first build said 39 s where 36 s were taken (at 16: 49 s), on the Zen 3
+# run below 95 s where 67 s were (at 16: 119 s)
+FIXED_BUILD_MPARAMS = 6.0  # the fixed part, in millions of parameters' worth
 
 
 def _build_cost(model: str) -> float:
