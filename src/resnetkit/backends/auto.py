@@ -44,7 +44,7 @@ from .tuning import Candidate, Tuning
 
 log = logging.getLogger(__name__)
 
-TRIAL_SECONDS = 0.3  # timed seconds per candidate, spread over interleaved rounds (at least 3 calls a round)
+TRIAL_SECONDS = 0.3  # timed seconds per candidate, spread over interleaved rounds (at least one call a round)
 TRIAL_ROUNDS = 3
 CLEAR_LOSER = 1.5  # after a round, candidates this many times slower than the fastest stop being timed
 # ... after the first round, which times each candidate once (or for its share of a round, if longer), this many: one
