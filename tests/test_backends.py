@@ -231,6 +231,58 @@ def test_one_conversion_serves_runners_for_several_thread_counts(eager, monkeypa
     assert len(calls) == 2 and not torch.allclose(three(batch), one(batch))
 
 
+@pytest.mark.slow
+def test_auto_candidates_share_one_export_read_from_its_file(eager, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto's ONNX Runtime and OpenVINO candidates get the module itself (they only read it; eager ones get copies),
+    its weights are hashed once, and the runtimes read the exported graph from the cache's file instead of being
+    handed it serialized again; a file deleted since is exported again, never read from a stale path."""
+    from collections import OrderedDict
+
+    from resnetkit.backends import auto, common
+    from resnetkit.backends import onnxruntime as ort_backend
+    from resnetkit.backends.tuning import Candidate
+
+    monkeypatch.setenv("RESNETKIT_TUNING_CACHE", str(tmp_path / "tuning.json"))
+    monkeypatch.setattr(common, "_recent", OrderedDict())
+    module = copy.deepcopy(eager.module).eval()
+    with torch.no_grad():
+        module.linear.bias += 2.0  # weights no other test exported
+    hashed, given = [], []
+    monkeypatch.setattr(module, "state_dict", lambda *a, **k: hashed.append(sys._getframe(1).f_code.co_name)
+                        or type(module).state_dict(module, *a, **k))
+    make_runner = auto.make_runner
+    monkeypatch.setattr(auto, "make_runner", lambda m, meta, name, options: given.append((name, m is module))
+                        or make_runner(m, meta, name, options))
+    tried = [Candidate(name, "fp32", threads) for name in ("eager", "onnxruntime", "openvino") for threads in (None, 1)]
+    timings = auto.measure(auto.ModuleSource(module, eager.meta), tried, FP32, seconds=0.05)
+    assert set(timings) == set(tried)
+    assert given == [("eager", False), ("eager", False), ("onnxruntime", True), ("onnxruntime", True),
+                     ("openvino", True), ("openvino", True)]
+    # one digest of the weights for the keys of the ONNX export and of the OpenVINO conversion (torch reads it too)
+    assert hashed.count("_weights_digest") == 1
+    graph = ort_backend.exported(module, eager.meta)
+    [stored] = (tmp_path / "onnx-models").rglob("*.onnx")
+    assert graph.data == stored
+    runner = runners.make_runner(module, eager.meta, "onnxruntime", FP32)
+    assert runner.graph == graph and runner.precision == "fp32"
+    batch = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(runner(batch), module(batch), atol=1e-3)
+    stored.unlink()  # e.g. the cache was cleared: the graph kept in memory points nowhere
+    again = runners.make_runner(module, eager.meta, "onnxruntime", FP32)
+    assert stored.is_file() and torch.allclose(again(batch), runner(batch), atol=1e-5)
+
+
+def test_the_tracer_gets_a_copy_only_of_a_module_it_would_change(eager) -> None:
+    from resnetkit.backends.onnxruntime import _fp32_eval
+
+    module = copy.deepcopy(eager.module).eval()
+    assert _fp32_eval(module) is module
+    for changed in (copy.deepcopy(module).train(), copy.deepcopy(module).to(torch.bfloat16)):
+        traced = _fp32_eval(changed)
+        assert traced is not changed and not traced.training and next(traced.parameters()).dtype == torch.float32
+        assert changed.training or next(changed.parameters()).dtype == torch.bfloat16  # left as it was
+
+
 OUT_OF_ORDER_RUNNERS = """
 import gc, os, signal, torch
 from resnetkit import load_model

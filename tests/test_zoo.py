@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from resnetkit import get_spec, list_models
 from resnetkit.core.cifar_resnet import CifarResNet, ZeroPadShortcut
 from resnetkit.core.errors import UnknownModelError
 from resnetkit.run.loading import load_model
-from resnetkit.core.measure import _count_macs, count_macs, count_params
+from resnetkit.core.measure import _count_macs, count_macs, count_params, serialized_size_bytes
 
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0"]
 
@@ -43,6 +45,17 @@ def test_macs_counted_on_meta_stand_ins_equal_a_pass_on_the_real_weights(name):
     on_weights = _count_macs(module, torch.zeros(1, *shape), None)
     assert count_macs(module, shape) == on_weights > 0
     assert count_macs(module.to(torch.bfloat16), shape) == on_weights  # counted in fp32 whatever the weights' dtype
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_the_counted_state_dict_size_is_what_torch_save_writes(dtype):
+    module = get_spec("cifar_resnet20").build()
+    state = module.state_dict()
+    if dtype:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    written = io.BytesIO()
+    torch.save(state, written)
+    assert serialized_size_bytes(module, dtype) == len(written.getvalue()) > count_params(module) * (2 if dtype else 4)
 
 
 def test_random_weights_repeat_on_every_load_and_leave_the_callers_random_state_alone():

