@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -281,6 +282,33 @@ def test_the_tracer_gets_a_copy_only_of_a_module_it_would_change(eager) -> None:
         traced = _fp32_eval(changed)
         assert traced is not changed and not traced.training and next(traced.parameters()).dtype == torch.float32
         assert changed.training or next(changed.parameters()).dtype == torch.bfloat16  # left as it was
+
+
+TELEMETRY_CHECK = """
+import sys, torch
+from resnetkit import load_model
+from resnetkit.backends.openvino import OpenVinoRunner, import_openvino, to_openvino
+import_openvino()
+eager = load_model("cifar_resnet20", pretrained=False, backend="eager")
+batch = torch.randn(2, 3, 32, 32)
+assert torch.allclose(OpenVinoRunner(to_openvino(eager.module, eager.meta), "fp32")(batch), eager.logits(batch), atol=1e-3)
+print("telemetry importable:", sys.modules.get("openvino_telemetry") is not None)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("consent, sent", [(None, False), ("1", True)])
+def test_openvino_sends_no_usage_telemetry_from_resnetkit_unless_the_user_opted_in(tmp_path, consent, sent) -> None:
+    """OpenVINO's converter and NNCF report usage unless the user opted out; in resnetkit's processes they do only
+    after an explicit opt-in (its consent file says 1), and conversion works either way."""
+    if consent:
+        (tmp_path / "intel").mkdir()
+        (tmp_path / "intel" / "openvino_telemetry").write_text(consent)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    done = subprocess.run([sys.executable, "-c", TELEMETRY_CHECK], capture_output=True, text=True,
+                          env={**env, "HOME": str(tmp_path)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"telemetry importable: {sent}"
 
 
 OUT_OF_ORDER_RUNNERS = """
