@@ -224,3 +224,57 @@ def test_setup_passes_pips_package_sources_on_to_uv(tmp_path: Path) -> None:
     assert options == {"--index-url": ["https://global.example/simple"],
                        "--extra-index-url": ["https://a.example/simple", "https://b.example/simple"],
                        "--find-links": ["/install/wheels"], "--constraint": ["/env/constraints.txt"]}
+
+
+PACKAGE_IMPORT = """
+import sys
+import resnetkit
+light = not {"torch", "openvino", "onnxruntime"} & set(sys.modules)
+import resnetkit.explain.cam  # the subpackage named like the function: importing it keeps the function bound
+from resnetkit import explain, load_model
+print(light, callable(resnetkit.explain) and resnetkit.explain is explain, load_model.__module__)
+print(sorted(name for name in resnetkit.__all__ if not hasattr(resnetkit, name)))
+"""
+
+
+def test_the_package_imports_its_api_on_first_use() -> None:
+    """``import resnetkit`` imports neither torch nor a runtime (the console script starts bench's fork server
+    before that); every public name resolves on first use, and ``resnetkit.explain`` stays the function."""
+    done = subprocess.run([sys.executable, "-c", PACKAGE_IMPORT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True True resnetkit.run.loading", "[]"]
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        __import__("resnetkit").no_such_name
+
+
+@pytest.mark.parametrize("argv, starts", [(["bench", "--models", "resnet18"], True), (["models"], False),
+                                          (["--version"], False), (["--help"], False), ([], False)])
+def test_the_console_script_starts_the_fork_server_for_bench_only(argv, starts, monkeypatch) -> None:
+    from resnetkit import cli, launch
+
+    started, ran = [], []
+    monkeypatch.setattr(launch, "start_fork_server", lambda: started.append(1))
+    monkeypatch.setattr(cli, "main", lambda: ran.append(1))
+    monkeypatch.setattr(sys, "argv", ["resnetkit", *argv])
+    launch.main()
+    assert (bool(started), ran) == (starts, [1])
+
+
+FORK_SERVER_CHILD = """
+import os, time
+from pathlib import Path
+from resnetkit.core.processes import start_fork_server
+start_fork_server()
+children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+deadline = time.monotonic() + 10  # a child's command line is its parent's until its exec completes
+while time.monotonic() < deadline and not any(b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                                              for pid in children.read_text().split()):
+    time.sleep(0.05)
+print(time.monotonic() < deadline)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_the_fork_server_starts_beside_this_process() -> None:
+    done = subprocess.run([sys.executable, "-c", FORK_SERVER_CHILD], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "True", (done.stdout, done.stderr)

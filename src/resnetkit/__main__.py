@@ -1,5 +1,5 @@
-"""``python -m resnetkit`` runs the CLI."""
+"""``python -m resnetkit`` runs the CLI (:mod:`resnetkit.launch`)."""
 
-from .cli import main
+from .launch import main
 
 main()

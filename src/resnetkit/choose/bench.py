@@ -25,10 +25,11 @@ from ..backends.base import artifact_size
 from ..core.device import cpu_name, machine_cores, resolve_device, usable_cores
 from ..core.errors import ResnetkitError
 from ..core.measure import CpuMeter, count_params, load_average
+from ..core.processes import process_context
 from ..core.zoo import get_spec, is_zoo_name
 from ..run.loading import check_model_ref
 from .adaptive import Track, share_budget
-from .pool import LocalWorker, ProcessWorker, Worker, WorkerDied, interrupts_held, process_context, sigterm_as_interrupt
+from .pool import LocalWorker, ProcessWorker, Worker, WorkerDied, interrupts_held, sigterm_as_interrupt
 from .records import BenchConfig, BenchInterrupted, BenchProgress, BenchRecord, Variant
 from .trial_gate import CAN_PAUSE, TrialGate
 

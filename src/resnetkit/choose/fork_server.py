@@ -1,4 +1,5 @@
-"""What bench's fork server imports before it forks the measuring processes (:func:`.pool.process_context`).
+"""What bench's fork server imports before it forks the measuring processes
+(:func:`resnetkit.core.processes.process_context`).
 
 Besides torch, the runtimes and resnetkit (:mod:`.pool`, imported once for every process), it moves what that
 import allocated out of the garbage collector's view (``gc.freeze``, as the ``gc`` docs advise before forking):

@@ -11,14 +11,13 @@ import os
 import signal
 import threading
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from multiprocessing import get_all_start_methods, get_context
-from multiprocessing.context import BaseContext
 from typing import Any, Iterator, Sequence
 
 from ..backends.auto import TrialFailed, in_new_interpreter
 from ..backends.base import TrialGate as TrialGateHook
 from ..backends.trial import run as run_trial
 from ..core.errors import ResnetkitError
+from ..core.processes import process_context
 from .records import BenchConfig, Variant
 from .trial_gate import TrialGate, resume_or_pause
 from .worker import Entry, ModelWorker
@@ -163,19 +162,6 @@ class _TrialHelper:
     def close(self) -> None:
         if not self.conn.closed:
             self.conn.close()
-
-
-def process_context() -> BaseContext:
-    """How measuring processes start: ``forkserver`` where the platform has it (Linux, macOS), with this
-    module preloaded (by :mod:`.fork_server`), so each process forks from a server that imported torch once
-    instead of importing it again (2 s each here), and ends without tearing the interpreter down (1 s each;
-    multiprocessing ends forked processes with ``os._exit`` after its own clean-up); else ``spawn``. The server
-    is a fresh interpreter that never touches CUDA, so the processes forked from it can."""
-    if "forkserver" not in get_all_start_methods():
-        return get_context("spawn")
-    context = get_context("forkserver")
-    context.set_forkserver_preload([f"{__package__}.fork_server"])
-    return context
 
 
 class ProcessWorker:

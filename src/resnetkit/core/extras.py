@@ -17,7 +17,7 @@ from .errors import ExtraRequiredError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "starlette", "uvicorn", "multipart", "prometheus_client", "pydantic", "pydantic_settings",
               "fastapi_offline"),
-    "backends": ("onnx", "onnxscript", "onnxruntime", "openvino"),
+    "backends": ("onnx", "onnxscript", "onnxruntime", "openvino", "openvino_telemetry"),
     "optimize": ("nncf", "torch_pruning"),  # and backends' (pyproject.toml: optimize pulls backends in)
     "predict": ("pyarrow",),
     "video": ("av",),
