@@ -273,6 +273,28 @@ def test_auto_candidates_share_one_export_read_from_its_file(eager, tmp_path, mo
     assert stored.is_file() and torch.allclose(again(batch), runner(batch), atol=1e-5)
 
 
+@pytest.mark.slow
+def test_an_unwritable_cache_costs_speed_not_the_result(eager, tmp_path, monkeypatch, caplog) -> None:
+    """Where the converted-model cache cannot be written, the runtimes get the exported graph as bytes."""
+    from collections import OrderedDict
+
+    from resnetkit.backends import common
+    from resnetkit.backends.onnxruntime import SerializedGraph
+
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("RESNETKIT_TUNING_CACHE", str(tmp_path / "not-a-folder" / "tuning.json"))
+    monkeypatch.setattr(common, "_recent", OrderedDict())
+    module = copy.deepcopy(eager.module).eval()
+    with torch.no_grad():
+        module.linear.bias += 3.0  # weights no other test exported
+    batch = torch.randn(2, 3, 32, 32)
+    onnx_runtime, openvino = (runners.make_runner(module, eager.meta, name, FP32) for name in ("onnxruntime", "openvino"))
+    assert isinstance(onnx_runtime.graph, SerializedGraph) and isinstance(onnx_runtime.graph.data, bytes)
+    for runner in (onnx_runtime, openvino):
+        assert torch.allclose(runner(batch), module(batch), atol=1e-3)
+    assert "could not cache the converted model" in caplog.text
+
+
 def test_the_tracer_gets_a_copy_only_of_a_module_it_would_change(eager) -> None:
     from resnetkit.backends.onnxruntime import _fp32_eval
 
