@@ -247,8 +247,8 @@ def test_the_package_imports_its_api_on_first_use() -> None:
         __import__("resnetkit").no_such_name
 
 
-@pytest.mark.parametrize("argv, starts", [(["bench", "--models", "resnet18"], True), (["models"], False),
-                                          (["--version"], False), (["--help"], False), ([], False)])
+@pytest.mark.parametrize("argv, starts", [(["bench", "--models", "resnet18"], True), (["bench", "--help"], False),
+                                          (["models"], False), (["--version"], False), (["--help"], False), ([], False)])
 def test_the_console_script_starts_the_fork_server_for_bench_only(argv, starts, monkeypatch) -> None:
     from resnetkit import cli, launch
 

@@ -15,7 +15,8 @@ FORK_SERVER_COMMANDS = ("bench",)  # the commands that measure in processes from
 
 
 def main() -> None:
-    if _command(sys.argv[1:]) in FORK_SERVER_COMMANDS:
+    args = sys.argv[1:]
+    if _command(args) in FORK_SERVER_COMMANDS and "--help" not in args:
         start_fork_server()
     from .cli import main as cli_main
 
