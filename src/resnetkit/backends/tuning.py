@@ -4,8 +4,8 @@ One JSON file in the user cache directory (platformdirs; ``RESNETKIT_TUNING_CACH
 another file). An entry is found again only on the same device of the same machine (CPU model and
 usable cores; or GPU name, driver, CUDA and cuDNN versions) with the same library versions;
 otherwise ``auto`` measures again and replaces it.
-The model key is its tensors' names, shapes and dtypes (weight values do not change speed,
-and random weights are re-drawn on every load) or, for a model file, the file's bytes.
+The model key is its tensors' names, shapes and dtypes (weight values do not change speed, so trained and
+random weights of one architecture share an entry) or, for a model file, the file's bytes.
 """
 
 from __future__ import annotations

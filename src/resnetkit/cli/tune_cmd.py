@@ -56,7 +56,9 @@ def tune_command(
     console.print(f"chosen: {classifier.ran.label()}; each candidate timed for {auto.TRIAL_SECONDS:g} s over "
                   f"{auto.TRIAL_ROUNDS} interleaved rounds after a warm-up call; a candidate over "
                   f"{auto.FIRST_ROUND_LOSER:g}x the fastest median after the first round, or {auto.CLEAR_LOSER:g}x "
-                  "after a later one, was not timed in the later ones (none, once one was left)",
+                  "after a later one, was not timed in the later ones (none, once one was left); candidates still "
+                  f"tied with the fastest (overlapping 95 % CIs of the median) then raced for up to "
+                  f"{auto.TIEBREAK_SECONDS:g} s more each",
                   highlight=False)
     source = "read from the cache" if runner.cached else "measured now"
     load = f", 1-minute load {entry.load_1min:.1f}" if entry.load_1min is not None else ""
