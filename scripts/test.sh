@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (venv, package, test extras, headless Chromium when possible) and run the tests.
-#   scripts/test.sh [PYTEST ARGS]          all modules, each in its own Python process, one after another; beside
+#   scripts/test.sh [PYTEST ARGS]          all modules, each in its own Python process (forked from one that
+#                                          imported torch and resnetkit once), one after another; beside
 #                                          them at the lowest CPU and I/O priority, tests/test_edge.py (in
 #                                          .venv-edge) and the Docker image check (scripts/docker_check.sh) (what CI
 #                                          runs)
@@ -42,7 +43,6 @@ failed_modules=()  # named again after the totals, so the end of a long log says
 pytest_module() {  # PYTHON MODULE [PYTEST ARGS]: one module's tests in a process of their own, with a JUnit report
   local python=$1 module=$2
   shift 2
-  # --durations: the log names every test over 20 s, where CI's time goes
   "$python" -m pytest "$module" --junitxml="$reports/$(basename "$module" .py).xml" --durations=5 --durations-min=20 "$@"
 }
 record() {  # MODULE EXIT-CODE
@@ -64,12 +64,17 @@ docker_check=$!
 ( renice -n 19 -p "$BASHPID" >/dev/null; ionice -c 3 -p "$BASHPID"; edge_tests "$@" ) &
 edge=$!
 background=("$docker_check" "$edge")
+# Each module in a process forked from one that imported torch, pytest and resnetkit once (scripts/test_modules.py);
+# --durations: the log names every test over 20 s, where CI's time goes
+modules=()
 for module in tests/test_*.py; do
-  [ "$module" = tests/test_edge.py ] && continue
-  code=0
-  pytest_module .venv/bin/python "$module" "$@" || code=$?
-  record "$module" "$code"
+  [ "$module" = tests/test_edge.py ] || modules+=("$module")
 done
+.venv/bin/python scripts/test_modules.py "$reports" "${modules[@]}" -- --durations=5 --durations-min=20 "$@" \
+  || { status=1; failed_modules+=("scripts/test_modules.py (exit $?)"); }
+[ ! -f "$reports/exit-codes" ] || while read -r module code; do
+  record "$module" "$code"
+done <"$reports/exit-codes"
 code=0
 wait "$edge" || code=$?
 if [ "$code" -eq 99 ]; then
