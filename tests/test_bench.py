@@ -24,7 +24,7 @@ from resnetkit.choose.adaptive import Track, share_budget
 from resnetkit.choose.bench import BenchInterrupted, Variant
 from resnetkit.choose.records import BenchRecord
 from resnetkit.backends.base import RunInfo, RunnerOptions
-from resnetkit.core.device import CPU
+from resnetkit.core.device import CPU, usable_cores
 from resnetkit.choose.trial_gate import CAN_PAUSE, TrialGate
 from resnetkit.run.loading import load_model
 from resnetkit.core.measure import (SETTLE_SECONDS, CpuMeter, LoadSpan, median_ci, median_is_stable, speedup,
@@ -215,7 +215,7 @@ def test_cli_bench_interrupted_writes_partial_files(tmp_path, stop):
                                 "--csv", str(tmp_path / "p.csv")],
                                stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=WIDE,
                                start_new_session=True)
-    assert process.stderr.readline() == "building 1 models, one process each\n"  # eager: nothing to tune
+    assert process.stderr.readline() == "building 1 models, one process each: resnet18 now\n"  # eager: nothing to tune
     lines = iter(process.stderr.readline, "")
     assert any(line.startswith("measuring 1 variants in interleaved rounds") for line in lines)  # the rounds begin
     time.sleep(1.0)
@@ -243,7 +243,9 @@ def test_cli_bench_interrupted_while_building_says_so_and_leaves_nothing(tmp_pat
                                 "-o", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
     # printed once bench handles SIGTERM (before that, on a loaded machine, torch may still be importing)
-    assert process.stderr.readline() == "building 2 models, one process each (auto times its candidates on first use)\n"
+    assert process.stderr.readline() == (  # both at once on 2 cores or more, the larger first on one
+        "building 2 models, one process each (auto times its candidates on first use): "
+        f"{'resnet18, mobilenet_v2' if CAN_PAUSE and usable_cores() > 1 else 'resnet18'} now\n")
     time.sleep(2.0)  # the measuring processes are importing torch or exporting the models
     os.kill(process.pid, signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -415,15 +417,16 @@ def test_off_a_terminal_progress_is_a_line_per_model_built_and_variant_measured_
     from resnetkit.cli.bench_cmd import _print_progress, err_console
 
     printed: dict[str, int] = {}
-    steps = [BenchProgress("starting", 0, 0, 3), BenchProgress("starting", 0, 1, 3, 24.0, last="resnet50"),
+    steps = [BenchProgress("starting", 0, 0, 3, building=("resnet50", "resnet34")),
+             BenchProgress("starting", 0, 1, 3, 24.0, last="resnet50", building=("resnet34", "resnet18")),
              BenchProgress("starting", 0, 3, 3, 0.0, last="resnet18"), BenchProgress("measuring", 1, 0, 3, 70.0),
              BenchProgress("measuring", 2, 0, 3, 65.0), BenchProgress("measuring", 3, 1, 3, 30.0)]
     with err_console.capture() as captured:
         for step in steps:
             _print_progress(step, printed, " (auto times its candidates on first use)")
     assert captured.get().splitlines() == [
-        "building 3 models, one process each (auto times its candidates on first use)",
-        "built resnet50 (1 of 3); about 0:24 m:ss left to build the rest",
+        "building 3 models, one process each (auto times its candidates on first use): resnet50, resnet34 now",
+        "built resnet50 (1 of 3; building resnet34, resnet18); about 0:24 m:ss left to build the rest",
         "built resnet18 (3 of 3); about 0:00 m:ss left to build the rest",
         "measuring 3 variants in interleaved rounds; about 1:10 m:ss left",
         "measured 1 of 3 variants; about 0:30 m:ss left",  # round 2 finished nothing: no line

@@ -135,7 +135,12 @@ class _Run:
         built_seconds = built_cost = 0.0
         gate = TrialGate(process_context(), len(pending))  # auto's trials pause the other builds
         parallel = usable_cores() if CAN_PAUSE else 1
-        self.on_progress(BenchProgress("starting", 0, 0, len(requested)))
+
+        def building_next() -> tuple[str, ...]:
+            """The models building now and those that start as soon as a core is free for them."""
+            return (*(w.model for w in starting), *(model for _, (model, _) in pending[:parallel - len(starting)]))
+
+        self.on_progress(BenchProgress("starting", 0, 0, len(requested), building=building_next()))
         while pending or starting:
             while pending and len(starting) < parallel:
                 slot, (model, variants) = pending.pop(0)
@@ -144,15 +149,16 @@ class _Run:
                     starting[worker] = time.monotonic()
                     self.workers.append(worker)
             ready = wait([w.conn for w in starting])
-            for built in [w for w in starting if w.conn in ready]:
-                built_seconds += time.monotonic() - starting.pop(built)
+            finished = {w: time.monotonic() - starting.pop(w) for w in list(starting) if w.conn in ready}
+            for built, seconds in finished.items():
+                built_seconds += seconds
                 built_cost += cost[built.model]
                 self._add(built)
                 now = time.monotonic()
                 eta = builds_left_seconds(built_seconds / built_cost, [cost[model] for _, (model, _) in pending],
                                           [(cost[w.model], now - since) for w, since in starting.items()], parallel)
                 self.on_progress(BenchProgress("starting", 0, len(requested) - len(pending) - len(starting),
-                                               len(requested), eta, last=built.model))
+                                               len(requested), eta, last=built.model, building=building_next()))
 
     def _add(self, worker: Worker) -> None:
         if worker not in self.workers:

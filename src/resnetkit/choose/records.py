@@ -174,6 +174,7 @@ class BenchProgress:
     total: int
     eta_seconds: float | None = None  # re-estimated from the builds so far (starting) or the timings so far
     last: str | None = None  # starting: the model built last
+    building: tuple[str, ...] = ()  # starting: the models building now or starting next, largest first
 
 
 class BenchInterrupted(KeyboardInterrupt):

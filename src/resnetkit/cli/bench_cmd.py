@@ -137,8 +137,8 @@ def _progress_display(building_note: str) -> Iterator[Callable[[BenchProgress], 
             if not live:
                 _print_progress(progress, printed, building_note)
             if progress.phase == "starting":
-                bar.update(task, description="building models (one process each)", completed=progress.done,
-                           total=progress.total)
+                bar.update(task, description=f"building {', '.join(progress.building) or 'models'}",
+                           completed=progress.done, total=progress.total)
             else:
                 eta = "" if progress.eta_seconds is None else f"ETA {_duration(progress.eta_seconds)}"
                 bar.update(task, description=f"round {progress.round}: variants done", completed=progress.done,
@@ -155,10 +155,12 @@ def _print_progress(progress: BenchProgress, printed: dict[str, int], building_n
         return
     printed[progress.phase] = progress.done
     left = "" if progress.eta_seconds is None else f"; about {_duration(progress.eta_seconds)} m:ss left"
+    building = ", ".join(progress.building)
     if progress.phase == "starting" and progress.last is None:
-        message = f"building {progress.total} models, one process each{building_note}"
+        message = f"building {progress.total} models, one process each{building_note}: {building} now"
     elif progress.phase == "starting":
-        message = f"built {progress.last} ({progress.done} of {progress.total}){left} to build the rest"
+        now = f"; building {building}" if building else ""
+        message = f"built {progress.last} ({progress.done} of {progress.total}{now}){left} to build the rest"
     elif progress.round == 1 and progress.done == 0:
         message = f"measuring {progress.total} variants in interleaved rounds{left}"
     else:
