@@ -56,8 +56,8 @@ def tune_command(
     console.print(f"chosen: {classifier.ran.label()}; each candidate timed for {auto.TRIAL_SECONDS:g} s over "
                   f"{auto.TRIAL_ROUNDS} interleaved rounds after a warm-up call; a candidate over "
                   f"{auto.FIRST_ROUND_LOSER:g}x the fastest median after the first round, or {auto.CLEAR_LOSER:g}x "
-                  "after a later one, was not timed in the later ones, and the rounds stopped once one was left; candidates still "
-                  f"tied with the fastest (overlapping 95 % CIs of the median) then raced for up to "
+                  "after a later one, was not timed in the later ones, and the rounds stopped once one was left; "
+                  "candidates still tied with the fastest (overlapping 95 % CIs of the median) then raced for up to "
                   f"{auto.TIEBREAK_SECONDS:g} s more each",
                   highlight=False)
     source = "read from the cache" if runner.cached else "measured now"
