@@ -57,6 +57,14 @@ def test_usage_lines_name_arguments_in_capitals():
         assert "{" not in command.get_usage(ctx), path
 
 
+def test_help_paragraphs_wrap_to_the_terminal_not_at_the_docstrings_line_breaks():
+    page = run_cli("tune", "--help", env={"COLUMNS": "200"}).stdout
+    assert ("Zoo models are measured with random weights: speed does not depend on the weight values, so nothing is "
+            "downloaded") in page
+    for path, command in LEAVES:
+        assert all("\n" not in paragraph for paragraph in (command.help or "").split("\n\n")), path
+
+
 @pytest.mark.parametrize("item", LEAVES, ids=ids)
 def test_help_loses_no_text_to_markup(item):
     path, command = item

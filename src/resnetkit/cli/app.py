@@ -23,6 +23,7 @@ Rules for every command (the types and helpers below make them the easy path):
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import json
 import os
 import sys
@@ -68,7 +69,14 @@ def default(help: str, value: object) -> str:
 
 
 class Command(TyperCommand):
-    """A command whose usage line reads ``MODEL PATH...`` (Typer's own reads ``{model} {paths}...``)."""
+    """A command whose usage line reads ``MODEL PATH...`` (Typer's own reads ``{model} {paths}...``) and whose
+    help paragraphs wrap to the terminal."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:  # Typer keeps the docstring's line breaks after the first paragraph, mid-sentence on the page
+            paragraphs = inspect.cleandoc(self.help).split("\n\n")
+            self.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
