@@ -1,6 +1,6 @@
 """Edge exports side by side: size, latency here and agreement with the source, per model, format and precision.
 
-    .venv/bin/python benchmarks/edge_report.py [--models resnet18,resnet34,mobilenet_v2,cifar_resnet20] [--out FILE]
+    .venv-edge/bin/python benchmarks/edge_report.py [--models resnet18,resnet34,mobilenet_v2,cifar_resnet20] [--out FILE]
 
 Each model is exported with 'resnetkit export' (the library call) to ONNX fp32/fp16, LiteRT fp32/fp16/int8,
 ExecuTorch fp32/int8 and Core ML fp16; every file that runs here is loaded back with its own runtime and compared

@@ -4,6 +4,9 @@
 
 Zoo models with random weights (speed does not depend on weight values); int8 variants are
 calibrated on generated images and checked to contain int8 kernels before they are timed.
+Beside the default int8 path (NNCF's target device ANY), one OpenVINO int8 row per NNCF target device
+(ANY, CPU, CPU_SPR) shows what that choice is worth on this CPU: CPU_SPR is NNCF's setting for Intel
+CPUs with AMX.
 Variants are timed in interleaved rounds (all variants once per round) so a burst of
 background load hits all of them; the reported latency is the median of the round medians,
 and each variant's ratio to OpenVINO's default configuration is the median over rounds of
@@ -34,6 +37,7 @@ from resnetkit.core.zoo import get_spec
 
 VARIANTS = [("eager", "fp32"), ("onnxruntime", "fp32"), ("openvino", None), ("openvino", "fp32"),
             ("onnxruntime", "int8"), ("openvino", "int8"), ("auto", None), ("auto", "int8")]
+NNCF_TARGET_DEVICES = ("ANY", "CPU", "CPU_SPR")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,17 +87,22 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         kernels = int8_kernels(classifier) if classifier.runner.precision == "int8" else {}
         if classifier.runner.precision == "int8" and not kernels:
             raise SystemExit(f"{name} {backend} int8: no int8 kernels in the runtime graph")
-        built.append((backend, precision, classifier, kernels))
+        built.append((backend, precision, classifier.runner, kernels))
+    float_model = openvino_backend.converted(get_spec(name).build().eval(), meta)
+    for target in NNCF_TARGET_DEVICES:
+        runner = openvino_backend.OpenVinoRunner(
+            openvino_backend.quantize_static(float_model, calibration, target_device=target))
+        built.append(("openvino", f"int8 (NNCF {target})", runner, openvino_backend.runner_int8_layers(runner)))
     batch = torch.randn(args.batch_size, *meta.preprocessing.input_shape)
     rounds: dict[int, list[float]] = {i: [] for i in range(len(built))}
     for _ in range(args.rounds):
-        for i, (_, _, classifier, _) in enumerate(built):
-            timing = time_calls(lambda c=classifier: c.logits(batch), warmup=3, min_runs=10, min_seconds=args.seconds)
+        for i, (_, _, runner, _) in enumerate(built):
+            timing = time_calls(lambda r=runner: r(batch), warmup=3, min_runs=10, min_seconds=args.seconds)
             rounds[i].append(timing.p50_ms)
     rows = []
-    for i, (backend, precision, classifier, kernels) in enumerate(built):
+    for i, (backend, precision, runner, kernels) in enumerate(built):
         rows.append({"model": name, "backend_requested": backend, "precision_requested": precision or "default",
-                     "backend": classifier.runner.backend, "precision": classifier.runner.precision,
+                     "backend": runner.backend, "precision": runner.precision,
                      "latency_ms": statistics.median(rounds[i]), "round_p50s_ms": rounds[i],
                      "batch_size": args.batch_size, "int8_kernels": kernels})
     eager = rows[0]["latency_ms"]
@@ -113,7 +122,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result = {"threads": torch.get_num_threads(), "rounds": args.rounds,
               "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]}, "pt2e_x86_inductor": pt2e_status(),
               "openvino_default_precision": openvino_backend.default_precision(), "rows": rows}
-    print(f"{'model':10} {'requested':22} {'ran as':26} {'latency ms':>10} {'vs eager':>9} {'vs OpenVINO default':>26}"
+    print(f"{'model':10} {'requested':30} {'ran as':26} {'latency ms':>10} {'vs eager':>9} {'vs OpenVINO default':>26}"
           "  int8 kernels")
     for r in rows:
         requested = f"{r['backend_requested']}/{r['precision_requested']}"
@@ -121,7 +130,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         kernels = sum(r["int8_kernels"].values())
         per_round = r["vs_openvino_default_per_round"]
         versus = f"{r['vs_openvino_default']:.3f}x ({min(per_round):.2f}-{max(per_round):.2f})"
-        print(f"{r['model']:10} {requested:22} {ran:26} {r['latency_ms']:10.2f} {r['speedup_vs_eager_fp32']:8.2f}x "
+        print(f"{r['model']:10} {requested:30} {ran:26} {r['latency_ms']:10.2f} {r['speedup_vs_eager_fp32']:8.2f}x "
               f"{versus:>26}  {kernels or '-'}")
     print("latency: median of the round medians; vs OpenVINO default: median (range) over rounds of the ratio to "
           "OpenVINO's default configuration timed in the same round")

@@ -199,6 +199,22 @@ def test_openvino_int8_can_keep_first_and_last_layer_in_float(calib_dir: Path) -
 
 
 @pytest.mark.slow
+def test_openvino_int8_takes_nncf_target_device(calib_dir: Path) -> None:
+    from resnetkit.backends import openvino as openvino_backend
+    from resnetkit.shrink.compare import image_batches
+
+    classifier = load_model("cifar_resnet20", pretrained=False)
+    model = openvino_backend.to_openvino(classifier.module, classifier.meta)
+    batches = image_batches(calib_dir, classifier.meta, limit=8, batch_size=4)
+    layers = {target: openvino_backend.runner_int8_layers(openvino_backend.OpenVinoRunner(
+        openvino_backend.quantize_static(model, batches, target_device=target, fast_bias_correction=True)))
+        for target in ("ANY", "CPU_SPR")}
+    assert layers["ANY"]["Convolution"] == 19 and "Eltwise" not in layers["ANY"]
+    # CPU_SPR (NNCF's setting for Intel CPUs with AMX) runs 7 of the 19 convolutions in float, 7 residual Adds in int8
+    assert layers["CPU_SPR"]["Convolution"] == 12 and layers["CPU_SPR"]["Eltwise"] == 7
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method,backend,suffix,images", [("dynamic-int8", "onnxruntime", ".onnx", 500),
                                                           ("fp16", "eager", ".pt", 100),  # ~30 ms an image on a CPU
                                                           ("bf16", "openvino", ".xml", 500)])

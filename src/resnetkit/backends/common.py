@@ -14,14 +14,13 @@ import threading
 import warnings
 from collections import OrderedDict
 from contextvars import ContextVar
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import nn
 
-from ..core.device import CPU, Device
+from ..core.device import CPU, Device, cpu_flags
 from ..core.errors import ResnetkitError
 from ..core.samples import generated_batches
 from ..core.spec import RANDOM_WEIGHTS, ModelMeta
@@ -151,14 +150,9 @@ def calibration_batches(meta: ModelMeta, options: RunnerOptions) -> Sequence[tor
     return generated_batches(meta, count=GENERATED_CALIBRATION_IMAGES, batch_size=8)
 
 
-@lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool:
     """True if the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return not cpu_flags().isdisjoint({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 class TorchRunner:

@@ -135,7 +135,7 @@ def save_openvino(model: ov.Model, path: str | Path, *, compress_to_fp16: bool =
 def quantize_static(model: ov.Model, batches: Sequence[torch.Tensor], method: str = "histogram", *,
                     preset: str = "performance", fast_bias_correction: bool = False, per_image: bool = False,
                     overflow_fix: str | None = None, ignore_first_last: bool = False,
-                    smooth_quant_alpha: float | None = None,
+                    smooth_quant_alpha: float | None = None, target_device: str = "ANY",
                     validation: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
                     max_drop: float = 0.5) -> ov.Model:
     """Static int8 with NNCF post-training quantization on ``batches``.
@@ -149,7 +149,9 @@ def quantize_static(model: ov.Model, batches: Sequence[torch.Tensor], method: st
     ``per_image`` feeds the calibration images one at a time; ``overflow_fix`` is NNCF's
     OverflowFix value (None: its default, which halves the first conv's weight range);
     ``ignore_first_last`` keeps the first convolution and the last MatMul in float;
-    ``smooth_quant_alpha`` applies SmoothQuant to convolutions. With ``validation``
+    ``smooth_quant_alpha`` applies SmoothQuant to convolutions; ``target_device`` is NNCF's (its
+    CPU_SPR leaves the convolution before each residual Add in float: slower on Zen 4 and 5,
+    docs/optimize.md). With ``validation``
     ((images, labels) batches) NNCF's accuracy control reverts layers to float until top-1
     is within ``max_drop`` points of the float model."""
     if importlib.util.find_spec("nncf") is None:
@@ -164,6 +166,7 @@ def quantize_static(model: ov.Model, batches: Sequence[torch.Tensor], method: st
         images = [image[None] for batch in images for image in batch]
     common = {"preset": nncf.QuantizationPreset(preset), "subset_size": len(images),
               "fast_bias_correction": fast_bias_correction,
+              "target_device": nncf.TargetDevice(target_device),
               "model_type": nncf.ModelType.TRANSFORMER if smooth_quant_alpha is not None else None,
               "ignored_scope": _first_and_last_layers(model) if ignore_first_last else None}
     advanced = _advanced_parameters(method, overflow_fix, smooth_quant_alpha)

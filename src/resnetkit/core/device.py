@@ -131,6 +131,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of the CPU (``/proc/cpuinfo``, e.g. ``avx512_vnni``, ``amx_int8``); empty off Linux."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 @lru_cache(maxsize=None)
 def gpu_name(index: int = 0) -> str:
     return torch.cuda.get_device_name(index)
