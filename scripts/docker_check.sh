@@ -112,7 +112,7 @@ kill "$wheel_server"; wheel_server=""; rm -rf "$work/wheelhouse"  # installed: i
 build -t "$TAG"
 build_s=$((SECONDS - t0))
 size=$(docker image inspect -f '{{.Size}}' "$TAG")
-say "image built in ${build_s} s: $(awk -v b="$size" 'BEGIN { printf "%.2f GB (%.0f bytes)", b / 1e9, b }')"
+say "image built in ${build_s} s: $(awk -v b="$size" 'BEGIN { printf "%.2f GB", b / 1e9 }')"
 
 port=$(free_port)
 docker run -d --name "$TAG" -p "127.0.0.1:$port:8000" -e RESNETKIT_OFFLINE=1 \
