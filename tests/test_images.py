@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from resnetkit.core.errors import ImageError
-from resnetkit.core.images import decode_image, iter_image_paths, prepare_image, to_rgb
+from resnetkit.core.images import decode_image, iter_image_paths, prepare_image, stack_inputs, to_rgb
 from resnetkit.core.spec import Preprocessing
 
 from conftest import make_image
@@ -153,3 +153,11 @@ def test_the_fast_path_refuses_bad_input_with_the_same_messages():
     Image.new("L", (4000, 4000)).save(buffer, "PNG")
     with pytest.raises(ImageError, match="above the limit"):
         prepare_image(buffer.getvalue(), IMAGENET, max_pixels=1_000_000)
+
+
+def test_stack_inputs_is_torch_stack_without_torch():
+    tensors = [torch.randn(3, 8, 8) for _ in range(3)]
+    stacked = stack_inputs(tensors)
+    assert torch.equal(stacked, torch.stack(tensors)) and stacked.dtype == torch.float32 and stacked.is_contiguous()
+    tensors[0].zero_()  # a copy, not a view of the inputs
+    assert not torch.equal(stacked[0], tensors[0])

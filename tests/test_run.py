@@ -60,6 +60,15 @@ def test_batched_classify_equals_one_by_one(tmp_path):
 
 
 @pytest.mark.slow
+def test_probabilities_are_the_softmax_of_the_logits():
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    batch = torch.randn(4, 3, 32, 32)
+    probabilities = model.probabilities(batch)
+    assert probabilities.dtype == torch.float32 and probabilities.shape == (4, 10)
+    assert torch.allclose(probabilities, torch.softmax(model.logits(batch), dim=1), atol=1e-6)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(4), atol=1e-6)
+
+
 def test_artifact_is_a_model_reference_everywhere(tmp_path):
     model = load_model("cifar_resnet20", pretrained=False)
     meta = model.meta.replace(name="my-cifar", categories=tuple(c.upper() for c in CIFAR10_CLASSES))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetkit import load_model
+from resnetkit import classify, load_model
 from resnetkit.run.video import FrameResult, VideoError, classify_video, is_video_source, measure_stream, smooth_segments
 
 FPS = 25
@@ -164,6 +164,28 @@ def test_measure_stream_times_every_stage(random_model, ship_clip):
     assert all(stages[k] > 0 for k in ("decode_ms", "preprocess_ms", "infer_ms"))
     assert report.realtime_factor == pytest.approx(20 / report.elapsed_s / FPS)
     assert report.ran == random_model.ran and report.to_dict()["label"] == random_model.ran.label()
+
+
+def test_frames_are_preprocessed_like_still_images(random_model, ship_clip, tmp_path, monkeypatch):
+    # the fast image path (classify's): a frame saved losslessly and classified as an image scores the same.
+    # Not torchvision's transforms: their torch ops run on torch's intra-op threads, which then spin beside the
+    # next forward pass of OpenVINO or ONNX Runtime (30-40 % slower per frame on 2 cores, docs/video.md)
+    from resnetkit.core.spec import Preprocessing
+
+    def torch_transform(self):
+        raise AssertionError("a video frame went through torchvision's transforms")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Preprocessing, "transform", torch_transform)
+        report = classify_video(random_model, ship_clip, top_k=3, max_frames=3)
+    with av.open(str(ship_clip)) as container:
+        frames = [frame.to_image() for _, frame in zip(range(3), container.decode(video=0))]
+    for i, frame in enumerate(frames):
+        frame.save(tmp_path / f"{i}.png")
+    stills = classify(random_model, [tmp_path / f"{i}.png" for i in range(3)], top_k=3)
+    for video_frame, still in zip(report.frames, stills):
+        assert [p.label for p in video_frame.predictions] == [p.label for p in still.predictions]
+        assert [p.score for p in video_frame.predictions] == pytest.approx([p.score for p in still.predictions], abs=1e-5)
 
 
 def test_video_bench_threads_are_the_model_runners_not_a_global_switch(ship_clip):

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DatasetError, ImageError
-from .images import decode_image, is_image_file
+from .images import decode_image, is_image_file, stack_inputs
 
 
 @dataclass(frozen=True)
@@ -138,4 +138,4 @@ def collate_skipping_bad(items: list[tuple[Any, int, str]]) -> Batch:
     skipped = [path for image, _, path in items if image is None]
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
-    return Batch(torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), skipped)
+    return Batch(stack_inputs([g[0] for g in good]), torch.tensor([g[1] for g in good]), skipped)

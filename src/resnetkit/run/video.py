@@ -21,6 +21,7 @@ import torch
 
 from ..backends.base import RunInfo
 from ..core.errors import ResnetkitError
+from ..core.images import stack_inputs, to_model_input
 from .loading import Classifier, load_model
 from .classify import Prediction, top_k as top_k_predictions
 
@@ -239,14 +240,14 @@ def classify_video(
 
     def flush() -> None:
         started = time.perf_counter()
-        probs = classifier.probabilities(torch.stack([t for _, _, t in pending])).float()
+        probs = classifier.probabilities(stack_inputs([t for _, _, t in pending])).float()
         report.stages.infer_s += time.perf_counter() - started
         probabilities.append(probs)
         for (index, time_s, _), preds in zip(pending, top_k_predictions(probs, classifier.meta.categories, top_k)):
             report.frames.append(FrameResult(source, index, round(time_s, 6), preds))
         pending.clear()
 
-    transform, last_slot, end_s = classifier.transform, -1, 0.0
+    preprocessing, last_slot, end_s = classifier.meta.preprocessing, -1, 0.0
     started = time.perf_counter()
     try:
         with container:
@@ -257,7 +258,7 @@ def classify_video(
                 if slot > last_slot:
                     last_slot = slot
                     prep_started = time.perf_counter()
-                    pending.append((index, time_s, transform(frame.to_image())))
+                    pending.append((index, time_s, to_model_input(frame.to_image(), preprocessing)))
                     report.stages.preprocess_s += time.perf_counter() - prep_started
                     if len(pending) == batch_size:
                         flush()

@@ -31,6 +31,7 @@ from ray.serve.handle import DeploymentHandle
 from ..backends.base import RunInfo
 from ..core.errors import ImageError, ResnetkitError
 from ..core.fileio import write_text_atomic
+from ..core.images import stack_inputs
 from ..core.spec import ModelMeta
 from ..run.classify import Prediction, top_k
 from ..serve.app import create_app
@@ -80,7 +81,7 @@ class ModelReplica:
         return await asyncio.to_thread(self._infer, tensors, ks)
 
     def _infer(self, tensors: list[torch.Tensor], ks: list[int]) -> list[list[Prediction]]:
-        rows = top_k(self.classifier.probabilities(torch.stack(tensors)), self.classifier.meta.categories, max(ks))
+        rows = top_k(self.classifier.probabilities(stack_inputs(tensors)), self.classifier.meta.categories, max(ks))
         return [row[:k] for row, k in zip(rows, ks)]
 
 

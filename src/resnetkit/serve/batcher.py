@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..core.errors import ImageError, ResnetkitError
+from ..core.images import stack_inputs
 from ..run.loading import Classifier
 from ..run.classify import Prediction, top_k
 from .metrics import ServeMetrics
@@ -189,7 +190,7 @@ class DynamicBatcher:
     def _infer(self, tensors: list[torch.Tensor], ks: list[int]) -> list[list[Prediction]]:
         """One forward pass (inference thread); each row keeps its own top-k."""
         start = time.perf_counter()
-        probabilities = self.classifier.probabilities(torch.stack(tensors))
+        probabilities = self.classifier.probabilities(stack_inputs(tensors))
         rows = top_k(probabilities, self.classifier.meta.categories, max(ks))
         self._metrics.inference.labels(self.name).observe(time.perf_counter() - start)
         return [row[:k] for row, k in zip(rows, ks)]

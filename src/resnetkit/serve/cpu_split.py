@@ -19,9 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
 
-from ..core.images import prepare_image
+from ..core.images import prepare_image, stack_inputs
 from ..core.measure import timed_calls
 from ..core.samples import typical_upload
 from ..run.loading import Classifier
@@ -88,12 +87,12 @@ def _model_rate(classifier: Classifier, pool: ThreadPoolExecutor, seconds: float
     def submit() -> list:
         return [pool.submit(prepare_image, upload, preprocessing) for _ in range(TRIAL_BATCH)]
 
-    classifier.probabilities(torch.stack([f.result() for f in submit()]))  # warm-up
+    classifier.probabilities(stack_inputs([f.result() for f in submit()]))  # warm-up
     pending = submit()
 
     def step() -> None:  # the next batch is decoded while this one runs, as in the server
         nonlocal pending
-        batch = torch.stack([f.result() for f in pending])
+        batch = stack_inputs([f.result() for f in pending])
         pending = submit()
         classifier.probabilities(batch)
 
