@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -186,6 +188,32 @@ def test_frames_are_preprocessed_like_still_images(random_model, ship_clip, tmp_
     for video_frame, still in zip(report.frames, stills):
         assert [p.label for p in video_frame.predictions] == [p.label for p in still.predictions]
         assert [p.score for p in video_frame.predictions] == pytest.approx([p.score for p in still.predictions], abs=1e-5)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc setting; this libc is not glibc")
+def test_freed_frame_memory_stays_in_the_process_for_the_next_frame():
+    # in a fresh interpreter (no thresholds raised yet): a 2 MB block gets its own mmap before, the heap after
+    script = """
+import ctypes
+from resnetkit.core.processes import keep_freed_memory_for_reuse
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.malloc.restype = MallInfo2, ctypes.c_void_p
+
+def own_mmaps_of_a_2mb_block():
+    block = ctypes.c_void_p(libc.malloc(2 << 20))
+    mapped = libc.mallinfo2().hblks
+    libc.free(block)
+    return mapped - libc.mallinfo2().hblks
+
+print(own_mmaps_of_a_2mb_block(), keep_freed_memory_for_reuse(), own_mmaps_of_a_2mb_block())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["1", "True", "0"]
 
 
 def test_video_bench_threads_are_the_model_runners_not_a_global_switch(ship_clip):

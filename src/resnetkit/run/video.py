@@ -22,6 +22,7 @@ import torch
 from ..backends.base import RunInfo
 from ..core.errors import ResnetkitError
 from ..core.images import stack_inputs, to_model_input
+from ..core.processes import keep_freed_memory_for_reuse
 from .loading import Classifier, load_model
 from .classify import Prediction, top_k as top_k_predictions
 
@@ -226,6 +227,7 @@ def classify_video(
     sampling = Sampling(fps, every)
     if top_k < 1 or batch_size < 1 or smooth < 1:
         raise VideoError("--top-k, --batch-size and --smooth must be at least 1.")
+    keep_freed_memory_for_reuse()
     classifier = model if isinstance(model, Classifier) else load_model(model)
     source = str(source)
     try:
