@@ -183,32 +183,28 @@ def test_accuracy_control_needs_openvino_static_int8(tmp_path: Path) -> None:
     assert (request.backend, request.validate_dir, request.max_drop) == ("openvino", "val", 0.5)
 
 
-@pytest.mark.slow
-def test_openvino_int8_can_keep_first_and_last_layer_in_float(calib_dir: Path) -> None:
+def _openvino_int8_layers(calib_dir: Path, **settings: object) -> dict[str, int]:
+    """The int8 layers of ResNet-20 (random weights) quantized by openvino.quantize_static with ``settings``."""
     from resnetkit.backends import openvino as openvino_backend
     from resnetkit.shrink.compare import image_batches
 
     classifier = load_model("cifar_resnet20", pretrained=False)
     model = openvino_backend.to_openvino(classifier.module, classifier.meta)
     batches = image_batches(calib_dir, classifier.meta, limit=8, batch_size=4)
-    layers = {ignore: openvino_backend.runner_int8_layers(openvino_backend.OpenVinoRunner(
-        openvino_backend.quantize_static(model, batches, ignore_first_last=ignore, fast_bias_correction=True)))
-        for ignore in (False, True)}
+    quantized = openvino_backend.quantize_static(model, batches, fast_bias_correction=True, **settings)
+    return openvino_backend.runner_int8_layers(openvino_backend.OpenVinoRunner(quantized))
+
+
+@pytest.mark.slow
+def test_openvino_int8_can_keep_first_and_last_layer_in_float(calib_dir: Path) -> None:
+    layers = {ignore: _openvino_int8_layers(calib_dir, ignore_first_last=ignore) for ignore in (False, True)}
     assert layers[False]["Convolution"] == 19 and layers[False]["FullyConnected"] == 1
     assert layers[True]["Convolution"] == 18 and "FullyConnected" not in layers[True]
 
 
 @pytest.mark.slow
 def test_openvino_int8_takes_nncf_target_device(calib_dir: Path) -> None:
-    from resnetkit.backends import openvino as openvino_backend
-    from resnetkit.shrink.compare import image_batches
-
-    classifier = load_model("cifar_resnet20", pretrained=False)
-    model = openvino_backend.to_openvino(classifier.module, classifier.meta)
-    batches = image_batches(calib_dir, classifier.meta, limit=8, batch_size=4)
-    layers = {target: openvino_backend.runner_int8_layers(openvino_backend.OpenVinoRunner(
-        openvino_backend.quantize_static(model, batches, target_device=target, fast_bias_correction=True)))
-        for target in ("ANY", "CPU_SPR")}
+    layers = {target: _openvino_int8_layers(calib_dir, target_device=target) for target in ("ANY", "CPU_SPR")}
     assert layers["ANY"]["Convolution"] == 19 and "Eltwise" not in layers["ANY"]
     # CPU_SPR (NNCF's setting for Intel CPUs with AMX) runs 7 of the 19 convolutions in float, 7 residual Adds in int8
     assert layers["CPU_SPR"]["Convolution"] == 12 and layers["CPU_SPR"]["Eltwise"] == 7
