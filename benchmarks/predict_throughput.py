@@ -107,7 +107,7 @@ def main() -> None:
                           f"({runs[-1]['seconds']:.1f} s, load {runs[-1]['load_average_1m']})", flush=True)
     medians = {e: statistics.median(r["images_per_s"] for r in runs if r["engine"] == e) for e in ("local", "ray")}
     print(f"\n{args.model}, {len(paths)} images from {args.data}, batch {args.batch_size}, {args.rounds} rounds "
-          f"interleaved, on {os.cpu_count()} cores (shared machine: see the load column)")
+          f"interleaved, on {os.cpu_count()} cores (see the load column)")
     print(f"{'engine':8s} {'median images/s':>16s}")
     for engine, rate in medians.items():
         print(f"{engine:8s} {rate:16.1f}")

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"model": name, "threads": count, "ran": models[name, count].ran.label(), "rounds": len(samples),
                      **median, "samples": samples})
     print(f"\n720p MPEG-4 at 30 fps, {args.frames} frames per run, batch 1, medians of {args.rounds} interleaved rounds; "
-          f"load average {load_before:.2f} -> {load_after:.2f} (shared machine)")
+          f"load average {load_before:.2f} -> {load_after:.2f} on {os.cpu_count()} cores")
     print(f"{'model':<12}{'threads':>8}{'frames/s':>10}{'RT factor':>11}{'decode ms':>11}{'prep ms':>9}{'infer ms':>10}"
           "  ran")
     for row in rows:
