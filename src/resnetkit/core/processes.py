@@ -47,7 +47,7 @@ def keep_freed_memory_for_reuse() -> bool:
 
     A video frame allocates and frees a few MB (the decoded picture, its RGB copy, the model input). With glibc's
     defaults that memory went back to the system and was faulted in again for every frame, while OpenVINO's
-    threads ran on the other core: the preprocessing of a 720p frame took 12-14 ms instead of 5 ms, and
+    threads ran on the other core: the preprocessing of a 720p frame took 11-14 ms instead of 5 ms, and
     ``video-bench resnet18`` ran 38 instead of 57 frames/s (2-core Zen 4 VM, interleaved runs). This is what
     ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do, set from inside the process."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

@@ -47,8 +47,9 @@ class Classifier:
         return self.runner(batch)
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax of the logits; on the CPU computed by numpy, for the reason :func:`.stack_inputs` gives (torch's
-        softmax of 16 x 1000 logits cost the next OpenVINO forward pass as much as a torch.stack)."""
+        """Softmax of the logits; on the CPU computed by numpy, for the reason
+        :func:`~resnetkit.core.images.stack_inputs` gives (torch's softmax of 16 x 1000 logits cost the next
+        OpenVINO forward pass as much as a torch.stack)."""
         logits = self.runner(batch).float()
         if logits.device.type != "cpu":
             return torch.softmax(logits, dim=1)
