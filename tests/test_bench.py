@@ -251,10 +251,24 @@ def test_cli_bench_interrupted_while_building_says_so_and_leaves_nothing(tmp_pat
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     *built, last = stderr.splitlines()  # no warning, no traceback
-    assert all(line.startswith("built ") for line in built), built
+    assert all(line.startswith("built ") for line in built), stderr
     assert last == "interrupted before any variant was timed: nothing written"
     assert not out.exists()
     assert _group_ends(process.pid, within_s=15), "a measuring process outlived the bench"
+
+
+def test_a_trial_helper_whose_measuring_process_ended_exits_without_a_traceback():
+    # bench interrupted while the helper built auto's candidates: its answer finds the pipe closed
+    script = """
+from multiprocessing import Pipe
+from resnetkit.choose.pool import _serve_trial
+asker, helper = Pipe()
+asker.send_bytes(b"not a pickled trial")
+asker.close()
+_serve_trial(helper)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def _group_ends(group: int, within_s: float) -> bool:

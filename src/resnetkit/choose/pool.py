@@ -121,7 +121,10 @@ def _serve_trial(conn: Any) -> None:
         outcome = run_trial(payload, timing_gate=lambda: _gate_held_by_asker(conn))
     except Exception as exc:  # noqa: BLE001 - a runtime's crash becomes auto's clear error, not a traceback here
         outcome = TrialFailed(f"{type(exc).__name__}: {exc}")
-    conn.send(outcome)
+    try:
+        conn.send(outcome)
+    except OSError:  # its measuring process ended meanwhile (bench interrupted while this one built): no one to tell
+        pass
 
 
 BUILT, TIME = "built", "time"  # the trial helper's candidates are built; its measuring process holds the gate
