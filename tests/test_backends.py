@@ -94,6 +94,38 @@ def test_converted_models_are_cached_on_disk(eager, tmp_path, monkeypatch: pytes
     assert first.get_parameters()[0].get_partial_shape().to_string() == "[?,3,32,32]"
 
 
+def test_eviction_of_converted_models_tolerates_another_process_evicting(tmp_path, monkeypatch) -> None:
+    """Two processes that convert models at once both evict: an entry the other one removed after this one listed
+    the folder is skipped (it used to fail the caching with 'No such file'), the least recent of the rest go."""
+    from pathlib import Path
+
+    from resnetkit.backends import common
+
+    for age, name in enumerate(["newest", "older", "oldest"]):
+        for suffix in (".xml", ".bin"):
+            (tmp_path / f"{name}{suffix}").write_text(name)
+            os.utime(tmp_path / f"{name}{suffix}", (1e9 - age, 1e9 - age))
+    listed = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: [*listed(self, pattern), self / "evicted-meanwhile.xml"])
+    monkeypatch.setattr(common, "CONVERTED_KEPT", 2)
+    common._evict_least_recent(tmp_path, (".xml", ".bin"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newest.bin", "newest.xml", "older.bin", "older.xml"]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores: one thread is then fewer than the cores")
+def test_openvino_unpins_a_model_held_to_fewer_threads_than_the_cores(eager) -> None:
+    """OpenVINO pins a model's threads to the first cores: two 1-thread processes (Ray actors) would share one core.
+    A model given fewer threads than the cores runs unpinned; one left to OpenVINO keeps its default."""
+    from resnetkit.backends import openvino as ov_backend
+
+    model = ov_backend.converted(eager.module, eager.meta)
+    one_thread = ov_backend.OpenVinoRunner(model, "fp32", threads=1)
+    default = ov_backend.OpenVinoRunner(model, "fp32")
+    assert one_thread.compiled(1).get_property("INFERENCE_NUM_THREADS") == 1
+    assert one_thread.compiled(1).get_property("ENABLE_CPU_PINNING") is False
+    assert "ENABLE_CPU_PINNING" not in default.config
+
+
 @pytest.mark.slow
 def test_exported_onnx_graphs_are_cached_on_disk(eager, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ONNX Runtime's runners (and OpenVINO's conversion) start from the exported ONNX graph: the next process
