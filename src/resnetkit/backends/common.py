@@ -132,8 +132,14 @@ def converted_on_disk(kind: str, key: str, meta: ModelMeta, convert: Callable[[]
 
 
 def _evict_least_recent(folder: Path, suffixes: Sequence[str]) -> None:
-    entries = sorted(folder.glob(f"*{suffixes[0]}"), key=lambda path: path.stat().st_mtime, reverse=True)
-    for path in entries[CONVERTED_KEPT:]:
+    """Keep the ``CONVERTED_KEPT`` most recently used entries; another process may be evicting at the same time."""
+    used: dict[Path, float] = {}
+    for path in folder.glob(f"*{suffixes[0]}"):
+        try:
+            used[path] = path.stat().st_mtime
+        except FileNotFoundError:  # evicted by another process since the listing
+            continue
+    for path in sorted(used, key=used.__getitem__, reverse=True)[CONVERTED_KEPT:]:
         for suffix in suffixes:
             path.with_suffix(suffix).unlink(missing_ok=True)
 
