@@ -6,6 +6,7 @@ tests share one local Ray for the module (127.0.0.1, 2 CPUs, no dashboard), stop
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -217,6 +218,28 @@ def _device_probe(num_gpus: float):
         return str(resolve_device("auto"))
 
     return ray.remote(num_gpus=num_gpus)(device_in_actor)
+
+
+def _threads_probe():
+    """A Ray task with Ray's default reservation (1 CPU) that builds a predict actor's model and answers its threads."""
+    import ray
+
+    def threads_in_actor(request: ModelRequest) -> int | None:
+        from resnetkit.scale.data import Predictor
+
+        return Predictor(request, top_k=1, workers=1).classifier.ran.threads
+
+    return ray.remote(threads_in_actor)
+
+
+@pytest.mark.slow
+def test_a_predict_actor_runs_its_model_on_the_cpus_ray_reserved_for_it(local_ray):
+    """An actor per core (--concurrency) whose runtime took every core would put cores x cores threads on a node."""
+    import ray
+
+    request = ModelRequest("cifar_resnet20", random_weights=True, backend="openvino")
+    assert ray.get(_threads_probe().remote(request)) == 1
+    assert ray.get(_threads_probe().remote(dataclasses.replace(request, threads=2))) == 2
 
 
 @pytest.mark.slow

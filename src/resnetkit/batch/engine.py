@@ -33,11 +33,12 @@ class ModelRequest:
     precision: str | None = None
     batch_size: int = 32
     device: str = "auto"
+    threads: int | None = None  # the runner's intra-op threads on the CPU (None: the runtime's default)
 
     def load(self) -> Classifier:
         """Load the model (random weights are drawn from a fixed seed, so every process gets the same ones)."""
         options = RunnerOptions(batch_size=self.batch_size, precision=self.precision,
-                                device=resolve_device(self.device))
+                                device=resolve_device(self.device), threads=self.threads)
         return load_model(self.ref, weights=self.weights, pretrained=not self.random_weights, backend=self.backend,
                           options=options)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -19,17 +19,18 @@ import pyarrow as pa
 from ..batch.engine import ModelRequest
 from ..batch.output import result_rows
 from ..run.classify import iter_classify
-from .runtime import gpus_per_actor, hide_unassigned_gpus, ray_runtime
+from .runtime import assigned_cpus, gpus_per_actor, hide_unassigned_gpus, ray_runtime
 
 ROWS_PER_CALL = 4  # forward batches per actor call, so decoding overlaps inference inside the actor
 
 
 class Predictor:
-    """A Ray Data actor: one loaded model, called with tables of ``source`` paths."""
+    """A Ray Data actor: one loaded model, with as many CPU threads as CPUs Ray reserved for the actor (1), called
+    with tables of ``source`` paths."""
 
     def __init__(self, request: ModelRequest, top_k: int, workers: int | None) -> None:
         hide_unassigned_gpus()  # the model loads on the GPU Ray assigned this actor, else on the CPU
-        self.classifier = request.load()
+        self.classifier = replace(request, threads=request.threads or assigned_cpus()).load()
         self.batch_size = request.batch_size
         self.top_k = top_k
         self.workers = workers

@@ -93,6 +93,15 @@ def hide_unassigned_gpus() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
+def assigned_cpus() -> int | None:
+    """Whole CPUs Ray reserved for this actor (at least 1 if any), or None where it reserved none.
+
+    A model runtime left to its default starts a thread per core of the node in every actor: with an actor per
+    core, as ``--concurrency`` asks, that is cores x cores threads fighting over the node."""
+    cpus = require_ray().get_runtime_context().get_assigned_resources().get("CPU", 0)
+    return max(1, int(cpus)) if cpus else None
+
+
 def _init(ray: ModuleType, **kwargs: object) -> None:
     try:
         ray.init(logging_level=logging.WARNING, configure_logging=True, **kwargs)
