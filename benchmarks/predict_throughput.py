@@ -40,23 +40,29 @@ def run_once(engine: str, request: ModelRequest, listing: Path, args: argparse.N
     with tempfile.TemporaryDirectory() as tmp:
         summary = predict(request, [listing], Path(tmp) / "out.parquet", workers=args.workers, progress=False,
                           engine=RayEngine(args.concurrency) if engine == "ray" else None)
-    return {"engine": engine, "images": summary.written, "seconds": round(summary.seconds, 3),
+    if summary.errors == summary.inputs:
+        raise SystemExit(f"{engine}: none of the {summary.inputs} images could be classified: their rows say why")
+    return {"engine": engine, "images": summary.written, "errors": summary.errors, "seconds": round(summary.seconds, 3),
             "images_per_s": round(summary.images_per_s, 2), "load_average_1m": load}
 
 
 def stage_rates(request: ModelRequest, paths: list[str]) -> dict:
-    """Per-core images/s of decode + preprocess, and of the forward pass (one torch thread)."""
+    """Per-core images/s of the two stages as ``predict`` runs them: decode + preprocess (``prepare_image``), and
+    the forward pass with the runner held to one thread (the default backend, as ``predict`` picks it)."""
     import torch
 
-    from resnetkit.core.images import decode_image
+    from resnetkit import load_model
+    from resnetkit.backends.base import RunnerOptions
+    from resnetkit.core.images import prepare_image, stack_inputs
 
     torch.set_num_threads(1)
-    classifier = request.load()
+    classifier = load_model(request.ref, pretrained=not request.random_weights, backend=request.backend,
+                            options=RunnerOptions(batch_size=request.batch_size, threads=1))
     load = round(os.getloadavg()[0], 2)
     start = time.perf_counter()
-    tensors = [classifier.transform(decode_image(p)) for p in paths]
+    tensors = [prepare_image(p, classifier.meta.preprocessing) for p in paths]
     decode = len(paths) / (time.perf_counter() - start)
-    batch = torch.stack((tensors * request.batch_size)[:request.batch_size])
+    batch = stack_inputs((tensors * request.batch_size)[:request.batch_size])
     classifier.probabilities(batch)  # warm-up
     times = []
     for _ in range(5):
@@ -66,6 +72,7 @@ def stage_rates(request: ModelRequest, paths: list[str]) -> dict:
     forward = request.batch_size / statistics.median(times)
     return {"decode_preprocess_images_per_s_per_core": round(decode, 1),
             "forward_images_per_s_per_core": round(forward, 1), "images_decoded": len(paths),
+            "ran": classifier.ran.label(),
             "load_average_1m": load}
 
 
@@ -73,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="cifar_resnet20")
     parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--backend", help="as predict's --backend (default: auto, as predict)")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of images (walked)")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
@@ -83,8 +91,10 @@ def main() -> None:
     parser.add_argument("--json", help="output file (default: results/predict_throughput_MODEL.json)")
     args = parser.parse_args()
 
-    paths = resolve_inputs([args.data])[:args.images]
-    request = ModelRequest(args.model, random_weights=args.random_weights, batch_size=args.batch_size)
+    # absolute: predict reads relative paths in a listing against the listing's folder
+    paths = resolve_inputs([str(Path(args.data).resolve())])[:args.images]
+    request = ModelRequest(args.model, random_weights=args.random_weights, backend=args.backend,
+                           batch_size=args.batch_size)
     if args.stages_only:
         rates = stage_rates(request, paths)
         print(f"{args.model}, {len(paths)} images from {args.data}, one thread, batch {args.batch_size}: {rates}")
@@ -104,7 +114,8 @@ def main() -> None:
                 for engine in (("local", "ray") if round_ % 2 == 0 else ("ray", "local")):
                     runs.append({"round": round_, **run_once(engine, request, listing, args)})
                     print(f"round {round_} {engine:5s} {runs[-1]['images_per_s']:8.1f} images/s "
-                          f"({runs[-1]['seconds']:.1f} s, load {runs[-1]['load_average_1m']})", flush=True)
+                          f"({runs[-1]['seconds']:.1f} s, {runs[-1]['errors']} unreadable, "
+                          f"load {runs[-1]['load_average_1m']})", flush=True)
     medians = {e: statistics.median(r["images_per_s"] for r in runs if r["engine"] == e) for e in ("local", "ray")}
     print(f"\n{args.model}, {len(paths)} images from {args.data}, batch {args.batch_size}, {args.rounds} rounds "
           f"interleaved, on {os.cpu_count()} cores (see the load column)")
