@@ -3,9 +3,8 @@
 Both servers are started once (same model, same batching settings) and stay up; then runs of
 ``--clients`` concurrent clients alternate between them for ``--rounds`` rounds, so both see the
 same machine load. The load generator, servers' start/stop and the report rows are those of
-``serve_load.py``. ``--replicas`` model replicas on Ray (each with one torch thread, as Ray gives
-a one-CPU actor) against one plain server with torch's default threads. Loopback only; bounded in
-time and request count.
+``serve_load.py``. ``--replicas`` model replicas on Ray (each built as serve builds its model without
+``--threads``/``--workers``) against one plain server. Loopback only; bounded in time and request count.
 
     python benchmarks/serve_ray_load.py --model cifar_resnet20 --clients 16 --rounds 2
 """

@@ -254,7 +254,7 @@ def test_ray_actors_that_ask_for_a_gpu_load_the_model_there(local_ray, cifar_wei
     import ray
 
     assert ray.get(_device_probe(0.5).remote()) == "cuda:0"
-    assert ray.get(_device_probe(0).remote()) == "cpu"  # Ray 2.60 would have shown it the node's GPUs
+    assert ray.get(_device_probe(0).remote()) == "cpu"  # Ray (2.58, 2.60) would have shown it the node's GPUs
     images = [path for folder in sorted(cifar_test_dir.iterdir()) for path in sorted(folder.glob("*.jpg"))[:20]]
     request = ModelRequest("cifar_resnet20", batch_size=50, backend="eager")  # fp16 on the GPU in both engines
     local = predict(request, images, tmp_path / "local.parquet")
