@@ -80,7 +80,7 @@ def main() -> None:
                       f"hnsw {r['hnsw_ms']:8.1f} ms  recall@5 {r['hnsw_recall_at_5']:.3f}", flush=True)
     load_after = os.getloadavg()
     note = (f"k={K}, dim {DIM}, median of {args.runs} interleaved runs; "
-            f"shared 2-core machine, load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
+            f"{os.cpu_count()} CPUs, 1-minute load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print(note)
     write_text_atomic(args.output, json.dumps({"rows": rows, "note": note, "load_average": [load_before, load_after]},
                                               indent=2))
