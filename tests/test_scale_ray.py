@@ -115,6 +115,8 @@ def test_gpus_per_actor_reach_map_batches():
     assert options["num_gpus"] == 0.5 and options["num_cpus"] == 1 and options["compute"].max_size == 4
     assert options["fn_constructor_kwargs"] == {"request": request, "top_k": 3, "workers": 2}
     assert "num_gpus" not in map_batches_options(request, top_k=3, workers=2, concurrency=4)
+    assert map_batches_options(dataclasses.replace(request, threads=4), top_k=3, workers=2,
+                               concurrency=4)["num_cpus"] == 4  # --threads: the CPUs each actor asks for
     def described(engine: RayEngine, device: str = "auto") -> str:  # lazy: describing starts no Ray
         return engine(ModelRequest("cifar_resnet20", device=device), [], 3, 2)[1]
 

@@ -35,6 +35,9 @@ def predict_command(
         "Ray cluster address for --ray.", "RAY_ADDRESS, else a local Ray started for this run"),
         show_default=False)] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Model actors with --ray.")] = 2,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, show_default=False, help=default(
+        "Intra-op threads of the model on the CPU; with --ray, the CPUs each actor asks Ray for and runs its "
+        "model on.", "the runtime's own (every usable core); with --ray 1 per actor"))] = None,
     gpus_per_actor: Annotated[float | None, typer.Option(
         "--gpus-per-actor", min=0, show_default=False, help=default(
             "GPUs each model actor asks Ray for with --ray; fractions share a GPU (0.25: four actors on one); 0: "
@@ -62,7 +65,7 @@ def predict_command(
         raise InputError("--gpus-per-actor asks Ray for GPUs: add --ray, or drop it (without --ray the model runs "
                          "in this process).")
     request = ModelRequest(model, weights=weights, random_weights=random_weights, backend=backend,
-                           precision=precision, batch_size=batch_size, device=device)
+                           precision=precision, batch_size=batch_size, device=device, threads=threads)
     engine = RayEngine(concurrency, address, gpus_per_actor) if ray else None
     summary = predict(request, data, output, fmt=fmt, top_k=top_k, workers=workers, part_size=part_size,
                       resume=resume, path_column=path_column, engine=engine)

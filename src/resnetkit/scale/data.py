@@ -25,8 +25,8 @@ ROWS_PER_CALL = 4  # forward batches per actor call, so decoding overlaps infere
 
 
 class Predictor:
-    """A Ray Data actor: one loaded model, with as many CPU threads as CPUs Ray reserved for the actor (1), called
-    with tables of ``source`` paths."""
+    """A Ray Data actor: one loaded model, run on as many CPU threads as CPUs Ray reserved for the actor (the
+    request's ``threads``, else 1), called with tables of ``source`` paths."""
 
     def __init__(self, request: ModelRequest, top_k: int, workers: int | None) -> None:
         hide_unassigned_gpus()  # the model loads on the GPU Ray assigned this actor, else on the CPU
@@ -44,12 +44,12 @@ class Predictor:
 def map_batches_options(request: ModelRequest, *, top_k: int, workers: int | None, concurrency: int,
                         gpus_per_actor: float = 0.0) -> dict[str, Any]:
     """The keyword arguments of ``map_batches``: the actor pool of :class:`Predictor` s and what each asks Ray for
-    (one CPU, and ``gpus_per_actor`` GPUs if any: fractions share a GPU)."""
+    (the request's ``threads`` CPUs, else one, and ``gpus_per_actor`` GPUs if any: fractions share a GPU)."""
     import ray.data
 
     options: dict[str, Any] = {
         "fn_constructor_kwargs": {"request": request, "top_k": top_k, "workers": workers},
-        "batch_size": request.batch_size * ROWS_PER_CALL, "batch_format": "pyarrow", "num_cpus": 1,
+        "batch_size": request.batch_size * ROWS_PER_CALL, "batch_format": "pyarrow", "num_cpus": request.threads or 1,
         "compute": ray.data.ActorPoolStrategy(size=concurrency)}
     if gpus_per_actor:
         options["num_gpus"] = gpus_per_actor
