@@ -98,6 +98,9 @@ def test_config_out_carries_the_device_and_the_gpus_to_the_cluster(tmp_path: Pat
     assert args == {"models": "cifar_resnet20", "device": "cuda", "random_weights": True, "replicas": 4,
                     "gpus_per_replica": 0.25}
     [replica] = build_app(args)._bound_deployment.init_args[1]  # the ingress is bound to the model deployments
+    quiet = build_app({**args, "access_log": False})._bound_deployment  # --no-access-log reaches every deployment
+    assert [d.logging_config["enable_access_log"] for d in (quiet, *(r._bound_deployment for r in quiet.init_args[1]))] \
+        == [False, False]
     assert replica._bound_deployment.ray_actor_options["num_gpus"] == 0.25
     assert replica._bound_deployment.num_replicas == 4
     refused = run_cli("serve", "cifar_resnet20", "--ray", "--device", "cuda", "--gpus-per-replica", "0",

@@ -207,11 +207,13 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         raise ResnetkitError("Name at least one model to serve, e.g. 'resnetkit serve resnet50 --ray'.")
     for entry in settings.entries:
         entry.check()
+    # --no-access-log: Ray Serve logs a line per request in every replica unless told not to
+    logging = {"logging_config": {"enable_access_log": settings.access_log}}
     options = scaling.replica_options(settings)
-    replicas = [ModelReplica.options(name=_deployment_name(i, text), **options).bind(text, settings)
+    replicas = [ModelReplica.options(name=_deployment_name(i, text), **options, **logging).bind(text, settings)
                 for i, text in enumerate(settings.models)]
     # Ray Serve's default of 5 requests in flight per replica would cap the ingress (it only awaits the models)
-    return Ingress.options(name="ingress", max_ongoing_requests=settings.max_queue).bind(settings, replicas)
+    return Ingress.options(name="ingress", max_ongoing_requests=settings.max_queue, **logging).bind(settings, replicas)
 
 
 def _deployment_name(index: int, entry: str) -> str:
