@@ -67,6 +67,7 @@ def test_gpus_per_replica_reach_the_replicas_options_and_are_checked_against_the
         return scaling.replica_options(ServeSettings(models=("cifar_resnet20",), **settings))
 
     assert "ray_actor_options" not in options(Scaling())  # auto: the driver may have no GPU; ask to get one
+    assert options(Scaling(), threads=4)["ray_actor_options"] == {"num_cpus": 4}  # Ray places it on 4 free CPUs
     assert options(Scaling(), device="cuda")["ray_actor_options"] == {"num_gpus": 1.0}
     four = options(Scaling(replicas=4, gpus_per_replica=0.25))
     assert four["ray_actor_options"] == {"num_gpus": 0.25} and four["num_replicas"] == 4
@@ -80,6 +81,26 @@ def test_gpus_per_replica_reach_the_replicas_options_and_are_checked_against_the
     ]:
         with pytest.raises(ResnetkitError, match=message):
             options(scaling, device=device)
+
+
+def test_replicas_that_ask_for_more_cpus_than_ray_has_are_refused_before_ray_serve_waits_for_them():
+    pytest.importorskip("ray.serve")
+    from resnetkit.scale.serve import Scaling
+    from resnetkit.serve import ServeSettings
+
+    def check(scaling: Scaling, threads: int | None, nodes: list[float], models: tuple = ("cifar_resnet20",)) -> None:
+        scaling.check_cpus(ServeSettings(models=models, threads=threads), nodes)
+
+    check(Scaling(replicas=2), 1, [2.0])  # fits
+    check(Scaling(replicas=8), None, [2.0])  # without --threads each asks Ray's default (1) and waits its turn
+    check(Scaling(autoscale="1:8"), 2, [2.0])  # only the minimum must start
+    for scaling, threads, nodes, models, needed in [
+        (Scaling(replicas=2), 2, [2.0], ("cifar_resnet20",), "2 replica(s) need 4, and this Ray has 2"),
+        (Scaling(), 4, [2.0, 2.0], ("cifar_resnet20",), "1 replica(s) need 4, and this Ray has 4 (2 on its largest"),
+        (Scaling(autoscale="2:4"), 1, [1.0], ("cifar_resnet20", "cifar_resnet32"), "4 replica(s) need 4"),
+    ]:
+        with pytest.raises(ResnetkitError, match=re.escape(needed)):
+            check(scaling, threads, nodes, models)
 
 
 def test_config_out_carries_the_device_and_the_gpus_to_the_cluster(tmp_path: Path):

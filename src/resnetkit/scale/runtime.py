@@ -102,6 +102,11 @@ def assigned_cpus() -> int | None:
     return max(1, int(cpus)) if cpus else None
 
 
+def node_cpus() -> list[float]:
+    """The CPUs of each alive node of the Ray this process joined."""
+    return [node["Resources"].get("CPU", 0.0) for node in require_ray().nodes() if node["Alive"]]
+
+
 def _init(ray: ModuleType, **kwargs: object) -> None:
     try:
         ray.init(logging_level=logging.WARNING, configure_logging=True, **kwargs)

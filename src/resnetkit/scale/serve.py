@@ -40,7 +40,7 @@ from ..serve.hub import ModelHub, ServedModel, load_served
 from ..serve.metrics import ServeMetrics
 from ..serve.server import bind_socket
 from ..serve.settings import ModelEntry, ServeSettings
-from .runtime import gpus_per_actor, hide_unassigned_gpus, ray_runtime
+from .runtime import gpus_per_actor, hide_unassigned_gpus, node_cpus, ray_runtime
 
 APP_NAME = "resnetkit"
 IMPORT_PATH = "resnetkit.scale.serve:build_app"
@@ -172,15 +172,36 @@ class Scaling:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     def replica_options(self, settings: ServeSettings) -> dict[str, Any]:
-        """``ModelReplica.options(...)`` for one model: replicas or autoscaling, queue limits, GPUs."""
+        """``ModelReplica.options(...)`` for one model: replicas or autoscaling, queue limits, and what each replica
+        asks Ray for: ``--threads`` CPUs (the threads its model runs on; else Ray's default of one) and GPUs."""
         options: dict[str, Any] = {
             # room for a full batch while the previous one runs
             "max_ongoing_requests": max(settings.max_batch_size * 2, 8), "max_queued_requests": settings.max_queue,
             **self._replicas(settings.max_batch_size)}
+        resources = {"num_cpus": settings.threads} if settings.threads else {}
         gpus = gpus_per_actor(settings.device, self.gpus_per_replica, "--gpus-per-replica")
         if gpus:
-            options["ray_actor_options"] = {"num_gpus": gpus}
+            resources["num_gpus"] = gpus
+        if resources:
+            options["ray_actor_options"] = resources
         return options
+
+    def fewest_replicas(self) -> int:
+        """Replicas of each model that must start: ``--replicas``, else the autoscaling minimum (at least 1)."""
+        return max(1, self.replicas or int(self._replicas(1).get("autoscaling_config", {}).get("min_replicas", 1)))
+
+    def check_cpus(self, settings: ServeSettings, node_cpus: list[float]) -> None:
+        """Refuse ``--threads`` replicas that no node, or not the whole cluster, has the CPUs for: Ray Serve would
+        wait for them without end. ``node_cpus``: the CPUs of each alive node."""
+        if not settings.threads or not node_cpus:
+            return
+        replicas = self.fewest_replicas() * len(settings.models)
+        wanted = settings.threads * replicas
+        if settings.threads > max(node_cpus) or wanted > sum(node_cpus):
+            raise ResnetkitError(
+                f"--threads {settings.threads} makes each replica ask Ray for {settings.threads} CPUs: {replicas} "
+                f"replica(s) need {wanted}, and this Ray has {sum(node_cpus):g} ({max(node_cpus):g} on its largest "
+                "node). Lower --threads or --replicas, or add nodes.")
 
     def _replicas(self, max_batch_size: int) -> dict[str, Any]:
         if self.replicas is not None and self.autoscale is not None:
@@ -265,6 +286,7 @@ def run_ray_serve(settings: ServeSettings, *, replicas: int | None = None, autos
     application = build_app(app_args(settings, scaling))
     port = settings.port or _free_port(settings.host)
     with ray_runtime(address) as local_ray, _until_signal():
+        scaling.check_cpus(settings, node_cpus())
         try:
             serve.start(http_options={"host": settings.host, "port": port})
             _run(application)
