@@ -84,9 +84,9 @@ def hide_unassigned_gpus() -> None:
     """In a Ray actor that asked for no GPU, hide the node's GPUs, so that ``--device auto`` means the CPU there.
 
     Ray gives an actor that asks for GPUs (``num_gpus``) its own in ``CUDA_VISIBLE_DEVICES``, but leaves the
-    variable alone for one that asks for none (Ray 2.58 and 2.60; older versions emptied it): torch would see every GPU of
-    the node and auto would put the model on one that Ray never assigned. Call it before anything in the actor
-    asks torch about CUDA.
+    variable alone for one that asks for none (Ray 2.58 and 2.60; older versions emptied it): torch would see
+    every GPU of the node and auto would put the model on one that Ray never assigned. Call it before anything
+    in the actor asks torch about CUDA.
     """
     ray = require_ray()
     if not ray.get_gpu_ids():
