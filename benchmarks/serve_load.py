@@ -188,7 +188,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def cpu_split(server: Server) -> dict[str, float]:
-    """The inference threads / decode workers resnetkit serve chose, from its /metrics."""
+    """The inference threads, instances per model and decode workers resnetkit serve chose, from its /metrics."""
     return {sample.labels["role"]: sample.value
             for family in text_string_to_metric_families(httpx.get(server.url("/metrics")).text)
             for sample in family.samples if sample.name == "resnetkit_cpu_split"}
@@ -234,9 +234,11 @@ SERVE = "resnetkit serve"
 def servers(model: str, ref: str, args: argparse.Namespace) -> Iterator[Server]:
     threads = ["--threads", str(args.threads)] if args.threads else []
     backend = ["--backend", args.backend] if args.backend else []
-    yield Server(SERVE, [sys.executable, "-m", "resnetkit", "serve", f"{model}={ref}", "--no-access-log",
-                         "--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
-                         str(args.max_wait_ms), *threads, *backend], "/readyz", f"/v1/models/{model}/classify")
+    for variant in ["", *args.serve_variants]:
+        yield Server(f"{SERVE} {variant}".strip(),
+                     [sys.executable, "-m", "resnetkit", "serve", f"{model}={ref}", "--no-access-log", "--max-batch-size",
+                      str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms), *threads, *backend,
+                      *variant.split()], "/readyz", f"/v1/models/{model}/classify")
     for flask_backend in args.flask_backends:
         yield Server(f"flask ({flask_backend})", [sys.executable, str(Path(__file__).with_name("serve_flask_baseline.py")),
                                                   ref, "--backend", flask_backend, *threads], "/ping", "/predict")
@@ -249,8 +251,9 @@ def measure_servers(started: list[Server], images: list[bytes], args: argparse.N
         for server in started:
             processes.append(start(server, workdir / f"{server.port}.log"))
         requests = {s.name: [multipart_request(s.classify_path, s.port, image) for image in images] for s in started}
-        args.cpu_split = cpu_split(started[0])
-        print(f"resnetkit serve cpu split: {args.cpu_split}", flush=True)
+        args.cpu_split = {s.name: cpu_split(s) for s in started if s.name.startswith(SERVE)}
+        for name, split in args.cpu_split.items():
+            print(f"{name} cpu split: {split}", flush=True)
         for server in started:  # a first answer (a lazily built model is built now), then warm-up load
             httpx.post(server.url(server.classify_path), files={"file": ("image.jpg", images[0])}, timeout=300)
             asyncio.run(closed_loop(server.name, server.port, requests[server.name], max(args.clients), args.warmup,
@@ -267,7 +270,7 @@ def measure_servers(started: list[Server], images: list[bytes], args: argparse.N
 
 
 def measure_run(server: Server, requests: list[bytes], clients: int, args: argparse.Namespace) -> Run:
-    before = batch_totals(server) if server.name == SERVE else None
+    before = batch_totals(server) if server.name.startswith(SERVE) else None
     run = asyncio.run(closed_loop(server.name, server.port, requests, clients, args.seconds, args.max_requests))
     if before:
         images_done, batches = (a - b for a, b in zip(batch_totals(server), before))
@@ -358,6 +361,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flask-backends", default="eager",
                         help="comma-separated backends of the Flask baseline, one server each (default: eager, the "
                              "classic PyTorch demo; 'eager,auto' adds the demo on resnetkit's default runtime)")
+    parser.add_argument("--serve-variant", dest="serve_variants", action="append", default=[], metavar="ARGS",
+                        help="also run resnetkit serve with these extra options, interleaved with the rest "
+                             "(repeatable), e.g. --serve-variant='--instances 1'")
     parser.add_argument("--skip-flask", action="store_true")
     parser.add_argument("--skip-offline", action="store_true")
     parser.add_argument("--json", help="output file (default: results/serve_load_MODEL.json)")

@@ -36,7 +36,8 @@ from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
 from resnetkit.serve.batcher import batch_sizes
 from resnetkit.core.samples import typical_upload
-from resnetkit.serve.cpu_split import TRIAL_BATCH, candidate_threads, fastest_split, gpu_split, pipeline_rate
+from resnetkit.serve.cpu_split import (TRIAL_BATCH, candidate_layouts, fastest_split, fixed_split, gpu_split, layout_for,
+                                       pipeline_rate)
 from resnetkit.serve.hub import load_served
 from resnetkit.serve.metrics import ServeMetrics
 from resnetkit.serve.settings import ModelEntry
@@ -52,11 +53,13 @@ class Gate:
         self.opened = threading.Event()
         self.entered = threading.Event()
         self.opened.set()
+        self.threads_seen: list[int | None] = []  # the intra-op threads of each runner that entered
 
     @contextlib.contextmanager
     def closed(self) -> Iterator["Gate"]:
         self.entered.clear()
         self.opened.clear()
+        self.threads_seen.clear()
         try:
             yield self
         finally:
@@ -69,10 +72,12 @@ GATE = Gate()
 @dataclass
 class GatedRunner:
     inner: EagerRunner
+    threads: int | None = None
     backend: str = "test-gated"
     precision: str = "fp32"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        GATE.threads_seen.append(self.threads)
         GATE.entered.set()
         assert GATE.opened.wait(60), "the test never opened the gate"
         return self.inner(batch)
@@ -93,7 +98,7 @@ BATCHES_SEEN: list[int] = []
 
 if "test-gated" not in [b.name for b in registered()]:
     register(Backend("test-gated", "eager behind a gate the test opens", ("fp32",),
-                     lambda module, meta, options: GatedRunner(EagerRunner(module))))
+                     lambda module, meta, options: GatedRunner(EagerRunner(module), options.threads)))
     register(Backend("test-recording", "eager, recording the batch sizes it runs", ("fp32",),
                      lambda module, meta, options: RecordingRunner(EagerRunner(module))))
 
@@ -379,7 +384,7 @@ def test_many_simultaneous_requests_each_get_their_own_answer(cifar_weights, cif
 def test_requests_arriving_while_the_model_is_busy_form_one_batch(cifar_weights, cifar_images):
     images = cifar_images[:9]  # 1 alone, then 8: a batch size the batcher forms (a power of two)
     expected = classify(load_model("cifar_resnet20", backend="eager"), images, top_k=2, batch_size=1)
-    with running(models=("cifar_resnet20",), backend="test-gated", max_batch_size=32) as srv:
+    with running(models=("cifar_resnet20",), backend="test-gated", max_batch_size=32, instances=1) as srv:
         with GATE.closed(), ThreadPoolExecutor(len(images)) as pool:
             ask = lambda p: httpx.post(f"{srv.url}{CLASSIFY}?top_k=2", content=p.read_bytes(), timeout=60)  # noqa: E731
             first = pool.submit(ask, images[0])
@@ -407,7 +412,7 @@ def _send_raw_request(url: str, body: bytes) -> socket.socket:
 
 
 def test_client_disconnects_drop_queued_work(random_model):
-    with running(models=(str(random_model),), backend="test-gated") as srv, ThreadPoolExecutor(1) as pool:
+    with running(models=(str(random_model),), backend="test-gated", instances=1) as srv, ThreadPoolExecutor(1) as pool:
         with GATE.closed():
             busy = pool.submit(httpx.post, f"{srv.url}{CLASSIFY}", content=jpeg_bytes(), timeout=60)
             assert GATE.entered.wait(30)
@@ -424,7 +429,8 @@ def test_client_disconnects_drop_queued_work(random_model):
 
 
 def test_full_queue_answers_503_with_retry_after(random_model):
-    with running(models=(str(random_model),), backend="test-gated", max_queue=2, max_files=2) as srv, ThreadPoolExecutor(2) as pool:
+    with running(models=(str(random_model),), backend="test-gated", max_queue=2, max_files=2,
+                 instances=1) as srv, ThreadPoolExecutor(2) as pool:
         with GATE.closed():
             admitted = [pool.submit(httpx.post, f"{srv.url}{CLASSIFY}", content=jpeg_bytes(), timeout=60)]
             assert GATE.entered.wait(30)
@@ -437,7 +443,7 @@ def test_full_queue_answers_503_with_retry_after(random_model):
 
 
 def test_shutdown_drains_in_flight_requests(random_model):
-    with running(models=(str(random_model),), backend="test-gated") as srv, ThreadPoolExecutor(2) as pool:
+    with running(models=(str(random_model),), backend="test-gated", instances=1) as srv, ThreadPoolExecutor(2) as pool:
         with GATE.closed():
             in_flight = pool.submit(httpx.post, f"{srv.url}{CLASSIFY}", content=jpeg_bytes(), timeout=60)
             assert GATE.entered.wait(30)
@@ -500,32 +506,63 @@ def test_settings_are_frozen_and_refuse_unknown_fields():
 
 # --- the CPU split and the batch sizes ------------------------------------------------------------
 
-def test_cpu_split_keeps_the_fastest_measured_thread_count():
-    assert candidate_threads(2) == [1, 2] and candidate_threads(8) == [4, 7, 8] and candidate_threads(1) == [1]
-    split = fastest_split({1: 120.4, 2: 159.1}, cores=2)
-    assert (split.threads, split.workers) == (2, 1)
-    assert split.describe() == ("2 inference thread(s), 1 decode worker(s) on 2 cores (measured decode + inference "
-                                "pipeline: 1 thread(s) 120.4 img/s, 2 thread(s) 159.1 img/s)")
-    assert (fastest_split({4: 300.0, 7: 310.0, 8: 290.0}, cores=8).threads, fastest_split({1: 5.0, 2: 5.0}, 2).threads) == (7, 1)
-    assert fastest_split({1: 1.0, 2: 2.0}, cores=2, workers=3).workers == 3  # --workers wins
+def test_cpu_split_tries_one_instance_and_instances_sharing_the_cores():
+    assert candidate_layouts(1) == [(1, 1)]
+    assert candidate_layouts(2) == [(1, 1), (1, 2), (2, 1)]
+    assert candidate_layouts(8) == [(1, 4), (1, 7), (1, 8), (2, 4), (4, 2)]
+    assert layout_for(8, threads=None, instances=2) == (2, 4) and layout_for(8, threads=3, instances=None) == (1, 3)
+    assert layout_for(2, threads=None, instances=4) == (4, 1)  # never fewer than one thread
+
+
+def test_cpu_split_keeps_the_fastest_measured_layout():
+    split = fastest_split({(1, 1): 58.3, (1, 2): 83.3, (2, 1): 97.3}, cores=2)
+    assert (split.instances, split.threads, split.workers, split.alone_threads) == (2, 1, 1, 2)
+    assert split.describe() == ("2 instance(s) x 1 inference thread(s) per model (and one on 2 threads for a lone "
+                                "batch), 1 decode worker(s) on 2 cores (measured decode + inference pipeline: 1 x 1 "
+                                "thread(s) 58.3 img/s, 1 x 2 thread(s) 83.3 img/s, 2 x 1 thread(s) 97.3 img/s)")
+    one = fastest_split({(1, 4): 300.0, (1, 7): 310.0, (1, 8): 290.0, (2, 4): 305.0}, cores=8)
+    assert (one.instances, one.threads, one.workers, one.alone_threads) == (1, 7, 1, None)
+    assert (fastest_split({(2, 1): 5.0, (1, 2): 5.0, (1, 1): 5.0}, 2).instances,
+            fastest_split({(2, 1): 5.0, (1, 2): 5.0, (1, 1): 5.0}, 2).threads) == (1, 1)  # a tie: fewer threads
+    assert fastest_split({(1, 1): 1.0, (2, 1): 2.0}, cores=2, workers=3).workers == 3  # --workers wins
+    assert fixed_split(2, 4, cores=16).workers == 8  # the cores the instances' threads leave
+    assert fixed_split(1, 2, cores=2).describe() == ("1 instance(s) x 2 inference thread(s) per model, 1 decode "
+                                                     "worker(s) on 2 cores (as asked)")
+
+
+class Counting:
+    """A runner that records the batches it runs, and in which thread."""
+
+    backend, precision = "counting", "fp32"
+
+    def __init__(self, model: Classifier) -> None:
+        self.model = model
+        self.seen: list[torch.Tensor] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.seen.append(batch)
+        self.threads.add(threading.current_thread().name)
+        return self.model.runner(batch)
 
 
 def test_pipeline_rate_runs_decoded_uploads_in_trial_batches(random_model):
     model = load_model(random_model, backend="eager")
-    seen: list[torch.Tensor] = []
+    counting = Counting(model)
+    rate = pipeline_rate([[Classifier(model.meta, counting)]], workers=1, seconds=0.2)
+    assert rate > 0 and len(counting.seen) >= 2  # the warm-up batch and at least one timed one
+    assert all(batch.shape == (TRIAL_BATCH, 3, 32, 32) for batch in counting.seen)
+    assert torch.equal(counting.seen[-1][0], prepare_image(typical_upload(model.meta.preprocessing),
+                                                          model.meta.preprocessing))
 
-    class Counting:
-        backend, precision = "counting", "fp32"
 
-        def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-            seen.append(batch)
-            return model.runner(batch)
-
-    counting = Classifier(model.meta, Counting())
-    rate = pipeline_rate([counting], workers=1, seconds=0.2)
-    assert rate > 0 and len(seen) >= 2  # the warm-up batch and at least one timed one
-    assert all(batch.shape == (TRIAL_BATCH, 3, 32, 32) for batch in seen)
-    assert torch.equal(seen[-1][0], prepare_image(typical_upload(model.meta.preprocessing), model.meta.preprocessing))
+def test_pipeline_rate_runs_every_instance_in_its_own_thread(random_model):
+    model = load_model(random_model, backend="eager")
+    instances = [Counting(model), Counting(model)]
+    assert pipeline_rate([[Classifier(model.meta, c) for c in instances]], workers=1, seconds=0.2) > 0
+    assert all(len(c.seen) >= 2 for c in instances)  # each warmed up and timed
+    timed_in = [c.threads - {threading.current_thread().name} for c in instances]
+    assert all(len(names) == 1 for names in timed_in) and timed_in[0] != timed_in[1]
 
 
 def test_typical_upload_is_a_jpeg_of_the_usual_size():
@@ -544,6 +581,37 @@ def test_the_server_reports_its_split_and_runs_on_it(server, server_thread):
     threads = metric(server, "resnetkit_cpu_split", role="inference_threads")
     assert threads >= 1 and metric(server, "resnetkit_cpu_split", role="decode_workers") >= 1
     assert served_classifier(server_thread, "cifar_resnet20").ran.threads == threads  # built for the split
+
+
+def test_two_instances_run_two_batches_at_once(random_model):
+    """Two images admitted together, batches of one: the second runs on the second instance instead of queueing."""
+    with running(models=(str(random_model),), backend="test-gated", instances=2, threads=1, max_batch_size=1) as srv:
+        assert metric(srv.url, "resnetkit_cpu_split", role="instances_per_model") == 2
+        assert len(srv.app.state.hub.get("cifar_resnet20").batcher.instances) == 2
+        two = [("file", (f"{i}.jpg", jpeg_bytes(seed=i), "image/jpeg")) for i in range(2)]
+        with ThreadPoolExecutor(1) as pool, GATE.closed():
+            answer = pool.submit(httpx.post, f"{srv.url}{CLASSIFY}", files=two, timeout=60)
+            wait_until(lambda: metric(srv.url, "resnetkit_batch_size_count", model="cifar_resnet20") == 2,
+                       "both images to be in forward passes")
+            assert metric(srv.url, "resnetkit_queue_depth", model="cifar_resnet20") == 0
+            assert GATE.threads_seen == [1, 1]  # on the one-thread instances
+        assert len(answer.result().json()["results"]) == 2
+
+
+def test_a_lone_batch_runs_on_every_thread_and_holds_the_instances(random_model):
+    """An image with nothing else in flight runs on the copy with both threads; one arriving meanwhile waits for it
+    (the instances would take its cores), then runs alone too."""
+    with running(models=(str(random_model),), backend="test-gated", instances=2, threads=1) as srv:
+        with ThreadPoolExecutor(2) as pool, GATE.closed():
+            ask = lambda seed: httpx.post(f"{srv.url}{CLASSIFY}", content=jpeg_bytes(seed=seed), timeout=60)  # noqa: E731
+            answers = [pool.submit(ask, 0)]
+            assert GATE.entered.wait(30) and GATE.threads_seen == [2]
+            answers.append(pool.submit(ask, 1))
+            wait_until(lambda: metric(srv.url, "resnetkit_queue_depth", model="cifar_resnet20") == 1,
+                       "the second image to queue")
+            assert metric(srv.url, "resnetkit_batch_size_count", model="cifar_resnet20") == 1
+        assert [a.result().status_code for a in answers] == [200, 200]
+        assert GATE.threads_seen == [2, 2]
 
 
 def test_serve_threads_flag_reaches_the_runner(random_model):

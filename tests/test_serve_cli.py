@@ -49,6 +49,8 @@ def test_bad_settings_explain_themselves():
     (["serve", "resnet18", "--port", "70000"], "--port must be between 0 and 65535"),
     (["serve", "resnet18", "--replicas", "2"], "--replicas, --autoscale and --gpus-per-replica apply to Ray Serve"),
     (["serve", "resnet18", "--gpus-per-replica", "0.5"], "--gpus-per-replica apply to Ray Serve: add --ray"),
+    (["serve", "resnet18", "--ray", "--instances", "2"], "--instances applies to 'resnetkit serve' without --ray"),
+    (["serve", "resnet18", "--instances", "0"], "Invalid value for '--instances'"),
     (["serve", "resnet18", "--device", "tpu"], "--device 'tpu' is not a device: use auto, cpu, cuda or cuda:N."),
     (["serve", "resnet18", "--device", "cpu", "--backend", "cuda-graph"], "not cpu. Use --device cuda"),
 ])

@@ -40,6 +40,9 @@ MaxWaitOpt = _opt("--max-wait-ms", "Longest an image waits for its batch to fill
                   float, min=0)
 ThreadsOpt = _opt("--threads", "Intra-op threads of each model's runner (on the CPU; unused on a GPU).", int,
                   unset="chosen by measuring the models' decode + inference pipeline", min=1)
+InstancesOpt = _opt("--instances", "Copies of each model that run batches at the same time, each with --threads "
+                    "intra-op threads (on the CPU; one on a GPU; with --ray, use --replicas).", int,
+                    unset="chosen with --threads by measuring; one if only --threads is given", min=1)
 UploadOpt = _opt("--max-upload-mb", "Largest request body, in MiB (413 above).", float)
 FilesOpt = _opt("--max-files", "Most images in one request (413 above).", int, min=1)
 PixelsOpt = _opt("--max-pixels", "Largest image in pixels (decompression-bomb guard).", int, min=1)
@@ -76,7 +79,7 @@ RAY_OPTIONS = ("ray", "replicas", "autoscale", "gpus_per_replica", "config_out")
 @app.command("serve")
 def serve_command(
     models: ModelsArg = None, host: HostOpt = None, port: PortOpt = None, max_batch_size: MaxBatchOpt = None,
-    max_wait_ms: MaxWaitOpt = None, threads: ThreadsOpt = None, max_upload_mb: UploadOpt = None,
+    max_wait_ms: MaxWaitOpt = None, threads: ThreadsOpt = None, instances: InstancesOpt = None, max_upload_mb: UploadOpt = None,
     max_files: FilesOpt = None, max_pixels: PixelsOpt = None, max_queue: QueueOpt = None, workers: WorkersOpt = None,
     backend: BackendOpt = None, precision: PrecisionOpt = None, device: DeviceOpt = None,
     random_weights: RandomWeightsFlag = False, token: TokenOpt = None, access_log: AccessLogOpt = None,
@@ -94,6 +97,9 @@ def serve_command(
     random_weights = random_weights or None  # not given: RESNETKIT_RANDOM_WEIGHTS decides
     settings = ServeSettings.from_env(**{k: v for k, v in locals().items() if k not in RAY_OPTIONS})
     if ray or config_out:
+        if settings.instances:
+            raise ResnetkitError("--instances applies to 'resnetkit serve' without --ray; Ray Serve runs copies of "
+                                 "each model as replicas: use --replicas N (each with --threads threads).")
         from ..scale import run_ray_serve
 
         return run_ray_serve(settings, replicas=replicas, autoscale=autoscale, gpus_per_replica=gpus_per_replica,

@@ -3,10 +3,14 @@
 Each image goes through two stages:
 
 1. *prepare* (decode + preprocess) in a worker pool shared by all models, many at a time;
-2. a batched forward pass in the model's own single inference thread.
+2. a batched forward pass on one of the model's instances (copies of its runner, each in its own
+   inference thread, running batches at the same time; see :mod:`.cpu_split`). A batch that is
+   all there is to do (nothing else queued, being prepared or running) runs instead on the copy given every inference
+   thread, if the model has one (``alone``): one thread per instance serves most images under
+   load, but a lone batch is faster on all of them.
 
-A collector task on the event loop forms batches while the previous one runs. A batch is
-dispatched as soon as the model is free and one of these holds: it is full
+A collector task on the event loop forms batches while the previous ones run. A batch is
+dispatched as soon as an instance is free and one of these holds: it is full
 (``max_batch_size``), no more images for this model are being prepared (so an idle model
 starts at once), or its oldest image has waited ``max_wait_ms``. A batch takes the largest
 of :func:`batch_sizes` that the queue fills; the rest waits for the next one. Images whose client went
@@ -56,19 +60,24 @@ class _Item:
 
 
 class DynamicBatcher:
-    """Groups concurrent images for ``classifier`` into batched forward passes."""
+    """Groups concurrent images for a model into batched forward passes on its ``instances`` (or ``alone``)."""
 
-    def __init__(self, name: str, classifier: Classifier, prepare: Prepare, decode_pool: Executor,
-                 metrics: ServeMetrics, *, max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
+    def __init__(self, name: str, instances: Sequence[Classifier], prepare: Prepare, decode_pool: Executor,
+                 metrics: ServeMetrics, *, max_batch_size: int, max_wait_ms: float, max_queue: int,
+                 alone: Classifier | None = None) -> None:
         self.name = name
-        self.classifier = classifier
+        self.instances = list(instances)
+        self.alone = alone
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self._prepare = prepare
         self._decode_pool = decode_pool
         self._metrics = metrics
-        self._inference = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._inference = ThreadPoolExecutor(len(self.instances), thread_name_prefix=f"infer-{name}")
+        self._idle = list(self.instances)  # instances not running a batch
+        self._alone_running = False  # while ``alone`` runs on every thread, the instances wait
+        self._running: set[asyncio.Task[None]] = set()
         self._queue: deque[_Item] = deque()
         self._preparing = 0  # images in the worker pool
         self._outstanding = 0  # images admitted and not finished
@@ -80,7 +89,7 @@ class DynamicBatcher:
         self._task = asyncio.create_task(self._collect(), name=f"batcher-{self.name}")
 
     async def close(self) -> None:
-        """Refuse new images, finish every admitted one, then stop the inference thread."""
+        """Refuse new images, finish every admitted one, then stop the inference threads."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
@@ -136,14 +145,17 @@ class DynamicBatcher:
 
     async def _collect(self) -> None:
         while (batch := await self._next_batch()) is not None:
-            await self._run(batch)
+            task = asyncio.create_task(self._run(batch, self._runner_for()))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        await asyncio.gather(*self._running)
 
     async def _next_batch(self) -> list[_Item] | None:
         """Wait until a batch should go (see the module docstring); ``None`` once closed and drained."""
         while True:
             self._drop_cancelled()
             timeout = None
-            if self._queue:
+            if self._queue and self._idle and not self._alone_running:
                 waited = time.monotonic() - self._queue[0].enqueued
                 if len(self._queue) >= self.max_batch_size or self._preparing == 0 or waited >= self.max_wait:
                     return self._take()
@@ -155,6 +167,15 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
+
+    def _runner_for(self) -> Classifier:
+        """``alone`` for a batch just taken that leaves nothing else to do (no image queued or being prepared, no
+        instance busy), else an idle instance."""
+        if (self.alone is not None and not self._queue and self._preparing == 0
+                and len(self._idle) == len(self.instances)):
+            self._alone_running = True
+            return self.alone
+        return self._idle.pop()
 
     def _drop_cancelled(self) -> None:
         live = [item for item in self._queue if not item.future.cancelled()]
@@ -169,28 +190,34 @@ class DynamicBatcher:
         self._changed()
         return batch
 
-    async def _run(self, batch: list[_Item]) -> None:
+    async def _run(self, batch: list[_Item], instance: Classifier) -> None:
         self._metrics.batch_size.labels(self.name).observe(len(batch))
         now = time.monotonic()
         self._metrics.observe_queue_wait(self.name, sum(now - item.enqueued for item in batch))
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._inference, self._infer, [i.tensor for i in batch],
+            results = await loop.run_in_executor(self._inference, self._infer, instance, [i.tensor for i in batch],
                                                  [i.k for i in batch])
         except Exception as exc:  # a backend failure fails this batch, never the collector
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            if instance is self.alone:
+                self._alone_running = False
+            else:
+                self._idle.append(instance)
+            self._changed()
         for item, predictions in zip(batch, results):
             if not item.future.done():
                 item.future.set_result(predictions)
         self._metrics.images.labels(self.name, "ok").inc(len(batch))
 
-    def _infer(self, tensors: list[torch.Tensor], ks: list[int]) -> list[list[Prediction]]:
-        """One forward pass (inference thread); each row keeps its own top-k."""
+    def _infer(self, instance: Classifier, tensors: list[torch.Tensor], ks: list[int]) -> list[list[Prediction]]:
+        """One forward pass on ``instance`` (in an inference thread); each row keeps its own top-k."""
         start = time.perf_counter()
-        probabilities = self.classifier.probabilities(stack_inputs(tensors))
-        rows = top_k(probabilities, self.classifier.meta.categories, max(ks))
+        probabilities = instance.probabilities(stack_inputs(tensors))
+        rows = top_k(probabilities, instance.meta.categories, max(ks))
         self._metrics.inference.labels(self.name).observe(time.perf_counter() - start)
         return [row[:k] for row, k in zip(rows, ks)]

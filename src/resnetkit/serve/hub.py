@@ -18,7 +18,7 @@ from ..core.images import prepare_image
 from ..run.loading import Classifier, load_model
 from ..backends.base import RunnerOptions
 from .batcher import DynamicBatcher, batch_sizes
-from .cpu_split import CpuSplit, candidate_threads, fastest_split, gpu_split, pipeline_rate, workers_for
+from .cpu_split import CpuSplit, candidate_layouts, fastest_split, fixed_split, gpu_split, layout_for, pipeline_rate
 from .metrics import ServeMetrics
 from .schemas import ModelDetail, ModelInfo
 from .settings import ModelEntry, ServeSettings
@@ -35,10 +35,20 @@ class ServeError(ResnetkitError):
 
 
 @dataclass
+class LoadedModel:
+    """A configured model as built for a split: its instances, and the copy on every thread for lone batches."""
+
+    name: str
+    ref: str
+    instances: list[Classifier]
+    alone: Classifier | None = None
+
+
+@dataclass
 class ServedModel:
     name: str
     ref: str  # as given when the server started: zoo name or file
-    classifier: Classifier
+    classifier: Classifier  # the first instance: what every instance runs, for the routes to describe
     batcher: DynamicBatcher
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -84,7 +94,7 @@ class ModelHub:
         """Load and warm every model, then start their batchers; a failure is reported, not raised."""
         try:
             loaded, self.split = await asyncio.to_thread(self._load_for_split)
-            _check_unique([name for name, _, _ in loaded])
+            _check_unique([model.name for model in loaded])
         except Exception as exc:  # noqa: BLE001 - any load failure stops the server with its message
             self._fail(str(exc) if isinstance(exc, ResnetkitError) else f"{type(exc).__name__}: {exc}")
             return
@@ -92,11 +102,12 @@ class ModelHub:
         log.info("cpu split: %s", self.split.describe())
         self.metrics.cpu_split.labels("inference_threads").set(self.split.threads or 0)
         self.metrics.cpu_split.labels("decode_workers").set(self.split.workers)
-        devices = {classifier.ran.device for _, _, classifier in loaded}
+        self.metrics.cpu_split.labels("instances_per_model").set(self.split.instances)
+        devices = {model.instances[0].ran.device for model in loaded}
         self.metrics.watch_gpus(sorted((d for d in devices if d.is_cuda), key=str))
-        for name, ref, classifier in loaded:
-            self.models[name] = ServedModel(name, ref, classifier, self._batcher(name, classifier))
-            self.models[name].batcher.start()
+        for model in loaded:
+            self.models[model.name] = ServedModel(model.name, model.ref, model.instances[0], self._batcher(model))
+            self.models[model.name].batcher.start()
         self.ready = True
         log.info("ready: %s", ", ".join(f"{m.name} ({m.runtime})" for m in self.models.values()))
 
@@ -123,44 +134,59 @@ class ModelHub:
         raise ServeError(404, f"Model '{name}' is not served here. Served models: {served}. "
                               "Models are chosen when the server starts, never by clients.")
 
-    def _load_for_split(self) -> tuple[list[tuple[str, str, Classifier]], CpuSplit]:
+    def _load_for_split(self) -> tuple[list[LoadedModel], CpuSplit]:
         """The models built for the split of the cores, and the split (worker thread; see :mod:`.cpu_split`):
-        on a GPU every core decodes; on the CPU ``--threads`` if given, else the thread count whose decode +
-        inference pipeline measured fastest, each count's models freed before the next is built and the chosen
-        ones built again alone (runtimes keep threads and cores per model for as long as it lives)."""
+        on a GPU every core decodes; on the CPU the layout of --threads/--instances if given, else the one whose
+        decode + inference pipeline measured fastest. The models of each thread count are freed before the next
+        count's are built, and the chosen ones built again alone (runtimes keep threads and cores per model for as
+        long as it lives)."""
         device = resolve_device(self.settings.device)
-        cores, asked, workers = usable_cores(), self.settings.threads, self.settings.workers
+        cores, workers = usable_cores(), self.settings.workers
         if device.is_cuda:
-            return self._load_all(None), gpu_split(device.name, cores, workers)
-        if asked:
-            return self._load_all(asked), CpuSplit(asked, workers_for(asked, cores, workers), cores)
-        rates = {}
-        for threads in candidate_threads(cores):
-            trial = self._load_all(threads)
-            rates[threads] = pipeline_rate([c for _, _, c in trial], workers_for(threads, cores, workers))
+            return self._load_all(None, 1), gpu_split(device.name, cores, workers)
+        if self.settings.threads or self.settings.instances:
+            split = fixed_split(*layout_for(cores, self.settings.threads, self.settings.instances), cores, workers)
+            return self._load_split(split), split
+        layouts, rates = candidate_layouts(cores), {}
+        for threads in sorted({threads for _, threads in layouts}):
+            counts = [instances for instances, t in layouts if t == threads]
+            trial = self._load_all(threads, max(counts))  # the fewer-instance layouts run the first copies
+            for count in counts:
+                rates[count, threads] = pipeline_rate([model.instances[:count] for model in trial],
+                                                      fixed_split(count, threads, cores, workers).workers)
             del trial
             gc.collect()  # the next models are built with no trial model left beside them
         split = fastest_split(rates, cores, workers)
-        return self._load_all(split.threads), split  # built alone, as auto builds its winner
+        return self._load_split(split), split  # built alone, as auto builds its winner
 
-    def _load_all(self, threads: int | None) -> list[tuple[str, str, Classifier]]:
-        """Every configured model, loaded and warmed by :func:`load_served` for ``threads`` intra-op threads."""
-        loaded = []
-        for entry in self.settings.entries:
-            classifier = load_served(entry, self.settings, threads)
-            loaded.append((entry.served_name(classifier.meta), entry.ref, classifier))
+    def _load_split(self, split: CpuSplit) -> list[LoadedModel]:
+        """Every model as ``split`` runs it: its instances, and with several, a copy on all their threads."""
+        loaded = self._load_all(split.threads, split.instances)
+        if split.alone_threads:
+            for model, entry in zip(loaded, self.settings.entries):
+                model.alone = load_served(entry, self.settings, split.alone_threads)
         return loaded
 
-    def _batcher(self, name: str, classifier: Classifier) -> DynamicBatcher:
-        preprocessing, max_pixels = classifier.meta.preprocessing, self.settings.max_pixels
+    def _load_all(self, threads: int | None, instances: int) -> list[LoadedModel]:
+        """``instances`` copies of every configured model, each loaded and warmed by :func:`load_served` for
+        ``threads`` intra-op threads."""
+        loaded = []
+        for entry in self.settings.entries:
+            copies = [load_served(entry, self.settings, threads) for _ in range(instances)]
+            loaded.append(LoadedModel(entry.served_name(copies[0].meta), entry.ref, copies))
+        return loaded
+
+    def _batcher(self, model: LoadedModel) -> DynamicBatcher:
+        preprocessing, max_pixels = model.instances[0].meta.preprocessing, self.settings.max_pixels
 
         def prepare(data: bytes) -> torch.Tensor:
             return prepare_image(data, preprocessing, max_pixels=max_pixels, allow_multi_frame=False)
 
         s = self.settings
         assert self._decode_pool is not None and self.split is not None
-        return DynamicBatcher(name, classifier, prepare, self._decode_pool, self.metrics,
-                              max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue)
+        return DynamicBatcher(model.name, model.instances, prepare, self._decode_pool, self.metrics,
+                              max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
+                              alone=model.alone)
 
 
 def load_served(entry: ModelEntry, settings: ServeSettings, threads: int | None) -> Classifier:

@@ -40,8 +40,9 @@ class ServeMetrics:
                                  "(being decoded or queued).", ["model"], registry=r)
         self.images = Counter("resnetkit_images", "Images by outcome: ok, invalid, cancelled (client gone), "
                               "rejected (queue full).", ["model", "outcome"], registry=r)
-        self.cpu_split = Gauge("resnetkit_cpu_split", "Cores given to inference threads and to decode workers, "
-                               "chosen at start from the measured per-image costs (or --threads/--workers).",
+        self.cpu_split = Gauge("resnetkit_cpu_split", "How the cores are shared: inference threads of each model "
+                               "instance, instances per model, decode workers; chosen at start by measuring (or "
+                               "--threads/--instances/--workers).",
                                ["role"], registry=r)
         # TorchServe's names, so its dashboards and alerts keep working. They are counters in TorchServe;
         # gauges here only because prometheus_client would rename a counter to *_total.

@@ -61,6 +61,7 @@ class ServeSettings(BaseSettings):
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     threads: int | None = None  # intra-op threads of each runner; None: chosen by measuring (cpu_split), unused on a GPU
+    instances: int | None = None  # copies of each model running batches at once; None: chosen as threads are; 1 on a GPU
     max_upload_mb: float = 10.0
     max_files: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -96,7 +97,7 @@ class ServeSettings(BaseSettings):
     def _check(self) -> "ServeSettings":
         positive = {"max_batch_size": self.max_batch_size, "max_upload_mb": self.max_upload_mb,
                     "max_files": self.max_files, "max_pixels": self.max_pixels, "max_queue": self.max_queue,
-                    "workers": self.workers, "threads": self.threads}
+                    "workers": self.workers, "threads": self.threads, "instances": self.instances}
         for name, value in positive.items():
             if value is not None and value <= 0:
                 raise ValueError(f"{_flag(name)} must be positive (got {value}).")
