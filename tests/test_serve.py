@@ -6,6 +6,7 @@ test backend whose forward pass waits at a gate the test opens; no assertion dep
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import socket
@@ -34,7 +35,7 @@ from resnetkit.run.classify import classify, predict_tensors
 from resnetkit.backends.base import Backend, register, registered
 from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
-from resnetkit.serve.batcher import batch_sizes
+from resnetkit.serve.batcher import DynamicBatcher, batch_sizes
 from resnetkit.core.samples import typical_upload
 from resnetkit.serve.cpu_split import (TRIAL_BATCH, candidate_layouts, fastest_split, fixed_split, gpu_split, layout_for,
                                        pipeline_rate)
@@ -596,6 +597,35 @@ def test_two_instances_run_two_batches_at_once(random_model):
             assert metric(srv.url, "resnetkit_queue_depth", model="cifar_resnet20") == 0
             assert GATE.threads_seen == [1, 1]  # on the one-thread instances
         assert len(answer.result().json()["results"]) == 2
+
+
+def test_with_an_instance_busy_a_batch_waits_to_fill_instead_of_splitting(random_model):
+    """The second image does not go to the idle instance at once: it waits (here up to max_wait 10 s) to fill a
+    batch, and goes when the busy instance is free."""
+    model = load_model(random_model, backend="eager")
+    instances = [Classifier(model.meta, GatedRunner(EagerRunner(model.runner.module), 1)) for _ in range(2)]
+    metrics = ServeMetrics()
+
+    def sample(name: str) -> float:
+        families = text_string_to_metric_families(metrics.render()[0].decode())
+        return next(s.value for f in families for s in f.samples if s.name == name and s.labels.get("model") == "m")
+
+    async def scenario() -> list[float]:
+        with ThreadPoolExecutor(1) as decode_pool:
+            batcher = DynamicBatcher("m", instances, lambda data: prepare_image(data, model.meta.preprocessing),
+                                     decode_pool, metrics, max_batch_size=4, max_wait_ms=10_000, max_queue=8)
+            batcher.start()
+            with GATE.closed():
+                first = asyncio.ensure_future(batcher.classify([jpeg_bytes(seed=0)], 1))
+                await asyncio.to_thread(GATE.entered.wait, 30)  # the first image holds one instance
+                second = asyncio.ensure_future(batcher.classify([jpeg_bytes(seed=1)], 1))
+                await asyncio.sleep(0.3)  # the 64x48 JPEG is decoded within a millisecond
+                held = [sample("resnetkit_batch_size_sum"), sample("resnetkit_queue_depth")]
+            await asyncio.gather(first, second)
+            await batcher.close()
+            return held + [sample("resnetkit_batch_size_sum")]
+
+    assert asyncio.run(scenario()) == [1.0, 1.0, 2.0]  # held: one image in a forward pass, one queued; then both ran
 
 
 def test_a_lone_batch_runs_on_every_thread_and_holds_the_instances(random_model):

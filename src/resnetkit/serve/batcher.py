@@ -157,7 +157,11 @@ class DynamicBatcher:
             timeout = None
             if self._queue and self._idle and not self._alone_running:
                 waited = time.monotonic() - self._queue[0].enqueued
-                if len(self._queue) >= self.max_batch_size or self._preparing == 0 or waited >= self.max_wait:
+                # with an instance busy, a batch waits to fill (or for max_wait) even when nothing more is being
+                # prepared: for a light model the busy instance is soon free, and two half batches cost more
+                # than one (cifar_resnet20 served 0.8x as many images without this)
+                settled = self._preparing == 0 and len(self._idle) == len(self.instances)
+                if len(self._queue) >= self.max_batch_size or settled or waited >= self.max_wait:
                     return self._take()
                 timeout = self.max_wait - waited
             elif self._closing and self._outstanding == 0:
