@@ -8,10 +8,12 @@ throughput, p50/p90/p99 latency, errors, and for resnetkit serve the mean batch 
 formed. The Flask baseline runs once per ``--flask-backends`` entry: ``eager`` is the classic
 PyTorch Flask demo users write today; ``auto`` is the same demo on resnetkit's default runtime,
 which isolates the serving strategy. Then the ratios, and resnetkit serve's best
-throughput as a fraction of two offline ceilings of the same model, backend and batch size,
+throughput as a fraction of two offline rates of the same model, backend and batch size,
 measured in the same run (before and after the load; the higher is kept): forward passes only
-(batch / p50 time, as ``resnetkit bench``), and end to end: decode + preprocess the same images
-(``prepare_image``) plus the forward pass, one after the other, per image.
+(batch / p50 time, as ``resnetkit bench``), and serial end to end: decode + preprocess the same
+images (``prepare_image``) plus the forward pass, one after the other, per image. The serial rate
+is a ceiling for one instance on every core; several instances overlap decoding with forward
+passes and can pass it.
 
 Weights are random by default (costs do not depend on weight values; no download needed).
 The load generator runs on the same machine and takes CPU from the servers; both servers
@@ -280,7 +282,7 @@ def measure_run(server: Server, requests: list[bytes], clients: int, args: argpa
 
 @dataclass
 class Offline:
-    """The offline ceilings: forward-only and end-to-end (decode + preprocess + forward) images/s."""
+    """The offline rates: forward-only and serial end-to-end (decode + preprocess, then forward) images/s."""
 
     forward_ips: float
     end_to_end_ips: float
@@ -303,7 +305,7 @@ def offline_ceilings(ref: str, images: list[bytes], args: argparse.Namespace) ->
     result = Offline(1000.0 / forward_ms, 1000.0 / (forward_ms + decode_ms), decode_ms, round(os.getloadavg()[0], 2))
     print(f"offline at batch {args.max_batch_size} ({classifier.ran.label()}): "
           f"forward-only {result.forward_ips:.1f} img/s, decode+preprocess {decode_ms:.2f} ms/img, end-to-end "
-          f"{result.end_to_end_ips:.1f} img/s (load average {result.load_average})", flush=True)
+          f"(serial) {result.end_to_end_ips:.1f} img/s (load average {result.load_average})", flush=True)
     return result
 
 
@@ -337,8 +339,8 @@ def report(runs: list[Run], offline: list[Offline], args: argparse.Namespace) ->
         print(f"resnetkit serve / {versus} clients: throughput {ratio}x (same run, interleaved)")
     if offline_ips and end_to_end:
         print(f"resnetkit serve best {best:.1f} img/s = {100 * best / offline_ips:.1f} % of the offline forward-only "
-              f"throughput {offline_ips:.1f} img/s and {100 * best / end_to_end:.1f} % of the offline end-to-end "
-              f"ceiling {end_to_end:.1f} img/s at batch {args.max_batch_size}")
+              f"throughput {offline_ips:.1f} img/s and {100 * best / end_to_end:.1f} % of the offline serial end-to-end "
+              f"rate {end_to_end:.1f} img/s at batch {args.max_batch_size}")
     return result
 
 
