@@ -38,7 +38,7 @@ PortOpt = _opt("--port", "TCP port (0: any free port).", int)
 MaxBatchOpt = _opt("--max-batch-size", "Most images per forward pass.", int, min=1)
 MaxWaitOpt = _opt("--max-wait-ms", "Longest an image waits for its batch to fill while more are being decoded.",
                   float, min=0)
-ThreadsOpt = _opt("--threads", "Intra-op threads of each model's runner (on the CPU; unused on a GPU).", int,
+ThreadsOpt = _opt("--threads", "Intra-op threads of each model instance's runner (on the CPU; unused on a GPU).", int,
                   unset="chosen by measuring the models' decode + inference pipeline", min=1)
 InstancesOpt = _opt("--instances", "Copies of each model that run batches at the same time, each with --threads "
                     "intra-op threads (on the CPU; one on a GPU; with --ray, use --replicas).", int,
