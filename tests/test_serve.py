@@ -37,8 +37,8 @@ from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
 from resnetkit.serve.batcher import DynamicBatcher, batch_sizes
 from resnetkit.core.samples import typical_upload
-from resnetkit.serve.cpu_split import (TRIAL_BATCH, candidate_layouts, fastest_split, fixed_split, gpu_split, layout_for,
-                                       pipeline_rate)
+from resnetkit.serve.cpu_split import (TRIAL_BATCH, candidate_layouts, fastest_split, fixed_split, gpu_split,
+                                       layout_for, pipeline_rate)
 from resnetkit.serve.hub import load_served
 from resnetkit.serve.metrics import ServeMetrics
 from resnetkit.serve.settings import ModelEntry

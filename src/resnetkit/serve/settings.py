@@ -61,7 +61,7 @@ class ServeSettings(BaseSettings):
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     threads: int | None = None  # intra-op threads of each runner; None: chosen by measuring (cpu_split), unused on a GPU
-    instances: int | None = None  # copies of each model running batches at once; None: chosen as threads are; 1 on a GPU
+    instances: int | None = None  # copies of each model running batches at once; None: measured with threads; GPU: 1
     max_upload_mb: float = 10.0
     max_files: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
