@@ -80,7 +80,8 @@ RAY_OPTIONS = ("ray", "replicas", "autoscale", "gpus_per_replica", "config_out")
 def serve_command(
     models: ModelsArg = None, host: HostOpt = None, port: PortOpt = None, max_batch_size: MaxBatchOpt = None,
     max_wait_ms: MaxWaitOpt = None, threads: ThreadsOpt = None, instances: InstancesOpt = None,
-    max_upload_mb: UploadOpt = None, max_files: FilesOpt = None, max_pixels: PixelsOpt = None, max_queue: QueueOpt = None, workers: WorkersOpt = None,
+    max_upload_mb: UploadOpt = None, max_files: FilesOpt = None, max_pixels: PixelsOpt = None,
+    max_queue: QueueOpt = None, workers: WorkersOpt = None,
     backend: BackendOpt = None, precision: PrecisionOpt = None, device: DeviceOpt = None,
     random_weights: RandomWeightsFlag = False, token: TokenOpt = None, access_log: AccessLogOpt = None,
     ray: RayFlag = False, replicas: ReplicasOpt = None, autoscale: AutoscaleOpt = None,
