@@ -5,14 +5,14 @@ Each image goes through two stages:
 1. *prepare* (decode + preprocess) in a worker pool shared by all models, many at a time;
 2. a batched forward pass on one of the model's instances (copies of its runner, each in its own
    inference thread, running batches at the same time; see :mod:`.cpu_split`). A batch that is
-   all there is to do (nothing else queued, being prepared or running) runs instead on the copy given every inference
-   thread, if the model has one (``alone``): one thread per instance serves most images under
-   load, but a lone batch is faster on all of them.
+   all there is to do (nothing else queued, being prepared or running) runs instead on the copy
+   given every inference thread, if the model has one (``alone``): one thread per instance serves
+   most images under load, but a lone batch is faster on all of them.
 
 A collector task on the event loop forms batches while the previous ones run. A batch is
 dispatched as soon as an instance is free and one of these holds: it is full
-(``max_batch_size``), no more images for this model are being prepared (so an idle model
-starts at once), or its oldest image has waited ``max_wait_ms``. A batch takes the largest
+(``max_batch_size``), no more images for this model are being prepared and no instance is busy
+(so an idle model starts at once), or its oldest image has waited ``max_wait_ms``. A batch takes the largest
 of :func:`batch_sizes` that the queue fills; the rest waits for the next one. Images whose client went
 away are dropped before they reach the model; a bad image fails only its own request.
 """
