@@ -16,7 +16,6 @@ apply), so every usable core decodes, one instance per model, and nothing is mea
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -24,6 +23,7 @@ from typing import Sequence
 import torch
 
 from ..core.images import prepare_image, stack_inputs
+from ..core.measure import timed_calls
 from ..core.samples import typical_upload
 from ..run.loading import Classifier
 
@@ -120,19 +120,19 @@ def _model_rate(instances: Sequence[Classifier], pool: ThreadPoolExecutor, secon
 
     for classifier in instances:  # warm-up
         classifier.probabilities(stack_inputs([f.result() for f in submit()]))
-    deadline = time.perf_counter() + seconds
 
-    def lane(classifier: Classifier) -> int:
-        pending, images = submit(), 0
-        while time.perf_counter() < deadline or images == 0:
+    def lane(classifier: Classifier) -> float:
+        pending = submit()
+
+        def step() -> None:  # the next batch is decoded while this one runs, as in the server
+            nonlocal pending
             batch = stack_inputs([f.result() for f in pending])
-            pending = submit()  # the next batch is decoded while this one runs, as in the server
-            classifier.probabilities(batch)  # on the CPU: the trial runs only there
-            images += TRIAL_BATCH
-        wait(pending)
-        return images
+            pending = submit()
+            classifier.probabilities(batch)
 
-    start = time.perf_counter()
+        steps_ms = timed_calls(step, min_seconds=seconds, sync=classifier.ran.device.synchronize)
+        wait(pending)
+        return TRIAL_BATCH * len(steps_ms) / (sum(steps_ms) / 1000.0)
+
     with ThreadPoolExecutor(len(instances), thread_name_prefix="trial-instance") as lanes:
-        images = sum(lanes.map(lane, instances))
-    return images / (time.perf_counter() - start)
+        return sum(lanes.map(lane, instances))  # the instances ran side by side for the same seconds
