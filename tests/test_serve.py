@@ -187,6 +187,12 @@ def served_classifier(server: ServerThread, name: str) -> Classifier:
     return server.app.state.hub.get(name).classifier
 
 
+def lone_batch_runner(server: ServerThread, name: str) -> Classifier:
+    """What an idle server runs a lone batch on: the copy on every thread if the model has instances, else its one."""
+    served = server.app.state.hub.get(name)
+    return served.batcher.alone or served.classifier
+
+
 @pytest.fixture(scope="module")
 def cifar_images(cifar_test_dir: Path) -> list[Path]:
     """Two test images of each CIFAR-10 class."""
@@ -211,7 +217,7 @@ def test_multipart_and_raw_body_give_the_same_answers_as_the_library(server, ser
     """The server's answers are the library's fast pipeline (prepare_image) + the served runner, image by image
     (the server may run another backend than a fresh load_model: auto tunes it for the CPU split's threads)."""
     paths = [make_image(tmp_path / f"{i}.png", (40 + 10 * i, 30), seed=i) for i in range(3)]
-    model = served_classifier(server_thread, "cifar_resnet20")
+    model = lone_batch_runner(server_thread, "cifar_resnet20")  # the request's 3 images are all there is to do
     expected = [predict_tensors(model, prepare_image(p, model.meta.preprocessing).unsqueeze(0), 3)[0] for p in paths]
     files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
     response = httpx.post(f"{server}{CLASSIFY}?top_k=3", files=files)
@@ -597,6 +603,15 @@ def test_two_instances_run_two_batches_at_once(random_model):
             assert metric(srv.url, "resnetkit_queue_depth", model="cifar_resnet20") == 0
             assert GATE.threads_seen == [1, 1]  # on the one-thread instances
         assert len(answer.result().json()["results"]) == 2
+
+
+def test_the_lone_batch_copy_runs_what_the_instances_run(random_model):
+    """auto tunes per thread count; the copy on every thread is built with the instances' backend and precision."""
+    with running(models=(str(random_model),), instances=2, threads=1, workers=1) as srv:
+        served = srv.app.state.hub.get("cifar_resnet20")
+        instance, alone = served.batcher.instances[0].ran, served.batcher.alone.ran
+        assert (alone.backend, alone.precision) == (instance.backend, instance.precision)
+        assert (instance.threads, alone.threads) == (1, 2)
 
 
 def test_with_an_instance_busy_a_batch_waits_to_fill_instead_of_splitting(random_model):

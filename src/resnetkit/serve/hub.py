@@ -160,11 +160,15 @@ class ModelHub:
         return self._load_split(split), split  # built alone, as auto builds its winner
 
     def _load_split(self, split: CpuSplit) -> list[LoadedModel]:
-        """Every model as ``split`` runs it: its instances, and with several, a copy on all their threads."""
+        """Every model as ``split`` runs it: its instances, and with several, a copy on all their threads. That copy
+        runs the instances' backend and precision (auto could pick another for more threads), so an answer does
+        not depend on which of them ran it, and the model's description holds for both."""
         loaded = self._load_all(split.threads, split.instances)
         if split.alone_threads:
             for model, entry in zip(loaded, self.settings.entries):
-                model.alone = load_served(entry, self.settings, split.alone_threads)
+                ran = model.instances[0].ran
+                same = self.settings.model_copy(update={"backend": ran.backend, "precision": ran.precision})
+                model.alone = load_served(entry, same, split.alone_threads)
         return loaded
 
     def _load_all(self, threads: int | None, instances: int) -> list[LoadedModel]:
