@@ -35,7 +35,7 @@ from resnetkit.run.classify import Prediction, classify, predict_tensors
 from resnetkit.backends.base import Backend, register, registered
 from resnetkit.backends.eager import EagerRunner
 from resnetkit.serve import ServerThread, ServeSettings
-from resnetkit.serve.batcher import DynamicBatcher, batch_sizes
+from resnetkit.serve.batcher import WORTHWHILE_FORWARD_S, DynamicBatcher, batch_sizes
 from resnetkit.core.samples import typical_upload
 from resnetkit.serve.cpu_split import (TRIAL_BATCH, candidate_layouts, fastest_split, fixed_split, gpu_split,
                                        layout_for, pipeline_rate)
@@ -673,6 +673,21 @@ def test_with_an_instance_busy_the_idle_one_takes_an_even_share_of_the_queue(ran
             return held + [sample(metrics, "resnetkit_batch_size_sum")]
 
     assert asyncio.run(scenario()) == [3.0, 2.0, 5.0]  # held: 1 + 2 in forward passes, 2 queued; then all ran
+
+
+def test_light_models_are_not_split_below_a_worthwhile_forward_pass(random_model):
+    """The share has a floor: the least batch size whose forward pass lasts WORTHWHILE_FORWARD_S on an instance (from
+    the fastest pass per image seen), so cifar_resnet20 (0.4 ms an image) keeps whole batches and resnet18 (16 ms)
+    is shared image by image."""
+    model = load_model(random_model, backend="eager")
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher("m", [model, model], model.prepare, pool, ServeMetrics(), max_batch_size=32,
+                                 max_wait_ms=5, max_queue=64)
+        floors = []
+        for seconds_per_image in (0.0, WORTHWHILE_FORWARD_S / 2.5, 0.0004, 0.016):
+            batcher._seconds_per_image = seconds_per_image
+            floors.append(batcher._worthwhile_batch())
+    assert floors == [1, 4, 32, 1]  # unknown yet; 3 images -> batch size 4; 25 -> 32; 1
 
 
 def test_a_lone_batch_runs_on_every_thread_and_holds_the_instances(random_model):

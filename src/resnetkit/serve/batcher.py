@@ -18,7 +18,9 @@ then takes the oldest images, at most an even share of the queue among all the m
 (busy ones included), as the largest of :func:`batch_sizes` that fits; the rest waits for the next
 instance. On a CPU a larger batch hardly raises throughput, but each of its images waits for all of
 it: sharing 8 queued images as 4 + 4 lowered resnet18's p99 latency at 16 clients (see
-docs/serve.md). With one instance (on a GPU) a batch takes the whole queue, up to ``max_batch_size``.
+docs/serve.md). The share is never below a worthwhile forward pass (:data:`WORTHWHILE_FORWARD_S`), so a
+light model keeps whole batches. With one instance (on a GPU) a batch takes the whole queue, up to
+``max_batch_size``.
 Images whose client went away are dropped before they reach the model; a bad image fails only its
 own request.
 """
@@ -26,6 +28,7 @@ own request.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -41,6 +44,13 @@ from ..run.classify import Prediction, top_k
 from .metrics import ServeMetrics
 
 Prepare = Callable[[bytes], torch.Tensor]
+
+
+# Batches are not split among instances below this forward time: per-batch costs (thread hand-offs, stacking, top-k,
+# futures) then weigh. Sharing every queue evenly served cifar_resnet20 (0.4 ms an image on one thread, so now batches
+# of up to 32 as before) at 0.88x the images at 32 clients (6 interleaved rounds on a 2-core Zen 4); resnet18 (16 ms
+# an image) is shared image by image.
+WORTHWHILE_FORWARD_S = 0.010
 
 
 def batch_sizes(max_batch_size: int) -> list[int]:
@@ -84,6 +94,7 @@ class DynamicBatcher:
         self._idle = list(self.instances)  # instances not running a batch
         self._alone_running = False  # while ``alone`` runs on every thread, the instances wait
         self._running: set[asyncio.Task[None]] = set()
+        self._seconds_per_image = 0.0  # an instance's least forward time per image; 0 before the first
         self._queue: deque[_Item] = deque()
         self._preparing = 0  # images in the worker pool
         self._outstanding = 0  # images admitted and not finished
@@ -180,14 +191,22 @@ class DynamicBatcher:
                 pass
 
     def _share(self) -> list[tuple[list[_Item], Classifier]]:
-        """A batch for each idle instance while images are queued, each at most an even share of the queue among
-        all the instances."""
-        share = -(-len(self._queue) // len(self.instances))
-        batches = []
-        while self._queue and self._idle:
+        """A batch for each idle instance while a share of the queue is left: at most an even share among all the
+        instances, or the images of one worthwhile forward pass (:data:`WORTHWHILE_FORWARD_S`) if more."""
+        share = max(-(-len(self._queue) // len(self.instances)), self._worthwhile_batch())
+        batches: list[tuple[list[_Item], Classifier]] = []
+        while self._queue and self._idle and (not batches or len(self._queue) >= share):  # leftovers wait to fill
             batch = self._take(share)
             batches.append((batch, self._runner_for()))
         return batches
+
+    def _worthwhile_batch(self) -> int:
+        """The least batch size whose forward pass on an instance lasts :data:`WORTHWHILE_FORWARD_S` (1 before the
+        first pass)."""
+        if not self._seconds_per_image:
+            return 1
+        images = math.ceil(WORTHWHILE_FORWARD_S / self._seconds_per_image)
+        return min((size for size in batch_sizes(self.max_batch_size) if size >= images), default=self.max_batch_size)
 
     def _runner_for(self) -> Classifier:
         """``alone`` for a batch just taken that leaves nothing else to do (no image queued or being prepared, no
@@ -241,5 +260,9 @@ class DynamicBatcher:
         start = time.perf_counter()
         probabilities = instance.probabilities(stack_inputs(tensors))
         rows = top_k(probabilities, instance.meta.categories, max(ks))
-        self._metrics.inference.labels(self.name).observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self._metrics.inference.labels(self.name).observe(seconds)
+        if instance is not self.alone:  # for _share: the least seen, as waits for the cores or the GIL only add
+            per_image = seconds / len(tensors)
+            self._seconds_per_image = min(self._seconds_per_image or per_image, per_image)
         return [row[:k] for row, k in zip(rows, ks)]
