@@ -625,9 +625,10 @@ def test_the_lone_batch_copy_runs_what_the_instances_run(random_model):
         assert (instance.threads, alone.threads) == (1, 2)
 
 
-def test_with_an_instance_busy_a_batch_waits_to_fill_instead_of_splitting(random_model):
-    """The second image does not go to the idle instance at once: it waits (here up to max_wait 10 s) to fill a
-    batch, and goes when the busy instance is free."""
+def with_one_instance_busy(random_model: Path, later: int) -> list[float]:
+    """Two gated one-thread instances, batches of up to 4, max_wait 10 s: one image holds the first instance, then
+    ``later`` images arrive together. [images in forward passes, images queued] 0.3 s later, and the images run
+    once the gate opens."""
     model = load_model(random_model, backend="eager")
     instances = [Classifier(model.meta, GatedRunner(EagerRunner(model.runner.module), 1)) for _ in range(2)]
     metrics = ServeMetrics()
@@ -640,39 +641,26 @@ def test_with_an_instance_busy_a_batch_waits_to_fill_instead_of_splitting(random
             with GATE.closed():
                 first = asyncio.ensure_future(batcher.classify([jpeg_bytes(seed=0)], 1))
                 await asyncio.to_thread(GATE.entered.wait, 30)  # the first image holds one instance
-                second = asyncio.ensure_future(batcher.classify([jpeg_bytes(seed=1)], 1))
-                await asyncio.sleep(0.3)  # the 64x48 JPEG is decoded within a millisecond
-                held = [sample(metrics, "resnetkit_batch_size_sum"), sample(metrics, "resnetkit_queue_depth")]
-            await asyncio.gather(first, second)
-            await batcher.close()
-            return held + [sample(metrics, "resnetkit_batch_size_sum")]
-
-    assert asyncio.run(scenario()) == [1.0, 1.0, 2.0]  # held: one image in a forward pass, one queued; then both ran
-
-
-def test_with_an_instance_busy_the_idle_one_takes_an_even_share_of_the_queue(random_model):
-    """One image holds the first instance; four more fill a batch (max 4), and the idle instance takes two of them
-    (an even share among the two instances), leaving two for whichever instance is free first."""
-    model = load_model(random_model, backend="eager")
-    instances = [Classifier(model.meta, GatedRunner(EagerRunner(model.runner.module), 1)) for _ in range(2)]
-    metrics = ServeMetrics()
-
-    async def scenario() -> list[float]:
-        with ThreadPoolExecutor(1) as decode_pool:
-            batcher = DynamicBatcher("m", instances, lambda data: prepare_image(data, model.meta.preprocessing),
-                                     decode_pool, metrics, max_batch_size=4, max_wait_ms=10_000, max_queue=8)
-            batcher.start()
-            with GATE.closed():
-                first = asyncio.ensure_future(batcher.classify([jpeg_bytes(seed=0)], 1))
-                await asyncio.to_thread(GATE.entered.wait, 30)  # the first image holds one instance
-                more = asyncio.ensure_future(batcher.classify([jpeg_bytes(seed=i) for i in range(1, 5)], 1))
+                more = asyncio.ensure_future(batcher.classify([jpeg_bytes(seed=i) for i in range(1, 1 + later)], 1))
                 await asyncio.sleep(0.3)  # the 64x48 JPEGs are decoded within milliseconds
                 held = [sample(metrics, "resnetkit_batch_size_sum"), sample(metrics, "resnetkit_queue_depth")]
             await asyncio.gather(first, more)
             await batcher.close()
             return held + [sample(metrics, "resnetkit_batch_size_sum")]
 
-    assert asyncio.run(scenario()) == [3.0, 2.0, 5.0]  # held: 1 + 2 in forward passes, 2 queued; then all ran
+    return asyncio.run(scenario())
+
+
+def test_with_an_instance_busy_a_batch_waits_to_fill_instead_of_splitting(random_model):
+    """The second image does not go to the idle instance at once: it waits (here up to max_wait 10 s) to fill a
+    batch, and goes when the busy instance is free."""
+    assert with_one_instance_busy(random_model, 1) == [1.0, 1.0, 2.0]  # one in a forward pass, one queued; then both
+
+
+def test_with_an_instance_busy_the_idle_one_takes_an_even_share_of_the_queue(random_model):
+    """Four images fill a batch (max 4), and the idle instance takes two of them (an even share among the two
+    instances), leaving two for whichever instance is free first."""
+    assert with_one_instance_busy(random_model, 4) == [3.0, 2.0, 5.0]  # 1 + 2 in forward passes, 2 queued; then all
 
 
 def test_light_models_are_not_split_below_a_worthwhile_forward_pass(random_model):
