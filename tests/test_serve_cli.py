@@ -60,6 +60,14 @@ def test_user_mistakes_exit_2_with_a_message_and_no_traceback(monkeypatch, args,
     assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
 
 
+@pytest.mark.gpu
+def test_instances_on_a_gpu_are_one_error_line():
+    result = run_cli("serve", "cifar_resnet20", "--device", "cuda", "--instances", "2", "--port", "0")
+    assert result.returncode == 2 and result.stderr.startswith("error: --instances applies to serving on the CPU; "
+                                                               "on cuda:0 each model runs as one instance")
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.skipif(cuda_count() > 0, reason="this machine has a GPU")
 def test_a_gpu_this_machine_lacks_is_one_error_line():
     result = run_cli("serve", "cifar_resnet20", "--device", "cuda", "--port", "0")

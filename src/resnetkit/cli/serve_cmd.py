@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..core.device import resolve_device
 from ..core.errors import ResnetkitError
 from ..core.extras import extra_of, require
 from .app import RandomWeightsFlag, app
@@ -41,7 +42,7 @@ MaxWaitOpt = _opt("--max-wait-ms", "Longest an image waits for its batch to fill
 ThreadsOpt = _opt("--threads", "Intra-op threads of each model instance's runner (on the CPU; unused on a GPU).", int,
                   unset="chosen by measuring the models' decode + inference pipeline", min=1)
 InstancesOpt = _opt("--instances", "Copies of each model that run batches at the same time, each with --threads "
-                    "intra-op threads (on the CPU; one on a GPU; with --ray, use --replicas).", int,
+                    "intra-op threads (on the CPU only: refused on a GPU, which batching fills; with --ray, use --replicas).", int,
                     unset="chosen with --threads by measuring; one if only --threads is given", min=1)
 UploadOpt = _opt("--max-upload-mb", "Largest request body, in MiB (413 above).", float)
 FilesOpt = _opt("--max-files", "Most images in one request (413 above).", int, min=1)
@@ -105,6 +106,9 @@ def serve_command(
 
         return run_ray_serve(settings, replicas=replicas, autoscale=autoscale, gpus_per_replica=gpus_per_replica,
                              config_out=config_out)
+    if (settings.instances or 1) > 1 and (device := resolve_device(settings.device)).is_cuda:
+        raise ResnetkitError(f"--instances applies to serving on the CPU; on {device} each model runs as one instance "
+                             "and batching fills the GPU. Drop --instances, or add --device cpu.")
     from ..serve.server import run_server  # imported here so that 'resnetkit --help' stays fast
 
     run_server(settings)
