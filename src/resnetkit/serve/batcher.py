@@ -47,9 +47,9 @@ Prepare = Callable[[bytes], torch.Tensor]
 
 
 # Batches are not split among instances below this forward time: per-batch costs (thread hand-offs, stacking, top-k,
-# futures) then weigh. Sharing every queue evenly served cifar_resnet20 (0.4 ms an image on one thread, so now batches
-# of up to 32 as before) at 0.88x the images at 32 clients (6 interleaved rounds on a 2-core Zen 4); resnet18 (16 ms
-# an image) is shared image by image.
+# futures) then weigh. Without this floor, sharing every queue evenly served cifar_resnet20 at 0.88x the images at 32
+# clients (6 interleaved rounds on a 2-core Zen 4); with it, cifar_resnet20 (0.4 ms an image on one thread) keeps
+# batches of up to 32 as before, and resnet18 (16 ms an image) is shared image by image.
 WORTHWHILE_FORWARD_S = 0.010
 
 
