@@ -336,6 +336,53 @@ def test_clear_errors_for_bad_layouts(tmp_path: Path, layout: dict[str, int], me
         run(scratch(tmp_path, tmp_path / "out"), progress_bar=False)
 
 
+@pytest.mark.parametrize("given, message", [
+    ({"head_lr": -1.0}, "--head-lr must be positive, got -1.0"),
+    ({"clip_grad": -1.0}, "--clip-grad must be positive, got -1.0"),
+    ({"weight_decay": -1.0}, "--weight-decay must be 0 or more, got -1.0"),
+    ({"warmup_epochs": -1.0}, "--warmup-epochs must be 0 or more, got -1.0"),
+    ({"label_smoothing": 2.0}, r"--label-smoothing must be in \[0, 1\), got 2.0"),
+    ({"label_smoothing": -0.5}, r"--label-smoothing must be in \[0, 1\), got -0.5"),
+])
+def test_settings_that_would_train_backwards_are_refused(given: dict, message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        TrainConfig(task="train", **given)
+
+
+@pytest.mark.parametrize("where, message", [
+    ("a-file", "is a file, not a folder"),
+    ("a-file/run", "Cannot write the run folder"),
+    ("data/red", "is inside the data folder"),
+    ("data", "is inside the data folder"),
+])
+def test_cli_refuses_a_run_folder_it_cannot_or_must_not_use(shapes: Path, tmp_path: Path, where: str,
+                                                             message: str) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(shapes / "train", data)
+    (tmp_path / "a-file").write_text("keep me")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    done = run_cli("train", "cifar_resnet20", data, "-o", tmp_path / where, "--epochs", "1", "--batch-size", "32")
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
+def test_a_diverging_run_stops_with_advice_and_leaves_nothing(shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "diverged"
+    with pytest.raises(TrainingError, match="lower --lr"):
+        run(scratch(shapes, out, lr=1e6, epochs=2), progress_bar=False)
+    assert not out.exists()  # failed before its first checkpoint: not even config.json is left
+
+
+def test_cli_distill_names_the_student_in_an_input_mismatch(trained_run: tuple[Path, dict], shapes: Path,
+                                                            tmp_path: Path) -> None:
+    done = run_cli("distill", shapes, "--teacher", trained_run[0] / "best.pt", "--student", "resnet18",
+                   "--random-weights", "--epochs", "1", "-o", tmp_path / "kd")
+    assert done.returncode == 2 and "but student resnet18 expects" in done.stderr, done.stderr
+    assert not (tmp_path / "kd").exists()
+
+
 def test_cli_finetune_and_error_messages(trained_run: tuple[Path, dict], shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     done = run_cli("finetune", trained_run[0] / "best.pt", shapes, "-o", out, "--mode", "head", "--epochs", "1",

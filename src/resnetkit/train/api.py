@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from ..core.spec import ModelMeta, PublishedMetrics
 from ..core.zoo import get_spec, is_zoo_name
 from . import checkpoint as ckpt
 from . import distributed
-from .config import TrainConfig, TrainingError
+from .config import TrainConfig, TrainingError, TrainingInterrupted
 from .data import DataSplits, load_splits, rare_format_files
 from .distributed import Dist
 from .engine import Objective, Trainer
@@ -27,23 +28,40 @@ from .hardware import plan as hardware_plan
 from .objectives import CrossEntropyObjective, DistillationObjective
 from .reporting import Log, stderr_log
 
+CONFIG = "config.json"  # the run's settings, readable while it trains (checkpoints carry them too)
+
 
 def run(config: TrainConfig, *, log: Log = stderr_log, progress_bar: bool | None = None) -> dict[str, Any]:
     """Start a run: finetune (new head), train (random init) or distill; returns the summary."""
     ctx = distributed.setup(config.device)
     try:
-        return new_trainer(config, ctx, log=log, progress_bar=progress_bar).fit()
+        with _removed_if_unfinished(config.out_dir, ctx):
+            return new_trainer(config, ctx, log=log, progress_bar=progress_bar).fit()
     finally:
         distributed.teardown(ctx)
 
 
+@contextlib.contextmanager
+def _removed_if_unfinished(out_dir: str | None, ctx: Dist) -> Iterator[None]:
+    """A run that fails before its first checkpoint leaves nothing behind: its ``config.json``, and its
+    folder if the run made it. Once ``last.pt`` exists the folder is a resumable run and stays."""
+    run_dir = Path(out_dir) if out_dir else None
+    existed = run_dir is None or run_dir.exists()
+    try:
+        yield
+    except TrainingInterrupted:
+        raise
+    except BaseException:
+        if run_dir is not None and ctx.is_main and run_dir.is_dir() and not (run_dir / ckpt.LAST).exists():
+            (run_dir / CONFIG).unlink(missing_ok=True)
+            if not existed and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
+
+
 def new_trainer(config: TrainConfig, ctx: Dist, *, log: Log = stderr_log, progress_bar: bool | None = None) -> Trainer:
     """The :class:`Trainer` of a new run in ``config.out_dir`` (its ``config.json`` written), ready to ``fit()``."""
-    if not config.out_dir:
-        raise TrainingError("A run needs an output folder (-o RUN_DIR).")
-    run_dir = Path(config.out_dir)
-    if (run_dir / ckpt.LAST).exists():
-        raise TrainingError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, or pick another -o.")
+    run_dir = _new_run_folder(config)
     hardware = hardware_plan(config, ctx.device, processes_on_this_machine())
     teacher = _load_teacher(config)
     splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed,
@@ -53,13 +71,34 @@ def new_trainer(config: TrainConfig, ctx: Dist, *, log: Log = stderr_log, progre
     if config.head_lr is None:  # a new head on pretrained features learns faster than the features
         config = config.replace(head_lr=10 * config.lr if new_head and config.pretrained else config.lr)
     if teacher:
-        check_same_input(teacher.meta, meta)
-    _announce(config, splits, meta, ctx, hardware, log)
+        check_same_input(teacher.meta, meta.replace(name=config.model))
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise TrainingError(f"Cannot write the run folder {run_dir}: {exc.strerror or exc}. Pick another -o.") from None
+    _announce(config, splits, meta, ctx, hardware, log)
     return Trainer(module, meta, config, splits, _objective(config, teacher, hardware), ctx, run_dir, log, hardware,
                    progress_bar=progress_bar)
+
+
+def _new_run_folder(config: TrainConfig) -> Path:
+    """``config.out_dir``, checked before anything is loaded: not a file, not a run already, and outside the
+    data folders (its checkpoints and plots would become training images)."""
+    if not config.out_dir:
+        raise TrainingError("A run needs an output folder (-o RUN_DIR).")
+    run_dir = Path(config.out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"-o {run_dir} is a file, not a folder; pick a folder for the run.")
+    if (run_dir / ckpt.LAST).exists():
+        raise TrainingError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, or pick another -o.")
+    for data in filter(None, (config.data_dir, config.val_dir)):
+        data_path = Path(data).resolve()
+        if data_path == run_dir.resolve() or data_path in run_dir.resolve().parents:
+            raise TrainingError(f"-o {run_dir} is inside the data folder {data}, where the run's files would become "
+                                "images of a class; pick a folder outside it.")
+    return run_dir
 
 
 def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None, log: Log = stderr_log,

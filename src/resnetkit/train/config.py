@@ -96,6 +96,15 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise TrainingError(f"--{name} must be positive, got {value}.")
+        optional_positive = {"head-lr": self.head_lr, "clip-grad": self.clip_grad}
+        for name, value in optional_positive.items():
+            if value is not None and value <= 0:
+                raise TrainingError(f"--{name} must be positive, got {value}.")
+        for name, value in {"weight-decay": self.weight_decay, "warmup-epochs": self.warmup_epochs}.items():
+            if value < 0:
+                raise TrainingError(f"--{name} must be 0 or more, got {value}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise TrainingError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.val_split is not None and not 0 <= self.val_split < 1:
             raise TrainingError(f"--val-split must be in [0, 1), got {self.val_split}.")
         if not 0 <= self.alpha <= 1:

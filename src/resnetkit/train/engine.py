@@ -282,9 +282,13 @@ class Trainer:
         loss_sum, correct, seen = self.ctx.sum([*sums.tolist(), seen])
         if seen == 0:
             raise DatasetError(f"No readable validation images in {self.splits.val_source}.")
+        if not math.isfinite(loss_sum):
+            raise TrainingError(f"The validation loss became {loss_sum}: training diverged; lower --lr (or enable "
+                                "--clip-grad).")
         return {"val_loss": loss_sum / seen, "val_top1": 100.0 * correct / seen}
 
     def _end_epoch(self, row: dict[str, Any]) -> None:
+        self._check_finite_weights(row["epoch"])
         progress = self.progress
         progress.history.append(row)
         progress.epoch, progress.step, progress.partial = row["epoch"], 0, [0.0, 0.0, 0.0, 0.0]
@@ -300,6 +304,13 @@ class Trainer:
         if progress.stopped_early:
             self.log(f"early stop: no improvement for {patience} epoch(s); best epoch {progress.best_epoch}")
         self._save(best=improved)
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """A finite loss can still leave inf or NaN weights behind (a huge --lr); they are never saved."""
+        finite = torch.stack([parameter.isfinite().all() for parameter in self.module.parameters()]).all()
+        if not finite.item():
+            raise TrainingError(f"The weights stopped being finite numbers in epoch {epoch}: training diverged; "
+                                "lower --lr (or enable --clip-grad).")
 
     # --- checkpoints ----------------------------------------------------------------------
 
