@@ -7,6 +7,7 @@ test backend whose forward pass waits at a gate the test opens; no assertion dep
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import socket
@@ -97,11 +98,29 @@ class RecordingRunner:
 
 BATCHES_SEEN: list[int] = []
 
+
+@dataclass
+class PoisonedRunner:
+    """Eager, until the test sets POISONED: then every logit is NaN (what a diverged checkpoint computes)."""
+
+    inner: EagerRunner
+    backend: str = "test-poisoned"
+    precision: str = "fp32"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(batch)
+        return logits * float("nan") if POISONED.is_set() else logits
+
+
+POISONED = threading.Event()
+
 if "test-gated" not in [b.name for b in registered()]:
     register(Backend("test-gated", "eager behind a gate the test opens", ("fp32",),
                      lambda module, meta, options: GatedRunner(EagerRunner(module), options.threads)))
     register(Backend("test-recording", "eager, recording the batch sizes it runs", ("fp32",),
                      lambda module, meta, options: RecordingRunner(EagerRunner(module))))
+    register(Backend("test-poisoned", "eager, computing NaN once the test says so", ("fp32",),
+                     lambda module, meta, options: PoisonedRunner(EagerRunner(module))))
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -471,6 +490,23 @@ def test_shutdown_drains_in_flight_requests(random_model):
         stopping.result()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{srv.url}/healthz")
+
+
+def test_a_model_computing_nan_is_a_json_500_in_each_protocol_and_the_server_goes_on(random_model):
+    name = "cifar_resnet20"  # the served name: the artifact's model name
+    with running(models=(str(random_model),), backend="test-poisoned", instances=1) as srv:
+        POISONED.set()
+        try:
+            own = httpx.post(f"{srv.url}/v1/models/{name}/classify", content=jpeg_bytes(), timeout=60)
+            torchserve = httpx.post(f"{srv.url}/predictions/{name}", content=jpeg_bytes(), timeout=60)
+            v2 = httpx.post(f"{srv.url}/v2/models/{name}/infer", timeout=60, json={"inputs": [
+                {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(jpeg_bytes()).decode()]}]})
+        finally:
+            POISONED.clear()
+        assert [r.status_code for r in (own, torchserve, v2)] == [500, 500, 500]
+        for message in (own.json()["detail"], torchserve.json()["detail"], v2.json()["error"]):
+            assert message.startswith(f"{name} computed outputs that are not numbers (NaN or inf) for 1 of 1 images")
+        assert httpx.post(f"{srv.url}/v1/models/{name}/classify", content=jpeg_bytes(), timeout=60).status_code == 200
 
 
 def test_a_model_that_cannot_be_loaded_stops_the_server_with_its_message(tmp_path):

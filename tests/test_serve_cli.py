@@ -13,6 +13,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 from conftest import make_image, run_cli
 from resnetkit.core.artifacts import save_artifact
@@ -102,7 +103,22 @@ def test_a_model_that_fails_to_load_ends_the_command_with_its_reason(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     result = run_cli("serve", broken, "--port", "0")
-    assert result.returncode == 2 and "Could not load the models" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("Could not load the models") == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: Could not load the models")
+
+
+def test_a_model_whose_weights_are_nan_is_refused_at_start(tmp_path):
+    spec = get_spec("cifar_resnet20")
+    module = spec.build().eval()
+    with torch.no_grad():
+        module.linear.weight.fill_(float("nan"))
+    broken = save_artifact(tmp_path / "diverged.pt", module, spec.meta(random=True))
+    result = run_cli("serve", broken, "--port", "0", "--backend", "eager")
+    assert result.returncode == 2 and result.stderr.count("not numbers (NaN or inf)") == 1, result.stderr
+    classified = run_cli("classify", broken, make_image(tmp_path / "a.png"), "--backend", "eager")
+    assert classified.returncode == 2 and classified.stderr.startswith("error: cifar_resnet20 computed outputs that are "
+                                                                       "not numbers (NaN or inf) for 1 of 1 images")
+    assert len(classified.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -93,6 +93,7 @@ def test_v2_binary_data_extension_gives_the_same_answer(server, images):
     ({"instances": []}, 400, "Not an inference request: inputs: Field required"),
     ({"parameters": {"top_k": 0}, "inputs": [bytes_input(["aGk="])]}, 400, "top_k must be an integer from 1"),
     ({"inputs": [bytes_input(["aGk="])], "outputs": [{"name": "logits"}]}, 400, "Unknown output logits"),
+    ({"inputs": [{**bytes_input(["aGk="]), "name": "INPUT__0"}]}, 400, "Unknown input 'INPUT__0': the model's one input is 'image'"),
 ])
 def test_v2_bad_requests_are_4xx_with_an_error_body(server, images, body, status, message):
     if body == "junk-image":
@@ -133,7 +134,37 @@ def test_kserve_v1_predict(server, images, expected):
     wrong = httpx.post(f"{server}/v1/models/cifar_resnet20:predict", json={"inputs": []})
     assert wrong.status_code == 400 and "instances" in wrong.json()["error"]
     bad_k = httpx.post(f"{server}/v1/models/cifar_resnet20:predict?top_k=0", json=body)
-    assert bad_k.status_code == 422 and bad_k.json()["error"].startswith("top_k: ")
+    assert bad_k.status_code == 400 and bad_k.json()["error"].startswith("top_k: ")  # KServe: every bad request is 400
+    broken = httpx.post(f"{server}/v1/models/cifar_resnet20:predict", content=b"{bad json")
+    assert broken.status_code == 400 and broken.json()["error"].startswith("Not a KServe v1 request: body: Invalid JSON")
+
+
+def test_v2_versioned_paths_name_the_one_version(server, images):
+    body = {"inputs": [bytes_input([b64(images[0])])], "outputs": [{"name": "label"}]}
+    plain = httpx.post(f"{server}{INFER}", json=body).json()
+    versioned = httpx.post(f"{server}/v2/models/cifar_resnet20/versions/1/infer", json=body).json()
+    assert versioned == plain and plain["outputs"][0]["shape"] == [1, 5]
+    assert httpx.get(f"{server}/v2/models/cifar_resnet20").json()["versions"] == ["1"]
+    assert httpx.get(f"{server}/v2/models/cifar_resnet20/versions/1").json()["name"] == "cifar_resnet20"
+    assert httpx.get(f"{server}/v2/models/cifar_resnet20/versions/1/ready").json()["ready"] is True
+    other = httpx.post(f"{server}/v2/models/cifar_resnet20/versions/2/infer", json=body)
+    assert other.status_code == 404 and other.json()["error"].startswith("Model cifar_resnet20 has no version '2'")
+
+
+def test_kserve_routing_errors_keep_the_protocols_error_body(server):
+    wrong_method = httpx.get(f"{server}{INFER}")
+    assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "Method Not Allowed"}
+    no_route = httpx.post(f"{server}/v2/models/cifar_resnet20/explain", json={})
+    assert no_route.status_code == 404 and no_route.json() == {"error": "Not Found"}
+    own_api = httpx.get(f"{server}/v1/models/cifar_resnet20/classify")
+    assert own_api.status_code == 405 and own_api.json() == {"detail": "Method Not Allowed"}
+
+
+@pytest.mark.parametrize("path", ["/", "/healthz", "/readyz", "/metrics", "/ping", "/v2/health/live", "/v2/health/ready"])
+def test_probes_answer_head_as_get_without_a_body(server, path):
+    head, get = httpx.head(f"{server}{path}"), httpx.get(f"{server}{path}")
+    assert head.status_code == get.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
 
 
 def test_torchserve_management_views_versions_and_metric_names(server, images):

@@ -34,6 +34,10 @@ class DatasetError(ResnetkitError):
     """A class-per-folder dataset is missing, empty or does not match the model."""
 
 
+class ModelOutputError(ResnetkitError):
+    """A model computed outputs that are not finite numbers (broken weights, or an overflow in low precision)."""
+
+
 class BackendUnavailableError(ResnetkitError):
     """The requested inference backend is unknown or not installed on this machine."""
 

@@ -17,7 +17,7 @@ from ..backends import tuning
 from ..backends.base import FLOAT_DTYPES, RunInfo, Runner, RunnerOptions, file_suffixes, module_backend, read_file, run_info
 from ..core.artifacts import ARTIFACT_SUFFIXES, load_artifact
 from ..core.device import resolve_device
-from ..core.errors import ModuleRequiredError, UnknownModelError, WeightsError
+from ..core.errors import ModelOutputError, ModuleRequiredError, UnknownModelError, WeightsError
 from ..core.images import prepare_image
 from ..core.spec import ModelMeta, ModelSpec
 from ..core.weights import extract_state_dict, load_published, safe_load
@@ -52,10 +52,22 @@ class Classifier:
         OpenVINO forward pass as much as a torch.stack)."""
         logits = self.runner(batch).float()
         if logits.device.type != "cpu":
-            return torch.softmax(logits, dim=1)
+            return self._finite(torch.softmax(logits, dim=1))
         values = logits.numpy()
         exp = np.exp(values - values.max(axis=1, keepdims=True))
-        return torch.from_numpy(exp / exp.sum(axis=1, keepdims=True))
+        return self._finite(torch.from_numpy(exp / exp.sum(axis=1, keepdims=True)))
+
+    def _finite(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """``probabilities``, unless some are NaN or inf: then a :class:`ModelOutputError` saying why that happens,
+        instead of NaN scores that look like answers (or break JSON)."""
+        broken = int((~probabilities.isfinite().all(dim=1)).sum())
+        if broken:
+            ran = self.ran
+            raise ModelOutputError(
+                f"{self.meta.name} computed outputs that are not numbers (NaN or inf) for {broken} of "
+                f"{len(probabilities)} images on {ran.label()}: its weights are broken (e.g. saved by a training run "
+                "that diverged) or the precision overflowed. Check the model file, or run it in fp32 (--precision fp32).")
+        return probabilities
 
     @property
     def ran(self) -> RunInfo:

@@ -11,9 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi_offline import FastAPIOffline
 
 from .. import __version__
+from ..core.errors import ResnetkitError
 from .hub import ModelHub, ServeError
 from .metrics import MetricsMiddleware, ServeMetrics
 from .routers import api, explain, health, kserve_v1, oip_v2, torchserve, web
@@ -57,6 +59,8 @@ def create_app(settings: ServeSettings, *, on_load_error: Callable[[str], None] 
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_exception_handler(ServeError, _serve_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
@@ -72,15 +76,32 @@ async def _serve_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_error_body(request, str(exc)), status_code=exc.status, headers=headers)
 
 
+def _is_kserve(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith(oip_v2.PREFIX + "/") or path == oip_v2.PREFIX or path.endswith(":predict")
+
+
 def _error_body(request: Request, message: str) -> dict[str, str]:
     """KServe's protocols answer errors as {"error": ...}; resnetkit's own API as {"detail": ...}."""
-    path = request.url.path
-    kserve = path.startswith(oip_v2.PREFIX + "/") or path == oip_v2.PREFIX or path.endswith(":predict")
-    return {"error": message} if kserve else {"detail": message}
+    return {"error": message} if _is_kserve(request) else {"detail": message}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Routing errors (404 no such path, 405 wrong method) in the route's protocol too."""
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(_error_body(request, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Anything unforeseen (a backend failure, a model that computes NaN) as a JSON 500 in the route's protocol,
+    not Starlette's plain-text page; the traceback still goes to the server's log."""
+    message = str(exc) if isinstance(exc, ResnetkitError) else f"Internal error ({type(exc).__name__}): {exc}"
+    return JSONResponse(_error_body(request, message), status_code=500)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 as one readable sentence, e.g. "top_k: Input should be greater than or equal to 1 (got '0')"."""
     assert isinstance(exc, RequestValidationError)
     messages = [f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
-    return JSONResponse(_error_body(request, "; ".join(messages)), status_code=422)
+    status = 400 if _is_kserve(request) else 422  # KServe's protocols answer every bad request with 400
+    return JSONResponse(_error_body(request, "; ".join(messages)), status_code=status)

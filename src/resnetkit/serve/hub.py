@@ -113,9 +113,10 @@ class ModelHub:
 
     def _fail(self, message: str) -> None:
         self.load_error = f"Could not load the models: {message}"
-        log.error(self.load_error)
-        if self._on_load_error:
+        if self._on_load_error:  # its owner reports it (the CLI: one error: line)
             self._on_load_error(self.load_error)
+        else:
+            log.error(self.load_error)
 
     async def close(self) -> None:
         """Finish the admitted images of every model, then stop the workers."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -19,6 +21,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from .hub import ServeError
 from .metrics import CLIENT_CLOSED
+
+Request_ = TypeVar("Request_", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ async def read_uploads(request: Request, *, max_bytes: int, max_files: int, fiel
         return [Upload(None, body)]
     uploads = await _parse_multipart(request, body, field)
     if not uploads:
-        wanted = f"a file field named '{field}'" if field else "a file field"
+        wanted = f"file field named '{field}'" if field else "file field"
         raise ServeError(422, f"The multipart request has no {wanted}. Send e.g. curl -F {field or 'data'}=@photo.jpg.")
     if len(uploads) > max_files:
         raise ServeError(413, f"{len(uploads)} files in one request; the limit is {max_files}. "
@@ -78,6 +82,16 @@ async def _parse_multipart(request: Request, body: bytes, field: str | None) -> 
         raise ServeError(422, f"The multipart body could not be parsed: {exc.message}") from None
     files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
     return [Upload(value.filename, await value.read()) for name, value in files if field is None or name == field]
+
+
+def parse_json(body: bytes, schema: type[Request_], what: str, example: str) -> Request_:
+    """``body`` as ``schema``, or a 400 naming the first problem (bad JSON, a missing or mistyped field)."""
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ServeError(400, f"Not {what}: {where}: {first['msg']}. Send JSON like {example}.") from None
 
 
 def decode_base64(text: str, what: str) -> bytes:

@@ -12,12 +12,14 @@ router = APIRouter(tags=["Operations"])
 
 
 @router.get("/healthz", response_model=Health, summary="The process is up and answering")
+@router.head("/healthz", include_in_schema=False)  # HEAD too, as load balancers' and uptime monitors' probes send
 async def healthz() -> Health:
     return Health(status="ok")
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
             summary="200 once every model is loaded and warmed up, 503 before (or if loading failed)")
+@router.head("/readyz", include_in_schema=False)
 async def readyz(hub: Hub) -> JSONResponse:
     detail = None if hub.ready else hub.load_error or "loading and warming up the models"
     body = Readiness(ready=hub.ready, models=list(hub.models), detail=detail)
@@ -25,6 +27,7 @@ async def readyz(hub: Hub) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text exposition format)")
+@router.head("/metrics", include_in_schema=False)
 async def metrics(hub: Hub) -> Response:
     payload, content_type = hub.metrics.render()
     return Response(payload, media_type=content_type)

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import ValidationError
-
 from ..deps import Hub, classify_images, require_token
 from ..hub import ServeError
 from ..schemas import KServeV1Request, KServeV1Response, OipError, PredictionOut
-from ..uploads import decode_base64, read_body
+from ..uploads import decode_base64, parse_json, read_body
 
 router = APIRouter(tags=["KServe v1"], dependencies=[Depends(require_token)],
                    responses={code: {"model": OipError} for code in (400, 401, 404, 413, 503)})
@@ -25,11 +23,8 @@ async def predict(model: str, request: Request, hub: Hub,
     """Instances are ``{"b64": "<base64 image file>"}`` (or bare base64 strings); an unreadable one fails the request."""
     served = hub.get(model)
     body = await read_body(request, hub.settings.max_upload_bytes)
-    try:
-        instances = KServeV1Request.model_validate_json(body).instances
-    except ValidationError:
-        raise ServeError(400, 'Not a KServe v1 request: send JSON {"instances": [{"b64": "<base64 image file>"}]}.') \
-            from None
+    instances = parse_json(body, KServeV1Request, "a KServe v1 request",
+                           '{"instances": [{"b64": "<base64 image file>"}]}').instances
     images = [decode_base64(i if isinstance(i, str) else i.b64, f"Instance {n}") for n, i in enumerate(instances)]
     outcomes = await classify_images(request, hub, served, images, top_k)
     predictions = []

@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from ... import __version__
 from ...run.classify import Prediction
@@ -22,11 +21,13 @@ from ..hub import ServeError
 from ..schemas import (OipError, OipInferenceRequest, OipInferenceResponse, OipLive, OipModelMetadata,
                        OipModelReady, OipReady, OipRequestInput, OipResponseOutput, OipServerMetadata,
                        OipTensorMetadata)
-from ..uploads import decode_base64, read_body
+from ..uploads import decode_base64, parse_json, read_body
 
 PREFIX = "/v2"
 DEFAULT_TOP_K = 5
 BINARY_HEADER = "inference-header-content-length"
+INPUT = "image"
+VERSION = "1"  # each served model has one version; the protocol's /versions/{version} paths name it
 OUTPUTS = {"label": "BYTES", "score": "FP32", "index": "INT64"}
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OipError} for code in (400, 401, 404, 413, 503)}
 
@@ -39,17 +40,21 @@ async def server_metadata() -> OipServerMetadata:
 
 
 @router.get("/health/live", response_model=OipLive, summary="200 while the process answers")
+@router.head("/health/live", include_in_schema=False)
 async def live() -> OipLive:
     return OipLive(live=True)
 
 
 @router.get("/health/ready", response_model=OipReady, summary="200 once every model is loaded, 400 before")
+@router.head("/health/ready", include_in_schema=False)
 async def ready(hub: Hub) -> JSONResponse:
     return JSONResponse(OipReady(ready=hub.ready).model_dump(), status_code=200 if hub.ready else 400)
 
 
 @router.get("/models/{model}/ready", response_model=OipModelReady, summary="200 if the model is ready, 400 before")
-async def model_ready(model: str, hub: Hub) -> JSONResponse:
+@router.get("/models/{model}/versions/{version}/ready", response_model=OipModelReady, include_in_schema=False)
+async def model_ready(model: str, hub: Hub, version: str | None = None) -> JSONResponse:
+    _check_version(model, version)
     if hub.ready:
         hub.get(model)  # 404 for a model that is not served
     ok = model in hub.models
@@ -58,11 +63,14 @@ async def model_ready(model: str, hub: Hub) -> JSONResponse:
 
 @router.get("/models/{model}", response_model=OipModelMetadata, dependencies=[Depends(require_token)],
             summary="Model metadata: one BYTES input, three [N, k] outputs")
-async def model_metadata(model: str, hub: Hub) -> OipModelMetadata:
+@router.get("/models/{model}/versions/{version}", response_model=OipModelMetadata,
+            dependencies=[Depends(require_token)], include_in_schema=False)
+async def model_metadata(model: str, hub: Hub, version: str | None = None) -> OipModelMetadata:
+    _check_version(model, version)
     served = hub.get(model)
     return OipModelMetadata(
-        name=served.name, versions=[], platform=f"resnetkit/{served.runtime}",
-        inputs=[OipTensorMetadata(name="image", datatype="BYTES", shape=[-1])],
+        name=served.name, versions=[VERSION], platform=f"resnetkit/{served.runtime}",
+        inputs=[OipTensorMetadata(name=INPUT, datatype="BYTES", shape=[-1])],
         outputs=[OipTensorMetadata(name=name, datatype=kind, shape=[-1, -1]) for name, kind in OUTPUTS.items()],
     )
 
@@ -71,8 +79,11 @@ async def model_metadata(model: str, hub: Hub) -> OipModelMetadata:
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": OipInferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
              summary="Top-k of each image of a BYTES input")
-async def infer(model: str, request: Request, hub: Hub) -> JSONResponse:
+@router.post("/models/{model}/versions/{version}/infer", response_model=OipInferenceResponse,
+             dependencies=[Depends(require_token)], include_in_schema=False)
+async def infer(model: str, request: Request, hub: Hub, version: str | None = None) -> JSONResponse:
     """Every image must be readable: one that is not fails the request with 400 and names its position."""
+    _check_version(model, version)
     served = hub.get(model)
     body = await read_body(request, hub.settings.max_upload_bytes)
     payload, images = parse_request(body, request.headers.get(BINARY_HEADER))
@@ -86,6 +97,12 @@ async def infer(model: str, request: Request, hub: Hub) -> JSONResponse:
     return JSONResponse(response.model_dump(exclude_none=True))
 
 
+def _check_version(model: str, version: str | None) -> None:
+    if version not in (None, VERSION):
+        raise ServeError(404, f"Model {model} has no version {version!r}; each served model has the single "
+                              f"version {VERSION} (or leave /versions/... out).")
+
+
 def parse_request(body: bytes, json_length: str | None) -> tuple[OipInferenceRequest, list[bytes]]:
     """The request and its images (base64 JSON data, or the binary data extension's raw section)."""
     binary = b""
@@ -94,14 +111,9 @@ def parse_request(body: bytes, json_length: str | None) -> tuple[OipInferenceReq
             raise ServeError(400, f"{BINARY_HEADER}: {json_length!r} is not a length within the body "
                                   f"({len(body)} bytes).")
         body, binary = body[:int(json_length)], body[int(json_length):]
-    try:
-        payload = OipInferenceRequest.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ServeError(400, f"Not an inference request: {where}: {first['msg']}. Send JSON like "
-                              '{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
-                              '"data": ["<base64 of the image file>"]}]}.') from None
+    payload = parse_json(body, OipInferenceRequest, "an inference request",
+                         '{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
+                         '"data": ["<base64 of the image file>"]}]}')
     if len(payload.inputs) != 1:
         raise ServeError(400, f"Send exactly one input holding the images (got {len(payload.inputs)}).")
     return payload, _images(payload.inputs[0], binary)
@@ -111,6 +123,9 @@ def _images(tensor: OipRequestInput, binary: bytes) -> list[bytes]:
     if tensor.datatype != "BYTES":
         raise ServeError(400, f"Input '{tensor.name}' has datatype {tensor.datatype}; send the image files "
                               "(JPEG, PNG...) as a BYTES input, base64-encoded in JSON.")
+    if tensor.name != INPUT:
+        raise ServeError(400, f"Unknown input '{tensor.name}': the model's one input is '{INPUT}' (BYTES); "
+                              f"name the input '{INPUT}'.")
     size = (tensor.parameters or {}).get("binary_data_size")
     images = _unpack_bytes(binary, size) if size is not None else [_b64(v, i) for i, v in enumerate(_flat(tensor))]
     count = 1

@@ -25,6 +25,7 @@ router = APIRouter(tags=["TorchServe compatibility"])
 
 
 @router.get("/ping", response_model=TorchServePing, summary="TorchServe health check")
+@router.head("/ping", include_in_schema=False)
 async def ping(hub: Hub) -> JSONResponse:
     healthy = hub.ready
     return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"}, status_code=200 if healthy else 503)

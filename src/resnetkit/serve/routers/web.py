@@ -13,5 +13,6 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/")
+@router.head("/")
 async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html")
