@@ -107,7 +107,7 @@ def test_a_model_that_fails_to_load_ends_the_command_with_its_reason(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: Could not load the models")
 
 
-def test_a_model_whose_weights_are_nan_is_refused_at_start(tmp_path):
+def test_a_model_whose_weights_are_nan_is_refused_by_serve_classify_and_evaluate(tmp_path):
     spec = get_spec("cifar_resnet20")
     module = spec.build().eval()
     with torch.no_grad():
@@ -119,6 +119,9 @@ def test_a_model_whose_weights_are_nan_is_refused_at_start(tmp_path):
     assert classified.returncode == 2 and classified.stderr.startswith("error: cifar_resnet20 computed outputs that are "
                                                                        "not numbers (NaN or inf) for 1 of 1 images")
     assert len(classified.stderr.strip().splitlines()) == 1
+    make_image(tmp_path / "labelled" / "cat" / "a.png")
+    evaluated = run_cli("evaluate", broken, tmp_path / "labelled", "--backend", "eager")
+    assert evaluated.returncode == 2 and "not numbers (NaN or inf)" in evaluated.stderr, evaluated.stderr
 
 
 @pytest.mark.slow

@@ -44,30 +44,27 @@ class Classifier:
         return prepare_image(source, self.meta.preprocessing, **checks)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.runner(batch)
+        """The runner's outputs for ``batch``, unless some are NaN or inf: then a :class:`ModelOutputError` saying
+        why that happens, instead of NaN scores or an accuracy that look like answers (or break JSON)."""
+        outputs = self.runner(batch)
+        broken = int((~outputs.isfinite().all(dim=1)).sum())
+        if broken:
+            raise ModelOutputError(
+                f"{self.meta.name} computed outputs that are not numbers (NaN or inf) for {broken} of "
+                f"{len(outputs)} images on {self.ran.label()}: its weights are broken (e.g. saved by a training run "
+                "that diverged) or the precision overflowed. Check the model file, or run it in fp32 (--precision fp32).")
+        return outputs
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax of the logits; on the CPU computed by numpy, for the reason
         :func:`~resnetkit.core.images.stack_inputs` gives (torch's softmax of 16 x 1000 logits cost the next
         OpenVINO forward pass as much as a torch.stack)."""
-        logits = self.runner(batch).float()
+        logits = self.logits(batch).float()
         if logits.device.type != "cpu":
-            return self._finite(torch.softmax(logits, dim=1))
+            return torch.softmax(logits, dim=1)
         values = logits.numpy()
         exp = np.exp(values - values.max(axis=1, keepdims=True))
-        return self._finite(torch.from_numpy(exp / exp.sum(axis=1, keepdims=True)))
-
-    def _finite(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """``probabilities``, unless some are NaN or inf: then a :class:`ModelOutputError` saying why that happens,
-        instead of NaN scores that look like answers (or break JSON)."""
-        broken = int((~probabilities.isfinite().all(dim=1)).sum())
-        if broken:
-            ran = self.ran
-            raise ModelOutputError(
-                f"{self.meta.name} computed outputs that are not numbers (NaN or inf) for {broken} of "
-                f"{len(probabilities)} images on {ran.label()}: its weights are broken (e.g. saved by a training run "
-                "that diverged) or the precision overflowed. Check the model file, or run it in fp32 (--precision fp32).")
-        return probabilities
+        return torch.from_numpy(exp / exp.sum(axis=1, keepdims=True))
 
     @property
     def ran(self) -> RunInfo:
