@@ -156,6 +156,17 @@ def test_cli_bench_compares_backends_and_artifacts_in_one_table(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_bench_eval_measures_accuracy_in_its_worker_process(cifar_weights, cifar_test_dir):
+    from conftest import run_cli
+
+    result = run_cli("bench", "--models", "cifar_resnet20", "--quick", "--no-reference", "--eval", cifar_test_dir,
+                     "--eval-limit", "60", "--json")
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["eval_images"] == 60 and 60 < record["top1"] <= 100 and record["accuracy_source"].startswith("measured")
+
+
+@pytest.mark.slow
 def test_bench_with_eval_measures_accuracy(cifar_weights, cifar_test_dir):
     config = dataclasses.replace(LOCAL, eval_dir=str(cifar_test_dir), eval_limit=300)
     (record,) = bench(["cifar_resnet20"], config, backends=["eager"])

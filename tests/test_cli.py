@@ -82,6 +82,15 @@ def test_help_loses_no_text_to_markup(item):
     (["weights", "pull"], "Missing argument 'MODEL'"),
     (["finetune", "cifar_resnet20"], "finetune needs MODEL, DATA_DIR and -o RUN_DIR"),
     (["classify", "resnet5O", "x.jpg"], "Unknown model 'resnet5O'. Did you mean: resnet50"),
+    (["classify", "missing.pt", "x.jpg"], "No such model file: missing.pt"),
+    (["classify", "cifar_resnet20", ""], "An empty path was given"),
+    (["bench", "--models", ""], "--models is empty"),
+    (["bench", "--models", "cifar_resnet20", "--json", "--recommend"], "--recommend prints after the table"),
+    (["bench", "--models", "cifar_resnet20", "-o", "/proc/bench.json"], "Cannot write /proc/bench.json"),
+    (["bench", "--models", "cifar_resnet20", "--eval", "/no/such/folder"], "No such folder: /no/such/folder"),
+    (["evaluate", "cifar_resnet20", ".", "--plot", "/proc/confusion.png"], "Cannot write /proc/confusion.png"),
+    (["recommend", "--from", "/"], "/ is a folder, not a 'resnetkit bench -o FILE' file"),
+    (["tune", "cifar_resnet20", "--refresh", "--clear"], "pick one"),
 ])
 def test_every_mistake_is_one_error_line_exit_2_no_traceback(args, message):
     result = run_cli(*args)
@@ -217,3 +226,14 @@ def test_ci_fails_without_the_shared_data_instead_of_skipping(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co", "tests/test_fileio.py"],
                           cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and f"error: {tmp_path / 'missing'} is missing" in done.stdout + done.stderr
+
+
+def test_resnetkits_own_warnings_are_one_note_line(capsys, monkeypatch):
+    cli_app = sys.modules["resnetkit.cli.app"]  # the module (resnetkit.cli.app is also the Typer app's name)
+    passed_on: list[str] = []
+    monkeypatch.setattr(cli_app, "_python_show_warning", lambda message, *rest: passed_on.append(str(message)))
+    inside = str(cli_app.PACKAGE_DIR / "backends" / "common.py")
+    cli_app._show_warning(UserWarning("int8 without calibration data"), UserWarning, inside, 151)
+    assert capsys.readouterr().err == "note: int8 without calibration data\n" and passed_on == []
+    cli_app._show_warning(UserWarning("from elsewhere"), UserWarning, "/site-packages/other.py", 7)
+    assert passed_on == ["from elsewhere"]  # other packages' warnings as Python shows them

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from resnetkit.core.fileio import atomic_write, write_text_atomic
+from resnetkit.core.errors import OutputError
+from resnetkit.core.fileio import atomic_write, check_writable, write_text_atomic
 
 
 def test_atomic_write_replaces_the_file_with_the_usual_permissions(tmp_path: Path) -> None:
@@ -31,3 +32,17 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path: Pat
             raise RuntimeError("disk full")
     assert target.read_bytes() == b"old weights"
     assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_paths_that_cannot_be_written_are_one_clear_error_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=f"Cannot write {tmp_path}: it is a folder"):
+        with atomic_write(tmp_path):
+            pytest.fail("the block ran")
+    with pytest.raises(OutputError, match="Cannot write /proc/resnetkit/out.json: .*Pick another output path"):
+        with atomic_write("/proc/resnetkit/out.json"):
+            pytest.fail("the block ran")
+    (tmp_path / "a-file").write_text("keep")
+    with pytest.raises(OutputError, match="Cannot write .*a-file/out.json"):
+        check_writable(tmp_path / "a-file" / "out.json")
+    assert check_writable(tmp_path / "new" / "out.json") == tmp_path / "new" / "out.json"
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]  # the checks wrote nothing and made no folder

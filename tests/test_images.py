@@ -59,6 +59,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         decode_image(b"hello, I am text")
     with pytest.raises(ImageError, match="No such file"):
         decode_image(tmp_path / "missing.jpg")
+    with pytest.raises(ImageError, match=r"/dev/null is not a regular file \(a device, a pipe\?\)"):
+        decode_image("/dev/null")
     full = make_image(tmp_path / "full.jpg", size=(200, 200)).read_bytes()
     with pytest.raises(ImageError, match="truncated or corrupted"):
         decode_image(full[: len(full) // 2])

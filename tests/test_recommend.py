@@ -31,7 +31,7 @@ def test_recommend_ranks_by_accuracy_within_constraints_and_explains_exclusions(
     assert any("dominated by mid" in r for r in result.recommended[1].reasons)
     (excluded,) = result.excluded
     assert excluded.record.model == "slow"
-    assert excluded.reasons == ["p50 latency 80.00 ms > 40", "size 200.00 MB > 100"]
+    assert excluded.reasons == ["p50 latency 80.00 ms > 40", "size (fp32 weights) 200.00 MB > 100"]
     nothing = recommend(records, Constraints(min_top1=99))
     assert nothing.recommended == [] and len(nothing.excluded) == 4
 

@@ -3,6 +3,7 @@ top-1/top-5 measured with ``--eval DIR``."""
 
 from __future__ import annotations
 
+import multiprocessing
 from typing import Any
 
 from ..core.spec import ModelMeta, PublishedMetrics
@@ -49,7 +50,9 @@ def add_measured_accuracy(record: BenchRecord, classifier: Classifier, config: B
     """Top-1/top-5 of ``classifier`` on ``config.eval_dir`` into ``record``."""
     from ..run.evaluate import evaluate
 
-    report = evaluate(classifier, config.eval_dir, limit=config.eval_limit, progress=False)
+    # bench measures in daemon processes, which may not start the DataLoader's decoding processes: decode in-process
+    workers = 0 if multiprocessing.current_process().daemon else None
+    report = evaluate(classifier, config.eval_dir, limit=config.eval_limit, progress=False, workers=workers)
     record.top1, record.top5, record.eval_images = report.top1, report.top5, report.n_images
     record.accuracy_source = f"measured on {config.eval_dir} ({report.n_images} images)"
     record.accuracy_dataset = str(config.eval_dir)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..backends.base import artifact_size
+from ..core.datasets import require_folder
 from ..core.device import cpu_name, machine_cores, resolve_device, usable_cores
 from ..core.errors import ResnetkitError
 from ..core.measure import CpuMeter, count_params, load_average
@@ -55,8 +56,12 @@ def bench(
     module docstring). ``on_record`` sees each variant when it is done, and each variant a
     backend cannot run as an error (left out of the result; raised if it was the only one).
     Ctrl-C or SIGTERM raises :class:`BenchInterrupted` carrying what was measured so far."""
+    if not models:
+        raise ResnetkitError("No model to measure: name at least one (see 'resnetkit models').")
     for ref in models:  # fail fast, before any process starts
         check_model_ref(ref)
+    if config.eval_dir is not None:
+        require_folder(config.eval_dir)
     resolve_device(config.device)  # a device this machine lacks: one clear error (each process resolves it again)
     requested = {m: [Variant(m, b, p) for b in backends for p in precisions] for m in models}
     run = _Run(config, on_record or (lambda result, variant: None), on_progress or (lambda progress: None))

@@ -76,6 +76,11 @@ def size_mb(record: BenchRecord) -> float | None:
     return record.size_mb_fp16 if record.precision in ("fp16", "bf16") else record.size_mb_fp32
 
 
+def _size_basis(record: BenchRecord) -> str:
+    """Which weights size :func:`size_mb` takes, for the reasons people read."""
+    return "(fp16 weights)" if record.precision in ("fp16", "bf16") else "(fp32 weights)"
+
+
 def pareto_front(records: Sequence[BenchRecord]) -> list[BenchRecord]:
     """Records with a top-1 for which no other record on the same dataset is at least as fast
     and as accurate, and better in one. Accuracies on different datasets are never compared."""
@@ -190,7 +195,7 @@ def _check(record: BenchRecord, c: Constraints) -> tuple[list[str], list[str]]:
     failed, passed = [], []
     checks = [
         ("p50 latency", record.latency_ms_p50, c.max_latency_ms, "ms", lambda v, lim: v <= lim, "<=", ">"),
-        ("size", size_mb(record), c.max_size_mb, "MB", lambda v, lim: v <= lim, "<=", ">"),
+        (f"size {_size_basis(record)}", size_mb(record), c.max_size_mb, "MB", lambda v, lim: v <= lim, "<=", ">"),
         ("top-1", record.top1, c.min_top1, "%", lambda v, lim: v >= lim, ">=", "<"),
     ]
     for name, value, limit, unit, ok, good_op, bad_op in checks:

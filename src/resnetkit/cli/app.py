@@ -27,6 +27,8 @@ import inspect
 import json
 import os
 import sys
+import warnings
+from pathlib import Path
 from typing import Annotated, Any, Sequence
 
 import typer
@@ -56,6 +58,21 @@ def styled(*parts: str | tuple[str, str]) -> Text:
 def print_error(message: str) -> None:
     """The one error style: ``error: message`` on stderr."""
     err_console.print(styled(("error:", "bold red"), f" {message}"), highlight=False, soft_wrap=True)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """resnetkit's own warnings as one ``note:`` line (not Python's file:line format with a source line); others'
+    as Python shows them."""
+    if Path(filename).resolve().is_relative_to(PACKAGE_DIR):
+        err_console.print(f"note: {message}", highlight=False)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_python_show_warning = warnings.showwarning
+warnings.showwarning = _show_warning
 
 
 def print_json(data: Any) -> None:

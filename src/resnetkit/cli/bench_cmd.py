@@ -23,7 +23,7 @@ from ..choose.gpu import BEST_BATCH_GAIN, BEST_BATCH_LIMIT
 from ..choose.seeds import (PUBLISHED_FORMAT, SEEDS_BATCH_SIZE, SEEDS_MODELS, SEEDS_PRECISION, PublishedRow, PublishedTable,
                             read_published)
 from ..core.errors import ResnetkitError
-from ..core.fileio import write_text_atomic
+from ..core.fileio import check_writable, write_text_atomic
 from ..choose.recommend import Constraints, Recommendation, recommend
 from ..backends.base import get_backend
 from .app import DeviceOpt, app, console, default, err_console, print_json, styled
@@ -72,6 +72,14 @@ def bench_command(
 
     Ctrl-C (or SIGTERM) stops early: what was measured is still printed and written, marked 'partial'.
     """
+    for path in filter(None, (output, csv_file, plot)):  # before the measurement, which would be lost
+        check_writable(path)
+    if then_recommend and json_output:
+        raise ResnetkitError("--recommend prints after the table, and --json prints no table: drop one of them "
+                             "(or run 'resnetkit recommend --from FILE' on a 'bench -o FILE' file).")
+    if models is not None and not _split(models):
+        raise ResnetkitError("--models is empty: name at least one model (see 'resnetkit models'), or leave it out "
+                             "for the default ones.")
     published_table = read_published(published) if published else None
     if table is BenchTable.seeds:
         if any(v is not None for v in (models, batch_size, precisions)):
@@ -177,7 +185,7 @@ def _report_record(result: BenchRecord | ResnetkitError, variant: Variant) -> No
     if isinstance(result, ResnetkitError):
         err_console.print(f"skipped {variant.describe()}: {result}", highlight=False)
     else:
-        err_console.print(f"measured {result.label}: p50 {result.latency_ms_p50:.1f} ms ({result.status}, "
+        err_console.print(f"measured {result.label}: p50 {_ms(result.latency_ms_p50)} ms ({result.status}, "
                           f"{result.latency_runs} runs in {result.latency_rounds} rounds)", highlight=False)
 
 
@@ -185,8 +193,14 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _ms(value: float | None) -> str:
+    """Milliseconds to three significant digits or more (0.459, 4.59, 45.9), so that sub-millisecond latencies and
+    their confidence intervals do not all round to the same figure."""
+    return "-" if value is None else f"{value:.{3 if value < 1 else 2 if value < 10 else 1}f}"
+
+
 def _ci(record: BenchRecord) -> str:
-    return f"{record.latency_ms_p50_ci[0]:.1f}-{record.latency_ms_p50_ci[1]:.1f}" if record.latency_ms_p50_ci else "-"
+    return f"{_ms(record.latency_ms_p50_ci[0])}-{_ms(record.latency_ms_p50_ci[1])}" if record.latency_ms_p50_ci else "-"
 
 
 Column = tuple[str, Callable[[BenchRecord], str]]  # header, cell of a record
@@ -200,7 +214,7 @@ def _columns(records: Sequence[BenchRecord], config: BenchConfig) -> list[Column
         ("MB fp32", lambda r: _fmt(r.size_mb_fp32, 1))]
     if any(r.file_mb is not None for r in records):  # model files: their size on disk, in what they store
         columns += [("file MB", lambda r: _fmt(r.file_mb, 2))]
-    columns += [("p50 ms", lambda r: _fmt(r.latency_ms_p50, 1)),
+    columns += [("p50 ms", lambda r: _ms(r.latency_ms_p50)),
         ("p50 95% CI", _ci), ("runs", lambda r: f"{r.latency_runs}" + ("" if r.status == "stable" else f" ({r.status})"))]
     if any(r.on_gpu for r in records):
         columns += [(f"ms/batch @{batch}", lambda r: _fmt(r.batch_ms_p50, 1)), ("GPU MB", lambda r: _fmt(r.gpu_peak_mb, 0)),
@@ -399,6 +413,8 @@ def load_records(path: str) -> list[BenchRecord]:
         return [BenchRecord.from_dict(row) for row in rows]
     except FileNotFoundError:
         raise ResnetkitError(f"No such file: {path}. Create it with 'resnetkit bench -o {path}'.") from None
+    except IsADirectoryError:
+        raise ResnetkitError(f"{path} is a folder, not a 'resnetkit bench -o FILE' file.") from None
     except (json.JSONDecodeError, TypeError, AttributeError) as exc:
         raise ResnetkitError(f"{path} is not a 'resnetkit bench -o FILE' file ({exc}).") from None
 

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..backends.base import RunInfo, RunnerOptions
 from ..core.datasets import require_folder
+from ..core.fileio import check_writable
 from ..core.device import resolve_device
 from ..core.errors import ImageError
 from ..core.images import iter_image_paths
@@ -107,6 +108,8 @@ def evaluate_command(
     """Top-1/top-5 accuracy, per-class accuracy, confusion matrix and images/s on a labelled folder."""
     options = RunnerOptions(batch_size=batch_size, precision=precision, device=resolve_device(device))
     require_folder(data_dir)  # before loading the model, which may mean downloading its weights
+    if plot:
+        check_writable(plot)  # before the evaluation, which would be lost
     classifier = load_model(model, weights=weights, pretrained=not random_weights, backend=backend, options=options)
     report = evaluate(classifier, data_dir, batch_size=batch_size, limit=limit, workers=workers)
     if plot:

@@ -9,10 +9,11 @@ from rich.table import Table
 
 from ..backends import auto, tuning
 from ..backends.base import RunnerOptions
-from ..core.device import resolve_device
+from ..core.device import resolve_device, usable_cores
+from ..core.errors import ResnetkitError
 from ..core.zoo import is_zoo_name
 from ..run.loading import load_model, tuning_key
-from .app import DeviceOpt, JsonFlag, ModelArg, PrecisionOpt, app, console, default, print_json
+from .app import DeviceOpt, JsonFlag, ModelArg, PrecisionOpt, app, console, default, err_console, print_json
 
 
 @app.command("tune")
@@ -32,6 +33,12 @@ def tune_command(
 
     Zoo models are measured with random weights: speed does not depend on the weight values, so nothing is
     downloaded (there is no --random-weights: it would change nothing)."""
+    if clear and refresh:
+        raise ResnetkitError("--clear removes the entries and --refresh measures again: pick one (--refresh alone "
+                             "replaces the entry).")
+    if threads is not None and threads > usable_cores():
+        err_console.print(f"note: --threads {threads} is more than the {usable_cores()} cores this process may use; "
+                          "the threads will share cores and the timings show that", highlight=False)
     if clear:
         removed = tuning.clear(tuning_key(model))
         console.print(f"removed {removed} tuning entr{'y' if removed == 1 else 'ies'} of {model} from {tuning.cache_path()}",

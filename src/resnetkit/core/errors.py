@@ -34,6 +34,10 @@ class DatasetError(ResnetkitError):
     """A class-per-folder dataset is missing, empty or does not match the model."""
 
 
+class OutputError(ResnetkitError):
+    """An output file cannot be written where it was asked for (no permission, a folder there, no such device)."""
+
+
 class ModelOutputError(ResnetkitError):
     """A model computed outputs that are not finite numbers (broken weights, or an overflow in low precision)."""
 

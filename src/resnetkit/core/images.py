@@ -62,7 +62,8 @@ def decode_image(
         stream: io.BytesIO | str | os.PathLike[str] = io.BytesIO(source)
     else:
         if not Path(source).is_file():
-            raise ImageError(f"No such file: {source}")
+            raise ImageError(f"{source} is not a regular file (a device, a pipe?)" if Path(source).exists()
+                             else f"No such file: {source}")
         stream = source
     try:
         with Image.open(stream) as image:
@@ -172,7 +173,10 @@ def is_image_file(path: Path) -> bool:
 
 def iter_image_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
     """Expand ``paths``: folders are walked (image extensions only, sorted); files as given."""
-    for entry in map(Path, paths):
+    for given in paths:
+        if not str(given):  # Path("") would be the current folder
+            raise ImageError("An empty path was given (an unset shell variable?); name image files or folders.")
+        entry = Path(given)
         if entry.is_dir():
             yield from sorted(p for p in entry.rglob("*") if p.is_file() and is_image_file(p))
         else:

@@ -168,15 +168,27 @@ def load_model(
             raise UnknownModelError(f"{ref} is not a model file resnetkit can read (known suffixes: {known}).")
         runner, meta = read_file(path, backend, options)
         return Classifier(meta, runner)
-    get_spec(ref)  # raises UnknownModelError with suggestions
-    raise AssertionError("unreachable")
+    raise _unknown(ref)
 
 
 def check_model_ref(ref: str | os.PathLike[str]) -> None:
     """Fail fast, before anything is loaded or written, on a reference that is neither a zoo name nor an
     existing path (the error suggests zoo names)."""
     if not is_zoo_name(str(ref)) and not Path(ref).exists():
-        get_spec(str(ref))  # raises UnknownModelError with suggestions
+        raise _unknown(str(ref))
+
+
+def _unknown(ref: str) -> UnknownModelError:
+    """Why ``ref`` names no model: a missing file if it looks like a path, else an unknown zoo name (with the closest)."""
+    path = Path(ref)
+    if os.sep in ref or path.suffix.lower() in (*ARTIFACT_SUFFIXES, *file_suffixes()):
+        return UnknownModelError(f"No such model file: {ref}. Pass the path of a model file written by resnetkit "
+                                 "(or exported by it), or a zoo name (see 'resnetkit models').")
+    try:
+        get_spec(ref)
+    except UnknownModelError as exc:
+        return exc
+    raise AssertionError(f"{ref} is a zoo name")
 
 
 def tuning_key(ref: str) -> str:
