@@ -14,15 +14,18 @@ import torch
 from PIL import Image
 
 from resnetkit import classify, load_model
-from resnetkit.run.video import FrameResult, VideoError, classify_video, is_video_source, measure_stream, smooth_segments
+from resnetkit.run.video import (FrameResult, VideoError, VideoReport, classify_video, is_video_source, measure_stream,
+                                 smooth_segments)
 
 FPS = 25
 
 
-def encode_clip(path: Path, images: list[Path], repeat: int = 5, size: tuple[int, int] = (128, 128)) -> Path:
-    """An MPEG-4 clip at 25 fps showing each image for ``repeat`` frames (moov atom first, so a cut file opens)."""
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("mpeg4", rate=FPS)
+def encode_clip(path: Path, images: list[Path], repeat: int = 5, size: tuple[int, int] = (128, 128),
+                codec: str = "mpeg4") -> Path:
+    """A clip at 25 fps showing each image for ``repeat`` frames (an MP4 has its moov atom first, so a cut file opens)."""
+    options = {"movflags": "faststart"} if path.suffix == ".mp4" else {}
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream(codec, rate=FPS)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         for image in images:
             frame = av.VideoFrame.from_image(Image.open(image).convert("RGB").resize(size, Image.Resampling.BICUBIC))
@@ -37,6 +40,15 @@ def ship_clip(cifar_test_dir, tmp_path_factory) -> Path:
     """2 s of video: 10 real CIFAR-10 test photos of ships, 5 frames each, upscaled to 128x128."""
     photos = sorted((cifar_test_dir / "ship").glob("*.jpg"))[:10]
     return encode_clip(tmp_path_factory.mktemp("video") / "ships.mp4", photos)
+
+
+@pytest.fixture(scope="module")
+def ship_clip_ts(cifar_test_dir, tmp_path_factory) -> Path:
+    """The same 2 s of ships as MPEG-2 video in MPEG-TS, whose timestamps start at 0.04 s, not 0."""
+    if "mpeg2video" not in av.codecs_available:
+        pytest.skip("this PyAV build has no mpeg2video encoder")
+    photos = sorted((cifar_test_dir / "ship").glob("*.jpg"))[:10]
+    return encode_clip(tmp_path_factory.mktemp("video") / "ships.ts", photos, codec="mpeg2video")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +87,22 @@ def test_sampling_picks_the_expected_frames(random_model, ship_clip, sampling, e
     report = classify_video(random_model, ship_clip, batch_size=4, **sampling)
     assert [f.frame for f in report.frames] == expected
     assert report.frames_decoded == 50  # decoding is sequential: every frame is decoded, only samples classified
+
+
+def test_fps_above_the_source_rate_says_every_frame_was_classified(random_model, ship_clip):
+    report = classify_video(random_model, ship_clip, fps=1000, max_frames=10)
+    assert len(report.frames) == report.frames_decoded == 10
+    assert report.sampling == "every frame, 25.00 per second of video: --fps 1000 is above the source's frame rate"
+    assert classify_video(random_model, ship_clip, fps=5, max_frames=10).sampling == "5 frames per second of video"
+
+
+def test_mpeg_ts_times_start_at_the_start_of_the_stream(random_model, ship_clip_ts):
+    with av.open(str(ship_clip_ts)) as container:  # what made the times wrong: the stream starts at 0.04 s
+        assert container.streams.video[0].start_time * container.streams.video[0].time_base > 0
+    report = classify_video(random_model, ship_clip_ts, every=10)
+    assert report.error is None and report.frames_decoded == 50
+    assert [f.time_s for f in report.frames] == pytest.approx([0.0, 0.4, 0.8, 1.2, 1.6])
+    assert report.segments[0].start_s == 0.0 and report.segments[-1].end_s == pytest.approx(2.0)
 
 
 def test_sampling_options_are_checked(random_model, ship_clip):
@@ -227,6 +255,38 @@ def test_video_bench_threads_are_the_model_runners_not_a_global_switch(ship_clip
     plain = run_cli(*args)
     assert "per classified frame (eager/fp32 on CPU, batch 1, 1 threads, 1 run of" in plain.stdout
     assert torch.get_num_threads() == before
+
+
+BENCH = ("video-bench", "cifar_resnet20", "--random-weights", "--backend", "eager", "--device", "cpu")
+
+
+def test_video_bench_refuses_a_still_image(tmp_path):
+    from conftest import make_image, run_cli
+
+    photo = make_image(tmp_path / "photo.jpg")
+    result = run_cli(*BENCH, photo)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"error: {photo} is a still image, not a video: give a video file, stream URL or camera, "
+                             "and classify still images with 'resnetkit classify MODEL IMAGE' (named .jpg, .png...).\n")
+
+
+@pytest.mark.parametrize("every, classified, verdict", [("6", 9, False), ("5", 10, True)])
+def test_video_bench_judges_only_from_enough_frames(ship_clip, every, classified, verdict):
+    from conftest import run_cli
+
+    result = run_cli(*BENCH, ship_clip, "--every", every)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert last.endswith(" on this machine.") == verdict
+    assert last.startswith("No verdict on whether cifar_resnet20 keeps up with") != verdict
+    assert (f"only {classified} frame(s) were classified, too few to judge (at least 10 are needed): use a longer "
+            "clip" in last) != verdict
+
+
+def test_no_verdict_without_a_frame_rate(random_model):
+    report = VideoReport("rtsp://cam", None, 640, 480, "every frame", random_model.ran, 1, frames_decoded=50,
+                         frames=[FrameResult("rtsp://cam", i, i / 25, []) for i in range(50)], elapsed_s=1.0)
+    assert report.realtime_factor is None and report.why_no_verdict() == "the source declares no frame rate to compare with"
 
 
 def test_video_sources_are_recognised():

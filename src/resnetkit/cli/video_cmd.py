@@ -84,9 +84,12 @@ def video_bench_command(
         print_json({"model": classifier.meta.name, "load_average": os.getloadavg()[0], **report.to_dict()})
     else:
         console.print(_timing_line(report), highlight=False)
-        verdict = report.realtime_factor is not None and report.realtime_factor >= 1
-        console.print(f"{classifier.meta.name} {'keeps' if verdict else 'does not keep'} up with {report.source} "
-                      f"({report.sampling}) on this machine.", highlight=False)
+        name, what = classifier.meta.name, f"up with {report.source} ({report.sampling})"
+        if why_not := report.why_no_verdict():
+            console.print(f"No verdict on whether {name} keeps {what}: {why_not}.", highlight=False)
+        else:
+            keeps = "keeps" if (report.realtime_factor or 0) >= 1 else "does not keep"
+            console.print(f"{name} {keeps} {what} on this machine.", highlight=False)
         if report.error:
             err_console.print(styled(("error:", "red"), f" {report.error}"), highlight=False)
     if report.error:

@@ -30,6 +30,11 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpe
                   ".wmv", ".3gp", ".ogv")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 CAMERA_PREFIX = "/dev/video"
+# The fewest classified frames a keeps-up verdict rests on. The factor is a mean over the frames timed, and with
+# fewer samples one odd forward pass (the scheduler, a background process) moves it too far: with 10, one pass
+# that takes twice as long moves the mean by a tenth. 10 is also what --fps 1 gets from video-bench's default
+# 300 frames of a 30 fps source.
+MIN_VERDICT_FRAMES = 10
 
 
 class VideoError(ResnetkitError):
@@ -64,7 +69,11 @@ class Sampling:
             return math.floor(time_s * self.fps + 1e-6)
         return index // (self.every or 1)
 
-    def describe(self) -> str:
+    def describe(self, source_fps: float | None = None) -> str:
+        """What is classified; an ``fps`` above the source's (average) rate classifies every frame, and says so."""
+        if self.fps is not None and source_fps and self.fps > source_fps:
+            return (f"every frame, {source_fps:.2f} per second of video: --fps {self.fps:g} is above the source's "
+                    "frame rate")
         if self.fps is not None:
             return f"{self.fps:g} frames per second of video"
         return f"every {self.every} frames" if self.every and self.every > 1 else "every frame"
@@ -133,6 +142,16 @@ class VideoReport:
             return None
         return self.decoded_per_s / self.source_fps
 
+    def why_no_verdict(self) -> str | None:
+        """Why this run cannot say whether it keeps up with the source (no frame rate, too few frames), or None."""
+        if not self.source_fps:
+            return "the source declares no frame rate to compare with"
+        if len(self.frames) < MIN_VERDICT_FRAMES:
+            return (f"only {len(self.frames)} frame(s) were classified, too few to judge (at least "
+                    f"{MIN_VERDICT_FRAMES} are needed): use a longer clip, a larger --max-frames, or a smaller --every "
+                    "or larger --fps")
+        return None
+
     def per_frame_ms(self) -> dict[str, float]:
         """Mean milliseconds per classified frame in each stage, and per decoded frame for decoding."""
         classified = max(1, len(self.frames))
@@ -165,6 +184,10 @@ def _open(source: str) -> Any:
     if not container.streams.video:
         container.close()
         raise VideoError(f"{source} has no video stream.")
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg's image readers
+        container.close()  # (jpeg_pipe, png_pipe...), which give a picture a made-up frame rate of 25 fps
+        raise VideoError(f"{source} is a still image, not a video: give a video file, stream URL or camera, and "
+                         "classify still images with 'resnetkit classify MODEL IMAGE' (named .jpg, .png...).")
     return container
 
 
@@ -174,12 +197,15 @@ def _frame_rate(stream: Any) -> float | None:
 
 
 def _decode(container: Any, source: str, stages: StageTimes) -> Iterator[tuple[int, float, Any]]:
-    """Yield ``(index, time_s, av.VideoFrame)``; raise :class:`VideoError` if decoding stops early."""
+    """Yield ``(index, time_s, av.VideoFrame)``, ``time_s`` from the start of the stream (MPEG-TS streams, for
+    one, start at a non-zero time; without a declared start, the first frame's); raise :class:`VideoError` if
+    decoding stops early."""
     import av
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     fps = _frame_rate(stream) or 0.0
+    start = None if stream.start_time is None else float(stream.start_time * stream.time_base)
     frames = container.decode(stream)
     index = -1
     while True:
@@ -193,7 +219,12 @@ def _decode(container: Any, source: str, stages: StageTimes) -> Iterator[tuple[i
         finally:
             stages.decode_s += time.perf_counter() - started
         index += 1
-        yield index, frame.time if frame.time is not None else index / (fps or 1.0), frame
+        if frame.time is None:
+            time_s = index / (fps or 1.0)
+        else:
+            start = frame.time if start is None else start
+            time_s = frame.time - start
+        yield index, time_s, frame
     declared = stream.frames
     if declared and index + 1 < declared:
         raise VideoError(_stopped(source, index + 1, f"the file ends after {index + 1} of the {declared} frames "
@@ -237,8 +268,9 @@ def classify_video(
     except VideoError as exc:  # like an unreadable image: this source fails, the others go on
         return VideoReport(source, None, 0, 0, sampling.describe(), classifier.ran, batch_size, error=str(exc))
     stream = container.streams.video[0]
-    report = VideoReport(source, _frame_rate(stream), stream.codec_context.width, stream.codec_context.height,
-                         sampling.describe(), classifier.ran, batch_size)
+    source_fps = _frame_rate(stream)
+    report = VideoReport(source, source_fps, stream.codec_context.width, stream.codec_context.height,
+                         sampling.describe(source_fps), classifier.ran, batch_size)
     probabilities: list[torch.Tensor] = []
     pending: list[tuple[int, float, torch.Tensor]] = []
 
