@@ -35,6 +35,7 @@ def test_explain_writes_top_k_heatmaps_of_the_image_size(cifar_weights, cifar_te
     expected = classify(load_model("cifar_resnet20", backend="eager"), [cat, bee], top_k=3)  # the module explained
     index = json.loads((tmp_path / "explanations.json").read_text())
     assert index["model"] == "cifar_resnet20" and index["method"] == "gradcam" and index["random_weights"] is False
+    assert index["class_agnostic"] is False
     assert index["backend"] == "eager" and index["precision"] == "fp32"  # grad-cam runs the float32 module
     assert stderr.splitlines() == [f"cifar_resnet20: {index['label']}"]  # what ran, e.g. eager/fp32 on CPU
     for source, want, entry in zip((cat, bee), expected, index["results"]):
@@ -56,6 +57,32 @@ def test_heatmaps_differ_between_classes(cifar_weights, cifar_test_dir, tmp_path
     [result] = explain("cifar_resnet20", [first_image(cifar_test_dir / "ship")], tmp_path, top_k=2).results
     first, second = (np.asarray(Image.open(h.path), dtype=np.float32) for h in result.heatmaps)
     assert np.abs(first - second).mean() > 1
+
+
+def test_a_class_agnostic_method_writes_one_heatmap_per_image_for_all_its_classes(tmp_path, capsys):
+    image = make_image(tmp_path / "a.png", size=(40, 30))
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(capsys, "explain", "cifar_resnet20", str(image), "-o", str(out), "-k", "2",
+                                   "--method", "eigencam", "--random-weights", "--device", "cpu")
+    index = json.loads((out / "explanations.json").read_text())
+    heatmaps = index["results"][0]["heatmaps"]
+    assert code == 0 and index["class_agnostic"] is True and len(heatmaps) == 2  # the top-2 classes...
+    assert sorted(p.name for p in out.iterdir()) == ["a_eigencam.png", "explanations.json"]  # ...share one map
+    assert {h["path"] for h in heatmaps} == {str(out / "a_eigencam.png")}
+    (first, second) = (f"{h['label']} {100 * h['score']:.2f}%" for h in heatmaps)
+    assert stdout.splitlines() == [f"{image}:", f"  {first}, {second}  {out / 'a_eigencam.png'}"]
+    assert "eigencam is class-agnostic: one heatmap per image" in stderr
+    with Image.open(out / "a_eigencam.png") as png:
+        assert png.text["class_agnostic"] == "true" and "label" not in png.text and png.size == (40, 30)
+
+
+def test_nothing_is_written_when_no_image_could_be_explained(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(capsys, "explain", "cifar_resnet20", str(tmp_path / "missing.jpg"), "-o", str(out),
+                                   "--random-weights", "--device", "cpu")
+    assert code == 1 and not out.exists()
+    assert stdout.startswith(f"{tmp_path / 'missing.jpg'}: error: No such file") and len(stdout.splitlines()) == 1
+    assert stderr.splitlines()[-1] == "1 of 1 file(s) could not be explained, nothing written."
 
 
 def test_bad_images_are_error_rows_and_bad_options_explain_themselves(tmp_path):

@@ -165,6 +165,14 @@ def test_similar_without_query_images_says_so_before_loading_the_model(cifar_wei
         find_similar(out, [tmp_path / "empty"])
 
 
+def test_similar_on_a_folder_says_it_is_not_an_embedding_file(tmp_path, capsys):
+    labels = tmp_path / "labels.parquet"  # a predict output: a folder of part files
+    labels.mkdir()
+    code, _, stderr = run_cli(capsys, "similar", str(labels), str(make_image(tmp_path / "a.png")))
+    assert code == 2 and stderr.startswith(f"error: {labels} is a folder, not an embedding file")
+    assert "'resnetkit predict' writes" in stderr and "'resnetkit embed MODEL IMAGES -o FILE.parquet'" in stderr
+
+
 def test_hnsw_agrees_with_exact_search_on_clustered_vectors():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(50, 64))
@@ -248,3 +256,15 @@ def test_embeddings_on_the_gpu_match_the_cpu(cifar_weights, cifar_test_dir, tmp_
     # the nearest other image of each, as leave-one-out classification would label it: the same for nearly all
     nearest = [exact_search(unit_rows(v), unit_rows(v), k=2)[1][:, 1] for v in (cpu.vectors, gpu)]
     assert (nearest[0] == nearest[1]).mean() >= 0.95
+
+
+def test_embed_to_an_unwritable_path_fails_before_any_image_is_embedded(tmp_path):
+    from resnetkit.core.errors import OutputError
+    from resnetkit.features.store import check_output
+
+    with pytest.raises(OutputError, match="Cannot write /proc/vectors.parquet"):
+        check_output("/proc/vectors.parquet")
+    folder = tmp_path / "already-a-folder.parquet"
+    folder.mkdir()
+    with pytest.raises(OutputError, match="it is a folder"):
+        check_output(folder)

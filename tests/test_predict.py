@@ -114,14 +114,19 @@ def test_cli_errors_are_one_clear_line(images: Path, tmp_path: Path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_json_summary(images: Path, tmp_path: Path):
+def test_cli_json_summary_and_exit_code_1_for_unreadable_files(images: Path, tmp_path: Path):
     import json
 
-    result = CliRunner().invoke(app, ["predict", "cifar_resnet20", "--random-weights", str(images), "-o",
-                                      str(tmp_path / "o.jsonl"), "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
+    def run(*inputs: Path) -> tuple[int, dict]:
+        result = CliRunner().invoke(app, ["predict", "cifar_resnet20", "--random-weights", *map(str, inputs), "-o",
+                                          str(tmp_path / f"o{len(inputs)}.jsonl"), "--json"])
+        return result.exit_code, json.loads(result.stdout)
+
+    code, summary = run(images)
+    assert code == 1  # as classify and embed: every row is written, and the exit code says some files failed
     assert (summary["written"], summary["errors"], summary["format"]) == (6, 1, "jsonl")
+    code, summary = run(images / "a", images / "b" / "3.png")
+    assert code == 0 and (summary["written"], summary["errors"]) == (4, 0)
 
 
 @pytest.mark.slow

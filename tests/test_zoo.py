@@ -106,3 +106,14 @@ def test_unknown_model_suggests_close_names():
         get_spec("resnet05")
     with pytest.raises(UnknownModelError, match="has no weights 'V9'"):
         get_spec("resnet50").get_weights("V9")
+
+
+@pytest.mark.parametrize("pattern, hint", [("nosuchmodel", ""), ("[", ""), ("cifar", " Did you mean '*cifar*'?")])
+def test_models_include_matching_nothing_says_so(pattern, hint):
+    from conftest import run_cli
+
+    result = run_cli("models", "--include", pattern)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: No model name matches '{pattern}' (shell-style patterns match whole names, e.g. 'resnet*').{hint} "
+        "Run 'resnetkit models' to list every name."]

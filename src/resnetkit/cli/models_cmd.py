@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from ..core.errors import ResnetkitError
 from ..core.measure import count_params
 from ..core.zoo import get_spec, list_models
 from .app import JsonFlag, app, console, default, print_json, styled
@@ -44,7 +45,10 @@ def models_command(
     json_output: JsonFlag = False,
 ) -> None:
     """List the model zoo: family, params, input size, preprocessing, published accuracy, weights."""
-    rows = [_describe(name) for name in list_models(include)]
+    names = list_models(include)
+    if not names:
+        raise _no_match(include)
+    rows = [_describe(name) for name in names]
     if json_output:
         print_json(rows)
         return
@@ -59,6 +63,14 @@ def models_command(
             console.print(f"    preprocessing: {w['preprocessing']}", highlight=False)
             digest = w["sha256"] or f"{w['hash_prefix']} (prefix; full hash not published)"
             console.print(f"    url: {w['url']}\n    sha256: {digest}", highlight=False, soft_wrap=True)
+
+
+def _no_match(pattern: str) -> ResnetkitError:
+    """No zoo name matches ``pattern``: say so, with the pattern that finds it inside names when that matches."""
+    wider = f"*{pattern}*"
+    hint = f" Did you mean '{wider}'?" if list_models(wider) else ""
+    return ResnetkitError(f"No model name matches '{pattern}' (shell-style patterns match whole names, e.g. "
+                          f"'resnet*').{hint} Run 'resnetkit models' to list every name.")
 
 
 def _fmt(value: float | None) -> str:

@@ -50,7 +50,8 @@ def predict_command(
     device: DeviceOpt = "auto",
     json_output: JsonFlag = False,
 ) -> None:
-    """Label every image into part files under -o, with a progress bar and a summary line; unreadable files are rows with an error.
+    """Label every image into part files under -o, with a progress bar and a summary line; unreadable files are rows
+    with an error, and make the exit code 1.
 
     Example: resnetkit predict resnet50 photos/ -o labels.parquet (add --resume after an interruption, --ray for Ray Data).
     """
@@ -73,3 +74,5 @@ def predict_command(
         print_json(summary.to_dict())
     else:
         console.print(summary.line(), highlight=False)
+    if summary.errors:  # as classify and embed: the rows are written, the exit code says some files failed
+        raise typer.Exit(1)

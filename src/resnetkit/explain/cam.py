@@ -3,6 +3,11 @@
 The CAM is computed on the model's input (the center crop after resizing) at the output of the
 architecture's last feature stage (the zoo spec's ``last_stage``), then placed back over the
 crop's area of the original image, so every heatmap has the size of the image it explains.
+
+Most methods weigh the activations by one class's score, so each class gets its own heatmap. A
+class-agnostic method (``CLASS_AGNOSTIC``: EigenCAM draws the first principal component of the
+activations) gives the same map whatever the class: one heatmap per image, which stands for all
+of its top-k classes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ..run.classify import Prediction, top_k
 from ..run.loading import Classifier
 
 METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
+CLASS_AGNOSTIC = ("eigencam",)  # methods whose heatmap does not depend on the target class
 
 
 def _cam_class(method: str):
@@ -39,17 +45,28 @@ def _cam_class(method: str):
 
 @dataclass
 class Heatmap:
-    """One class's heatmap over one image: an RGB overlay of the image's size."""
+    """A heatmap over one image, an RGB overlay of the image's size, and the classes it shows: one class, or
+    with a class-agnostic method every top-k class (the same map for each)."""
 
-    prediction: Prediction
+    predictions: list[Prediction]
     overlay: np.ndarray  # H x W x 3 uint8
     method: str
 
+    @property
+    def prediction(self) -> Prediction:
+        """The class explained (the top one, for a class-agnostic heatmap)."""
+        return self.predictions[0]
+
+    @property
+    def class_agnostic(self) -> bool:
+        return self.method in CLASS_AGNOSTIC
+
     def png(self, model: str) -> bytes:
-        """The overlay as PNG, with the label, score, method and model as text chunks."""
+        """The overlay as PNG, with the label and score (or class_agnostic), method and model as text chunks."""
         info = PngInfo()
-        for key, value in (("label", self.prediction.label), ("score", f"{self.prediction.score:.6f}"),
-                           ("method", self.method), ("model", model)):
+        about = (("class_agnostic", "true"),) if self.class_agnostic else (
+            ("label", self.prediction.label), ("score", f"{self.prediction.score:.6f}"))
+        for key, value in (*about, ("method", self.method), ("model", model)):
             info.add_text(key, value)
         buffer = io.BytesIO()
         Image.fromarray(self.overlay).save(buffer, format="PNG", pnginfo=info)
@@ -97,8 +114,14 @@ class Explainer:
         """What computes the predictions and heatmaps, and where."""
         return RunInfo("eager", "fp32", self.device)
 
+    @property
+    def class_agnostic(self) -> bool:
+        """The method draws one map whatever the class (see :data:`CLASS_AGNOSTIC`)."""
+        return self.method in CLASS_AGNOSTIC
+
     def explain(self, image: Image.Image, k: int = 3) -> list[Heatmap]:
-        """Heatmaps of the ``k`` most probable classes of ``image`` (an RGB PIL image)."""
+        """Heatmaps of the ``k`` most probable classes of ``image`` (an RGB PIL image): one per class, or one for
+        all ``k`` with a class-agnostic method."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -106,11 +129,12 @@ class Explainer:
         with self._lock:
             with torch.no_grad():
                 predictions = top_k(torch.softmax(self.module(batch), dim=1), self.meta.categories, k)[0]
-            targets = [ClassifierOutputTarget(p.index) for p in predictions]
+            groups = [predictions] if self.class_agnostic else [[p] for p in predictions]
+            targets = [ClassifierOutputTarget(group[0].index) for group in groups]
             with torch.enable_grad(), self.cam_class(model=self.module, target_layers=[self.target_layer]) as cam:
                 maps = cam(input_tensor=batch.repeat(len(targets), 1, 1, 1), targets=targets)
         pre = self.meta.preprocessing
         box = crop_box(image.size, pre.resize_size, pre.crop_size)
         pixels = np.asarray(image, dtype=np.float32) / 255.0
-        return [Heatmap(p, show_cam_on_image(pixels, place_on_image(m, image.size, box), use_rgb=True), self.method)
-                for p, m in zip(predictions, maps)]
+        return [Heatmap(group, show_cam_on_image(pixels, place_on_image(m, image.size, box), use_rgb=True), self.method)
+                for group, m in zip(groups, maps)]

@@ -1,4 +1,7 @@
-"""``explain``: heatmap PNGs for the top-k classes of image files, written into one folder."""
+"""``explain``: heatmap PNGs for the top-k classes of image files, written into one folder.
+
+A class-agnostic method (EigenCAM) gives one PNG per image, which every top-k class of the image lists.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +20,15 @@ from ..core.images import decode_image, iter_image_paths
 from ..core.progress import track
 from ..core.spec import RANDOM_WEIGHTS
 from ..run.loading import Classifier, load_model
-from .cam import Explainer
+from .cam import Explainer, Heatmap
 
 INDEX_FILE = "explanations.json"
 
 
 @dataclass(frozen=True)
 class HeatmapFile:
+    """One of an image's top-k classes and its heatmap's file (shared by every class with a class-agnostic method)."""
+
     label: str
     index: int
     score: float
@@ -48,13 +53,14 @@ class ExplainReport:
 
     model: str
     method: str
+    class_agnostic: bool  # the method draws one heatmap per image, the same for every class
     ran: RunInfo
     random_weights: bool  # the model's weights are random: its labels, and where it looks, are meaningless
     results: list[ExplainResult]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "method": self.method, **self.ran.to_dict(), "random_weights": self.random_weights,
-                "results": [r.to_dict() for r in self.results]}
+        return {"model": self.model, "method": self.method, "class_agnostic": self.class_agnostic, **self.ran.to_dict(),
+                "random_weights": self.random_weights, "results": [r.to_dict() for r in self.results]}
 
 
 def _file_stem(source: str, used: set[str]) -> str:
@@ -71,6 +77,13 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "class"
 
 
+def _file_name(stem: str, rank: int, heatmap: Heatmap) -> str:
+    """``STEM_top<r>_<label>.png``, or ``STEM_<method>.png`` for a class-agnostic heatmap (one per image)."""
+    if heatmap.class_agnostic:
+        return f"{stem}_{_safe(heatmap.method)}.png"
+    return f"{stem}_top{rank}_{_safe(heatmap.prediction.label)}.png"
+
+
 def explain(
     model: Classifier | str | os.PathLike[str],
     paths: Iterable[str | os.PathLike[str]],
@@ -83,11 +96,13 @@ def explain(
     device: str | Device | None = None,
     progress: bool | None = None,
 ) -> ExplainReport:
-    """Write ``STEM_top<r>_<label>.png`` heatmaps for the ``top_k`` classes of each image into ``output_dir``.
+    """Write ``STEM_top<r>_<label>.png`` heatmaps for the ``top_k`` classes of each image into ``output_dir``
+    (a class-agnostic ``method``: one ``STEM_<method>.png`` per image, for all its ``top_k`` classes).
 
     Also writes ``explanations.json`` (the report: sources, labels, scores, files). Unreadable images get an
-    error; the others are still explained. Needs a PyTorch model (zoo name or .pt artifact). ``device``:
-    ``--device`` words (None: auto), for a model given by reference or a loaded Classifier.
+    error; the others are still explained; when none could be, nothing is written. Needs a PyTorch model (zoo
+    name or .pt artifact). ``device``: ``--device`` words (None: auto), for a model given by reference or a
+    loaded Classifier.
     """
     if top_k < 1:
         raise ResnetkitError("--top-k must be at least 1.")
@@ -110,13 +125,13 @@ def explain(
         else:
             stem = _file_stem(source, used)
             for rank, heatmap in enumerate(heatmaps, 1):
-                p = heatmap.prediction
-                path = folder / f"{stem}_top{rank}_{_safe(p.label)}.png"
+                path = folder / _file_name(stem, rank, heatmap)
                 with atomic_write(path) as handle:
                     handle.write(heatmap.png(classifier.meta.name))
-                result.heatmaps.append(HeatmapFile(p.label, p.index, p.score, str(path)))
+                result.heatmaps += [HeatmapFile(p.label, p.index, p.score, str(path)) for p in heatmap.predictions]
         results.append(result)
-    report = ExplainReport(classifier.meta.name, method, explainer.ran, classifier.meta.weights == RANDOM_WEIGHTS,
-                           results)
-    write_text_atomic(folder / INDEX_FILE, json.dumps(report.to_dict(), indent=2))
+    report = ExplainReport(classifier.meta.name, method, explainer.class_agnostic, explainer.ran,
+                           classifier.meta.weights == RANDOM_WEIGHTS, results)
+    if any(r.heatmaps for r in results):
+        write_text_atomic(folder / INDEX_FILE, json.dumps(report.to_dict(), indent=2))
     return report

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backends.base import RunInfo
 from ..core.errors import ResnetkitError
-from ..core.fileio import atomic_write, write_text_atomic
+from ..core.fileio import atomic_write, check_writable, write_text_atomic
 from ..core.images import iter_image_paths
 from .extract import Embeddings, load_extractor
 
@@ -38,7 +38,7 @@ def check_output(path: str | os.PathLike[str]) -> Path:
     if target.suffix.lower() not in FORMATS:
         raise EmbeddingFileError(f"{target.name}: embedding files end in {' or '.join(FORMATS)} "
                                  "(Parquet with one row per image, or a NumPy array plus a .sources.json sidecar).")
-    return target
+    return check_writable(target)
 
 
 def sidecar_path(npy: Path) -> Path:
@@ -124,6 +124,10 @@ def _write_npy(handle: IO[bytes], batches: Iterable[Batch], total: int, dim: int
 def load_embeddings(path: str | os.PathLike[str]) -> Embeddings:
     """Read an embedding file written by ``resnetkit embed`` (rows with errors have NaN vectors)."""
     source = check_output(path)
+    if source.is_dir():
+        raise EmbeddingFileError(f"{source} is a folder, not an embedding file (a folder of part files is what "
+                                 "'resnetkit predict' writes: labels, not embeddings). Give the file written by "
+                                 "'resnetkit embed MODEL IMAGES -o FILE.parquet'.")
     if not source.is_file():
         raise EmbeddingFileError(f"No such embedding file: {source}. Write one with 'resnetkit embed MODEL IMAGES -o {source}'.")
     return _read_parquet(source) if source.suffix.lower() == ".parquet" else _read_npy(source)
