@@ -258,13 +258,15 @@ def test_embeddings_on_the_gpu_match_the_cpu(cifar_weights, cifar_test_dir, tmp_
     assert (nearest[0] == nearest[1]).mean() >= 0.95
 
 
-def test_embed_to_an_unwritable_path_fails_before_any_image_is_embedded(tmp_path):
+def test_embed_to_an_unwritable_path_fails_before_any_image_is_embedded(tmp_path, monkeypatch):
     from resnetkit.core.errors import OutputError
-    from resnetkit.features.store import check_output
+    from resnetkit.features import store
 
+    monkeypatch.setattr(store, "load_extractor", lambda *a, **k: pytest.fail("loaded the model first"))
+    image = make_image(tmp_path / "a.png")
     with pytest.raises(OutputError, match="Cannot write /proc/vectors.parquet"):
-        check_output("/proc/vectors.parquet")
+        store.embed_to_file("cifar_resnet20", [image], "/proc/vectors.parquet")
     folder = tmp_path / "already-a-folder.parquet"
     folder.mkdir()
     with pytest.raises(OutputError, match="it is a folder"):
-        check_output(folder)
+        store.embed_to_file("cifar_resnet20", [image], folder)

@@ -38,7 +38,7 @@ def check_output(path: str | os.PathLike[str]) -> Path:
     if target.suffix.lower() not in FORMATS:
         raise EmbeddingFileError(f"{target.name}: embedding files end in {' or '.join(FORMATS)} "
                                  "(Parquet with one row per image, or a NumPy array plus a .sources.json sidecar).")
-    return check_writable(target)
+    return target
 
 
 def sidecar_path(npy: Path) -> Path:
@@ -75,7 +75,7 @@ class EmbedReport:
 def embed_to_file(model: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str],
                   *, batch_size: int = 16, workers: int | None = None, progress: bool | None = None, **options: Any) -> EmbedReport:
     """Embed images straight into ``output`` (.parquet or .npy), batch by batch; ``options`` as ``extract_features``."""
-    target = check_output(output)
+    target = check_writable(check_output(output))  # before the work, which would be lost
     sources = [str(p) for p in iter_image_paths(paths)]
     if not sources:
         raise EmbeddingFileError("No image files found in the given paths.")
