@@ -14,7 +14,10 @@ from PIL import Image
 
 from resnetkit import classify, load_model
 from resnetkit.core.errors import UnknownModelError, WeightsError
+from resnetkit.core.spec import RANDOM_WEIGHTS
 from resnetkit.interop import hf, timm as timm_interop
+
+from conftest import make_image, run_cli
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
@@ -111,6 +114,28 @@ def test_hf_config_that_torchvision_cannot_run_is_refused(tmp_path):
         load_model(tmp_path / "empty")
 
 
+def test_hf_folder_with_torchvision_names_says_how_to_load_them(tmp_path):
+    folder = tmp_path / "tv-names"
+    _hf_resnet().config.save_pretrained(folder)
+    torch.save(load_model("resnet18", pretrained=False).module.state_dict(), folder / hf.PYTORCH_BIN)
+    with pytest.raises(WeightsError, match="torchvision parameter names") as info:
+        load_model(folder)
+    assert "transformers (Hugging Face) names" in str(info.value) and "--weights FILE" in str(info.value)
+
+
+def test_hf_folder_keeps_the_random_weights_flag(tmp_path):
+    source = load_model("resnet18", pretrained=False, backend="eager")
+    hf.save_folder(source.module, source.meta, tmp_path / "random")
+    assert load_model(tmp_path / "random").meta.weights == RANDOM_WEIGHTS
+    shown = run_cli("classify", tmp_path / "random", make_image(tmp_path / "x.png"), "--backend", "eager")
+    assert shown.returncode == 0 and "random weights: labels are meaningless" in shown.stderr
+    # weights saved again by transformers (e.g. after fine-tuning there) are no longer resnetkit's random ones
+    transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "random").save_pretrained(tmp_path / "tuned")
+    assert load_model(tmp_path / "tuned").meta.weights == str(tmp_path / "tuned")
+    hf.save_folder(source.module, source.meta.replace(weights="IMAGENET1K_V1"), tmp_path / "trained")
+    assert load_model(tmp_path / "trained").meta.weights == str(tmp_path / "trained")
+
+
 def test_parameter_names_round_trip():
     state = load_model("resnet34", pretrained=False).module.state_dict()
     renamed = hf.torchvision_to_hf(state)
@@ -192,6 +217,18 @@ def test_timm_sidecar_config_sets_the_preprocessing(timm_model, tmp_path):
 def test_bad_preprocessing_option_says_how_to_write_it(text, message):
     with pytest.raises(WeightsError, match=message):
         timm_interop.parse_preprocessing(text)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("timm:input_size=0", "input_size 0x0 .a positive number"),
+    ("timm:input_size=3,-4,-4", "input_size -4x-4 .a positive number"),
+    ("timm:crop_pct=0", r"crop_pct 0 .a value in \(0, 1\]"),
+])
+def test_impossible_timm_sizes_are_refused_and_nothing_is_written(timm_model, tmp_path, text, message):
+    safetensors_torch.save_file(timm_model.state_dict(), tmp_path / "r18.safetensors")
+    with pytest.raises(WeightsError, match=message):
+        timm_interop.import_checkpoint("resnet18", tmp_path / "r18.safetensors", text, output=tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_parse_preprocessing_reads_lists():

@@ -138,6 +138,51 @@ def test_import_checks_the_hash(tmp_path, cache):
         weights.import_file("cifar_resnet20", spec, tmp_path / "nope.th")
 
 
+def test_unwritable_cache_folder_is_named_before_any_download(tmp_path, monkeypatch):
+    data, spec = _published_checkpoint()
+    (tmp_path / "home").write_text("a file, not a folder")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(weights.MIRROR_ENV, "http://127.0.0.1:9")  # unreachable: the cache must be blamed first
+    good = tmp_path / "good.th"
+    good.write_bytes(data)
+    for attempt in (lambda: weights.download("cifar_resnet20", spec, progress=False),
+                    lambda: weights.import_file("cifar_resnet20", spec, good)):
+        with pytest.raises(WeightsError, match="weights cache folder .* cannot be written") as info:
+            attempt()
+        assert str(weights.cache_dir()) in str(info.value) and f"TORCH_HOME={tmp_path / 'home'}" in str(info.value)
+
+
+def test_truncated_cached_file_says_so_and_how_to_replace_it(tmp_path, cache):
+    data, spec = _published_checkpoint()
+    cache.mkdir(parents=True)
+    (cache / spec.file_name).write_bytes(data[:5000])
+    assert not weights.is_intact(spec)
+    with pytest.raises(WeightsError, match="truncated or corrupt") as info:
+        weights.load_published("cifar_resnet20", spec)
+    assert "Run 'resnetkit weights pull cifar_resnet20'" in str(info.value)
+    (tmp_path / "copy.th").write_bytes(data[:5000])  # any other file that ends early
+    with pytest.raises(WeightsError, match="ends early.*truncated"):
+        weights.safe_load(tmp_path / "copy.th")
+
+
+def test_cli_pull_replaces_a_truncated_cached_file(server, tmp_path):
+    real = require(CIFAR_WEIGHTS) / "resnet20-12fca82f.th"
+    PAYLOAD[real.name] = real.read_bytes()
+    env = {"TORCH_HOME": str(tmp_path / "th"), weights.MIRROR_ENV: f"{server}/good"}
+    cached = tmp_path / "th" / "hub" / "checkpoints" / real.name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(real.read_bytes()[:5000])  # a legacy pickle: loading it ends in EOFError
+    assert '"intact": false' in run_cli("weights", "list", "--json", env=env).stdout
+    refused = run_cli("classify", "cifar_resnet20", make_image(tmp_path / "cat.png"), env=env)
+    assert refused.returncode == 2 and "truncated or corrupt" in refused.stderr
+    assert "resnetkit weights pull cifar_resnet20" in refused.stderr.replace("\n", "")
+    pulled = run_cli("weights", "pull", "cifar_resnet20", env=env)
+    assert pulled.returncode == 0 and "downloaded and verified" in pulled.stdout
+    assert cached.read_bytes() == real.read_bytes()
+    assert "already cached and verified" in run_cli("weights", "pull", "cifar_resnet20", env=env).stdout
+    assert '"intact": true' in run_cli("weights", "list", "--json", env=env).stdout
+
+
 class _Evil:
     """Unpickling this runs a shell command that creates ``marker``."""
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..core import weights as weights_lib
 from ..core.zoo import get_spec
 from ..interop.timm import import_checkpoint, read_sidecar
-from .app import App, JsonFlag, app, console, default, print_json
+from .app import App, JsonFlag, app, console, default, err_console, print_json
 
 weights_app = App(help="Download, import and list pretrained weights (torch.hub cache, $TORCH_HOME).")
 app.add_typer(weights_app, name="weights")
@@ -22,12 +22,15 @@ TagOpt = Annotated[str | None, typer.Option("--weights", help=default("Weights t
 
 @weights_app.command("pull")
 def pull(model: ZooModelArg, tag: TagOpt = None) -> None:
-    """Download a model's weights into the cache and verify the hash."""
+    """Download a model's weights into the cache and verify the hash; a cached file that fails the check is replaced."""
     weights = get_spec(model).get_weights(tag)
     path = weights_lib.cached_path(weights)
-    if path.is_file():
-        console.print(f"{model} {weights.tag}: already cached at {path}")
+    if weights_lib.is_intact(weights):
+        console.print(f"{model} {weights.tag}: already cached and verified at {path}")
         return
+    if path.exists():
+        err_console.print(f"{path} does not have its published hash (truncated or corrupt): downloading it again",
+                          highlight=False)
     path = weights_lib.download(model, weights)
     console.print(f"{model} {weights.tag}: downloaded and verified (sha256 {weights.expected_hash[:16]}...) -> {path}")
 
@@ -63,14 +66,16 @@ def list_(json_output: JsonFlag = False) -> None:
     """Show the zoo weights present in the cache."""
     cached = weights_lib.list_cached()
     if json_output:
-        print_json([{"model": c.model, "tag": c.tag, "path": str(c.path), "size_mb": round(c.size_mb, 2)} for c in cached])
+        print_json([{"model": c.model, "tag": c.tag, "path": str(c.path), "size_mb": round(c.size_mb, 2),
+                     "intact": c.intact} for c in cached])
         return
     if not cached:
         console.print(f"No zoo weights cached in {weights_lib.cache_dir()}. Use 'resnetkit weights pull MODEL'.")
         return
     table = Table(title=f"cached weights in {weights_lib.cache_dir()}")
-    for column in ("model", "weights", "size (MB)", "path"):
+    for column in ("model", "weights", "size (MB)", "hash", "path"):
         table.add_column(column)
     for c in cached:
-        table.add_row(c.model, c.tag, f"{c.size_mb:.1f}", str(c.path))
+        check = "ok" if c.intact else f"truncated or corrupt: run '{weights_lib.pull_command(c.model, c.tag)}'"
+        table.add_row(c.model, c.tag, f"{c.size_mb:.1f}", check, str(c.path))
     console.print(table)

@@ -4,6 +4,8 @@ Files live in torch.hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``) und
 published file name, so torchvision and resnetkit share downloads. The downloader is
 written here rather than using ``torch.hub.download_url_to_file`` because that one has no
 timeout and checks only a hash prefix; resnetkit checks the full SHA-256 where known.
+A cached file is trusted as it is for loading; when it fails to load, or when ``weights pull``
+or ``weights list`` looks at it, its hash says whether it is truncated or corrupt.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import WeightsError
-from .fileio import atomic_write
+from .errors import OutputError, WeightsError
+from .fileio import atomic_write, check_writable
 from .spec import WeightsSpec
 
 MIRROR_ENV = "RESNETKIT_WEIGHTS_MIRROR"  # base URL that replaces the published folder
@@ -39,6 +42,21 @@ def cached_path(weights: WeightsSpec) -> Path:
     return cache_dir() / weights.file_name
 
 
+def _writable_cached_path(weights: WeightsSpec) -> Path:
+    """:func:`cached_path`, or a :class:`WeightsError` naming the cache folder and ``$TORCH_HOME`` if it cannot be
+    written there (checked before any download, so a local folder problem is not blamed on the network)."""
+    target = cached_path(weights)
+    try:
+        return check_writable(target)
+    except OutputError:
+        home = os.environ.get("TORCH_HOME")
+        where = f"TORCH_HOME={home}" if home else "TORCH_HOME is not set"
+        raise WeightsError(
+            f"The weights cache folder {cache_dir()} cannot be written ({where}). Set TORCH_HOME to a folder you "
+            "can write; the cache is $TORCH_HOME/hub/checkpoints."
+        ) from None
+
+
 def download_url(weights: WeightsSpec) -> str:
     mirror = os.environ.get(MIRROR_ENV)
     return f"{mirror.rstrip('/')}/{weights.file_name}" if mirror else weights.url
@@ -52,6 +70,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def is_intact(weights: WeightsSpec) -> bool:
+    """Whether the cached file of ``weights`` exists and has its published hash (the full SHA-256 where known,
+    else the prefix in torch.hub's file name); reads the whole file."""
+    path = cached_path(weights)
+    return path.is_file() and sha256_of(path).startswith(weights.expected_hash)
+
+
 def _check_hash(actual: str, weights: WeightsSpec, what: str) -> None:
     expected = weights.expected_hash
     if expected and not actual.startswith(expected):
@@ -62,9 +87,17 @@ def _check_hash(actual: str, weights: WeightsSpec, what: str) -> None:
         )
 
 
+def pull_command(model: str, tag: str) -> str:
+    """The command that downloads the weights ``tag`` of ``model`` into the cache (``--weights`` unless the default)."""
+    from .zoo import get_spec
+
+    option = "" if get_spec(model).default_weights.tag == tag else f" --weights {tag}"
+    return f"resnetkit weights pull {model}{option}"
+
+
 def _fix_hint(model: str, weights: WeightsSpec, url: str) -> str:
     return (
-        f"Fix: run 'resnetkit weights pull {model}' on a machine with internet access, or download "
+        f"Fix: run '{pull_command(model, weights.tag)}' on a machine with internet access, or download "
         f"{url} by other means and run 'resnetkit weights import {model} FILE' "
         f"(it will be placed at {cached_path(weights)})."
     )
@@ -82,7 +115,7 @@ def download(model: str, weights: WeightsSpec, *, progress: bool | None = None, 
             f"Weights for {model} ({weights.tag}) are not in the cache and {OFFLINE_ENV}=1 forbids "
             f"downloading them. {_fix_hint(model, weights, url)}"
         )
-    target = cached_path(weights)
+    target = _writable_cached_path(weights)
     show = sys.stderr.isatty() if progress is None else progress
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -135,8 +168,8 @@ def import_file(model: str, weights: WeightsSpec, file: str | os.PathLike[str]) 
     source = Path(file)
     if not source.is_file():
         raise WeightsError(f"No such file: {source}. Give the path of the downloaded {weights.file_name}.")
+    target = _writable_cached_path(weights)
     _check_hash(sha256_of(source), weights, str(source))
-    target = cached_path(weights)
     with atomic_write(target) as handle, open(source, "rb") as src:
         shutil.copyfileobj(src, handle, _CHUNK)
     return target
@@ -154,10 +187,11 @@ class CachedWeights:
     tag: str
     path: Path
     size_mb: float
+    intact: bool  # the file has its published hash (False: truncated or corrupt; 'weights pull' replaces it)
 
 
 def list_cached() -> list[CachedWeights]:
-    """Zoo checkpoints present in the cache."""
+    """Zoo checkpoints present in the cache, each checked against its published hash."""
     from .zoo import get_spec, list_models
 
     found = []
@@ -165,7 +199,7 @@ def list_cached() -> list[CachedWeights]:
         for weights in get_spec(name).weights:
             path = cached_path(weights)
             if path.is_file():
-                found.append(CachedWeights(name, weights.tag, path, path.stat().st_size / 1e6))
+                found.append(CachedWeights(name, weights.tag, path, path.stat().st_size / 1e6, is_intact(weights)))
     return found
 
 
@@ -177,11 +211,28 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
         raise WeightsError(f"No such file: {path}.") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _ends_early(path, exc):
+            raise WeightsError(
+                f"{path} ends early ({first_line}): the file is truncated (an interrupted download or copy?). "
+                "Get the file again."
+            ) from None
         raise WeightsError(
             f"Refused to load {path}: it is not a plain tensor checkpoint that loads with "
             f"weights_only=True ({first_line}). Files that need arbitrary code to unpickle are never "
             "executed; re-save the state dict with torch.save(model.state_dict(), path)."
         ) from None
+
+
+def _ends_early(path: str | os.PathLike[str], exc: Exception) -> bool:
+    """Whether ``torch.load`` failed because the file stops short: a legacy pickle (EOFError, "unexpected EOF"), or
+    a zip checkpoint (torch.save's format) whose end, the zip directory, is missing."""
+    if isinstance(exc, EOFError) or "unexpected EOF" in str(exc):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 def load_state_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -218,4 +269,14 @@ def extract_state_dict(checkpoint: Any, key: str | None = None, strip_prefix: st
 def load_published(model: str, weights: WeightsSpec, *, progress: bool | None = None) -> dict[str, torch.Tensor]:
     """The state dict of a published checkpoint, downloading it into the cache if needed."""
     path = ensure_cached(model, weights, progress=progress)
-    return extract_state_dict(safe_load(path), weights.state_dict_key, weights.strip_prefix)
+    try:
+        checkpoint = safe_load(path)
+    except WeightsError:
+        if is_intact(weights):
+            raise
+        raise WeightsError(
+            f"The cached weights {path} are truncated or corrupt: the file does not have the published SHA-256 "
+            f"{weights.expected_hash[:16]}... (an interrupted download or copy?). Run "
+            f"'{pull_command(model, weights.tag)}', which downloads it again and replaces it."
+        ) from None
+    return extract_state_dict(checkpoint, weights.state_dict_key, weights.strip_prefix)

@@ -6,7 +6,8 @@ network as torchvision's ResNet-18/34/50/101/152 when the config says so (64-cha
 stride in the 3x3 convolution, relu): only the parameter names differ
 (``transformers/models/resnet/modeling_resnet.py``). Loading renames the parameters, takes the
 labels from ``id2label`` and the preprocessing from the image-processor config; exporting does
-the reverse. transformers itself is not needed for either; reading or writing
+the reverse (a folder of random weights says so in its safetensors metadata, read back as
+``weights: random``). transformers itself is not needed for either; reading or writing
 ``.safetensors`` needs the ``safetensors`` package (``pip install 'resnetkit[hf]'``).
 """
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from ..core.errors import UnknownModelError, WeightsError
 from ..core.fileio import atomic_write, write_text_atomic
-from ..core.spec import ModelMeta, Preprocessing
+from ..core.spec import RANDOM_WEIGHTS, ModelMeta, Preprocessing
 from ..core.weights import load_state_file
 from ..core.zoo import get_spec
 
@@ -31,6 +32,9 @@ PROCESSOR = "preprocessor_config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
+# in the metadata of a model.safetensors written by resnetkit: "random" for random weights. Kept with the weights, not
+# in config.json, so that weights trained later and saved by transformers (which keeps unknown config keys) drop it.
+WEIGHTS_METADATA = "resnetkit_weights"
 
 # (layer_type, depths) of transformers' ResNetConfig -> the torchvision ResNet in the zoo
 ARCHS = {
@@ -183,6 +187,16 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise WeightsError(f"{folder} has a config.json but no weights ({SAFETENSORS} or {PYTORCH_BIN}).")
 
 
+def _has_random_weights(folder: Path) -> bool:
+    """Whether the folder's model.safetensors was written by resnetkit from random weights (see WEIGHTS_METADATA)."""
+    if not (folder / SAFETENSORS).is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(folder / SAFETENSORS), framework="pt") as handle:
+        return (handle.metadata() or {}).get(WEIGHTS_METADATA) == RANDOM_WEIGHTS
+
+
 def _labels(config: dict[str, Any], count: int) -> tuple[str, ...]:
     id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
     return tuple(id2label.get(i, f"LABEL_{i}") for i in range(count))
@@ -195,7 +209,15 @@ def read_folder(folder: Path) -> tuple[nn.Module, ModelMeta]:
                                 "zoo name, a model file, or a folder written by transformers' save_pretrained.")
     config = _read_json(folder / CONFIG)
     arch = zoo_arch(config, str(folder))
-    state = hf_to_torchvision(read_weights(folder))
+    weights = read_weights(folder)
+    if "conv1.weight" in weights or "fc.weight" in weights:
+        raise WeightsError(
+            f"The weights in {folder} have torchvision parameter names (conv1.weight, fc.weight, ...), not the "
+            "transformers (Hugging Face) names a transformers folder holds (resnet.embedder.embedder.convolution."
+            f"weight, classifier.1.weight, ...). Load a torchvision checkpoint as weights of the zoo model: "
+            f"'--weights FILE' (e.g. 'resnetkit classify {arch} --weights FILE photo.jpg'), or 'resnetkit weights "
+            f"import {arch} FILE' for a published file.")
+    state = hf_to_torchvision(weights)
     categories = _labels(config, state["fc.weight"].shape[0])
     module = get_spec(arch).build(num_classes=len(categories))
     try:
@@ -207,7 +229,7 @@ def read_folder(folder: Path) -> tuple[nn.Module, ModelMeta]:
     else:
         preprocessing = get_spec(arch).default_weights.preprocessing
     meta = ModelMeta(name=folder.resolve().name, arch=arch, categories=categories, preprocessing=preprocessing,
-                     weights=str(folder), format="hf")
+                     weights=RANDOM_WEIGHTS if _has_random_weights(folder) else str(folder), format="hf")
     return module.eval(), meta
 
 
@@ -247,5 +269,6 @@ def save_folder(module: nn.Module, meta: ModelMeta, folder: str | Path) -> Path:
     write_text_atomic(folder / CONFIG, json.dumps(config, indent=2) + "\n")
     write_text_atomic(folder / PROCESSOR, json.dumps(processor_config(meta.preprocessing), indent=2) + "\n")
     with atomic_write(folder / SAFETENSORS) as handle:
-        handle.write(to_safetensors(state, metadata={"format": "pt"}))
+        flag = {WEIGHTS_METADATA: RANDOM_WEIGHTS} if meta.weights == RANDOM_WEIGHTS else {}
+        handle.write(to_safetensors(state, metadata={"format": "pt", **flag}))
     return folder

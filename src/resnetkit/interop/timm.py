@@ -68,18 +68,22 @@ def preprocessing_from_cfg(cfg: dict[str, Any]) -> Preprocessing:
     size = cfg.get("input_size", 224)
     dims = [int(v) for v in (size if isinstance(size, (tuple, list)) else [size])][-2:]  # (3, H, W), (H, W) or H
     height, width = dims[0], dims[-1]
-    crop_pct = float(cfg.get("crop_pct") or DEFAULT_CROP_PCT)
+    crop_pct = float(DEFAULT_CROP_PCT if cfg.get("crop_pct") is None else cfg["crop_pct"])  # 0 is no default
     interpolation = cfg.get("interpolation") or "bilinear"
     mean, std = tuple(cfg.get("mean") or IMAGENET_MEAN), tuple(cfg.get("std") or IMAGENET_STD)
     problems = []
-    if height != width:
+    if min(height, width) < 1:
+        problems.append(f"input_size {height}x{width} (a positive number of pixels, e.g. 224)")
+    elif height != width:
         problems.append(f"input_size {height}x{width} is not square")
     if (cfg.get("crop_mode") or "center") != "center":
         problems.append(f"crop_mode '{cfg['crop_mode']}' (only 'center')")
     if interpolation not in _INTERPOLATIONS:
         problems.append(f"interpolation '{interpolation}' (one of {', '.join(_INTERPOLATIONS)})")
-    if len(mean) != 3 or len(std) != 3 or not 0 < crop_pct <= 1:
-        problems.append("mean and std need 3 values and crop_pct a value in (0, 1]")
+    if not 0 < crop_pct <= 1:
+        problems.append(f"crop_pct {crop_pct:g} (a value in (0, 1], e.g. 0.875)")
+    if len(mean) != 3 or len(std) != 3:
+        problems.append("mean and std need 3 values")
     if problems:
         raise WeightsError(f"Unsupported timm preprocessing: {'; '.join(problems)}.")
     return Preprocessing(crop_size=height, resize_size=math.floor(height / crop_pct), mean=mean,  # type: ignore[arg-type]
@@ -117,6 +121,8 @@ def import_checkpoint(model: str, file: str | os.PathLike[str], preprocessing: s
         raise WeightsError(f"The artifact would overwrite {source}; choose another name with -o FILE.pt.")
     spec = get_spec(model)
     cfg = {**(read_sidecar(source) or {}), **(parse_preprocessing(preprocessing) if preprocessing else {})}
+    published = spec.default_weights
+    prep = preprocessing_from_cfg(cfg) if cfg else published.preprocessing  # refused before the weights are read
     state = load_state_file(source)
     head = state.get(f"{spec.head}.weight")
     if head is None:
@@ -127,10 +133,8 @@ def import_checkpoint(model: str, file: str | os.PathLike[str], preprocessing: s
     except RuntimeError as exc:
         detail = " ".join(str(exc).split()).removeprefix("Error(s) in loading state_dict for ")
         raise WeightsError(f"{source} does not fit {model}: {detail[:400]}. Is it a checkpoint of this architecture?") from None
-    published = spec.default_weights
     categories = (published.categories if head.shape[0] == len(published.categories)
                   else tuple(cfg.get("label_names") or (f"class_{i}" for i in range(head.shape[0]))))
-    prep = preprocessing_from_cfg(cfg) if cfg else published.preprocessing
     meta = spec.meta().replace(categories=categories, preprocessing=prep, metrics=PublishedMetrics(),
                                weights=str(source), extra={"imported_from": "timm" if cfg else "checkpoint"})
     save_artifact(target, module.eval(), meta)
