@@ -480,3 +480,26 @@ def test_exported_graphs_tap_features_through_their_backend(eager) -> None:
         assert features is not None and features.backend == backend
         assert torch.allclose(features(batch), seen[0], atol=1e-3)  # the head's input: the pooled features
     assert exported_features_runner(Classifier(eager.meta, _same_weights("eager", FP32, eager))) is None
+
+
+@pytest.mark.parametrize("fmt,suffix,kind", [("onnx", ".onnx", "an ONNX graph"), ("openvino", ".xml", "an OpenVINO model"),
+                                             ("torchscript", ".torchscript", "a TorchScript file")])
+def test_a_damaged_model_file_is_one_error_line_naming_it(eager, tmp_path, fmt: str, suffix: str, kind: str) -> None:
+    from conftest import make_image, run_cli
+
+    whole = tmp_path / f"whole{suffix}"
+    runners.export_formats()[fmt][1].export.write(copy.deepcopy(eager.module), eager.meta, whole, runners.ExportSettings())
+    image = make_image(tmp_path / "x.png")
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 3])
+    for companion in (".bin",) if fmt == "openvino" else ():
+        cut.with_suffix(companion).write_bytes(whole.with_suffix(companion).read_bytes())
+    result = run_cli("classify", cut, image)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: {cut}" in result.stderr and f"cannot be read as {kind}: it is corrupt, truncated" in result.stderr
+    assert "Export the model again" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    if fmt == "openvino":  # the weights file left behind
+        lone = tmp_path / "lone.xml"
+        lone.write_bytes(whole.read_bytes())
+        result = run_cli("classify", lone, image)
+        assert result.returncode == 2 and f"{lone} is incomplete: lone.bin, written beside it, is missing" in result.stderr

@@ -64,6 +64,8 @@ def test_onnx_passes_checker_and_fixed_batch(tmp_path: Path) -> None:
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
     assert any(o.version == 20 for o in model.opset_import if o.domain in ("", "ai.onnx"))
     assert report.agreement.n_inputs == 8
+    method = report.to_dict()["latency_method"]  # how the latencies were measured, in the JSON too
+    assert method["batch_size"] == 2 and method["warmup"] == 3 and set(method["runs"]) == {"eager", "onnxruntime"}
     # Batches of another size run in slices of the fixed size: 5 images = 3 slices, the last one padded.
     fixed = load_model(report.path)
     batch = torch.randn(5, 3, 32, 32)
@@ -97,7 +99,7 @@ def test_exported_files_refuse_backends_and_precisions_they_cannot_run(tmp_path:
 def test_bad_export_requests(tmp_path: Path) -> None:
     with pytest.raises(UnknownModelError, match="Unknown export format"):
         export_model(eager_source("cifar_resnet20", pretrained=False), "tflite", tmp_path / "m.tflite")
-    with pytest.raises(ResnetkitError, match="could not produce opset 11"):
+    with pytest.raises(ResnetkitError, match=r"--opset 11 is not one torch.onnx .* writes: use an opset from 18 to 23"):
         export_model(eager_source("cifar_resnet20", pretrained=False), "onnx", tmp_path / "m.onnx", opset=11)
     with pytest.raises(ResnetkitError, match=r"\.xml"):
         export_model(eager_source("cifar_resnet20", pretrained=False), "openvino", tmp_path / "m.onnx")
@@ -112,3 +114,55 @@ def test_onnx_without_metadata_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnknownModelError, match="without resnetkit metadata"):
         load_model(path)
 
+
+
+def test_outputs_and_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    from resnetkit.core.errors import OutputError
+    from resnetkit.shrink.export import check_export_request
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match=f"Cannot write {blocker / 'm.onnx'}"):
+        check_export_request("onnx", blocker / "m.onnx")
+    with pytest.raises(ResnetkitError, match=r"^--opset 99 is not one torch.onnx .* writes: use an opset from 18 to "):
+        check_export_request("onnx", tmp_path / "m.onnx", opset=99)
+    mixed = tmp_path / "mixed"
+    (mixed / "notes.txt").parent.mkdir()
+    (mixed / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"mixed already holds other files \(notes.txt\); --format hf writes"):
+        check_export_request("hf", mixed)
+    (tmp_path / "previous").mkdir()
+    (tmp_path / "previous" / "config.json").write_text("{}")
+    check_export_request("hf", tmp_path / "previous")  # a previous hf export is overwritten
+
+
+def test_a_failed_check_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from resnetkit.core.errors import DatasetError
+
+    unlabelled = tmp_path / "eval"
+    make_image(unlabelled / "not-a-class" / "0.png", size=(32, 32))
+    source = eager_source("cifar_resnet20", pretrained=False)
+    for folders in ({"check_dir": tmp_path / "nope"}, {"eval_dir": unlabelled}):
+        with pytest.raises(DatasetError, match="No such folder|match no class"):
+            export_model(source, "openvino", tmp_path / "m.xml", check_images=4, **folders)
+        assert not (tmp_path / "m.xml").exists() and not (tmp_path / "m.bin").exists()
+    export_module = sys.modules[export_model.__module__]  # a failure once the file is written removes it
+    monkeypatch.setattr(export_module, "load_model", lambda *a, **k: (_ for _ in ()).throw(DatasetError("late")))
+    with pytest.raises(DatasetError, match="late"):
+        export_model(source, "openvino", tmp_path / "m.xml", check_images=4)
+    assert not (tmp_path / "m.xml").exists() and not (tmp_path / "m.bin").exists()
+
+
+def test_exporting_an_exported_file_says_what_to_give_instead(tmp_path: Path) -> None:
+    from resnetkit.backends.base import ExportSettings, export_formats
+
+    from conftest import run_cli
+
+    source = eager_source("cifar_resnet20", pretrained=False)
+    onnx_file = tmp_path / "r20.onnx"
+    export_formats()["onnx"][1].export.write(source.module, source.meta, onnx_file, ExportSettings())
+    result = run_cli("export", onnx_file, "--format", "openvino", "-o", tmp_path / "f.xml")
+    assert result.returncode == 2 and "--backend" not in result.stderr
+    assert "Use the zoo name (cifar_resnet20) or the .pt model it was exported from" in result.stderr

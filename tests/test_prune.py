@@ -81,3 +81,55 @@ def test_bad_prune_requests(tmp_path: Path) -> None:
         prune(eager_source("cifar_resnet20", pretrained=False), "random", tmp_path / "s.pt", check_images=8)
     with pytest.raises(PruningError, match="between 0 and 1"):
         prune(eager_source("cifar_resnet20", pretrained=False), "channel", tmp_path / "s.pt", amount=30, check_images=8)
+
+
+def test_channel_amount_is_the_fraction_removed_and_grows_with_it(tmp_path: Path) -> None:
+    import copy
+
+    from resnetkit.core.measure import count_params
+    from resnetkit.shrink.prune import channel_prune, conv_widths
+
+    source = eager_source("cifar_resnet20", pretrained=False)
+    params = []
+    for amount in (0.3, 0.7, 0.9, 0.99):
+        module = copy.deepcopy(source.module)
+        channel_prune(module, source.meta, amount, 4)
+        widths = conv_widths(module)
+        params.append(count_params(module))
+        # the multiple of 4 nearest to (1 - amount) of the channels, never none
+        expected = [max(4, 4 * round(c * (1 - amount) / 4)) for c in (16, 32, 64)]
+        assert [widths[f"layer{i}.0.conv1"] for i in (1, 2, 3)] == expected
+    assert params == sorted(params, reverse=True) and len(set(params)) == 4
+
+
+def test_an_amount_that_prunes_nothing_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PruningError, match=r"--amount 0.02 removes no channel: .* multiples of 4, .* \(64 channels\) "
+                                           r"loses some only above --amount 0.0312"):
+        prune(eager_source("cifar_resnet20", pretrained=False), "channel", tmp_path / "p.pt", amount=0.02, check_images=8)
+    assert not (tmp_path / "p.pt").exists()
+
+
+def test_a_bad_eval_folder_or_output_stops_before_pruning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from resnetkit.core.errors import DatasetError, OutputError
+    from resnetkit.shrink.prune import check_prune_request
+
+    make_image(tmp_path / "eval" / "not-a-class" / "0.png", size=(32, 32))
+    monkeypatch.setattr(sys.modules[prune.__module__], "channel_prune", lambda *a: pytest.fail("pruned first"))
+    with pytest.raises(DatasetError, match="match no class"):
+        prune(eager_source("cifar_resnet20", pretrained=False), "channel", tmp_path / "p.pt",
+              eval_dir=str(tmp_path / "eval"), check_images=8)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OutputError, match="Cannot write"):
+        check_prune_request("channel", 0.3, tmp_path / "a-file" / "p.pt")
+
+
+def test_top1_says_how_many_images_it_is_on(tmp_path: Path) -> None:
+    from resnetkit.core.zoo import CIFAR10_CLASSES
+    from resnetkit.shrink.compare import eval_images
+
+    for i, name in enumerate(CIFAR10_CLASSES * 2):
+        make_image(tmp_path / name / f"{i}.png", size=(32, 32), seed=i)
+    meta = eager_source("cifar_resnet20", pretrained=False).meta
+    assert (eval_images(tmp_path, meta, 5), eval_images(tmp_path, meta, None)) == ("5 of 20 images", "all 20 images")

@@ -177,8 +177,10 @@ def test_accuracy_control_on_labelled_images(tmp_path: Path, cifar_weights: Path
 def test_accuracy_control_needs_openvino_static_int8(tmp_path: Path) -> None:
     with pytest.raises(QuantizationError, match="--validate .* works with static-int8 on openvino, not static-int8 on onnxruntime"):
         resolve_request("static-int8", None, tmp_path / "q.onnx", "calib", 8, None, validate_dir="val")
-    with pytest.raises(QuantizationError, match="--max-drop above 0"):
+    with pytest.raises(QuantizationError, match="--max-drop must be above 0"):
         resolve_request("static-int8", None, tmp_path / "q.xml", "calib", 8, None, validate_dir="val", max_drop=0)
+    with pytest.raises(QuantizationError, match=r"^--max-drop must be above 0 \(top-1 points\), got -5\.$"):
+        resolve_request("fp16", None, tmp_path / "q.xml", None, 8, None, max_drop=-5)  # names the option given
     request = resolve_request("static-int8", None, tmp_path / "q.xml", "calib", 8, None, validate_dir="val")
     assert (request.backend, request.validate_dir, request.max_drop) == ("openvino", "val", 0.5)
 
@@ -264,10 +266,50 @@ def test_int8_is_also_compared_with_the_backends_own_default_precision(
     printed = capsys.readouterr().out
     if backend_default == "fp32":
         assert report.default_precision is None and report.default_backend_latency_ms is None
-        assert "its default here" not in printed and "default (" not in printed
+        assert "(its default here)" not in printed and "vs openvino's default" not in printed
         return
     assert report.default_precision == "bf16" and report.default_backend_latency_ms > 0
-    assert "bf16 openvino (its default here)" in printed
+    assert "bf16 on openvino (its default here)" in printed
     assert re.search(r"vs openvino's default \(bf16 on this CPU\): (\d+\.\d\dx (faster|slower)|within noise|"
                      r"not comparable)", printed)
     assert report.to_dict()["speedup_vs_default"] == report.speedup_vs_default != ""
+
+
+def test_bad_outputs_and_folders_stop_before_anything_is_written(tmp_path: Path) -> None:
+    from resnetkit.core.errors import OutputError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match=f"Cannot write {blocker / 'q.xml'}"):
+        resolve_request("fp16", None, blocker / "q.xml", None, 8, None)  # before any model is loaded
+    unlabelled = tmp_path / "eval"
+    make_image(unlabelled / "not-a-class" / "0.png", size=(32, 32))
+    for folders in ({"eval_dir": str(unlabelled)}, {"eval_dir": str(tmp_path / "nope")}):
+        with pytest.raises(DatasetError, match="match no class|No such folder"):
+            quantize(eager_source("cifar_resnet20", pretrained=False), "fp16", tmp_path / "q.xml", **folders)
+        assert list(tmp_path.glob("q.*")) == []
+    with pytest.raises(DatasetError, match=r"0.png is a file: give a folder of images"):
+        quantize(eager_source("cifar_resnet20", pretrained=False), "static-int8", tmp_path / "q.xml",
+                 calib_dir=str(unlabelled / "not-a-class" / "0.png"))
+
+
+def test_a_failure_after_writing_removes_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    quantize_module = sys.modules[quantize.__module__]
+
+    monkeypatch.setattr(quantize_module, "int8_kernels", lambda *_: (_ for _ in ()).throw(QuantizationError("none")))
+    with pytest.raises(QuantizationError, match="none"):
+        quantize(eager_source("cifar_resnet20", pretrained=False), "fp16", tmp_path / "q.xml", check_images=4)
+    assert list(tmp_path.iterdir()) == []  # neither q.xml nor q.bin
+
+
+def test_the_quantized_file_is_timed_on_the_backend_its_row_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    quantize_module = sys.modules[quantize.__module__]
+
+    loaded = []
+    monkeypatch.setattr(quantize_module, "load_model", lambda path, **kw: loaded.append(kw["backend"]) or load_model(path, **kw))
+    report = quantize(eager_source("cifar_resnet20", pretrained=False), "bf16", tmp_path / "b.pt", backend="eager",
+                      check_images=4)
+    assert loaded == ["eager"] and report.precision == "bf16"
+    method = report.to_dict()["latency_method"]
+    assert set(method["runs"]) == {"fp32 eager", "bf16 file"} and method["warmup"] == 3  # eager's fp32 timed once
+    assert report.fp32_backend_latency_ms == report.fp32_latency_ms

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..core.device import CPU, Device, resolve_device
-from ..core.errors import BackendUnavailableError, UnknownModelError
+from ..core.errors import BackendUnavailableError, ResnetkitError, UnknownModelError
 from ..core.spec import ModelMeta
 
 log = logging.getLogger(__name__)
@@ -358,10 +358,16 @@ def read_file(path: Path, backend: str | None, options: RunnerOptions) -> tuple[
     if backend is not None and options.precision is not None:
         chosen.check_precision(options.precision)
     options = options.on(chosen.fit_device(options.device))
+    own = next(iter(readers.values()))
+    _check_companions(path, own)
     if chosen.reads_any is not None:
-        runner, meta = chosen.reads_any(path, options)
+        try:
+            runner, meta = chosen.reads_any(path, options)
+        except Exception:
+            _read_or_explain(own, path, options)  # a file its own runtime cannot read either: say so
+            raise
     elif (fmt := chosen.reader(suffix)) is not None:
-        runner, meta = fmt.read(path, options)
+        runner, meta = _read_or_explain(fmt, path, options)
     else:
         kind = next(iter(readers.values())).kind
         raise BackendUnavailableError(
@@ -370,6 +376,29 @@ def read_file(path: Path, backend: str | None, options: RunnerOptions) -> tuple[
         )
     check_stored_precision(path, options.precision, runner.precision)
     return runner, meta
+
+
+def _check_companions(path: Path, fmt: FileFormat) -> None:
+    """Refuse a file whose format keeps part of the model beside it (OpenVINO's .bin) when that part is missing."""
+    missing = [path.with_suffix(s).name for s in fmt.companions if not path.with_suffix(s).is_file()]
+    if missing:
+        raise UnknownModelError(f"{path} is incomplete: {' and '.join(missing)}, written beside it, is missing. Copy "
+                                "it next to the file, or export the model again.")
+
+
+def _read_or_explain(fmt: FileFormat, path: Path, options: RunnerOptions) -> tuple[Runner, ModelMeta]:
+    """``fmt.read``, with the runtime's own failure (a protobuf, zip or parser error) turned into one line: the
+    file is damaged. Errors resnetkit raises itself (no metadata...) pass as they are."""
+    try:
+        return fmt.read(path, options)
+    except ResnetkitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each runtime fails in its own way on a damaged file
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = (lines[-1].split(". ")[0] if lines else "") or type(exc).__name__
+        beside = "".join(f" (with its {path.with_suffix(s).name})" for s in fmt.companions)
+        raise UnknownModelError(f"{path}{beside} cannot be read as {fmt.kind}: it is corrupt, truncated or "
+                                f"incomplete ({detail}). Export the model again, or copy the file again.") from None
 
 
 def check_stored_precision(path: Path, requested: str | None, stored: str) -> None:

@@ -6,18 +6,18 @@ predictions) so no optimization is reported without its cost.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from ..backends import describe
-from ..backends.base import RunnerOptions, quantize_methods, quantizers_of
-from ..backends.onnxruntime import DEFAULT_OPSET
+from ..backends.base import RunnerOptions, file_suffixes, quantize_methods, quantizers_of
 from ..core.device import CPU, resolve_device
 from ..run.loading import Classifier, load_model
-from ..shrink.compare import Agreement, ratio
-from ..shrink.export import ExportReport, check_export_request, export_model, export_table
+from ..shrink.compare import Agreement, LatencyMethod, ratio
+from ..shrink.export import ExportReport, check_export_request, export_model, export_table, onnx_opsets
 from ..shrink.prune import METHODS as PRUNE_METHODS
 from ..shrink.prune import PruneReport, check_prune_request, prune
 from ..shrink.quantize import CALIBRATION_METHODS, QuantizeReport, quantize, resolve_request
@@ -43,9 +43,11 @@ def _default_writers() -> str:
     return ", ".join(f"{method} {quantizers_of(method)[0][0].name}" for method in quantize_methods())
 
 
-def _load_source(model: str, weights: str | None, random_weights: bool) -> Classifier:
+def _load_source(model: str, weights: str | None, random_weights: bool, command: str) -> Classifier:
     """The model to optimize, loaded once, on eager PyTorch in exact fp32 on the CPU: the reference of every report,
-    and what files are written from."""
+    and what files are written from. An exported file has no PyTorch model: the error says what to give instead."""
+    if Path(model).suffix.lower() in file_suffixes():
+        load_model(model).torch_module(command)
     return load_model(model, weights=weights, pretrained=not random_weights, backend="eager",
                       options=RunnerOptions(precision="fp32", device=CPU))
 
@@ -74,6 +76,11 @@ def _print_agreement(agreement: Agreement, against: str) -> None:
     console.print(f"predictions vs {against}: {agreement.describe()}", highlight=False)
 
 
+def _print_latency_method(method: LatencyMethod | None) -> None:
+    if method is not None:
+        console.print(f"latency: {method.describe()}", highlight=False)
+
+
 def _print_notes(notes: list[str]) -> None:
     for note in notes:
         console.print(styled(("note:", "yellow"), f" {note}"), highlight=False)
@@ -85,7 +92,8 @@ def export_command(
     fmt: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(export_table())} (see 'resnetkit backends').")],
     output: OutputOpt,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="ONNX: any batch size (default: fixed).")] = False,
-    opset: Annotated[int | None, typer.Option("--opset", min=7, help=default("ONNX opset.", DEFAULT_OPSET))] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help=default(
+        f"ONNX opset, {onnx_opsets()[0]} to {onnx_opsets()[-1]}.", onnx_opsets()[0]))] = None,
     check_data: Annotated[str | None, typer.Option("--check-data", help="Images for the check (default: generated).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="What the file stores: fp32, fp16 (onnx, litert, coreml) or int8 (litert, executorch; needs --calib) (default: fp32; coreml: fp16).")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="int8: calibration images, any folder layout (default: none).")] = None,
@@ -99,8 +107,8 @@ def export_command(
     json_output: JsonFlag = False,
 ) -> None:
     """Export to ONNX, TorchScript, OpenVINO IR, LiteRT, ExecuTorch, Core ML, a backend plug-in's format or a Hugging Face folder (hf) with the class names and preprocessing, then check it against eager."""
-    measured_on = check_export_request(fmt, output, resolve_device(device), precision, calib)[2]
-    report = export_model(_load_source(model, weights, random_weights), fmt, output, dynamic_batch=dynamic_batch,
+    measured_on = check_export_request(fmt, output, resolve_device(device), precision, calib, opset)[2]
+    report = export_model(_load_source(model, weights, random_weights, "export"), fmt, output, dynamic_batch=dynamic_batch,
                           opset=opset, check_dir=check_data, batch_size=batch_size, device=measured_on,
                           precision=precision, calib_dir=calib, calib_size=calib_size, eval_dir=eval_dir,
                           eval_limit=eval_limit)
@@ -126,8 +134,9 @@ def _print_export(report: ExportReport, fmt: str, batch_size: int) -> None:
         console.print(f"calibrated on {report.calibration}", highlight=False)
     if report.agreement is not None:
         _print_agreement(report.agreement, "eager")
+    _print_latency_method(report.latency_method)
     if report.top1 is not None:
-        console.print(f"top-1 on {report.eval_dir}: eager {report.source_top1:.2f} %, {fmt} {report.top1:.2f} % "
+        console.print(f"top-1 on {report.eval_images} of {report.eval_dir}: eager {report.source_top1:.2f} %, {fmt} {report.top1:.2f} % "
                       f"({report.top1 - report.source_top1:+.2f} points)", highlight=False)
     for key, value in (report.inspection or {}).items():
         console.print(f"{key}: {value}", highlight=False)
@@ -160,7 +169,7 @@ def quantize_command(
     checks = {"validate_dir": validate, "validate_size": validate_size, "max_drop": max_drop}
     measured_on = resolve_request(method, backend, output, calib, calib_size, calibration, **checks,
                                   device=resolve_device(device)).device
-    report = quantize(_load_source(model, weights, random_weights), method, output, backend=backend, calib_dir=calib,
+    report = quantize(_load_source(model, weights, random_weights, "quantize"), method, output, backend=backend, calib_dir=calib,
                       calib_size=calib_size, calibration_method=calibration, eval_dir=eval_dir, eval_limit=eval_limit,
                       batch_size=batch_size, device=measured_on, **checks)
     if json_output:
@@ -172,14 +181,15 @@ def quantize_command(
 def _print_quantize(report: QuantizeReport) -> None:
     top1 = report.top1 is not None
     rows = [
-        ("fp32 eager", _mb(report.fp32_size_bytes), f"{report.fp32_latency_ms:.2f}", "1.00x",
+        ("fp32, eager PyTorch (reference)", _mb(report.fp32_size_bytes), f"{report.fp32_latency_ms:.2f}", "1.00x",
          f"{report.fp32_top1:.2f}" if top1 else "-"),
-        (f"fp32 {report.backend}", "", f"{report.fp32_backend_latency_ms:.2f}", report.fp32_backend_speedup, "-"),
-        *([(f"{report.default_precision} {report.backend} (its default here)", "",
+        *([(f"fp32 on {report.backend}", "", f"{report.fp32_backend_latency_ms:.2f}", report.fp32_backend_speedup, "-")]
+          if report.backend != "eager" else []),  # eager's fp32 is the reference row
+        *([(f"{report.default_precision} on {report.backend} (its default here)", "",
             f"{report.default_backend_latency_ms:.2f}", report.default_backend_speedup, "-")]
           if report.default_precision else []),
-        (f"{report.method} {report.backend} (ran {report.precision})", _mb(report.size_bytes), f"{report.latency_ms:.2f}",
-         report.speedup, f"{report.top1:.2f}" if top1 else "-"),
+        (f"{report.method} file on {report.backend} (computes in {report.precision})", _mb(report.size_bytes),
+         f"{report.latency_ms:.2f}", report.speedup, f"{report.top1:.2f}" if top1 else "-"),
     ]
     columns = ("", "size (MB)", _latency_column(report.batch_size, report.device_name), "speed-up vs eager", "top-1 %")
     console.print(_table(f"{report.source} {report.method} -> {report.path} ({report.name})", rows, columns))
@@ -192,8 +202,9 @@ def _print_quantize(report: QuantizeReport) -> None:
         console.print(f"int8 kernels in the runtime graph: {kernels}", highlight=False)
     if report.calibration:
         console.print(f"calibration: {report.calibration}", highlight=False)
+    _print_latency_method(report.latency_method)
     if top1:
-        console.print(f"top-1 on {report.eval_dir}: {report.fp32_top1:.2f} % -> {report.top1:.2f} % "
+        console.print(f"top-1 on {report.eval_images} of {report.eval_dir}: {report.fp32_top1:.2f} % -> {report.top1:.2f} % "
                       f"({report.top1 - report.fp32_top1:+.2f} points)", highlight=False)
     _print_agreement(report.agreement, "fp32 eager")
     _print_notes(report.notes)
@@ -220,7 +231,7 @@ def prune_command(
     """Prune weights (global L1) or whole channels (dependency-aware); report params, MACs, latency and accuracy."""
     check_prune_request(method, amount, output)
     measured_on = resolve_device(device)
-    report = prune(_load_source(model, weights, random_weights), method, output, amount=amount, round_to=round_to,
+    report = prune(_load_source(model, weights, random_weights, "prune"), method, output, amount=amount, round_to=round_to,
                    finetune_dir=finetune_dir, epochs=epochs, lr=lr, eval_dir=eval_dir, eval_limit=eval_limit,
                    batch_size=batch_size, device=measured_on)
     if json_output:
@@ -246,9 +257,10 @@ def _print_prune(report: PruneReport) -> None:
         shown = ", ".join(f"{name} {a}->{b}" for name, (a, b) in list(report.widths.items())[:6])
         more = f" (+{len(report.widths) - 6} more)" if len(report.widths) > 6 else ""
         console.print(f"channels (multiples of {report.round_to}): {shown}{more}", highlight=False)
+    _print_latency_method(report.latency_method)
     if report.top1_before is not None:
         finetuned = f" -> {report.top1_finetuned:.2f} % after fine-tuning" if report.top1_finetuned is not None else ""
-        console.print(f"top-1 on {report.eval_dir}: {report.top1_before:.2f} % -> {report.top1_pruned:.2f} % pruned"
+        console.print(f"top-1 on {report.eval_images} of {report.eval_dir}: {report.top1_before:.2f} % -> {report.top1_pruned:.2f} % pruned"
                       f"{finetuned}", highlight=False)
     _print_agreement(report.agreement, "the unpruned model")
     _print_notes(report.notes)

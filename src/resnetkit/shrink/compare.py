@@ -33,8 +33,10 @@ def image_batches(data_dir: str | os.PathLike[str], meta: ModelMeta, *, limit: i
     """Up to ``limit`` images of ``data_dir`` (walked recursively, a fixed random subset),
     preprocessed for ``meta``, in batches. Raises :class:`DatasetError` if there are none."""
     root = Path(data_dir)
+    if root.is_file():
+        raise DatasetError(f"{root} is a file: give a folder of images (any layout; class sub-folders are fine).")
     if not root.is_dir():
-        raise DatasetError(f"No such folder: {root}.")
+        raise DatasetError(f"No such folder: {root}. Give a folder of images (any layout; class sub-folders are fine).")
     paths = list(iter_image_paths([root]))
     if not paths:
         raise DatasetError(f"{root} contains no image files (looked for .jpg, .png, ... in all sub-folders).")
@@ -111,6 +113,7 @@ def agreement(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Call
 
 LATENCY_SECONDS = 2.0  # minimum timed wall-clock per measurement
 MAX_LATENCY_SECONDS = 8.0  # ... and at most, while the medians' confidence intervals still overlap
+LATENCY_WARMUP = 3  # uncounted calls of each before the clock starts
 
 
 def cpu_module(source: Classifier, command: str) -> nn.Module:
@@ -156,8 +159,49 @@ def compare_latency(classifiers: Mapping[str, Classifier], batch_size: int = 1) 
         batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape, device=device.torch)
         calls[name] = lambda c=classifier, b=batch: c.logits(b)
         devices.append(device)
-    return time_interleaved(calls, warmup=3, min_runs=10, min_seconds=LATENCY_SECONDS,
+    return time_interleaved(calls, warmup=LATENCY_WARMUP, min_runs=10, min_seconds=LATENCY_SECONDS,
                             max_seconds=MAX_LATENCY_SECONDS, sync=synchronize_all(devices))
+
+
+def eval_images(data_dir: str | os.PathLike[str], meta: ModelMeta, limit: int | None) -> str:
+    """What a top-1 on the labelled folder ``data_dir`` is measured on: ``all 10000 images`` or ``500 of 10000
+    images``. Checks the folder (it exists, its class folders match the model's classes) before anything is
+    written."""
+    from ..core.datasets import labelled_samples
+
+    total = len(labelled_samples(data_dir, meta.categories)[1])
+    return f"{limit} of {total} images" if limit is not None and limit < total else f"all {total} images"
+
+
+@dataclass(frozen=True)
+class LatencyMethod:
+    """How the latencies of a report were measured (see :func:`compare_latency`)."""
+
+    batch_size: int
+    warmup: int  # uncounted calls of each before the clock starts
+    runs: dict[str, int]  # counted calls of each: its latency is their median
+    threads: dict[str, int | None]  # intra-op threads each ran on (None: its runtime's default)
+    torch_threads: int  # PyTorch's default, what eager runs on
+    cores: int  # of this machine
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        counts = sorted(set(self.runs.values()))
+        runs = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        set_ = ", ".join(f"{name} {n}" for name, n in self.threads.items() if n)
+        threads = set_ or f"each runtime's default (PyTorch's {self.torch_threads})"
+        return (f"median of {runs} timed calls each at batch {self.batch_size} after {self.warmup} warm-up calls, "
+                f"interleaved in short bursts; threads: {threads}, on {self.cores} cores")
+
+
+def latency_method(timings: InterleavedTimings, classifiers: Mapping[str, Classifier], labels: Mapping[str, str],
+                   batch_size: int) -> LatencyMethod:
+    """The :class:`LatencyMethod` of ``timings`` of ``classifiers``, each named by its ``labels`` entry."""
+    return LatencyMethod(batch_size, LATENCY_WARMUP, {labels[k]: t.runs for k, t in timings.timings.items()},
+                         {labels[k]: c.ran.threads for k, c in classifiers.items()}, torch.get_num_threads(),
+                         os.cpu_count() or 1)
 
 
 def top1_accuracy(classifier: Classifier, data_dir: str | os.PathLike[str], limit: int | None = None) -> float:

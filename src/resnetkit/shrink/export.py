@@ -8,25 +8,29 @@ would load it and compared with the eager model on the same inputs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import torch
 from torch import nn
 
 from ..backends.base import (Backend, ExportSettings, FileWriter, RunnerOptions, artifact_size, export_formats,
-                             get_backend)
+                             get_backend, readers_of)
 from ..core.device import CPU, Device
-from ..core.errors import ResnetkitError, UnknownModelError
+from ..core.errors import OutputError, ResnetkitError, UnknownModelError
+from ..core.fileio import check_writable
 from ..run.loading import Classifier, load_model
 from ..core.measure import serialized_size_bytes
 from ..core.spec import ModelMeta, Step
-from .compare import (Agreement, agreement, compare_latency, cpu_module, image_batches, on_device,
-                      random_weights_notes, sample_batches, top1_accuracy)
-from ..interop.hf import save_folder
+from .compare import (Agreement, LatencyMethod, agreement, compare_latency, cpu_module, eval_images, image_batches,
+                      latency_method, on_device, random_weights_notes, sample_batches, top1_accuracy)
+from ..interop.hf import CONFIG, PROCESSOR, SAFETENSORS, save_folder
 
 HF_FOLDER = "hf"
+HF_FILES = (CONFIG, PROCESSOR, SAFETENSORS)  # what an hf export writes in its folder
 CHECK_IMAGES = 64
 CALIBRATION_IMAGES = 300
 
@@ -84,6 +88,8 @@ class ExportReport:
     source_top1: float | None = None  # on eval_dir, the source model (eager fp32) and the file
     top1: float | None = None
     inspection: dict[str, Any] | None = None  # what was checked without running a file that cannot run here
+    eval_images: str | None = None  # what of eval_dir the top-1s are on: "all 10000 images", "500 of 10000 images"
+    latency_method: LatencyMethod | None = None  # how the latencies were measured
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,17 +97,66 @@ class ExportReport:
 
 
 def check_output_path(output: str | os.PathLike[str], suffix: str, what: str) -> Path:
+    """``output``, once it has the suffix of the files written and can be written (checked before any work whose
+    result would otherwise be lost at the end); ``suffix`` "" is a folder (an hf export)."""
     path = Path(output)
     if suffix and path.suffix.lower() != suffix:
         raise ResnetkitError(f"{what} files end in {suffix}: use -o {path.with_suffix(suffix)}.")
+    if not suffix:
+        _check_hf_folder(path)
+    check_writable(path / CONFIG if not suffix else path)
     return path
 
 
+def _check_hf_folder(path: Path) -> None:
+    """Refuse a file, or a folder holding anything but a previous hf export (whose files would be overwritten)."""
+    if path.is_file():
+        raise OutputError(f"{path} is a file; give a folder name for --format hf.")
+    others = sorted(p.name for p in path.iterdir() if p.name not in HF_FILES) if path.is_dir() else []
+    if others:
+        shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise OutputError(f"{path} already holds other files ({shown}); --format hf writes {', '.join(HF_FILES)} "
+                          "there. Give a new or empty folder, or a previous hf export to overwrite.")
+
+
+def remove_artifact(path: Path) -> None:
+    """Delete what was written at ``path``: the file and those its format writes beside it (OpenVINO's .bin), or
+    the files of an hf folder (and the folder, if that empties it)."""
+    if path.is_dir():
+        for name in HF_FILES:
+            (path / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        return
+    companions = {path.with_suffix(s) for f in readers_of(path.suffix.lower()).values() for s in f.companions}
+    for file in (path, *companions):
+        file.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: Path) -> Iterator[None]:
+    """Remove the artifact at ``path`` if the block fails: a command that stops with an error leaves no output."""
+    try:
+        yield
+    except BaseException:
+        remove_artifact(path)
+        raise
+
+
+def onnx_opsets() -> range:
+    """The opsets ``--opset`` may ask for: torch.onnx's dynamo exporter writes 18 and up (below, it falls back to
+    18) to the newest this torch supports (23 in torch 2.14; it fails, or falls back, above)."""
+    from torch.onnx import _constants
+
+    return range(18, _constants.ONNX_MAX_OPSET + 1)
+
+
 def check_export_request(fmt: str, output: str | os.PathLike[str], device: Device = CPU,
-                         precision: str | None = None,
-                         calib_dir: str | os.PathLike[str] | None = None) -> tuple[ExportFormat, Path, Device]:
+                         precision: str | None = None, calib_dir: str | os.PathLike[str] | None = None,
+                         opset: int | None = None) -> tuple[ExportFormat, Path, Device]:
     """The format, the output path and the device the latencies are measured on, once they are known to fit
-    (before any model is loaded): ``device`` where the file's own runtime runs there, the CPU where ``--device
+    (before any model is loaded; a path that cannot be written, an opset torch.onnx cannot write are refused):
+    ``device`` where the file's own runtime runs there, the CPU where ``--device
     auto`` chose a GPU it does not run on. ``precision`` must be one the format stores (None: its default, the
     first of its writer's ``precisions``); int8 needs ``calib_dir``."""
     formats = export_table()
@@ -116,6 +171,9 @@ def check_export_request(fmt: str, output: str | os.PathLike[str], device: Devic
     if precision == "int8" and calib_dir is None:
         raise ResnetkitError("int8 needs calibration images: --calib DIR (a few hundred representative images, e.g. "
                              "part of the training set; class sub-folders are fine).")
+    if opset is not None and opset not in (opsets := onnx_opsets()):
+        raise ResnetkitError(f"--opset {opset} is not one torch.onnx {torch.__version__.split('+')[0]} writes: use "
+                             f"an opset from {opsets[0]} to {opsets[-1]} (default: {opsets[0]}).")
     path = check_output_path(output, chosen.suffix, fmt)
     if chosen.backend is not None:
         device = get_backend(chosen.backend.name).fit_device(device)  # installed, and runs there
@@ -172,47 +230,53 @@ def export_model(
     is calibrated on ``calib_size`` images of ``calib_dir``. Such a file is compared in the precision it stores.
     With ``eval_dir`` (labelled, one sub-folder per class) the top-1 of the source and of the file are measured
     on it. A file that cannot run on this machine (Core ML off macOS) is checked without predictions."""
-    chosen, path, device = check_export_request(fmt, output, device, precision, calib_dir)
+    chosen, path, device = check_export_request(fmt, output, device, precision, calib_dir, opset)
     precision = precision or chosen.writer.precisions[0]
+    # every folder is read before the file is written: a bad one stops the export with nothing written
+    batches, inputs = sample_batches(source.meta, check_dir, count=check_images)
+    evaluated = eval_images(eval_dir, source.meta, eval_limit) if eval_dir is not None else None
     calibration, described = _calibration(source.meta, calib_dir, calib_size) if precision == "int8" else ([], None)
     settings = ExportSettings(dynamic_batch=dynamic_batch, batch_size=batch_size, opset=opset, precision=precision,
                               calibration=calibration)
     meta = exported_meta(source.meta, chosen.writer, path.stem, settings, described)
     chosen.writer.write(cpu_module(source, "export"), meta, path, settings)
-    if (why := chosen.writer.runs_here()) is not None:
-        return _unrun_report(source, fmt, path, meta, chosen.writer, why, batch_size, described)
-    exported = load_model(path, options=RunnerOptions(device=device))
-    exact = (exported if exported.ran.precision in ("fp32", precision)
-             else load_model(path, options=RunnerOptions(precision="fp32", device=device)))
-    batches, inputs = sample_batches(source.meta, check_dir, count=check_images)
-    timings = compare_latency({"eager": on_device(source, device), "exported": exported}, batch_size)
-    report = ExportReport(
-        name=exported.meta.name,
-        source=source.meta.name,
-        format=fmt,
-        path=str(path),
-        size_bytes=artifact_size(path),
-        eager_size_bytes=serialized_size_bytes(source.module),
-        backend=exported.ran.backend,
-        precision=exported.ran.precision,
-        agreement=agreement(source.logits, exact.logits, batches, inputs),
-        eager_latency_ms=timings.timings["eager"].p50_ms,
-        latency_ms=timings.timings["exported"].p50_ms,
-        batch_size=batch_size,
-        onnx_checker="passed" if chosen.writer.checker == "onnx.checker" else None,
-        speedup=timings.speedup("eager", "exported")[1],
-        checker=chosen.writer.checker,
-        device=str(device),
-        device_name=device.name,
-        stored_precision=precision,
-        calibration=described,
-        notes=_notes(precision, exported, check_dir, eval_dir) + random_weights_notes(source.meta),
-    )
-    if eval_dir is not None:
-        report.eval_dir = str(eval_dir)
-        report.source_top1 = top1_accuracy(source, eval_dir, eval_limit)
-        report.top1 = top1_accuracy(exported, eval_dir, eval_limit)
-    return report
+    with removed_on_failure(path):
+        if (why := chosen.writer.runs_here()) is not None:
+            return _unrun_report(source, fmt, path, meta, chosen.writer, why, batch_size, described)
+        exported = load_model(path, options=RunnerOptions(device=device))
+        exact = (exported if exported.ran.precision in ("fp32", precision)
+                 else load_model(path, options=RunnerOptions(precision="fp32", device=device)))
+        timed = {"eager": on_device(source, device), "exported": exported}
+        timings = compare_latency(timed, batch_size)
+        report = ExportReport(
+            name=exported.meta.name,
+            source=source.meta.name,
+            format=fmt,
+            path=str(path),
+            size_bytes=artifact_size(path),
+            eager_size_bytes=serialized_size_bytes(source.module),
+            backend=exported.ran.backend,
+            precision=exported.ran.precision,
+            agreement=agreement(source.logits, exact.logits, batches, inputs),
+            eager_latency_ms=timings.timings["eager"].p50_ms,
+            latency_ms=timings.timings["exported"].p50_ms,
+            batch_size=batch_size,
+            onnx_checker="passed" if chosen.writer.checker == "onnx.checker" else None,
+            speedup=timings.speedup("eager", "exported")[1],
+            checker=chosen.writer.checker,
+            device=str(device),
+            device_name=device.name,
+            stored_precision=precision,
+            calibration=described,
+            latency_method=latency_method(timings, timed, {"eager": "eager", "exported": exported.ran.backend},
+                                          batch_size),
+            notes=_notes(precision, exported, check_dir, eval_dir) + random_weights_notes(source.meta),
+        )
+        if eval_dir is not None:
+            report.eval_dir, report.eval_images = str(eval_dir), evaluated
+            report.source_top1 = top1_accuracy(source, eval_dir, eval_limit)
+            report.top1 = top1_accuracy(exported, eval_dir, eval_limit)
+        return report
 
 
 def _notes(precision: str, exported: Classifier, check_dir: str | os.PathLike[str] | None,

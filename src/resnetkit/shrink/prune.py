@@ -7,6 +7,7 @@ network saved as a ``.pt`` artifact whose layer shapes rebuild the architecture 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +25,8 @@ from ..run.loading import Classifier
 from ..core.measure import count_macs, count_params, serialized_size_bytes
 from ..core.spec import ModelMeta, Step
 from ..core.zoo import get_spec
-from .compare import (Agreement, agreement, compare_latency, cpu_module, on_device, random_weights_notes,
-                      sample_batches, top1_accuracy)
+from .compare import (Agreement, LatencyMethod, agreement, compare_latency, cpu_module, eval_images, latency_method,
+                      on_device, random_weights_notes, sample_batches, top1_accuracy)
 from .export import check_output_path
 
 METHODS = ("l1-unstructured", "channel")
@@ -67,6 +68,8 @@ class PruneReport:
     speedup: str = ""  # after vs before, from latencies measured interleaved in one run (or why not comparable)
     device: str = "cpu"  # where both latencies were measured (eager PyTorch)
     device_name: str = "CPU"
+    eval_images: str | None = None  # what of eval_dir the top-1s are on: "all 10000 images", "500 of 10000 images"
+    latency_method: LatencyMethod | None = None  # how the latencies were measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,10 +95,22 @@ def sparsity(module: nn.Module) -> float:
     return zeros / sum(w.numel() for w in weights)
 
 
+def kept_channels(channels: int, amount: float, round_to: int) -> int:
+    """The output channels a layer of ``channels`` keeps when ``amount`` of them are removed: the multiple of
+    ``round_to`` nearest to ``channels * (1 - amount)``, at least one multiple (a layer of ``round_to`` channels or
+    fewer keeps them all). Never more for a larger ``amount``."""
+    if channels <= round_to:
+        return channels
+    return min(channels, max(round_to, round_to * math.floor(channels * (1 - amount) / round_to + 0.5)))
+
+
 def channel_prune(module: nn.Module, meta: ModelMeta, amount: float, round_to: int) -> None:
-    """Remove ``amount`` of the output channels of every prunable conv (L1 norm of each
-    coupled group), keeping remaining counts multiples of ``round_to``. The classifier and
-    the layers the family's :class:`~resnetkit.core.spec.PruningTraits` keep lose no outputs."""
+    """Remove ``amount`` of the output channels of every prunable conv (the lowest L1 norms of each coupled group),
+    as near as keeping the counts multiples of ``round_to`` allows (:func:`kept_channels`). The classifier and the
+    layers the family's :class:`~resnetkit.core.spec.PruningTraits` keep lose no outputs.
+
+    Each layer is given its own ratio: torch-pruning's ``round_to`` rounds the kept count down after taking
+    ``int(channels * (1 - ratio))``, so 0.3 of 16 channels removed 8 and 0.9 removed none (all but 0 kept, refused)."""
     import torch_pruning as tp
 
     spec = get_spec(meta.arch)
@@ -103,13 +118,25 @@ def channel_prune(module: nn.Module, meta: ModelMeta, amount: float, round_to: i
         raise PruningError(f"Channel pruning is unsupported for {meta.arch}: {spec.pruning.unsupported}. "
                            "Use --method l1-unstructured, or a ResNet.")
     ignored = [*spec.pruning.keep(module), module.get_submodule(spec.head)]
+    # + 0.5: torch-pruning keeps int(channels * (1 - ratio)) channels, which must not fall one short by rounding
+    ratios = {conv: 1 - (kept_channels(conv.out_channels, amount, round_to) + 0.5) / conv.out_channels
+              for conv in module.modules() if isinstance(conv, nn.Conv2d) and conv not in ignored}
     example = torch.zeros(1, *meta.preprocessing.input_shape)
     try:
         pruner = tp.pruner.MetaPruner(module, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                      pruning_ratio=amount, ignored_layers=ignored, round_to=round_to)
+                                      pruning_ratio=0.0, pruning_ratio_dict=ratios, ignored_layers=ignored)
         pruner.step()
     except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot follow
         raise PruningError(f"Channel pruning is unsupported for {meta.arch}: torch-pruning failed ({exc}).") from None
+
+
+def _check_pruned(before: dict[str, int], after: dict[str, int], amount: float, round_to: int) -> None:
+    """Refuse a channel pruning that removed nothing, saying from what amount it would."""
+    if before == after:
+        widest = max(before.values())
+        raise PruningError(f"--amount {amount:g} removes no channel: channel counts stay multiples of {round_to}, so "
+                           f"the widest layer ({widest} channels) loses some only above --amount "
+                           f"{round_to / (2 * widest):.3g}. Give a larger --amount or a smaller --round-to.")
 
 
 def conv_widths(module: nn.Module) -> dict[str, int]:
@@ -147,15 +174,19 @@ def prune(
     are measured on ``device`` (eager PyTorch, fp32)."""
     path = check_prune_request(method, amount, output)
     meta, shape = source.meta, source.meta.preprocessing.input_shape
+    evaluated = eval_images(eval_dir, meta, eval_limit) if eval_dir else None  # a bad folder fails before the work
     module = cpu_module(source, "prune")
     round_to = round_to or get_spec(meta.arch).pruning.round_to
     report_sparsity = l1_unstructured(module, amount) if method == "l1-unstructured" else None
+    before = conv_widths(source.module)
     if method == "channel":
         channel_prune(module, meta, amount, round_to)
+        _check_pruned(before, conv_widths(module), amount, round_to)
     pruned = Classifier(meta, make_runner(module, meta, "eager", RunnerOptions(precision="fp32", device=CPU)), module)
-    before, after = conv_widths(source.module), conv_widths(module)
+    after = conv_widths(module)
     check, inputs = sample_batches(meta, eval_dir or finetune_dir, count=check_images, seed=1)
-    timings = compare_latency({"before": on_device(source, device), "after": on_device(pruned, device)}, batch_size)
+    timed = {"before": on_device(source, device), "after": on_device(pruned, device)}
+    timings = compare_latency(timed, batch_size)
     report = PruneReport(
         name=path.stem, source=meta.name, method=method, amount=amount, path=str(path),
         params_before=count_params(source.module),
@@ -170,9 +201,10 @@ def prune(
         widths={name: [before[name], after[name]] for name in before if before[name] != after[name]},
         notes=_notes(method) + random_weights_notes(meta),
         device=str(device), device_name=device.name,
+        latency_method=latency_method(timings, timed, {"before": "before", "after": "after"}, batch_size),
     )
     if eval_dir:
-        report.eval_dir = str(eval_dir)
+        report.eval_dir, report.eval_images = str(eval_dir), evaluated
         report.top1_before = top1_accuracy(source, eval_dir, eval_limit)
         report.top1_pruned = top1_accuracy(pruned, eval_dir, eval_limit)
     if finetune_dir:

@@ -28,9 +28,9 @@ from ..core.errors import ResnetkitError
 from ..run.loading import Classifier, load_model
 from ..core.measure import serialized_size_bytes
 from ..core.spec import ModelMeta, Step
-from .compare import (Agreement, agreement, compare_latency, cpu_module, image_batches, labelled_batches, on_device,
-                      random_weights_notes, sample_batches, top1_accuracy)
-from .export import check_output_path
+from .compare import (Agreement, LatencyMethod, agreement, compare_latency, cpu_module, eval_images, image_batches,
+                      labelled_batches, latency_method, on_device, random_weights_notes, sample_batches, top1_accuracy)
+from .export import check_output_path, removed_on_failure
 
 CALIBRATION_METHODS = ("histogram", "percentile", "minmax")
 CHECK_IMAGES = 256
@@ -55,7 +55,7 @@ class QuantizeReport:
     fp32_size_bytes: int
     batch_size: int
     fp32_latency_ms: float  # eager fp32
-    fp32_backend_latency_ms: float  # the same backend at fp32
+    fp32_backend_latency_ms: float  # the same backend at fp32 (for eager: the eager fp32 reference itself)
     latency_ms: float
     agreement: Agreement
     int8_kernels: dict[str, int] = field(default_factory=dict)
@@ -76,6 +76,8 @@ class QuantizeReport:
     speedup_vs_default: str = ""
     device: str = "cpu"  # where the latencies were measured
     device_name: str = "CPU"
+    eval_images: str | None = None  # what of eval_dir the top-1s are on: "all 10000 images", "500 of 10000 images"
+    latency_method: LatencyMethod | None = None  # how the latencies were measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,8 +129,10 @@ def resolve_request(method: str, backend: str | None, output: str | os.PathLike[
         controlled = " or ".join(f"{q.method} on {b.name}" for b in registered() for q in b.quantizers
                                  if q.accuracy_control)
         raise QuantizationError(f"--validate (accuracy control) works with {controlled}, not {method} on {backend}.")
-    if validate_size < 1 or max_drop <= 0:
-        raise QuantizationError("--validate-size must be at least 1 and --max-drop above 0.")
+    if validate_size < 1:
+        raise QuantizationError(f"--validate-size must be at least 1, got {validate_size}.")
+    if max_drop <= 0:
+        raise QuantizationError(f"--max-drop must be above 0 (top-1 points), got {max_drop:g}.")
     path = check_output_path(output, quantizer.suffix, f"{backend} {method}")
     return QuantizeRequest(method, backend, quantizer, path, calib_dir, calib_size, calibration_method, validate_dir,
                            validate_size, max_drop, chosen.fit_device(device))
@@ -165,46 +169,63 @@ def quantize(
     the backend runs there (see :func:`resolve_request`)."""
     request = resolve_request(method, backend, output, calib_dir, calib_size, calibration_method,
                               validate_dir=validate_dir, validate_size=validate_size, max_drop=max_drop, device=device)
-    module = cpu_module(source, "quantize")
+    # every folder is read before the file is written: a bad one stops the command with nothing written
+    check, inputs = sample_batches(source.meta, eval_dir or calib_dir, count=check_images, seed=1)
+    evaluated = eval_images(eval_dir, source.meta, eval_limit) if eval_dir else None
     calibration = _calibration(source.meta, request)
     step = Step("quantize", method, {"backend": request.backend, "calibration": calibration[1] if calibration else None,
                                      **_control_params(request)})
     meta = source.meta.derived(request.output.stem, step, precision=stored_precision(method))
-    request.quantizer.write(module, meta, request.output, _quantize_data(source.meta, request, calibration))
-    quantized = load_model(request.output, options=RunnerOptions(device=request.device))
-    kernels = int8_kernels(quantized, request)
-    check, inputs = sample_batches(source.meta, eval_dir or calib_dir, count=check_images, seed=1)
-    default_precision = _backend_default_precision(request, quantized.ran.precision)
-    timings = compare_latency({"fp32": on_device(source, request.device),
-                               "fp32_backend": _float_on_backend(source, request, batch_size, "fp32"),
-                               **({"default": _float_on_backend(source, request, batch_size, default_precision)}
-                                  if default_precision else {}),
-                               "quantized": quantized}, batch_size)
-    report = QuantizeReport(
-        name=quantized.meta.name, source=source.meta.name, method=method, backend=request.backend,
-        path=str(request.output), precision=quantized.ran.precision,
-        size_bytes=artifact_size(request.output), fp32_size_bytes=serialized_size_bytes(source.module),
-        batch_size=batch_size,
-        fp32_latency_ms=timings.timings["fp32"].p50_ms,
-        fp32_backend_latency_ms=timings.timings["fp32_backend"].p50_ms,
-        latency_ms=timings.timings["quantized"].p50_ms,
-        fp32_backend_speedup=timings.speedup("fp32", "fp32_backend")[1],
-        speedup=timings.speedup("fp32", "quantized")[1],
-        agreement=agreement(source.logits, quantized.logits, check, inputs),
-        int8_kernels=kernels, calibration=calibration[1] if calibration else None,
-        notes=_notes(source, quantized, request, eval_dir),
-        device=str(request.device), device_name=request.device.name,
-    )
-    if default_precision:
-        report.default_precision = default_precision
-        report.default_backend_latency_ms = timings.timings["default"].p50_ms
-        report.default_backend_speedup = timings.speedup("fp32", "default")[1]
-        report.speedup_vs_default = timings.speedup("default", "quantized")[1]
-    if eval_dir:
-        report.eval_dir = str(eval_dir)
-        report.fp32_top1 = top1_accuracy(source, eval_dir, eval_limit)
-        report.top1 = top1_accuracy(quantized, eval_dir, eval_limit)
-    return report
+    request.quantizer.write(cpu_module(source, "quantize"), meta, request.output,
+                            _quantize_data(source.meta, request, calibration))
+    with removed_on_failure(request.output):
+        # timed on the backend that wrote it, as the rows it is compared with (without --backend, a .pt file
+        # would run on auto, another backend)
+        quantized = load_model(request.output, backend=request.backend, options=RunnerOptions(device=request.device))
+        kernels = int8_kernels(quantized, request)
+        default_precision = _backend_default_precision(request, quantized.ran.precision)
+        timed = {"fp32": on_device(source, request.device),
+                 # the fp32 row of another backend than eager (eager's is the reference)
+                 **({"fp32_backend": _float_on_backend(source, request, batch_size, "fp32")}
+                    if request.backend != "eager" else {}),
+                 **({"default": _float_on_backend(source, request, batch_size, default_precision)}
+                    if default_precision else {}),
+                 "quantized": quantized}
+        timings = compare_latency(timed, batch_size)
+        fp32_backend = "fp32_backend" if "fp32_backend" in timed else "fp32"
+        report = QuantizeReport(
+            name=quantized.meta.name, source=source.meta.name, method=method, backend=request.backend,
+            path=str(request.output), precision=quantized.ran.precision,
+            size_bytes=artifact_size(request.output), fp32_size_bytes=serialized_size_bytes(source.module),
+            batch_size=batch_size,
+            fp32_latency_ms=timings.timings["fp32"].p50_ms,
+            fp32_backend_latency_ms=timings.timings[fp32_backend].p50_ms,
+            latency_ms=timings.timings["quantized"].p50_ms,
+            fp32_backend_speedup=timings.speedup("fp32", fp32_backend)[1],
+            speedup=timings.speedup("fp32", "quantized")[1],
+            agreement=agreement(source.logits, quantized.logits, check, inputs),
+            int8_kernels=kernels, calibration=calibration[1] if calibration else None,
+            notes=_notes(source, quantized, request, eval_dir),
+            device=str(request.device), device_name=request.device.name,
+            latency_method=latency_method(timings, timed, _latency_labels(request.backend, method, default_precision),
+                                          batch_size),
+        )
+        if default_precision:
+            report.default_precision = default_precision
+            report.default_backend_latency_ms = timings.timings["default"].p50_ms
+            report.default_backend_speedup = timings.speedup("fp32", "default")[1]
+            report.speedup_vs_default = timings.speedup("default", "quantized")[1]
+        if eval_dir:
+            report.eval_dir, report.eval_images = str(eval_dir), evaluated
+            report.fp32_top1 = top1_accuracy(source, eval_dir, eval_limit)
+            report.top1 = top1_accuracy(quantized, eval_dir, eval_limit)
+        return report
+
+
+def _latency_labels(backend: str, method: str, default_precision: str | None) -> dict[str, str]:
+    """The rows of the latency table, by their key in :func:`quantize`'s timings."""
+    return {"fp32": "fp32 eager", "fp32_backend": f"fp32 {backend}", "default": f"{default_precision} {backend}",
+            "quantized": f"{method} file"}
 
 
 def _calibration(meta: ModelMeta, request: QuantizeRequest) -> tuple[list[torch.Tensor], str] | None:
