@@ -87,31 +87,20 @@ class GatedRunner:
 
 @dataclass
 class RecordingRunner:
+    """Eager, recording the batch sizes it runs; while the test sets POISONED, every logit is NaN (what a diverged
+    checkpoint computes)."""
+
     inner: EagerRunner
     backend: str = "test-recording"
     precision: str = "fp32"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         BATCHES_SEEN.append(len(batch))
-        return self.inner(batch)
-
-
-BATCHES_SEEN: list[int] = []
-
-
-@dataclass
-class PoisonedRunner:
-    """Eager, until the test sets POISONED: then every logit is NaN (what a diverged checkpoint computes)."""
-
-    inner: EagerRunner
-    backend: str = "test-poisoned"
-    precision: str = "fp32"
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         logits = self.inner(batch)
         return logits * float("nan") if POISONED.is_set() else logits
 
 
+BATCHES_SEEN: list[int] = []
 POISONED = threading.Event()
 
 if "test-gated" not in [b.name for b in registered()]:
@@ -119,8 +108,6 @@ if "test-gated" not in [b.name for b in registered()]:
                      lambda module, meta, options: GatedRunner(EagerRunner(module), options.threads)))
     register(Backend("test-recording", "eager, recording the batch sizes it runs", ("fp32",),
                      lambda module, meta, options: RecordingRunner(EagerRunner(module))))
-    register(Backend("test-poisoned", "eager, computing NaN once the test says so", ("fp32",),
-                     lambda module, meta, options: PoisonedRunner(EagerRunner(module))))
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -494,7 +481,7 @@ def test_shutdown_drains_in_flight_requests(random_model):
 
 def test_a_model_computing_nan_is_a_json_500_in_each_protocol_and_the_server_goes_on(random_model):
     name = "cifar_resnet20"  # the served name: the artifact's model name
-    with running(models=(str(random_model),), backend="test-poisoned", instances=1) as srv:
+    with running(models=(str(random_model),), backend="test-recording", instances=1) as srv:
         POISONED.set()
         try:
             own = httpx.post(f"{srv.url}/v1/models/{name}/classify", content=jpeg_bytes(), timeout=60)
