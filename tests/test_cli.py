@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from rich.text import Text
 
 from resnetkit.cli import app
 
-from conftest import run_cli
+from conftest import make_image, run_cli
 
 
 def _commands(command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
@@ -237,3 +239,16 @@ def test_resnetkits_own_warnings_are_one_note_line(capsys, monkeypatch):
     assert capsys.readouterr().err == "note: int8 without calibration data\n" and passed_on == []
     cli_app._show_warning(UserWarning("from elsewhere"), UserWarning, "/site-packages/other.py", 7)
     assert passed_on == ["from elsewhere"]  # other packages' warnings as Python shows them
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_s", [0.3, 1.5])
+def test_ctrl_c_at_any_moment_of_start_up_is_one_line_exit_130(tmp_path, after_s):
+    """While the CLI imports torch and the runtimes, not only once a command runs."""
+    image = make_image(tmp_path / "a.png")
+    process = subprocess.Popen([sys.executable, "-m", "resnetkit", "classify", "cifar_resnet20", "--random-weights",
+                                str(image)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (130, "interrupted\n")

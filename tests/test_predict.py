@@ -21,6 +21,7 @@ from resnetkit.batch.engine import ModelRequest
 from resnetkit.batch.inputs import InputError
 from resnetkit.batch.output import OutputError
 from resnetkit.cli import app
+from resnetkit.core.errors import ResnetkitError
 from resnetkit.run.classify import classify
 
 RANDOM = ModelRequest("cifar_resnet20", random_weights=True, batch_size=4)
@@ -77,7 +78,7 @@ def test_predict_writes_one_row_per_input_and_bad_files_are_rows(images: Path, t
 def test_resume_skips_what_the_output_holds_and_refuses_to_mix_runs(images: Path, tmp_path: Path):
     out = tmp_path / "labels.parquet"
     predict(RANDOM, [images / "a"], out, part_size=2)
-    with pytest.raises(OutputError, match="already holds 1 part file\\(s\\). Add --resume"):
+    with pytest.raises(OutputError, match="already holds 2 part file\\(s\\). Add --resume"):  # 2 rows, then 1
         predict(RANDOM, [images], out)
     (out / ".part-000002.parquet.x.partial").write_bytes(b"half a part")  # as a kill -9 mid-write leaves it
     summary = predict(RANDOM, [images], out, resume=True)
@@ -96,6 +97,29 @@ def test_the_request_carries_its_device_word_and_the_summary_names_what_ran(imag
     summary = predict(request, [images / "a"], tmp_path / "o.jsonl", workers=0)
     assert summary.engine == "local, eager/fp32 on CPU" and summary.written == 3
     assert summary.to_dict()["engine"] == summary.engine
+    assert {k: summary.to_dict()["ran"][k] for k in ("backend", "precision", "device")} == \
+        {"backend": "eager", "precision": "fp32", "device": "cpu"}
+
+
+def test_parts_hold_part_size_rows_and_the_summary_counts_labelled_images(images: Path, tmp_path: Path):
+    request = ModelRequest("cifar_resnet20", random_weights=True, backend="eager", batch_size=4, device="cpu")
+    out = tmp_path / "o.jsonl"
+    summary = predict(request, [images], out, part_size=4, workers=0)  # batches of 4 rows from the engine
+    assert [len(p.read_text().splitlines()) for p in PartStore(out).parts()] == [4, 2]
+    assert (summary.written, summary.errors, summary.labelled) == (6, 1, 5)
+    assert summary.line().startswith("5 images labelled in ") and ", 1 unreadable;" in summary.line()
+    two = predict(request, [images], tmp_path / "two.jsonl", part_size=5, workers=0)
+    assert [len(p.read_text().splitlines()) for p in PartStore(tmp_path / "two.jsonl").parts()] == [5, 1]
+    assert two.written == 6
+
+
+def test_a_run_that_fails_before_its_first_part_leaves_no_output_folder(images: Path, tmp_path: Path):
+    def unreachable(*args):
+        raise ResnetkitError("Could not join the Ray cluster at 127.0.0.1:1")
+
+    with pytest.raises(ResnetkitError, match="Could not join"):
+        predict(RANDOM, [images], tmp_path / "o.parquet", engine=unreachable)
+    assert not (tmp_path / "o.parquet").exists()
 
 
 def test_cli_errors_are_one_clear_line(images: Path, tmp_path: Path, capsys):
@@ -104,6 +128,8 @@ def test_cli_errors_are_one_clear_line(images: Path, tmp_path: Path, capsys):
     for args, message in [
         (["predict", "resnet_51", str(images), "-o", str(tmp_path / "x")], "Unknown model 'resnet_51'"),
         (["predict", "cifar_resnet20", str(images), "-o", str(tmp_path / "x.xlsx")], "Unknown output format 'xlsx'"),
+        (["predict", "cifar_resnet20", str(images), "-o", str(tmp_path / "x"), "--concurrency", "3"],
+         "--concurrency 3 sets the model actors of --ray: add --ray"),
     ]:
         sys.argv = ["resnetkit", *args]
         with pytest.raises(SystemExit) as exit_info:

@@ -154,6 +154,26 @@ def test_gpus_per_actor_reach_map_batches():
             described(RayEngine(gpus_per_actor=gpus), device)
 
 
+def test_actors_larger_than_any_node_and_addresses_where_nothing_listens_are_refused_at_once():
+    import socket
+
+    from resnetkit.scale.data import check_actor_cpus
+    from resnetkit.scale.runtime import _check_reachable
+
+    check_actor_cpus(2, [2.0, 1.0])
+    with pytest.raises(ResnetkitError, match="--threads 4 makes each model actor ask Ray for 4 CPUs, and the largest "
+                                             "node of this Ray has 2"):
+        check_actor_cpus(4, [2.0, 1.0])
+    with socket.socket() as taken:  # a port that was free a moment ago: nothing listens there
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ResnetkitError, match=f"Could not join the Ray cluster at 127.0.0.1:{port}: nothing answers"):
+        _check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 6
+    _check_reachable("auto")  # Ray resolves that one itself
+
+
 def test_gpus_per_actor_without_ray_is_a_clear_error(tmp_path: Path):
     result = run_cli("predict", "cifar_resnet20", tmp_path, "-o", tmp_path / "out.parquet", "--gpus-per-actor", "1")
     assert result.returncode == 2 and "--gpus-per-actor asks Ray for GPUs: add --ray" in result.stderr

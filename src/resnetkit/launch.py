@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from typing import Any
 
 from .core.processes import start_fork_server
 
@@ -15,12 +18,35 @@ FORK_SERVER_COMMANDS = ("bench",)  # the commands that measure in processes from
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if _command(args) in FORK_SERVER_COMMANDS and "--help" not in args:
-        start_fork_server()
-    from .cli import main as cli_main
+    interrupted = _note_interrupts()
+    try:
+        args = sys.argv[1:]
+        if _command(args) in FORK_SERVER_COMMANDS and "--help" not in args:
+            start_fork_server()
+        from .cli import main as cli_main
 
-    cli_main()
+        cli_main()
+    except Exception:  # a failure after Ctrl-C is the interruption, not a bug to show
+        if not interrupted.is_set():
+            raise
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except KeyboardInterrupt:  # before the CLI, which reports Ctrl-C itself, was imported
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+def _note_interrupts() -> threading.Event:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also noted: libraries interrupted in the middle of
+    something (OpenVINO's import, Ray Data's threads) may turn it into an error of their own."""
+    interrupted = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    return interrupted
 
 
 def _command(args: list[str]) -> str | None:

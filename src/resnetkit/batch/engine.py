@@ -55,23 +55,29 @@ class PredictSummary:
     written: int
     errors: int
     seconds: float
+    ran: dict | None = None  # what ran the model (RunInfo.to_dict()) in this process; None on Ray (the actors')
+
+    @property
+    def labelled(self) -> int:
+        return self.written - self.errors
 
     @property
     def images_per_s(self) -> float:
-        return self.written / self.seconds if self.seconds > 0 else 0.0
+        return self.labelled / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "images_per_s": round(self.images_per_s, 2)}
+        return {**asdict(self), "labelled": self.labelled, "images_per_s": round(self.images_per_s, 2)}
 
     def line(self) -> str:
         skipped = f", {self.already_done} already in the output" if self.already_done else ""
-        return (f"{self.written} images labelled in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s, "
+        return (f"{self.labelled} images labelled in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s, "
                 f"{self.engine}), {self.errors} unreadable{skipped}; {self.inputs} inputs -> {self.output} "
                 f"({self.format} parts)")
 
 
-# An engine classifies the sources of a request: result tables (in any order) and a description of itself.
-Engine = Callable[[ModelRequest, list[str], int, int | None], tuple[Iterator[pa.Table], str]]
+# An engine classifies the sources of a request: result tables (in any order), a description of itself and, when
+# the model runs in this process, what runs it (RunInfo.to_dict()).
+Engine = Callable[[ModelRequest, list[str], int, int | None], tuple[Iterator[pa.Table], str, dict | None]]
 
 
 def predict(request: ModelRequest, data: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str], *,
@@ -95,23 +101,28 @@ def predict(request: ModelRequest, data: Iterable[str | os.PathLike[str]], outpu
     done = store.done_sources() if resume else set()
     todo = [s for s in sources if s not in done]
     start = time.perf_counter()
-    batches, described = (engine or local_engine)(request, todo, top_k, workers) if todo else (iter(()), "nothing left to do")
-    written, errors = _write_parts(store, batches, len(todo), part_size, progress)
+    try:
+        batches, described, ran = ((engine or local_engine)(request, todo, top_k, workers) if todo
+                                   else (iter(()), "nothing left to do", None))
+        written, errors = _write_parts(store, batches, len(todo), part_size, progress)
+    except BaseException:
+        store.discard()  # failed before its first part (no Ray cluster there, a bad model...): leave no folder
+        raise
     return PredictSummary(str(store.path), store.format, described, len(sources), len(sources) - len(todo),
-                          written, errors, time.perf_counter() - start)
+                          written, errors, time.perf_counter() - start, ran)
 
 
 def local_engine(request: ModelRequest, todo: list[str], top_k: int,
-                 workers: int | None) -> tuple[Iterator[pa.Table], str]:
+                 workers: int | None) -> tuple[Iterator[pa.Table], str, dict | None]:
     """Classify ``todo`` in this process."""
     classifier = request.load()
     chunks = iter_classify(classifier, todo, top_k=top_k, batch_size=request.batch_size, workers=workers)
-    return (result_rows(chunk) for chunk in chunks), f"local, {classifier.ran.label()}"
+    return (result_rows(chunk) for chunk in chunks), f"local, {classifier.ran.label()}", classifier.ran.to_dict()
 
 
 def _write_parts(store: PartStore, batches: Iterator[pa.Table], total: int, part_size: int,
                  progress: bool | None) -> tuple[int, int]:
-    """Flush ``batches`` into parts of ``part_size`` rows; returns (rows written, error rows)."""
+    """Flush ``batches`` into parts of ``part_size`` rows (the last one fewer); returns (rows written, error rows)."""
     pending: list[pa.Table] = []
     written = errors = 0
     with _progress(progress) as bar:
@@ -120,19 +131,25 @@ def _write_parts(store: PartStore, batches: Iterator[pa.Table], total: int, part
             pending.append(table)
             errors += len(table) - table.column("error").null_count
             bar.update(task, advance=len(table))
-            if sum(len(t) for t in pending) >= part_size:
-                written += _flush(store, pending)
-        written += _flush(store, pending)
+            written += _flush(store, pending, part_size)
+        written += _flush(store, pending, part_size, rest=True)
     return written, errors
 
 
-def _flush(store: PartStore, pending: list[pa.Table]) -> int:
-    if not pending:
+def _flush(store: PartStore, pending: list[pa.Table], part_size: int, rest: bool = False) -> int:
+    """Write the whole parts of ``part_size`` rows that ``pending`` holds, and with ``rest`` the remaining rows as a
+    last, smaller part; what is not written stays in ``pending``. Returns the rows written."""
+    rows = sum(len(t) for t in pending)
+    whole = rows if rest else rows - rows % part_size
+    if whole == 0:
         return 0
     table = pa.concat_tables(pending)
-    store.write(table)
     pending.clear()
-    return len(table)
+    for offset in range(0, whole, part_size):
+        store.write(table.slice(offset, min(part_size, whole - offset)))
+    if whole < rows:
+        pending.append(table.slice(whole))
+    return whole
 
 
 class _Rate(ProgressColumn):

@@ -85,6 +85,16 @@ class PartStore:
             self.path.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_file, json.dumps(run_info, sort_keys=True))
 
+    def discard(self) -> None:
+        """Remove what :meth:`open` wrote into a folder that holds no part yet (a run that failed before its first)."""
+        if self.parts():
+            return
+        (self.path / RUN_FILE).unlink(missing_ok=True)
+        for leftover in self.path.glob(".part-*.partial"):
+            leftover.unlink()
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
     def parts(self) -> list[Path]:
         if not self.path.is_dir():
             return []

@@ -34,7 +34,8 @@ def predict_command(
     address: Annotated[str | None, typer.Option("--address", help=default(
         "Ray cluster address for --ray.", "RAY_ADDRESS, else a local Ray started for this run"),
         show_default=False)] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Model actors with --ray.")] = 2,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, show_default=False, help=default(
+        "Model actors with --ray.", 2))] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, show_default=False, help=default(
         "Intra-op threads of the model on the CPU; with --ray, the CPUs each actor asks Ray for and runs its "
         "model on.", "the runtime's own (every usable core); with --ray 1 per actor"))] = None,
@@ -62,12 +63,15 @@ def predict_command(
 
     if address and not ray:
         raise InputError(f"--address {address} is a Ray cluster address: add --ray to run there.")
+    if concurrency is not None and not ray:
+        raise InputError(f"--concurrency {concurrency} sets the model actors of --ray: add --ray, or drop it (without "
+                         "--ray one model runs in this process, with --workers decoding).")
     if gpus_per_actor is not None and not ray:
         raise InputError("--gpus-per-actor asks Ray for GPUs: add --ray, or drop it (without --ray the model runs "
                          "in this process).")
     request = ModelRequest(model, weights=weights, random_weights=random_weights, backend=backend,
                            precision=precision, batch_size=batch_size, device=device, threads=threads)
-    engine = RayEngine(concurrency, address, gpus_per_actor) if ray else None
+    engine = RayEngine(concurrency or 2, address, gpus_per_actor) if ray else None
     summary = predict(request, data, output, fmt=fmt, top_k=top_k, workers=workers, part_size=part_size,
                       resume=resume, path_column=path_column, engine=engine)
     if json_output:

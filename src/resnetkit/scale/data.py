@@ -19,7 +19,8 @@ import pyarrow as pa
 from ..batch.engine import ModelRequest
 from ..batch.output import result_rows
 from ..run.classify import iter_classify
-from .runtime import assigned_cpus, gpus_per_actor, hide_unassigned_gpus, ray_runtime
+from ..core.errors import ResnetkitError
+from .runtime import assigned_cpus, gpus_per_actor, hide_unassigned_gpus, node_cpus, ray_runtime
 
 ROWS_PER_CALL = 4  # forward batches per actor call, so decoding overlaps inference inside the actor
 
@@ -66,12 +67,20 @@ def ray_batches(request: ModelRequest, sources: list[str], *, top_k: int, worker
         context.enable_progress_bars = False  # predict shows its own
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        check_actor_cpus(request.threads or 1, node_cpus())
         call_size = request.batch_size * ROWS_PER_CALL
         blocks = max(1, min(len(sources), max(concurrency, math.ceil(len(sources) / call_size))))
         dataset = ray.data.from_arrow(pa.table({"source": sources}), override_num_blocks=blocks)
         results = dataset.map_batches(Predictor, **map_batches_options(
             request, top_k=top_k, workers=workers, concurrency=concurrency, gpus_per_actor=gpus_per_actor))
         yield from results.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def check_actor_cpus(cpus: int, node_cpus: list[float]) -> None:
+    """Refuse actors that ask for more CPUs than any node has: Ray Data would wait for them without end."""
+    if node_cpus and cpus > max(node_cpus):
+        raise ResnetkitError(f"--threads {cpus} makes each model actor ask Ray for {cpus} CPUs, and the largest node of "
+                             f"this Ray has {max(node_cpus):g}: lower --threads (or add larger nodes).")
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,8 @@ class RayEngine:
     gpus_per_actor: float | None = None  # None: 1 with --device cuda, else 0
 
     def __call__(self, request: ModelRequest, sources: list[str], top_k: int,
-                 workers: int | None) -> tuple[Iterator[pa.Table], str]:
+                 workers: int | None) -> tuple[Iterator[pa.Table], str, None]:
         gpus = gpus_per_actor(request.device, self.gpus_per_actor, "--gpus-per-actor")
         batches = ray_batches(request, sources, top_k=top_k, workers=workers, concurrency=self.concurrency,
                               gpus_per_actor=gpus, address=self.address)
-        return batches, f"Ray Data, {self.concurrency} actors" + (f", {gpus:g} GPU each" if gpus else "")
+        return batches, f"Ray Data, {self.concurrency} actors" + (f", {gpus:g} GPU each" if gpus else ""), None

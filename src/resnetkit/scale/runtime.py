@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from types import ModuleType
 from typing import Iterator
 
@@ -16,6 +17,7 @@ INSTALL_HINT = pip_hint("ray")
 # Ray on Linux replaces a 127.0.0.1 node address by the machine's routable one, unless it believes it runs
 # a single-node, non-cluster Ray (its setting for laptops); a local Ray for one command is exactly that.
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+REACH_TIMEOUT_S = 5.0  # to open a TCP connection to a cluster's address before ray.init tries
 
 
 def require_ray() -> ModuleType:
@@ -108,11 +110,27 @@ def node_cpus() -> list[float]:
 
 
 def _init(ray: ModuleType, **kwargs: object) -> None:
+    address = kwargs.get("address")
+    if isinstance(address, str):
+        _check_reachable(address)
     try:
         ray.init(logging_level=logging.WARNING, configure_logging=True, **kwargs)
     except ConnectionError as exc:
         raise ResnetkitError(f"Could not join the Ray cluster at {kwargs.get('address')}: {exc}. Check the address "
                              "(ray status on a cluster node prints it) or leave --address out for a local Ray.") from None
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) where nothing listens: ``ray.init`` would retry for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ResnetkitError(f"Could not join the Ray cluster at {address}: nothing answers there "
+                             f"({exc.strerror or exc}, {REACH_TIMEOUT_S:g} s). Check the address (ray status on a "
+                             "cluster node prints it) or leave --address out for a local Ray.") from None
 
 
 def _own_processes() -> list:
