@@ -352,8 +352,9 @@ def test_settings_that_would_train_backwards_are_refused(given: dict, message: s
 @pytest.mark.parametrize("where, message", [
     ("a-file", "is a file, not a folder"),
     ("a-file/run", "Cannot write the run folder"),
-    ("data/red", "is inside the data folder"),
-    ("data", "is inside the data folder"),
+    ("data/red", "whose sub-folders are the classes"),
+    ("data", "whose sub-folders are the classes"),
+    ("data/runs/new", "whose sub-folders are the classes"),
 ])
 def test_cli_refuses_a_run_folder_it_cannot_or_must_not_use(shapes: Path, tmp_path: Path, where: str,
                                                              message: str) -> None:
@@ -366,6 +367,13 @@ def test_cli_refuses_a_run_folder_it_cannot_or_must_not_use(shapes: Path, tmp_pa
     assert len(done.stderr.strip().splitlines()) == 1
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
     assert (tmp_path / "a-file").read_text() == "keep me"
+
+
+def test_a_run_folder_beside_train_and_val_is_fine(shapes: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(shapes, data)  # train/ and val/
+    summary = run(scratch(data, data / "runs" / "first", epochs=1), progress_bar=False)
+    assert summary["epochs_run"] == 1 and (data / "runs" / "first" / "best.pt").is_file()
 
 
 def test_a_diverging_run_stops_with_advice_and_leaves_nothing(shapes: Path, tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ def new_trainer(config: TrainConfig, ctx: Dist, *, log: Log = stderr_log, progre
     teacher = _load_teacher(config)
     splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed,
                          teacher.meta.categories if teacher else None)
+    _check_outside_class_folders(run_dir, splits)
     torch.manual_seed(config.seed)
     module, meta, new_head = initial_model(config.model, splits.classes, config.pretrained, run_dir)
     if config.head_lr is None:  # a new head on pretrained features learns faster than the features
@@ -84,8 +85,7 @@ def new_trainer(config: TrainConfig, ctx: Dist, *, log: Log = stderr_log, progre
 
 
 def _new_run_folder(config: TrainConfig) -> Path:
-    """``config.out_dir``, checked before anything is loaded: not a file, not a run already, and outside the
-    data folders (its checkpoints and plots would become training images)."""
+    """``config.out_dir``, checked before anything is loaded: not a file, and not a run already."""
     if not config.out_dir:
         raise TrainingError("A run needs an output folder (-o RUN_DIR).")
     run_dir = Path(config.out_dir)
@@ -93,12 +93,16 @@ def _new_run_folder(config: TrainConfig) -> Path:
         raise TrainingError(f"-o {run_dir} is a file, not a folder; pick a folder for the run.")
     if (run_dir / ckpt.LAST).exists():
         raise TrainingError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, or pick another -o.")
-    for data in filter(None, (config.data_dir, config.val_dir)):
-        data_path = Path(data).resolve()
-        if data_path == run_dir.resolve() or data_path in run_dir.resolve().parents:
-            raise TrainingError(f"-o {run_dir} is inside the data folder {data}, where the run's files would become "
-                                "images of a class; pick a folder outside it.")
     return run_dir
+
+
+def _check_outside_class_folders(run_dir: Path, splits: DataSplits) -> None:
+    """Refuse a run folder among the class folders of the data: its checkpoints and plots would become images of a
+    class (or a class of their own) in the next run on that data. Beside ``train/`` and ``val/`` it is fine."""
+    for folder in (splits.train_dir, splits.val_source):
+        if Path(folder).is_dir() and Path(folder).resolve() in (run_dir.resolve(), *run_dir.resolve().parents):
+            raise TrainingError(f"-o {run_dir} is inside {folder}, whose sub-folders are the classes: the run's files "
+                                "would become images of a class; pick a folder outside it.")
 
 
 def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None, log: Log = stderr_log,
