@@ -281,12 +281,15 @@ def test_video_bench_judges_only_from_enough_frames(ship_clip, every, classified
     assert last.startswith("No verdict on whether cifar_resnet20 keeps up with") != verdict
     assert (f"only {classified} frame(s) were classified, too few to judge (at least 10 are needed): use a longer "
             "clip" in last) != verdict
+    as_json = json.loads(run_cli(*BENCH, ship_clip, "--every", every, "--json").stdout)
+    assert (as_json["keeps_up"] is not None) == verdict and (as_json["no_verdict"] is None) == verdict
 
 
 def test_no_verdict_without_a_frame_rate(random_model):
     report = VideoReport("rtsp://cam", None, 640, 480, "every frame", random_model.ran, 1, frames_decoded=50,
                          frames=[FrameResult("rtsp://cam", i, i / 25, []) for i in range(50)], elapsed_s=1.0)
     assert report.realtime_factor is None and report.why_no_verdict() == "the source declares no frame rate to compare with"
+    assert report.keeps_up is None and report.to_dict()["no_verdict"] == report.why_no_verdict()
 
 
 def test_video_sources_are_recognised():

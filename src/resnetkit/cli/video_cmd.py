@@ -85,11 +85,11 @@ def video_bench_command(
     else:
         console.print(_timing_line(report), highlight=False)
         name, what = classifier.meta.name, f"up with {report.source} ({report.sampling})"
-        if why_not := report.why_no_verdict():
-            console.print(f"No verdict on whether {name} keeps {what}: {why_not}.", highlight=False)
+        if report.keeps_up is None:
+            console.print(f"No verdict on whether {name} keeps {what}: {report.why_no_verdict()}.", highlight=False)
         else:
-            keeps = "keeps" if (report.realtime_factor or 0) >= 1 else "does not keep"
-            console.print(f"{name} {keeps} {what} on this machine.", highlight=False)
+            console.print(f"{name} {'keeps' if report.keeps_up else 'does not keep'} {what} on this machine.",
+                          highlight=False)
         if report.error:
             err_console.print(styled(("error:", "red"), f" {report.error}"), highlight=False)
     if report.error:

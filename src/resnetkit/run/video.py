@@ -152,6 +152,11 @@ class VideoReport:
                     "or larger --fps")
         return None
 
+    @property
+    def keeps_up(self) -> bool | None:
+        """Whether this machine kept up with the source (real-time factor at least 1); None without a verdict."""
+        return None if self.why_no_verdict() else (self.realtime_factor or 0.0) >= 1.0
+
     def per_frame_ms(self) -> dict[str, float]:
         """Mean milliseconds per classified frame in each stage, and per decoded frame for decoding."""
         classified = max(1, len(self.frames))
@@ -166,7 +171,8 @@ class VideoReport:
         del data["ran"]  # its facts go in flat, as in every report: backend, precision, device...
         data.update(self.ran.to_dict())
         data.update(classified_per_s=self.classified_per_s, decoded_per_s=self.decoded_per_s,
-                    realtime_factor=self.realtime_factor, per_frame_ms=self.per_frame_ms())
+                    realtime_factor=self.realtime_factor, keeps_up=self.keeps_up, no_verdict=self.why_no_verdict(),
+                    per_frame_ms=self.per_frame_ms())
         return data
 
 
