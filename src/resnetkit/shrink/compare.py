@@ -157,7 +157,7 @@ def compare_latency(classifiers: Mapping[str, Classifier], batch_size: int = 1) 
     for name, classifier in classifiers.items():
         device = classifier.ran.device
         batch = torch.randn(batch_size, *classifier.meta.preprocessing.input_shape, device=device.torch)
-        calls[name] = lambda c=classifier, b=batch: c.logits(b)
+        calls[name] = lambda c=classifier, b=batch: c.runner(b)  # the model's cost, not the output check
         devices.append(device)
     return time_interleaved(calls, warmup=LATENCY_WARMUP, min_runs=10, min_seconds=LATENCY_SECONDS,
                             max_seconds=MAX_LATENCY_SECONDS, sync=synchronize_all(devices))
