@@ -260,10 +260,11 @@ def test_video_bench_threads_are_the_model_runners_not_a_global_switch(ship_clip
 BENCH = ("video-bench", "cifar_resnet20", "--random-weights", "--backend", "eager", "--device", "cpu")
 
 
-def test_video_bench_refuses_a_still_image(tmp_path):
+@pytest.mark.parametrize("name", ["photo.jpg", "photo.gif"])  # a one-frame GIF: FFmpeg gives it 100 fps
+def test_video_bench_refuses_a_still_image(tmp_path, name):
     from conftest import make_image, run_cli
 
-    photo = make_image(tmp_path / "photo.jpg")
+    photo = make_image(tmp_path / name)
     result = run_cli(*BENCH, photo)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"error: {photo} is a still image, not a video: give a video file, stream URL or camera, "

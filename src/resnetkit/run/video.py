@@ -190,11 +190,18 @@ def _open(source: str) -> Any:
     if not container.streams.video:
         container.close()
         raise VideoError(f"{source} has no video stream.")
-    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg's image readers
-        container.close()  # (jpeg_pipe, png_pipe...), which give a picture a made-up frame rate of 25 fps
+    if _is_still(container):
+        container.close()
         raise VideoError(f"{source} is a still image, not a video: give a video file, stream URL or camera, and "
                          "classify still images with 'resnetkit classify MODEL IMAGE' (named .jpg, .png...).")
     return container
+
+
+def _is_still(container: Any) -> bool:
+    """A picture, not a video: read by one of FFmpeg's image readers (image2, jpeg_pipe, png_pipe...), which give
+    it a made-up frame rate of 25 fps, or declared to hold one frame (a one-frame GIF, which gets 100 fps)."""
+    name = container.format.name
+    return name == "image2" or name.endswith("_pipe") or container.streams.video[0].frames == 1
 
 
 def _frame_rate(stream: Any) -> float | None:
