@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 from pathlib import Path
 
@@ -140,6 +141,12 @@ def make_image(path: Path, size: tuple[int, int] = (64, 48), mode: str = "RGB", 
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **save_args)
     return path
+
+
+def damaged_dds() -> bytes:
+    """A DDS file whose header names a pixel format that does not exist (from a fuzzed upload)."""
+    header = struct.pack("<7I", 124, 0x100F, 40, 48, 0x90, 0, 0) + bytes(44) + struct.pack("<2I", 32, 0xFF00)
+    return b"DDS " + header + bytes(44) + bytes(6000)
 
 
 def eager_source(model: str, **kwargs):

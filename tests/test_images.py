@@ -13,7 +13,7 @@ from resnetkit.core.errors import ImageError
 from resnetkit.core.images import decode_image, iter_image_paths, prepare_image, stack_inputs, to_rgb
 from resnetkit.core.spec import Preprocessing
 
-from conftest import make_image
+from conftest import damaged_dds, make_image
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "1", "I;16", "I"])
@@ -64,6 +64,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     full = make_image(tmp_path / "full.jpg", size=(200, 200)).read_bytes()
     with pytest.raises(ImageError, match="truncated or corrupted"):
         decode_image(full[: len(full) // 2])
+    with pytest.raises(ImageError, match="Unknown pixel format flags 65280. The file may be truncated or corrupted"):
+        decode_image(damaged_dds())  # Pillow raises NotImplementedError for it, not an OSError
 
 
 def test_decompression_bomb_is_refused_before_decoding():

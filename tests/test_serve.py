@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import make_image
+from conftest import damaged_dds, make_image
 from resnetkit.core.artifacts import save_artifact
 from resnetkit.core.device import Device, cuda_count, usable_cores
 from resnetkit.core.errors import ResnetkitError
@@ -264,7 +264,8 @@ def test_top_k_larger_than_the_classes_returns_every_class(server):
     (png_header_claiming(100_000, 100_000), "decompression bomb"),
     (png_header_claiming(2000, 1000), "above the limit of 1,000,000"),
     (animated_gif(), "animated or multi-frame"),
-], ids=["not-image", "empty", "truncated", "zero-size", "bomb", "pixel-cap", "animated"])
+    (damaged_dds(), "Unknown pixel format flags"),  # NotImplementedError inside Pillow: was a 500
+], ids=["not-image", "empty", "truncated", "zero-size", "bomb", "pixel-cap", "animated", "damaged-dds"])
 def test_bad_images_get_a_clear_422_and_the_server_keeps_serving(server, data, message):
     response = httpx.post(f"{server}{CLASSIFY}", content=data)
     assert response.status_code == 422

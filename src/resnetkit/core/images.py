@@ -81,7 +81,8 @@ def decode_image(
         raise ImageError(f"{what} is not an image format that can be read (JPEG, PNG, BMP, GIF, TIFF, WebP...).") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{what} is too large to decode safely (possible decompression bomb).") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow's format plugins raise many kinds on damaged files
+        # (OSError, ValueError, SyntaxError, and also IndexError from QOI, NotImplementedError from DDS...)
         raise ImageError(f"{what} could not be decoded: {exc}. The file may be truncated or corrupted.") from None
 
 
