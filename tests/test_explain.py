@@ -7,6 +7,7 @@ import io
 import json
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -129,6 +130,18 @@ def test_exported_files_say_they_cannot_be_explained(tmp_path, capsys):
     assert code == 2 and "error: 'explain' needs the PyTorch model" in stderr
 
 
+UNICODE_LABELS = tuple(f"猫 {i} 100%" for i in range(10))  # not Latin-1, as HTTP headers are, and with a '%'
+
+
+def unicode_labelled_model(path: Path) -> Path:
+    """A cifar_resnet20 file (random weights) whose classes are UNICODE_LABELS."""
+    from resnetkit.core.artifacts import save_artifact
+    from resnetkit.core.zoo import get_spec
+
+    spec = get_spec("cifar_resnet20")
+    return save_artifact(path, spec.build().eval(), spec.meta().replace(weights="random", categories=UNICODE_LABELS))
+
+
 @pytest.fixture(scope="module")
 def client(cifar_weights, tmp_path_factory):
     from resnetkit.backends.torchscript import save_torchscript
@@ -139,7 +152,8 @@ def client(cifar_weights, tmp_path_factory):
     spec = get_spec("cifar_resnet20")
     script = save_torchscript(spec.build().eval(), spec.meta().replace(weights="random"),
                               tmp_path_factory.mktemp("explain") / "ts.torchscript")
-    settings = ServeSettings(models=("cifar_resnet20", f"scripted={script}"), max_batch_size=4)
+    named = unicode_labelled_model(tmp_path_factory.mktemp("explain") / "named.pt")
+    settings = ServeSettings(models=("cifar_resnet20", f"scripted={script}", f"named={named}"), max_batch_size=4)
     with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 120
         while client.get("/readyz").status_code != 200:
@@ -163,6 +177,15 @@ def test_explanations_route_returns_the_top_class_heatmap(client, cifar_test_dir
 
 
 @pytest.mark.slow
+def test_a_label_in_any_script_comes_back_percent_encoded(client, tmp_path):
+    image = make_image(tmp_path / "a.png").read_bytes()
+    response = client.post("/explanations/named", content=image)  # was a 500: UnicodeEncodeError in the header
+    assert response.status_code == 200 and response.headers["x-label"].isascii()
+    [top] = client.post("/explanations/named?format=json", content=image).json()["heatmaps"]
+    assert top["label"] in UNICODE_LABELS and unquote(response.headers["x-label"]) == top["label"]
+
+
+@pytest.mark.slow
 def test_explanations_route_errors(client):
     bad = client.post("/explanations/cifar_resnet20", content=b"not an image")
     assert bad.status_code == 422 and "not an image format" in bad.json()["detail"]
@@ -182,22 +205,33 @@ def test_web_page_shows_the_heatmap_on_request(cifar_weights, cifar_test_dir, tm
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
     image = first_image(cifar_test_dir / "cat")
     [expected] = classify("cifar_resnet20", [image], top_k=1)
-    server = ServerThread(ServeSettings(models=("cifar_resnet20",), port=0, access_log=False, backend="eager")).start()
+    named = unicode_labelled_model(tmp_path / "named.pt")
+    server = ServerThread(ServeSettings(models=("cifar_resnet20", f"named={named}"), port=0, access_log=False,
+                                        backend="eager")).start()
     try:
         server.wait_ready()
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.goto(server.url)
-            page.wait_for_selector("#model option[value='cifar_resnet20']", state="attached")
-            page.set_input_files("#files", [str(image)])
-            page.click(".card button.heatmap")
-            page.wait_for_function("document.querySelector('.card button.heatmap').textContent.startsWith('heatmap:')")
+            page.wait_for_selector("#model option[value='named']", state="attached")
+            page.set_input_files("#files", [str(image)])  # classified by cifar_resnet20, the first model
+            page.wait_for_selector(".card button.heatmap")
+            page.select_option("#model", "named")  # the heatmap stays the card's model's
+            card = page.locator(".card").last
+            card.locator("button.heatmap").click()
+            page.wait_for_function("[...document.querySelectorAll('.card button.heatmap')].at(-1)"
+                                   ".textContent.startsWith('heatmap:')")
             label = expected.predictions[0].label
-            assert page.locator(".card button.heatmap").inner_text() == f"heatmap: {label}"
-            thumb = page.locator(".card img.thumb")
+            assert card.locator("button.heatmap").inner_text() == f"heatmap: {label}"
+            thumb = card.locator("img.thumb")
             assert thumb.get_attribute("alt") == f"heatmap of {label} over {image.name}"
             assert thumb.evaluate("img => img.naturalWidth") == 32
+            page.set_input_files("#files", [str(image)])  # by 'named', whose labels the header percent-encodes
+            newest = page.locator(".card").first
+            newest.locator("button.heatmap").click()
+            page.wait_for_function("document.querySelector('.card button.heatmap').textContent.startsWith('heatmap:')")
+            assert newest.locator("button.heatmap").inner_text().removeprefix("heatmap: ") in UNICODE_LABELS
             browser.close()
     finally:
         server.stop()

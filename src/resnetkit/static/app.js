@@ -107,7 +107,7 @@ async function classify(file) {
     const json = response.headers.get("content-type")?.includes("json") ? await response.clone().json() : null;
     if (json && json.results) {
       fillCard(body, json.results[0], json.latency_ms, model);
-      if (!json.results[0].error) offerHeatmap(body, file);
+      if (!json.results[0].error) offerHeatmap(body, file, $("model").value);
     } else {
       fillCard(body, { error: await errorMessage(response) }, 0);
     }
@@ -136,8 +136,9 @@ function setUp() {
   loadModels();
 }
 
-// Heatmap on request: POST /explanations/{model} (grad-cam of the top class), shown in place of the thumbnail.
-function offerHeatmap(body, file) {
+// Heatmap on request: POST /explanations/{model} (grad-cam of the top class), shown in place of the thumbnail;
+// by the model that classified the card, whichever is picked when the button is pressed.
+function offerHeatmap(body, file, modelName) {
   const button = element("button", "heatmap", "show heatmap");
   button.type = "button";
   button.onclick = async () => {
@@ -145,15 +146,16 @@ function offerHeatmap(body, file) {
     button.textContent = "computing heatmap…";
     const form = new FormData();
     form.append("file", file, file.name);
-    const url = `/explanations/${encodeURIComponent($("model").value)}`;
+    const url = `/explanations/${encodeURIComponent(modelName)}`;
     try {
       const response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
       if (!response.ok) throw new Error(await errorMessage(response));
       const img = element("img", "thumb");
-      img.alt = `heatmap of ${response.headers.get("X-Label")} over ${file.name}`;
+      const label = decodeURIComponent(response.headers.get("X-Label"));  // percent-encoded UTF-8
+      img.alt = `heatmap of ${label} over ${file.name}`;
       img.src = URL.createObjectURL(await response.blob());
       body.parentElement.querySelector(".thumb").replaceWith(img);
-      button.textContent = `heatmap: ${response.headers.get("X-Label")}`;
+      button.textContent = `heatmap: ${label}`;
     } catch (e) {
       button.replaceWith(element("div", "error", e.message));
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -33,6 +34,16 @@ async def _explainer(request: Request, name: str, classifier: Classifier) -> Exp
     return cache[name]
 
 
+# HTTP header values are Latin-1: a label in any other script (or with a '%') is sent percent-encoded as UTF-8,
+# which JavaScript's decodeURIComponent and Python's urllib.parse.unquote turn back; plain ASCII labels are unchanged.
+_HEADER_SAFE = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
+
+
+def header_safe(label: str) -> str:
+    """``label`` as an X-Label header value (see _HEADER_SAFE)."""
+    return quote(label, safe=_HEADER_SAFE)
+
+
 @router.post("/explanations/{model}", summary="Grad-CAM heatmap over one image for its top classes",
              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
 async def explanations(model: str, request: Request, hub: Hub,
@@ -53,7 +64,8 @@ async def explanations(model: str, request: Request, hub: Hub,
     pngs = [h.png(served.name) for h in heatmaps]
     if format == "png":
         top = heatmaps[0].prediction
-        return Response(pngs[0], media_type="image/png", headers={"X-Label": top.label, "X-Score": f"{top.score:.6f}"})
+        return Response(pngs[0], media_type="image/png",
+                        headers={"X-Label": header_safe(top.label), "X-Score": f"{top.score:.6f}"})
     return JSONResponse({"model": served.name, "method": explainer.method, "heatmaps": [
         {"label": h.prediction.label, "index": h.prediction.index, "score": h.prediction.score,
          "png_base64": base64.b64encode(png).decode()} for h, png in zip(heatmaps, pngs)]})
