@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,17 +58,20 @@ def test_embed_writes_parquet_rows_with_error_rows(cifar_weights, cifar_test_dir
     import pyarrow.parquet as pq
 
     files = cifar_files(cifar_test_dir, 3, CLASSES[:2])
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.jpg")  # a name that is not UTF-8: Arrow strings must be
+    latin1.write_bytes(files[0].read_bytes())
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     out = tmp_path / "emb.parquet"
-    code, stdout, stderr = run_cli(capsys, "embed", "cifar_resnet20", *map(str, files), str(broken), "-o", str(out),
-                                   "--normalize")
-    assert code == 1 and "7 rows (6 embeddings of 64 floats" in stdout and "broken.jpg: error:" in stderr
+    code, stdout, stderr = run_cli(capsys, "embed", "cifar_resnet20", *map(str, files), str(latin1), str(broken),
+                                   "-o", str(out), "--normalize")
+    assert code == 1 and "8 rows (7 embeddings of 64 floats" in stdout and "broken.jpg: error:" in stderr
     table = pq.read_table(out)
     assert table.schema.field("embedding").type == pa.list_(pa.float32())
-    assert table.column("source").to_pylist() == [*map(str, files), str(broken)]
+    assert table.column("source").to_pylist() == [*map(str, files), str(tmp_path / "caf\\xe9.jpg"), str(broken)]
     rows = table.column("embedding").to_pylist()
     assert rows[-1] is None and "is not an image format" in table.column("error").to_pylist()[-1]
+    assert rows[-2] == rows[0]  # the same picture under the odd name
     assert np.allclose(np.linalg.norm(np.array(rows[:-1]), axis=1), 1.0, atol=1e-5)
     info = load_embeddings(out).info
     assert info["model"] == "cifar_resnet20" and info["weights"] == "CIFAR10_AKAMASTER" and info["normalize"] is True

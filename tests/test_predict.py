@@ -54,6 +54,22 @@ def test_inputs_folders_globs_lists_and_tables_give_each_path_once(images: Path,
         resolve_inputs([tmp_path / "missing.txt"])
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_file_name_that_is_not_utf8_is_a_row_like_the_others(images: Path, tmp_path: Path, fmt: str):
+    latin1 = make_image(images / "a" / os.fsdecode(b"caf\xe9.png"), size=(40, 30), seed=9)
+    listed = tmp_path / "list.txt"  # a list written in Latin-1, as the file system names it
+    listed.write_bytes(os.fsencode(latin1) + b"\n")
+    assert resolve_inputs([listed]) == [str(latin1)]
+    out = tmp_path / f"labels.{fmt}"
+    summary = predict(RANDOM, [images], out, top_k=1)  # one such name used to lose every row: Arrow needs UTF-8
+    rows = {r["source"]: r for r in PartStore(out).read().to_pylist()}
+    assert (summary.inputs, summary.written, summary.errors) == (7, 7, 1)
+    row = rows[str(images / "a" / "caf\\xe9.png")]
+    assert row["error"] is None and row["label"] == classify(RANDOM.load(), [latin1], top_k=1)[0].predictions[0].label
+    again = predict(RANDOM, [images], out, top_k=1, resume=True)
+    assert (again.already_done, again.written) == (7, 0)  # the escaped name matches its file on --resume
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_predict_writes_one_row_per_input_and_bad_files_are_rows(images: Path, tmp_path: Path, fmt: str):

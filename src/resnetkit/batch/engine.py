@@ -15,6 +15,7 @@ from rich.text import Text
 
 from ..backends.base import RunnerOptions
 from ..core.device import resolve_device
+from ..core.fileio import as_utf8
 from ..run.classify import iter_classify
 from ..run.loading import Classifier, check_model_ref, load_model
 from .inputs import InputError, resolve_inputs
@@ -99,7 +100,7 @@ def predict(request: ModelRequest, data: Iterable[str | os.PathLike[str]], outpu
                                                                   "weights": request.weights,
                                                                   "random_weights": request.random_weights})
     done = store.done_sources() if resume else set()
-    todo = [s for s in sources if s not in done]
+    todo = [s for s in sources if as_utf8(s) not in done]  # as the rows hold them
     start = time.perf_counter()
     try:
         batches, described, ran = ((engine or local_engine)(request, todo, top_k, workers) if todo

@@ -39,7 +39,7 @@ def _expand(entry: str, path_column: str) -> Iterator[str]:
                              "and check the folder.")
         yield from (str(p) for p in iter_image_paths(matches))
     elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-        lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+        lines = (line.strip() for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines())
         yield from (_relative_to(path, line) for line in lines if line and not line.startswith("#"))
     elif path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
         yield from (_relative_to(path, p) for p in _table_column(path, path_column))

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from ..core.errors import ResnetkitError
-from ..core.fileio import atomic_write, write_text_atomic
+from ..core.fileio import as_utf8, atomic_write, write_text_atomic
 from ..run.classify import ImageResult
 
 FORMATS = ("parquet", "csv", "jsonl")
@@ -36,9 +36,9 @@ def result_rows(results: Iterable[ImageResult]) -> pa.Table:
     rows = []
     for r in results:
         top = r.predictions[0] if r.predictions else None
-        rows.append({"source": r.source, "label": top and top.label, "score": top and top.score,
+        rows.append({"source": as_utf8(r.source), "label": top and top.label, "score": top and top.score,
                      "index": top and top.index, "predictions": [vars(p) for p in r.predictions],
-                     "error": r.error and " ".join(r.error.split())})  # one line, so CSV rows stay lines
+                     "error": r.error and as_utf8(" ".join(r.error.split()))})  # one line: CSV rows stay lines
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 

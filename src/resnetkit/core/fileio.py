@@ -70,3 +70,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     with atomic_write(path, "w") as handle:
         handle.write(text)
+
+
+def as_utf8(text: str) -> str:
+    """``text`` (a path, or a message naming one) as valid UTF-8: the bytes of a file name that are not UTF-8, which
+    Python keeps as lone surrogates (``os.fsdecode``), become ``\\xNN`` escapes, since Arrow, CSV and JSON files
+    hold UTF-8 (one such name would otherwise stop the whole file from being written)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

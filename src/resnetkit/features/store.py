@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backends.base import RunInfo
 from ..core.errors import ResnetkitError
-from ..core.fileio import atomic_write, check_writable, write_text_atomic
+from ..core.fileio import as_utf8, atomic_write, check_writable, write_text_atomic
 from ..core.images import iter_image_paths
 from .extract import Embeddings, load_extractor
 
@@ -106,8 +106,8 @@ def _write_parquet(handle: IO[bytes], batches: Iterable[Batch], info: dict[str, 
     with pq.ParquetWriter(handle, schema) as writer:
         for sources, vectors, errors in batches:
             embeddings = [None if e else row for row, e in zip(vectors.tolist(), errors)]
-            writer.write_table(pa.table({"source": list(sources), "embedding": embeddings, "error": list(errors)},
-                                        schema=schema))
+            writer.write_table(pa.table({"source": [as_utf8(s) for s in sources], "embedding": embeddings,
+                                         "error": [e and as_utf8(e) for e in errors]}, schema=schema))
 
 
 def _write_npy(handle: IO[bytes], batches: Iterable[Batch], total: int, dim: int) -> tuple[list[str], list[str | None]]:
@@ -116,8 +116,8 @@ def _write_npy(handle: IO[bytes], batches: Iterable[Batch], total: int, dim: int
     errors: list[str | None] = []
     for chunk, vectors, errs in batches:
         handle.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-        sources += chunk
-        errors += errs
+        sources += [as_utf8(s) for s in chunk]
+        errors += [e and as_utf8(e) for e in errs]
     return sources, errors
 
 
