@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,31 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     from conftest import run_cli  # in this process: a fresh one per call cost ~5 s of imports
 
     return run_cli(*args)
+
+
+def with_display_rotation(path: Path, degrees: int) -> Path:
+    """``path`` (an MP4) with a display matrix in its track header that turns the picture by ``degrees`` clockwise,
+    as a phone records portrait video (PyAV cannot write one): ISO 14496-12 tkhd, version 0."""
+    data = bytearray(path.read_bytes())
+    matrix = data.index(b"tkhd") + 44  # after the version, times, track id, duration, layer, group and volume
+    one, w = 1 << 16, 1 << 30  # 16.16 and 2.30 fixed point
+    data[matrix:matrix + 36] = struct.pack(">9i", *{90: (0, one, 0, -one, 0, 0, 0, 0, w),
+                                                     270: (0, -one, 0, one, 0, 0, 0, 0, w)}[degrees])
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("degrees", [90, 270])
+def test_a_portrait_phone_video_is_classified_upright(cifar_weights, cifar_test_dir, tmp_path, degrees):
+    cars = sorted((cifar_test_dir / "automobile").glob("*.jpg"))[:4]
+    upright = classify_video("cifar_resnet20", encode_clip(tmp_path / "upright.mp4", cars, repeat=1, size=(128, 96)),
+                             top_k=1)
+    stored = Image.Transpose.ROTATE_90 if degrees == 90 else Image.Transpose.ROTATE_270  # turned the other way
+    sideways = [Image.open(c).transpose(stored).save(tmp_path / c.name) or tmp_path / c.name for c in cars]
+    clip = with_display_rotation(encode_clip(tmp_path / "portrait.mp4", sideways, repeat=1, size=(96, 128)), degrees)
+    turned = classify_video("cifar_resnet20", clip, top_k=1)
+    assert (turned.width, turned.height) == (128, 96)  # as shown
+    assert [f.predictions[0].label for f in turned.frames] == [f.predictions[0].label for f in upright.frames]
 
 
 @pytest.mark.slow
@@ -269,6 +295,14 @@ def test_video_bench_refuses_a_still_image(tmp_path, name):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"error: {photo} is a still image, not a video: give a video file, stream URL or camera, "
                              "and classify still images with 'resnetkit classify MODEL IMAGE' (named .jpg, .png...).\n")
+
+
+def test_a_one_frame_mp4_is_a_video_of_one_frame(tmp_path):
+    from conftest import make_image
+
+    clip = encode_clip(tmp_path / "one.mp4", [make_image(tmp_path / "a.png")], repeat=1)
+    report = classify_video(load_model("cifar_resnet20", pretrained=False, backend="eager"), str(clip), top_k=1)
+    assert report.error is None and report.frames_decoded == 1 and len(report.frames) == 1
 
 
 @pytest.mark.parametrize("every, classified, verdict", [("6", 9, False), ("5", 10, True)])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+from PIL import Image
 
 from ..backends.base import RunInfo
 from ..core.errors import ResnetkitError
@@ -35,6 +36,7 @@ CAMERA_PREFIX = "/dev/video"
 # that takes twice as long moves the mean by a tenth. 10 is also what --fps 1 gets from video-bench's default
 # 300 frames of a 30 fps source.
 MIN_VERDICT_FRAMES = 10
+ANIMATION_FORMATS = ("gif", "apng")  # FFmpeg's demuxers of picture formats that may hold several frames
 
 
 class VideoError(ResnetkitError):
@@ -199,14 +201,23 @@ def _open(source: str) -> Any:
 
 def _is_still(container: Any) -> bool:
     """A picture, not a video: read by one of FFmpeg's image readers (image2, jpeg_pipe, png_pipe...), which give
-    it a made-up frame rate of 25 fps, or declared to hold one frame (a one-frame GIF, which gets 100 fps)."""
+    it a made-up frame rate of 25 fps, or an animation format holding one frame (a GIF, which gets 100 fps). A
+    one-frame MP4 is still a video: 'classify' does not read it as a picture."""
     name = container.format.name
-    return name == "image2" or name.endswith("_pipe") or container.streams.video[0].frames == 1
+    return (name == "image2" or name.endswith("_pipe")
+            or (name in ANIMATION_FORMATS and container.streams.video[0].frames == 1))
 
 
 def _frame_rate(stream: Any) -> float | None:
     rate = stream.average_rate or stream.base_rate or stream.guessed_rate
     return float(rate) if rate else None
+
+
+def _upright(frame: Any) -> Image.Image:
+    """The frame as a player shows it: turned by the rotation of its display matrix (a phone's portrait video
+    stores landscape pixels and says so there), as still images are turned by their EXIF orientation."""
+    image = frame.to_image()
+    return image.rotate(frame.rotation, expand=True) if frame.rotation else image
 
 
 def _decode(container: Any, source: str, stages: StageTimes) -> Iterator[tuple[int, float, Any]]:
@@ -302,12 +313,14 @@ def classify_video(
         with container:
             for index, time_s, frame in _decode(container, source, report.stages):
                 report.frames_decoded = index + 1
+                if index == 0 and frame.rotation % 180:  # shown turned by a quarter: as wide as it is high
+                    report.width, report.height = report.height, report.width
                 end_s = time_s + 1 / (report.source_fps or 1.0)
                 slot = sampling.slot(index, time_s)
                 if slot > last_slot:
                     last_slot = slot
                     prep_started = time.perf_counter()
-                    pending.append((index, time_s, to_model_input(frame.to_image(), preprocessing)))
+                    pending.append((index, time_s, to_model_input(_upright(frame), preprocessing)))
                     report.stages.preprocess_s += time.perf_counter() - prep_started
                     if len(pending) == batch_size:
                         flush()
