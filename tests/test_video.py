@@ -156,6 +156,20 @@ def test_truncated_video_keeps_the_frames_done_and_says_so(cifar_weights, ship_c
     assert [f.predictions[0].label for f in report.frames].count("ship") >= 0.6 * len(report.frames)
 
 
+def test_a_cut_matroska_file_is_found_from_its_declared_duration(tmp_path):
+    from conftest import make_image
+
+    photos = [make_image(tmp_path / f"{i}.png", seed=i) for i in range(10)]
+    whole = encode_clip(tmp_path / "whole.mkv", photos)  # 2 s; Matroska declares no frame count
+    model = load_model("cifar_resnet20", pretrained=False, backend="eager")
+    assert classify_video(model, str(whole), top_k=1).error is None
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    report = classify_video(model, str(cut), top_k=1)
+    assert 0 < report.frames_decoded < 50 and len(report.frames) == report.frames_decoded
+    assert f"the file ends at {report.frames_decoded / FPS:.2f} s of the 2.00 s its header declares" in report.error
+
+
 @pytest.mark.slow
 def test_cli_reports_truncation_and_keeps_results(cifar_weights, ship_clip, tmp_path):
     cut = tmp_path / "cut.mp4"

@@ -253,6 +253,12 @@ def _decode(container: Any, source: str, stages: StageTimes) -> Iterator[tuple[i
     if declared and index + 1 < declared:
         raise VideoError(_stopped(source, index + 1, f"the file ends after {index + 1} of the {declared} frames "
                                                       "its header declares"))
+    if not declared and index >= 0 and len(container.streams) == 1 and container.duration:
+        # Matroska/WebM declare a duration, not a frame count; with other streams it may be theirs
+        shown_s, length_s = time_s + 1 / (fps or 1.0), container.duration / av.time_base
+        if length_s - shown_s > max(2 / (fps or 1.0), 0.1):
+            raise VideoError(_stopped(source, index + 1, f"the file ends at {shown_s:.2f} s of the {length_s:.2f} s "
+                                                          "its header declares"))
 
 
 def _stopped(source: str, decoded: int, reason: str) -> str:
