@@ -131,7 +131,7 @@ def evaluate_command(
     console.print(table)
     if plot:
         console.print(f"confusion matrix written to {plot}")
-    for path in report.skipped_files[:10]:
-        err_console.print(f"skipped unreadable file: {path}", highlight=False)
+    for why in report.skipped_files[:10]:
+        err_console.print(f"skipped unreadable file: {why}", highlight=False)
     if report.n_skipped > 10:
         err_console.print(f"... and {report.n_skipped - 10} more")

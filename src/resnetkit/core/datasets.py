@@ -103,7 +103,8 @@ class DecodeAndTransform:
 
 
 class ImageFileDataset(Dataset):
-    """Loads images on access with ``load`` (path -> tensor); unreadable files come back as ``None``.
+    """Loads images on access with ``load`` (path -> tensor) as ``(image, label, path)``; an unreadable file comes
+    back as ``(None, label, why)``, ``why`` the error message, which names the file.
     ``load``: :class:`DecodeAndTransform`, or ``functools.partial(prepare_image, preprocessing=...)``."""
 
     def __init__(self, samples: Sequence[Sample], load: Callable[[Path], torch.Tensor]) -> None:
@@ -117,15 +118,15 @@ class ImageFileDataset(Dataset):
         sample = self.samples[index]
         try:
             return self.load(sample.path), sample.label, str(sample.path)
-        except ImageError:
-            return None, sample.label, str(sample.path)
+        except ImageError as exc:  # its message names the file and says what is wrong with it
+            return None, sample.label, str(exc)
 
 
 @dataclass
 class Batch:
     images: torch.Tensor
     labels: torch.Tensor
-    skipped: list[str]  # paths of files that could not be decoded
+    skipped: list[str]  # why each file that could not be decoded was skipped (each message names the file)
 
     def pin_memory(self) -> "Batch":
         """Page-locked tensors, which a GPU copies without blocking (DataLoader calls this with pin_memory=True)."""
@@ -133,7 +134,7 @@ class Batch:
 
 
 def collate_skipping_bad(items: list[tuple[Any, int, str]]) -> Batch:
-    """Stack the good items; report the paths of the bad ones (``None`` images)."""
+    """Stack the good items; report why the bad ones (``None`` images) were skipped."""
     good = [(image, label) for image, label, _ in items if image is not None]
     skipped = [path for image, _, path in items if image is None]
     if not good:

@@ -40,7 +40,7 @@ class EvalReport:
     ran: RunInfo  # what computed the logits, and where
     workers: int  # decoding processes
     random_weights: bool  # the model's weights are random: labels and accuracy are meaningless
-    skipped_files: list[str] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)  # why each was skipped: the message names the file
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: value for name, value in self.__dict__.items() if name != "ran"}

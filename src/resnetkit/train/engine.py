@@ -241,8 +241,8 @@ class Trainer:
 
     def _accumulate(self, batch: Batch, totals: EpochTotals, boundary: bool) -> None:
         totals.skipped += len(batch.skipped)
-        for path in batch.skipped:
-            self.log(f"skipped unreadable file: {path}")
+        for why in batch.skipped:
+            self.log(f"skipped unreadable file: {why}")
         if len(batch.labels):
             totals.add(*self.step.train_batch(batch.images, batch.labels, boundary), len(batch.labels))
         elif boundary:
