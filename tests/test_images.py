@@ -87,11 +87,13 @@ def test_multi_frame_policy(tmp_path):
 def test_folders_are_walked_for_images_only(tmp_path):
     make_image(tmp_path / "d" / "b.png")
     make_image(tmp_path / "d" / "sub" / "a.jpg")
+    for name in ("c.JFIF", "d.jpe"):  # JPEGs as some cameras and browsers name them
+        make_image(tmp_path / "d" / "sub" / name, format="JPEG")
     (tmp_path / "d" / "notes.txt").write_text("x")
     explicit = tmp_path / "x.dat"
     explicit.write_bytes(b"??")
     found = [p.name for p in iter_image_paths([tmp_path / "d", explicit])]
-    assert found == ["b.png", "a.jpg", "x.dat"]
+    assert found == ["b.png", "a.jpg", "c.JFIF", "d.jpe", "x.dat"]
 
 
 # --- the fast path: prepare_image ---------------------------------------------------------------------

@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 # pixel. With 2 instead of 4, CIFAR test images upscaled to 160 px lost 1.3 points of top-1 accuracy
 # (79.00 % -> 77.70 %, benchmarks/image_pipeline.py); with 4 they keep it (docs/serve.md).
 DRAFT_MARGIN = 4.0
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# what a folder walk takes (a file named on its own is tried whatever its name): Pillow's names for the formats
+# photos come in; an AVIF on a Pillow without AVIF support (before 11.2) becomes an error row, not a silent skip
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                    ".avif", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 50_000_000  # refuse larger images (decompression bombs); ~7000 x 7000
 
 
