@@ -241,6 +241,17 @@ def test_resnetkits_own_warnings_are_one_note_line(capsys, monkeypatch):
     assert passed_on == ["from elsewhere"]  # other packages' warnings as Python shows them
 
 
+def test_pillows_pixel_limit_warning_is_left_to_resnetkits_own_limit(tmp_path):
+    from test_serve import png_header_claiming  # 100 M pixels: above Pillow's warning level, under its error's
+
+    (tmp_path / "big.png").write_bytes(png_header_claiming(10_000, 10_000))
+    opened = ("import resnetkit.cli.app, sys; from PIL import Image; Image.open(sys.argv[1]); "
+              "print('opened')")
+    done = subprocess.run([sys.executable, "-c", opened, str(tmp_path / "big.png")], capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "opened\n", "")  # no two-line DecompressionBombWarning
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("after_s", [0.3, 1.5])
 def test_ctrl_c_at_any_moment_of_start_up_is_one_line_exit_130(tmp_path, after_s):

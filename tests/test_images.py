@@ -55,6 +55,9 @@ def test_bytes_and_paths_give_the_same_image(tmp_path):
 def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(ImageError, match="empty"):
         decode_image(b"")
+    (tmp_path / "zero.jpg").touch()
+    with pytest.raises(ImageError, match=r"zero.jpg is empty \(0 bytes\)"):  # not "not an image format"
+        decode_image(tmp_path / "zero.jpg")
     with pytest.raises(ImageError, match="not an image format"):
         decode_image(b"hello, I am text")
     with pytest.raises(ImageError, match="No such file"):

@@ -73,6 +73,9 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _python_show_warning = warnings.showwarning
 warnings.showwarning = _show_warning
+# Pillow warns of images above its own pixel limit; resnetkit's limit (--max-pixels) is checked right after, and
+# its error (or the image, when the limit was raised on purpose) is what a user needs to see
+warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", module="PIL")
 
 
 def print_json(data: Any) -> None:

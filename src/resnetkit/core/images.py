@@ -67,6 +67,8 @@ def decode_image(
         if not Path(source).is_file():
             raise ImageError(f"{source} is not a regular file (a device, a pipe?)" if Path(source).exists()
                              else f"No such file: {source}")
+        if Path(source).stat().st_size == 0:
+            raise ImageError(f"{source} is empty (0 bytes).")
         stream = source
     try:
         with Image.open(stream) as image:
