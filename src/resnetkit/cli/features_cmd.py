@@ -18,8 +18,8 @@ ImagesArg = Annotated[list[str], typer.Argument(help="Image files and/or folders
 def embed_command(
     model: ModelArg,
     paths: ImagesArg,
-    output: Annotated[str, typer.Option("--output", "-o", help="FILE.parquet (one row per image) or FILE.npy "
-                                                                "(+ FILE.sources.json).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="FILE.parquet (one row per image) or STEM.npy "
+                                                                "(+ STEM.sources.json).")],
     layer: Annotated[str | None, typer.Option("--layer", help=default(
         "Take an earlier stage (e.g. layer3), average-pooled.", "the pooled features before the classifier"))] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="Scale every embedding to unit length.")] = False,
