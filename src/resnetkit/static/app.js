@@ -98,16 +98,17 @@ function fillCard(body, result, latencyMs, model) {
 
 async function classify(file) {
   const body = newCard(file);
-  const model = models.find((m) => m.name === $("model").value);
+  const name = $("model").value;  // the card's model, even if another is picked while it is classified
+  const model = models.find((m) => m.name === name);
   const form = new FormData();
   form.append("file", file, file.name);
-  const url = `/v1/models/${encodeURIComponent($("model").value)}/classify?top_k=${$("topk").value}`;
+  const url = `/v1/models/${encodeURIComponent(name)}/classify?top_k=${$("topk").value}`;
   try {
     const response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
     const json = response.headers.get("content-type")?.includes("json") ? await response.clone().json() : null;
     if (json && json.results) {
       fillCard(body, json.results[0], json.latency_ms, model);
-      if (!json.results[0].error) offerHeatmap(body, file, $("model").value);
+      if (!json.results[0].error) offerHeatmap(body, file, name);
     } else {
       fillCard(body, { error: await errorMessage(response) }, 0);
     }
