@@ -3,10 +3,12 @@ run in this process, and short latency measurements."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +143,17 @@ def make_image(path: Path, size: tuple[int, int] = (64, 48), mode: str = "RGB", 
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **save_args)
     return path
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's shape)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    chunk = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = chunk
+    data[29:33] = struct.pack(">I", zlib.crc32(chunk))
+    return bytes(data)
 
 
 def damaged_dds() -> bytes:

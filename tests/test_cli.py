@@ -242,7 +242,7 @@ def test_resnetkits_own_warnings_are_one_note_line(capsys, monkeypatch):
 
 
 def test_pillows_pixel_limit_warning_is_left_to_resnetkits_own_limit(tmp_path):
-    from test_serve import png_header_claiming  # 100 M pixels: above Pillow's warning level, under its error's
+    from conftest import png_header_claiming  # 100 M pixels: above Pillow's warning level, under its error's
 
     (tmp_path / "big.png").write_bytes(png_header_claiming(10_000, 10_000))
     opened = ("import resnetkit.cli.app, sys; from PIL import Image; Image.open(sys.argv[1]); "

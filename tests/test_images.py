@@ -13,7 +13,7 @@ from resnetkit.core.errors import ImageError
 from resnetkit.core.images import decode_image, iter_image_paths, prepare_image, stack_inputs, to_rgb
 from resnetkit.core.spec import Preprocessing
 
-from conftest import damaged_dds, make_image
+from conftest import damaged_dds, make_image, png_header_claiming
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "1", "I;16", "I"])
@@ -76,6 +76,9 @@ def test_decompression_bomb_is_refused_before_decoding():
     Image.new("L", (4000, 4000)).save(buffer, "PNG")  # tiny file, 16 M pixels
     with pytest.raises(ImageError, match="above the limit"):
         decode_image(buffer.getvalue(), max_pixels=1_000_000)
+    with pytest.raises(ImageError, match=r"Image size \(10000000000 pixels\) exceeds.*Pillow's limit; a larger "
+                                         "--max-pixels does not lift it"):
+        decode_image(png_header_claiming(100_000, 100_000), max_pixels=10**11)
 
 
 def test_multi_frame_policy(tmp_path):

@@ -11,10 +11,8 @@ import base64
 import contextlib
 import io
 import socket
-import struct
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import damaged_dds, make_image
+from conftest import damaged_dds, make_image, png_header_claiming
 from resnetkit.core.artifacts import save_artifact
 from resnetkit.core.device import Device, cuda_count, usable_cores
 from resnetkit.core.errors import ResnetkitError
@@ -145,17 +143,6 @@ def jpeg_bytes(size: tuple[int, int] = (64, 48), seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     Image.effect_noise(size, 40 + seed).convert("RGB").save(buffer, "JPEG")
     return buffer.getvalue()
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's shape)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, "PNG")
-    data = bytearray(buffer.getvalue())
-    chunk = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
-    data[12:29] = chunk
-    data[29:33] = struct.pack(">I", zlib.crc32(chunk))
-    return bytes(data)
 
 
 def animated_gif() -> bytes:

@@ -84,8 +84,9 @@ def decode_image(
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{what} is not an image format that can be read (JPEG, PNG, BMP, GIF, TIFF, WebP...).") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{what} is too large to decode safely (possible decompression bomb).") from None
+    except Image.DecompressionBombError as exc:  # above twice Pillow's own limit, which --max-pixels cannot raise
+        raise ImageError(f"{what} is too large to decode safely: {exc} (Pillow's limit; a larger --max-pixels does "
+                         "not lift it). Downscale it first.") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's format plugins raise many kinds on damaged files
         # (OSError, ValueError, SyntaxError, and also IndexError from QOI, NotImplementedError from DDS...)
         raise ImageError(f"{what} could not be decoded: {exc}. The file may be truncated or corrupted.") from None
