@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 CHECKPOINTS = {"cifar_resnet20": "resnet20-12fca82f.th", "cifar_resnet32": "resnet32-d509ac18.th"}
 # (method, backend, calibration, allowed loss in points)
-# fp16 on eager is left out by default: this CPU has no fp16 arithmetic, so PyTorch emulates it
-# about 4x slower than fp32 (10,000 images would take most of an hour here).
+# fp16 on eager is left out by default: CPUs without fp16 arithmetic (the development VMs) make PyTorch
+# emulate it, slower than fp32 (not timed here).
 VARIANTS = [("bf16", "eager", None, 0.2), ("fp16", "openvino", None, 0.2), ("bf16", "openvino", None, 0.2),
             ("static-int8", "openvino", "histogram", 0.5), ("static-int8", "onnxruntime", "percentile", 0.5),
             ("dynamic-int8", "onnxruntime", None, 0.5)]
