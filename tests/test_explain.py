@@ -188,9 +188,10 @@ def test_a_label_in_any_script_comes_back_percent_encoded(client, tmp_path):
 @pytest.mark.slow
 def test_explanations_route_errors(client):
     bad = client.post("/explanations/cifar_resnet20", content=b"not an image")
-    assert bad.status_code == 422 and "not an image format" in bad.json()["detail"]
+    assert bad.status_code == 422 and "not an image format" in bad.json()["message"]  # TorchServe's shape
     scripted = client.post("/explanations/scripted", content=b"x")
-    assert scripted.status_code == 501 and "needs the PyTorch model" in scripted.json()["detail"]
+    assert scripted.status_code == 501 and scripted.json()["type"] == "NotImplementedException"
+    assert "needs the PyTorch model" in scripted.json()["message"]
     assert client.post("/explanations/nope", content=b"x").status_code == 404
 
 

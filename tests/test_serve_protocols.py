@@ -4,8 +4,10 @@ management views and metric names, against a real uvicorn on 127.0.0.1 serving t
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import struct
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -113,7 +115,7 @@ def test_v2_unknown_model_and_bad_json(server):
 
 
 def test_v2_health_and_metadata(server):
-    assert httpx.get(f"{server}/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert httpx.get(f"{server}/v2").json()["extensions"] == ["binary_tensor_data", "classification"]
     assert httpx.get(f"{server}/v2/health/live").json() == {"live": True}
     assert httpx.get(f"{server}/v2/health/ready").json() == {"ready": True}
     assert httpx.get(f"{server}/v2/models/cifar_resnet20/ready").json() == {"name": "cifar_resnet20", "ready": True}
@@ -189,6 +191,146 @@ def test_torchserve_management_views_versions_and_metric_names(server, images):
     assert httpx.post(f"{server}/models", json={"url": "http://evil/x.mar"}).status_code == 405  # never registers
 
 
+def test_openapi_refs_all_resolve(server):
+    document = httpx.get(f"{server}/openapi.json").json()
+    refs, stack = set(), [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "$ref" in node:
+                refs.add(node["$ref"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    assert {"#/components/schemas/OipRequestInput", "#/components/schemas/KServeV1Instance"} <= refs
+    schemas = document["components"]["schemas"]
+    assert sorted(r for r in refs if r.removeprefix("#/components/schemas/") not in schemas) == []
+    infer_body = document["paths"][INFER.replace("cifar_resnet20", "{model}")]["post"]["requestBody"]
+    assert "$defs" not in infer_body["content"]["application/json"]["schema"]
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v2/models/cifar_resnet20"), ("GET", "/v2/models/cifar_resnet20/ready"), ("POST", INFER),
+    ("PUT", "/predictions/cifar_resnet20"), ("GET", "/models/cifar_resnet20")])
+def test_a_version_query_parameter_is_ignored(server, images, method, path):
+    image = images[0].read_bytes()
+    body = json.dumps({"inputs": [bytes_input([b64(images[0])])]}).encode() if path == INFER else image
+    response = httpx.request(method, f"{server}{path}?version=2", content=None if method == "GET" else body)
+    assert response.status_code == 200
+
+
+def test_openapi_documents_no_version_query_parameter(server):
+    paths = httpx.get(f"{server}/openapi.json").json()["paths"]
+    queries = {(path, method, p["name"]) for path, operations in paths.items() for method, op in operations.items()
+               for p in op.get("parameters", []) if p["in"] == "query"}
+    assert [q for q in queries if q[2] == "version"] == []
+
+
+@pytest.mark.parametrize("path, method", [("/predictions/{model}", "post"), ("/predictions/{model}", "put"),
+                                          ("/explanations/{model}", "post")])
+def test_predictions_and_explanations_declare_an_image_body(server, path, method):
+    body = httpx.get(f"{server}/openapi.json").json()["paths"][path][method]["requestBody"]
+    binary = {"type": "string", "format": "binary"}
+    assert body["content"]["image/*"]["schema"] == body["content"]["application/octet-stream"]["schema"] == binary
+    assert body["content"]["multipart/form-data"]["schema"]["properties"] == {"data": binary}
+
+
+def test_mime_and_url_safe_base64_are_accepted(server, images):
+    image = next(p for p in images if {"+", "/"} & set(b64(p)))  # so that the URL-safe alphabet differs
+    plain = b64(image)
+    variants = [base64.encodebytes(image.read_bytes()).decode(),  # a line break every 76 characters
+                base64.urlsafe_b64encode(image.read_bytes()).decode().rstrip("=")]
+    assert "\n" in variants[0] and variants[1] != plain
+    v1 = f"{server}/v1/models/cifar_resnet20:predict"
+    expected = [p["label"] for p in httpx.post(v1, json={"instances": [plain]}).json()["predictions"][0]]
+    answers = httpx.post(v1, json={"instances": [{"b64": v} for v in variants]})
+    assert answers.status_code == 200
+    assert [[p["label"] for p in row] for row in answers.json()["predictions"]] == [expected, expected]
+    v2 = httpx.post(f"{server}{INFER}", json={"inputs": [bytes_input(variants)], "outputs": [{"name": "label"}]})
+    assert v2.status_code == 200 and v2.json()["outputs"][0]["data"] == expected * 2
+    garbage = httpx.post(v1, json={"instances": ["aGk=*?"]})
+    assert garbage.status_code == 400 and garbage.json()["error"] == (
+        "Instance 0 is not valid base64; encode the image file with base64 (e.g. base64 -w0 photo.jpg).")
+
+
+def test_the_page_declares_an_icon_so_browsers_do_not_ask_for_favicon_ico(server):
+    assert '<link rel="icon" href="data:,">' in httpx.get(f"{server}/").text
+
+
+def test_explanations_accept_put_as_curl_t_sends(server, images):
+    response = httpx.put(f"{server}/explanations/cifar_resnet20", content=images[0].read_bytes(), timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+
+
+def test_torchserve_routes_answer_routing_errors_in_torchserve_shape(server):
+    assert httpx.get(f"{server}/predictions/cifar_resnet20").json() == {
+        "code": 405, "type": "MethodNotAllowedException", "message": "Method Not Allowed"}
+    assert httpx.delete(f"{server}/models/cifar_resnet20").json()["type"] == "MethodNotAllowedException"
+    assert httpx.get(f"{server}/predictions").json() == {"code": 404, "type": "ModelNotFoundException",
+                                                         "message": "Not Found"}
+
+
+def test_v2_classification_extension_as_tritonclient_sends_it(server, images):
+    data = [b64(p) for p in images[:2]]
+    plain = httpx.post(f"{server}{INFER}", json={"inputs": [bytes_input(data)], "parameters": {"top_k": 3}}).json()
+    # tritonclient's InferRequestedOutput("score", class_count=3), byte for byte
+    body = {"inputs": [bytes_input(data)], "parameters": {"timeout": 0, "top_k": 2},
+            "outputs": [{"name": "score", "parameters": {"classification": 3, "binary_data": True}},
+                        {"name": "label", "parameters": {"binary_data": True}}]}
+    response = httpx.post(f"{server}{INFER}", json=body)
+    assert response.status_code == 200
+    classified, labels = response.json()["outputs"]
+    assert (classified["name"], classified["datatype"], classified["shape"]) == ("score", "BYTES", [2, 3])
+    assert labels["shape"] == [2, 3]  # top_k 2 is raised to the class count
+    expected = {o["name"]: o["data"] for o in plain["outputs"]}
+    cells = [cell.split(":") for cell in classified["data"]]  # "<score>:<index>:<label>", most probable first
+    assert [(int(i), label) for _, i, label in cells] == list(zip(expected["index"], expected["label"]))
+    assert all(len(score.split(".")[1]) == 6 for score, _, _ in cells)  # Triton's std::to_string
+    assert [float(c[0]) for c in cells] == pytest.approx(expected["score"], abs=1e-4)
+    assert labels["data"] == expected["label"]
+    wrong = httpx.post(f"{server}{INFER}", json={"inputs": [bytes_input(data)], "outputs": [
+        {"name": "label", "parameters": {"classification": 3}}]})
+    assert wrong.status_code == 400 and "applies to the 'score' output only" in wrong.json()["error"]
+
+
+@pytest.mark.parametrize("encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_compressed_requests_are_inflated(server, images, encoding, compress):
+    body = json.dumps({"inputs": [bytes_input([b64(images[0])])], "outputs": [{"name": "label"}]}).encode()
+    plain = httpx.post(f"{server}{INFER}", content=body).json()
+    packed = httpx.post(f"{server}{INFER}", content=compress(body), headers={"Content-Encoding": encoding})
+    assert packed.status_code == 200 and packed.json() == plain
+    raw = httpx.put(f"{server}/predictions/cifar_resnet20", content=compress(images[0].read_bytes()),
+                    headers={"Content-Encoding": encoding})
+    assert raw.status_code == 200 and next(iter(raw.json())) == images[0].parent.name
+
+
+def test_a_compressed_body_is_limited_once_inflated_and_unknown_encodings_are_415(server):
+    bomb = gzip.compress(b"0" * (11 * 1024 * 1024))  # 11 MiB of zeros in a few KiB; the limit is 10 MiB
+    refused = httpx.post(f"{server}{INFER}", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert refused.status_code == 413 and refused.json()["error"].startswith(
+        "The request is more than 10.00 MiB; the limit is 10.00 MiB (--max-upload-mb)")
+    broken = httpx.post(f"{server}{INFER}", content=b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert broken.status_code == 400 and "not valid gzip data" in broken.json()["error"]
+    cut = httpx.post(f"{server}{INFER}", content=gzip.compress(b"{}" * 100)[:-8], headers={"Content-Encoding": "gzip"})
+    assert cut.status_code == 400 and "gzip body is cut short" in cut.json()["error"]
+    unknown = httpx.post(f"{server}{INFER}", content=b"{}", headers={"Content-Encoding": "br"})
+    assert unknown.status_code == 415 and unknown.json() == {
+        "error": "Content-Encoding 'br' is not supported; send the body uncompressed, or compressed with gzip or deflate."}
+
+
+def test_v2_messages_for_a_string_binary_size_and_for_image_uploads(server, images):
+    header = json.dumps({"inputs": [{**bytes_input(["x"]), "data": None, "parameters": {"binary_data_size": "3"}}]})
+    size = httpx.post(f"{server}{INFER}", content=header.encode() + b"abc",
+                      headers={"Inference-Header-Content-Length": str(len(header))})
+    assert size.status_code == 400
+    assert size.json()["error"] == "parameters.binary_data_size must be an integer (got '3')."
+    for upload in ({"files": {"file": images[0].read_bytes()}},
+                   {"content": images[0].read_bytes(), "headers": {"Content-Type": "image/jpeg"}}):
+        refused = httpx.post(f"{server}{INFER}", **upload)
+        assert refused.status_code == 400 and "takes a JSON inference request" in refused.json()["error"]
+        assert "/predictions/{model} or /v1/models/{model}/classify" in refused.json()["error"]
+
+
 def ts_metric(url: str, name: str) -> float:
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
         for sample in family.samples:
@@ -206,7 +348,9 @@ def test_with_a_token_the_kserve_routes_answer_401_as_an_error_body(cifar_weight
         refused = httpx.post(f"{url}{INFER}", json={"inputs": []})
         assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
         assert httpx.post(f"{url}/v1/models/cifar_resnet20:predict", json={}).json()["error"].startswith("Missing")
-        assert httpx.get(f"{url}/models").status_code == 401
+        assert httpx.get(f"{url}/models").json() == {"code": 401, "type": "UnauthorizedException", "message": (
+            "Missing or wrong bearer token: send the header 'Authorization: Bearer <token>'.")}
+        assert httpx.post(f"{url}/predictions/cifar_resnet20", content=b"x").json()["code"] == 401
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200  # probes stay open
         allowed = httpx.get(f"{url}/v2/models/cifar_resnet20", headers={"Authorization": "Bearer t0k"})
         assert allowed.status_code == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +19,7 @@ from ..core.errors import ResnetkitError
 from .hub import ModelHub, ServeError
 from .metrics import MetricsMiddleware, ServeMetrics
 from .routers import api, explain, health, kserve_v1, oip_v2, torchserve, web
+from .schemas import REQUEST_BODY_SCHEMAS
 from .settings import ServeSettings
 
 DESCRIPTION = """Image classification with pretrained ResNet-family models, batched dynamically.
@@ -62,7 +63,23 @@ def create_app(settings: ServeSettings, *, on_load_error: Callable[[str], None] 
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.openapi = _with_request_body_schemas(app)  # type: ignore[method-assign]
     return app
+
+
+def _with_request_body_schemas(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` that also defines the models nested in schemas.json_body's request bodies (FastAPI
+    only registers the models of the parameters it parses itself), still generated once and cached."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in REQUEST_BODY_SCHEMAS.items():
+                schemas.setdefault(name, schema)
+        return app.openapi_schema
+
+    return openapi
 
 
 def create_app_from_env() -> FastAPI:
@@ -73,7 +90,7 @@ def create_app_from_env() -> FastAPI:
 async def _serve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServeError)
     headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}.get(exc.status)
-    return JSONResponse(_error_body(request, str(exc)), status_code=exc.status, headers=headers)
+    return JSONResponse(_error_body(request, exc.status, str(exc)), status_code=exc.status, headers=headers)
 
 
 def _is_kserve(request: Request) -> bool:
@@ -81,22 +98,30 @@ def _is_kserve(request: Request) -> bool:
     return path.startswith(oip_v2.PREFIX + "/") or path == oip_v2.PREFIX or path.endswith(":predict")
 
 
-def _error_body(request: Request, message: str) -> dict[str, str]:
-    """KServe's protocols answer errors as {"error": ...}; resnetkit's own API as {"detail": ...}."""
-    return {"error": message} if _is_kserve(request) else {"detail": message}
+def _is_torchserve(request: Request) -> bool:
+    return "/" + request.url.path.split("/")[1] in torchserve.PATHS
+
+
+def _error_body(request: Request, status: int, message: str) -> dict[str, Any]:
+    """KServe's protocols answer errors as {"error": ...}, TorchServe's as {"code", "type", "message"};
+    resnetkit's own API as {"detail": ...}."""
+    if _is_kserve(request):
+        return {"error": message}
+    return torchserve.error_body(status, message) if _is_torchserve(request) else {"detail": message}
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     """Routing errors (404 no such path, 405 wrong method) in the route's protocol too."""
     assert isinstance(exc, StarletteHTTPException)
-    return JSONResponse(_error_body(request, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(_error_body(request, exc.status_code, str(exc.detail)), status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     """Anything unforeseen (a backend failure, a model that computes NaN) as a JSON 500 in the route's protocol,
     not Starlette's plain-text page; the traceback still goes to the server's log."""
     message = str(exc) if isinstance(exc, ResnetkitError) else f"Internal error ({type(exc).__name__}): {exc}"
-    return JSONResponse(_error_body(request, message), status_code=500)
+    return JSONResponse(_error_body(request, 500, message), status_code=500)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -104,4 +129,4 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     messages = [f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
     status = 400 if _is_kserve(request) else 422  # KServe's protocols answer every bad request with 400
-    return JSONResponse(_error_body(request, "; ".join(messages)), status_code=status)
+    return JSONResponse(_error_body(request, status, "; ".join(messages)), status_code=status)

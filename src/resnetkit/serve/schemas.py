@@ -1,10 +1,37 @@
-"""Pydantic schemas of every JSON response (they are also the OpenAPI schema at /docs)."""
+"""Pydantic schemas of every JSON response (they are also the OpenAPI schema at /docs), and the OpenAPI
+request bodies of the routes that read their body themselves."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+
+# The nested models of json_body's schemas; app.py adds them to the OpenAPI document's components.schemas.
+REQUEST_BODY_SCHEMAS: dict[str, Any] = {}
+
+_BINARY = {"type": "string", "format": "binary"}
+ONE_IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One image as the raw body (curl -T photo.jpg) or as any multipart file field "
+                       "(-F data=@photo.jpg).",
+        "content": {
+            "image/*": {"schema": _BINARY},
+            "application/octet-stream": {"schema": _BINARY},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["data"],
+                                               "properties": {"data": _BINARY}}},
+        },
+    }
+}
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring ``model`` as the JSON body of a route that reads its body itself."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    REQUEST_BODY_SCHEMAS.update(schema.pop("$defs", {}))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 class PredictionOut(BaseModel):

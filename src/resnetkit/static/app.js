@@ -18,6 +18,7 @@ async function errorMessage(response) {
   try {
     const body = await response.json();
     if (typeof body.detail === "string") return body.detail;
+    if (typeof body.message === "string") return body.message;  // TorchServe's shape (/explanations)
     const failed = (body.results || []).find((r) => r.error);
     if (failed) return failed.error;
   } catch (e) { /* not JSON */ }

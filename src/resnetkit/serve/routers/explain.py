@@ -16,6 +16,7 @@ from ...run.loading import Classifier
 from ...explain import Explainer
 from ..deps import Hub, require_token
 from ..hub import ServeError
+from ..schemas import ONE_IMAGE_BODY
 from ..uploads import read_uploads
 
 router = APIRouter(tags=["Explanations"], dependencies=[Depends(require_token)])
@@ -45,13 +46,15 @@ def header_safe(label: str) -> str:
 
 
 @router.post("/explanations/{model}", summary="Grad-CAM heatmap over one image for its top classes",
-             responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+             responses={200: {"content": {"image/png": {}, "application/json": {}}}}, openapi_extra=ONE_IMAGE_BODY)
+@router.put("/explanations/{model}", include_in_schema=False)  # curl -T sends PUT, as TorchServe's docs show
 async def explanations(model: str, request: Request, hub: Hub,
                        top_k: Annotated[int, Query(ge=1, le=20, description="Classes to explain.")] = 1,
                        format: Annotated[Literal["png", "json"], Query(
                            description="png: the top class's heatmap; json: every heatmap as base64 PNG.")] = "png",
                        ) -> Response:
-    """One image as the raw body or any multipart file field, like ``/predictions/{model}``."""
+    """One image as the raw body (POST, or PUT as ``curl -T`` sends) or any multipart file field, like
+    ``/predictions/{model}``."""
     served = hub.get(model)
     settings = hub.settings
     [upload] = await read_uploads(request, max_bytes=settings.max_upload_bytes, max_files=1, field=None)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from ..deps import Hub, classify_images, require_token
 from ..hub import ServeError
-from ..schemas import KServeV1Request, KServeV1Response, OipError, PredictionOut
+from ..schemas import KServeV1Request, KServeV1Response, OipError, PredictionOut, json_body
 from ..uploads import decode_base64, parse_json, read_body
 
 router = APIRouter(tags=["KServe v1"], dependencies=[Depends(require_token)],
@@ -15,9 +15,7 @@ router = APIRouter(tags=["KServe v1"], dependencies=[Depends(require_token)],
 
 
 @router.post("/v1/models/{model}:predict", response_model=KServeV1Response,
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": KServeV1Request.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
-             summary="Top-k of each base64 image instance")
+             openapi_extra=json_body(KServeV1Request), summary="Top-k of each base64 image instance")
 async def predict(model: str, request: Request, hub: Hub,
                   top_k: Annotated[int, Query(ge=1, le=1000, description="Labels per image.")] = 5) -> KServeV1Response:
     """Instances are ``{"b64": "<base64 image file>"}`` (or bare base64 strings); an unreadable one fails the request."""
