@@ -13,7 +13,7 @@ from resnetkit.backends.base import RunnerOptions
 from resnetkit.core.artifacts import save_artifact
 from resnetkit.core.device import CPU, resolve_device
 from resnetkit.core.datasets import imagenet_wnids, match_folders_to_categories
-from resnetkit.core.errors import DatasetError, UnknownModelError
+from resnetkit.core.errors import DatasetError, ImageError, ResnetkitError, UnknownModelError
 from resnetkit.core.images import decode_image
 from resnetkit.core.zoo import CIFAR10_CLASSES, get_spec
 
@@ -231,3 +231,49 @@ def test_evaluate_on_the_gpu_agrees_with_the_cpu(cifar_weights, cifar_test_dir):
     # images whose top-1 moved to another cell of the confusion matrix (a lower bound of the labels that changed)
     moved = sum(abs(a - b) for row_a, row_b in zip(cpu["confusion"], gpu["confusion"]) for a, b in zip(row_a, row_b)) / 2
     assert moved <= 20 and abs(cpu["top1"] - gpu["top1"]) <= 1.0
+
+
+# --- the Python API as a notebook uses it ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def eager_random():
+    return load_model("cifar_resnet20", pretrained=False, backend="eager")
+
+
+def test_one_path_as_a_str_or_path_is_one_path_not_its_letters(eager_random, tmp_path):
+    image = make_image(tmp_path / "a.png", size=(40, 30))
+    expected = classify(eager_random, [image], top_k=2)
+    assert classify(eager_random, str(image), top_k=2) == expected == classify(eager_random, image, top_k=2)
+    assert [r.source for r in classify(eager_random, str(tmp_path), top_k=1)] == [str(image)]  # a folder, walked
+
+
+def test_images_in_memory_get_the_labels_their_files_get(eager_random, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from resnetkit import classify_images
+
+    path = make_image(tmp_path / "a.png", size=(40, 30))  # PNG: no reduced-scale JPEG decoding on either side
+    [from_file] = classify(eager_random, [path], top_k=3)
+    pixels = np.array(Image.open(path).convert("RGB"))
+    held = [Image.open(path), path.read_bytes(), pixels, torch.from_numpy(pixels).permute(2, 0, 1)]
+    assert classify_images(eager_random, held, top_k=3) == [from_file.predictions] * 4
+    assert classify_images(eager_random, held[0], top_k=3) == [from_file.predictions]  # one image, not a list
+    with pytest.raises(ImageError, match=r"Cannot read a Tensor of shape \(1, 3, 32, 32\) and dtype torch.float32 "
+                                         r"as an image.*Classifier.probabilities\(batch\)"):
+        classify_images(eager_random, torch.rand(1, 3, 32, 32))
+    with pytest.raises(ImageError, match="got a PngImageFile; classify images already in memory .* with classify_images"):
+        classify(eager_random, [Image.open(path)])
+
+
+def test_counts_below_one_and_arguments_of_other_types_are_clear_errors(eager_random, tmp_path):
+    from torch import nn
+
+    with pytest.raises(ResnetkitError, match=r"batch_size \(--batch-size\) must be at least 1 \(got 0\)"):
+        classify(eager_random, [make_image(tmp_path / "a.png")], batch_size=0)  # was [] without a word
+    with pytest.raises(UnknownModelError, match="not a Linear; weights of a zoo architecture saved with"):
+        load_model(nn.Linear(2, 2))
+    checkpoint = tmp_path / "w.pt"
+    torch.save(get_spec("cifar_resnet20").build().state_dict(), checkpoint)
+    loaded = load_model("cifar_resnet20", weights=checkpoint, device=torch.device("cpu"), backend="eager")
+    assert loaded.meta.weights == str(checkpoint) and loaded.ran.device.kind == "cpu"

@@ -25,6 +25,7 @@ _API = {
     "EvalReport": "run", "evaluate": "run",
     "Classifier": "run.loading", "load_model": "run.loading",
     "ImageResult": "run.classify", "Prediction": "run.classify", "classify": "run.classify",
+    "classify_images": "run.classify",
     "VideoReport": "run.video", "classify_video": "run.video", "measure_stream": "run.video",
     "Embeddings": "features", "embed_to_file": "features", "extract_features": "features",
     "find_similar": "features", "load_embeddings": "features",
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them
     from .explain import explain  # noqa: F401
     from .features import Embeddings, embed_to_file, extract_features, find_similar, load_embeddings  # noqa: F401
     from .run import EvalReport, evaluate  # noqa: F401
-    from .run.classify import ImageResult, Prediction, classify  # noqa: F401
+    from .run.classify import ImageResult, Prediction, classify, classify_images  # noqa: F401
     from .run.loading import Classifier, load_model  # noqa: F401
     from .run.video import VideoReport, classify_video, measure_stream  # noqa: F401
 

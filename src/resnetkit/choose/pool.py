@@ -201,7 +201,9 @@ class ProcessWorker:
             self.process.join(5)
             self.gate.died(self.slot)  # a dead process keeps no one paused or waiting to time
             raise WorkerDied(f"the process measuring {self.model} ended (exit code {self.process.exitcode}) "
-                             "without answering; its variants are left out. Run it alone to see why.") from None
+                             "without answering; its variants are left out. Run it alone to see why; from a "
+                             "Python script, call bench under 'if __name__ == \"__main__\":' (its measuring "
+                             "processes import the script, as multiprocessing's do).") from None
 
     def entries(self) -> list[Entry]:
         return self._receive()

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -178,9 +178,16 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def iter_image_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Expand ``paths``: folders are walked (image extensions only, sorted); files as given."""
-    for given in paths:
+ImagePaths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]  # one image file or folder, or several
+
+
+def iter_image_paths(paths: ImagePaths) -> Iterator[Path]:
+    """Expand ``paths`` (one path, or several): folders are walked (image extensions only, sorted); files as
+    given. Anything but a path is an :class:`ImageError` that says what to pass."""
+    for given in [paths] if isinstance(paths, (str, os.PathLike)) else paths:  # a str is no list of one-letter paths
+        if not isinstance(given, (str, os.PathLike)):
+            raise ImageError(f"Expected image file or folder paths, got a {type(given).__name__}; classify images "
+                             "already in memory (PIL images, arrays, tensors, bytes) with classify_images().")
         if not str(given):  # Path("") would be the current folder
             raise ImageError("An empty path was given (an unset shell variable?); name image files or folders.")
         entry = Path(given)
@@ -215,6 +222,25 @@ def iter_prepared(sources: Iterable[str], prepare: Callable[[str], torch.Tensor]
             chunk, futures = pending
             pending = submit(next(chunks, []))  # decoded while the caller handles this batch
             yield chunk, [future.result() for future in futures]
+
+
+def in_memory_image(image: Any) -> Image.Image:
+    """An image held in memory as an 8-bit RGB picture: a PIL image, an encoded file's bytes (checked as files
+    are), a uint8 array (H x W, or H x W x C with 1, 3 or 4 channels, as numpy and OpenCV hold pictures; OpenCV's
+    are BGR: convert them first) or a uint8 tensor (C x H x W, as torchvision.io reads them)."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, (bytes, bytearray)):
+        return decode_image(image)
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3:
+        image = image.permute(1, 2, 0).numpy(force=True)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and (image.ndim == 2 or (
+            image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+        return to_rgb(Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image))
+    shape = f" of shape {tuple(image.shape)} and dtype {image.dtype}" if hasattr(image, "shape") else ""
+    raise ImageError(f"Cannot read a {type(image).__name__}{shape} as an image: give a PIL image, an image file's "
+                     "bytes, a uint8 array (H x W x 3) or a uint8 tensor (3 x H x W). A float tensor already "
+                     "preprocessed for the model goes to Classifier.probabilities(batch) instead.")
 
 
 def stack_inputs(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -10,13 +10,13 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..backends.base import RunInfo, RunnerOptions
 from ..core.device import Device, resolve_device
 from ..core.errors import ImageError, ResnetkitError
 from ..core.fileio import atomic_write, write_text_atomic
-from ..core.images import decode_image, iter_image_paths
+from ..core.images import ImagePaths, decode_image, iter_image_paths
 from ..core.progress import track
 from ..core.spec import RANDOM_WEIGHTS
 from ..run.loading import Classifier, load_model
@@ -86,7 +86,7 @@ def _file_name(stem: str, rank: int, heatmap: Heatmap) -> str:
 
 def explain(
     model: Classifier | str | os.PathLike[str],
-    paths: Iterable[str | os.PathLike[str]],
+    paths: ImagePaths,
     output_dir: str | os.PathLike[str],
     *,
     top_k: int = 3,

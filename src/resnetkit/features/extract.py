@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from ..backends.base import RunInfo, Runner, RunnerOptions, make_runner
 from ..core.device import Device, resolve_device
 from ..core.errors import ModuleRequiredError, ResnetkitError
-from ..core.images import iter_image_paths
+from ..core.images import ImagePaths, iter_image_paths
 from ..core.progress import track
 from ..core.zoo import get_spec, is_zoo_name
 from ..run.classify import prepared_batches
@@ -193,7 +193,7 @@ def collect(extractor: FeatureExtractor, sources: Sequence[str], batch_size: int
 
 def extract_features(
     model: Classifier | str | os.PathLike[str],
-    paths: Iterable[str | os.PathLike[str]],
+    paths: ImagePaths,
     *,
     layer: str | None = None,
     normalize: bool = False,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..backends.base import RunInfo
 from ..core.device import Device
-from ..core.images import iter_image_paths
+from ..core.images import ImagePaths, iter_image_paths
 from ..core.spec import RANDOM_WEIGHTS
 from ..core.zoo import is_zoo_name
 from .extract import collect, load_extractor
@@ -49,7 +49,7 @@ class SimilarReport:
 
 def find_similar(
     embeddings_file: str | os.PathLike[str],
-    images: Iterable[str | os.PathLike[str]],
+    images: ImagePaths,
     *,
     k: int = 5,
     method: str = "auto",

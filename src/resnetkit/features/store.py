@@ -19,7 +19,7 @@ import numpy as np
 from ..backends.base import RunInfo
 from ..core.errors import ResnetkitError
 from ..core.fileio import as_utf8, atomic_write, check_writable, write_text_atomic
-from ..core.images import iter_image_paths
+from ..core.images import ImagePaths, iter_image_paths
 from .extract import Embeddings, load_extractor
 
 META_KEY = b"resnetkit"
@@ -72,7 +72,7 @@ class EmbedReport:
         return {"path": self.path, "rows": self.rows, "failed": self.failed, "info": self.info}
 
 
-def embed_to_file(model: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str],
+def embed_to_file(model: str | os.PathLike[str], paths: ImagePaths, output: str | os.PathLike[str],
                   *, batch_size: int = 16, workers: int | None = None, progress: bool | None = None, **options: Any) -> EmbedReport:
     """Embed images straight into ``output`` (.parquet or .npy), batch by batch; ``options`` as ``extract_features``."""
     target = check_writable(check_output(output))  # before the work, which would be lost

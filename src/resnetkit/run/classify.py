@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
 from ..core.device import Device, usable_cores
 from ..core.errors import ResnetkitError
-from ..core.images import PreparedBatch, iter_image_paths, iter_prepared_batches, prepare_image
+from ..core.images import (ImagePaths, PreparedBatch, in_memory_image, iter_image_paths, iter_prepared_batches,
+                           prepare_image, stack_inputs, to_model_input)
 from .loading import Classifier, load_model
 
 
@@ -50,23 +51,42 @@ def predict_tensors(model: Classifier, batch: torch.Tensor, k: int) -> list[list
 
 def classify(
     model: Classifier | str | os.PathLike[str],
-    paths: Iterable[str | os.PathLike[str]],
+    paths: ImagePaths,
     *,
     top_k: int = 5,
     batch_size: int = 16,
     workers: int | None = None,
 ) -> list[ImageResult]:
-    """Classify image files and folders (walked recursively).
+    """Classify image files and folders (walked recursively): one path or several.
 
     Files that cannot be read get an ``error`` and no predictions; the others are still
-    classified. Results come back in input order.
+    classified. Results come back in input order. Images already in memory: :func:`classify_images`.
     """
-    if top_k < 1:
-        raise ResnetkitError("--top-k must be at least 1.")
+    _check_counts(top_k, batch_size)
     classifier = model if isinstance(model, Classifier) else load_model(model)
     sources = [str(p) for p in iter_image_paths(paths)]
     return [r for chunk in iter_classify(classifier, sources, top_k=top_k, batch_size=batch_size, workers=workers)
             for r in chunk]
+
+
+def classify_images(model: Classifier | str | os.PathLike[str], images: Any, *, top_k: int = 5,
+                    batch_size: int = 16) -> list[list[Prediction]]:
+    """The top-k of each image already in memory, preprocessed as image files are: one image or a list of PIL
+    images, image files' bytes, uint8 arrays (H x W x C) or uint8 tensors (C x H x W); see
+    :func:`~resnetkit.core.images.in_memory_image`. An image that cannot be read is an ``ImageError``."""
+    _check_counts(top_k, batch_size)
+    classifier = model if isinstance(model, Classifier) else load_model(model)
+    pictures = images if isinstance(images, (list, tuple)) else [images]
+    inputs = [to_model_input(in_memory_image(p), classifier.meta.preprocessing) for p in pictures]
+    return [preds for start in range(0, len(inputs), batch_size)
+            for preds in predict_tensors(classifier, stack_inputs(inputs[start:start + batch_size]), top_k)]
+
+
+def _check_counts(top_k: int, batch_size: int) -> None:
+    if top_k < 1:
+        raise ResnetkitError(f"top_k (--top-k) must be at least 1 (got {top_k}).")
+    if batch_size < 1:
+        raise ResnetkitError(f"batch_size (--batch-size) must be at least 1 (got {batch_size}).")
 
 
 def default_workers(device: Device) -> int:

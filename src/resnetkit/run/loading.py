@@ -126,12 +126,12 @@ def _load_file_weights(spec: ModelSpec, module: nn.Module, path: Path) -> None:
 def load_model(
     ref: str | os.PathLike[str],
     *,
-    weights: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
     pretrained: bool = True,
     backend: str | None = None,
     options: RunnerOptions | None = None,
     progress: bool | None = None,
-    device: str | None = None,
+    device: str | torch.device | None = None,
 ) -> Classifier:
     """Load a model reference: a zoo name (with published, chosen or no weights) or an artifact path.
 
@@ -145,10 +145,14 @@ def load_model(
     is where it runs, shorthand for ``options.device`` (default ``auto``: the first CUDA GPU, else the CPU).
     The runner is built on first use.
     """
-    ref = str(ref)
+    if not isinstance(ref, (str, os.PathLike)):
+        raise UnknownModelError(f"load_model takes a zoo name or a model file's path, not a {type(ref).__name__}; "
+                                "weights of a zoo architecture saved with torch.save(module.state_dict(), FILE) "
+                                "load as load_model(ARCH, weights=FILE).")
+    ref, weights = str(ref), None if weights is None else str(weights)
     options = options or RunnerOptions()
     if device is not None:
-        options = options.on(resolve_device(device))
+        options = options.on(resolve_device(str(device)))
     if is_zoo_name(ref):
         spec = get_spec(ref)
         module, meta = _zoo_module(spec, weights, pretrained, progress)
