@@ -95,6 +95,8 @@ def test_folders_are_walked_for_images_only(tmp_path):
     make_image(tmp_path / "d" / "sub" / "a.jpg")
     for name in ("c.JFIF", "d.jpe"):  # JPEGs as some cameras and browsers name them
         make_image(tmp_path / "d" / "sub" / name, format="JPEG")
+    make_image(tmp_path / "d" / ".thumbnails" / "t.png")  # a hidden folder is not data, as a hidden file is not
+    make_image(tmp_path / "d" / ".hidden.png")
     (tmp_path / "d" / "notes.txt").write_text("x")
     explicit = tmp_path / "x.dat"
     explicit.write_bytes(b"??")

@@ -108,6 +108,7 @@ def test_evaluate_on_generated_folder_counts_skipped_files(tmp_path):
         for i in range(3):
             make_image(tmp_path / "data" / name / f"{i}.png", size=(32, 32), seed=i)
     (tmp_path / "data" / "dog" / "junk.jpg").write_bytes(b"junk")
+    make_image(tmp_path / "data" / "dog" / ".ipynb_checkpoints" / "0-checkpoint.png")  # hidden: not data
     report = evaluate(load_model("cifar_resnet20", pretrained=False), tmp_path / "data", batch_size=4, workers=0)
     assert report.n_images == 6 and report.n_skipped == 1 and report.skipped_files == [
         f"{tmp_path / 'data' / 'dog' / 'junk.jpg'} is not an image format that can be read (JPEG, PNG, BMP, GIF, TIFF, "

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DatasetError, ImageError
-from .images import decode_image, is_image_file, stack_inputs
+from .images import decode_image, images_under, stack_inputs
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def scan_class_folders(root: str | os.PathLike[str]) -> tuple[list[str], list[tu
     folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(f"{base} has no class sub-folders. Expected {base}/<class name>/<image files>.")
-    listing = [(f.name, sorted(p for p in f.rglob("*") if p.is_file() and is_image_file(p))) for f in folders]
+    listing = [(f.name, images_under(f)) for f in folders]
     empty = [name for name, files in listing if not files]
     if empty:
         raise DatasetError(f"Class folder(s) without images in {base}: {', '.join(empty)}.")

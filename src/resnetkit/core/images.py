@@ -178,6 +178,13 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def images_under(folder: Path) -> list[Path]:
+    """The image files anywhere under ``folder``, sorted; hidden files and whatever lies in hidden folders
+    (.thumbnails, .ipynb_checkpoints, .git) are not data."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 ImagePaths = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]  # one image file or folder, or several
 
 
@@ -192,7 +199,7 @@ def iter_image_paths(paths: ImagePaths) -> Iterator[Path]:
             raise ImageError("An empty path was given (an unset shell variable?); name image files or folders.")
         entry = Path(given)
         if entry.is_dir():
-            yield from sorted(p for p in entry.rglob("*") if p.is_file() and is_image_file(p))
+            yield from images_under(entry)
         else:
             yield entry
 
