@@ -55,6 +55,11 @@ def test_bytes_and_paths_give_the_same_image(tmp_path):
 def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(ImageError, match="empty"):
         decode_image(b"")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # handed to an image command
+    with pytest.raises(ImageError, match="clip.mp4 is a video, not an image: 'resnetkit classify'"):
+        decode_image(tmp_path / "clip.mp4")
+    with pytest.raises(ImageError, match="https://example.com/cat.jpg is a URL: .* download it first"):
+        list(iter_image_paths("https://example.com/cat.jpg"))
     (tmp_path / "zero.jpg").touch()
     with pytest.raises(ImageError, match=r"zero.jpg is empty \(0 bytes\)"):  # not "not an image format"
         decode_image(tmp_path / "zero.jpg")

@@ -40,6 +40,8 @@ DRAFT_MARGIN = 4.0
 # photos come in; an AVIF on a Pillow without AVIF support (before 11.2) becomes an error row, not a silent skip
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                     ".avif", ".ppm", ".pgm")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv",
+                  ".wmv", ".3gp", ".ogv")  # what 'classify' reads as videos, frame by frame
 DEFAULT_MAX_PIXELS = 50_000_000  # refuse larger images (decompression bombs); ~7000 x 7000
 
 
@@ -83,6 +85,9 @@ def decode_image(
     except ImageError:
         raise
     except UnidentifiedImageError:
+        if not isinstance(source, (bytes, bytearray)) and Path(source).suffix.lower() in VIDEO_SUFFIXES:
+            raise ImageError(f"{what} is a video, not an image: 'resnetkit classify' (classify_video in Python) "
+                             "classifies videos frame by frame.") from None
         raise ImageError(f"{what} is not an image format that can be read (JPEG, PNG, BMP, GIF, TIFF, WebP...).") from None
     except Image.DecompressionBombError as exc:  # above twice Pillow's own limit, which --max-pixels cannot raise
         raise ImageError(f"{what} is too large to decode safely: {exc} (Pillow's limit; a larger --max-pixels does "
@@ -195,6 +200,8 @@ def iter_image_paths(paths: ImagePaths) -> Iterator[Path]:
         if not isinstance(given, (str, os.PathLike)):
             raise ImageError(f"Expected image file or folder paths, got a {type(given).__name__}; classify images "
                              "already in memory (PIL images, arrays, tensors, bytes) with classify_images().")
+        if str(given).lower().startswith(("http://", "https://")):
+            raise ImageError(f"{given} is a URL: resnetkit reads image files, not URLs; download it first.")
         if not str(given):  # Path("") would be the current folder
             raise ImageError("An empty path was given (an unset shell variable?); name image files or folders.")
         entry = Path(given)

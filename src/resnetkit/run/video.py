@@ -22,13 +22,11 @@ from PIL import Image
 
 from ..backends.base import RunInfo
 from ..core.errors import ResnetkitError
-from ..core.images import stack_inputs, to_model_input
+from ..core.images import VIDEO_SUFFIXES, stack_inputs, to_model_input
 from ..core.processes import keep_freed_memory_for_reuse
 from .loading import Classifier, load_model
 from .classify import Prediction, top_k as top_k_predictions
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv",
-                  ".wmv", ".3gp", ".ogv")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 CAMERA_PREFIX = "/dev/video"
 # The fewest classified frames a keeps-up verdict rests on. The factor is a mean over the frames timed, and with
