@@ -141,6 +141,16 @@ def test_kserve_v1_predict(server, images, expected):
     assert broken.status_code == 400 and broken.json()["error"].startswith("Not a KServe v1 request: body: Invalid JSON")
 
 
+def test_kserve_v1_takes_the_instance_forms_clients_send(server, images, expected):
+    forms = [b64(images[0]), {"data": b64(images[1])}, {"image": {"b64": b64(images[2])}}]  # bare, TorchServe, TF
+    response = httpx.post(f"{server}/v1/models/cifar_resnet20:predict?top_k=3", json={"instances": forms})
+    assert [[p["label"] for p in row] for row in response.json()["predictions"]] == expected[:3]
+    both = httpx.post(f"{server}/v1/models/cifar_resnet20:predict", json={"instances": [{"b64": "x", "data": "y"}]})
+    assert both.status_code == 400 and both.json()["error"] == (
+        'Not a KServe v1 request: instances.0: Value error, give each image as one of: a base64 string, {"b64": ...}, '
+        '{"data": ...} or {"image": {"b64": ...}}. Send JSON like {"instances": [{"b64": "<base64 image file>"}]}.')
+
+
 def test_v2_versioned_paths_name_the_one_version(server, images):
     body = {"inputs": [bytes_input([b64(images[0])])], "outputs": [{"name": "label"}]}
     plain = httpx.post(f"{server}{INFER}", json=body).json()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 # The nested models of json_body's schemas; app.py adds them to the OpenAPI document's components.schemas.
@@ -207,12 +207,39 @@ class OipInferenceResponse(BaseModel):
     outputs: list[OipResponseOutput]
 
 
-class KServeV1Instance(BaseModel):
+class KServeV1Image(BaseModel):
     b64: str = Field(description="The image file, base64-encoded.")
 
 
+class KServeV1Instance(BaseModel):
+    """One image file, base64-encoded, in any of the forms KServe v1 clients send: ``{"b64": ...}``, a bare
+    string, ``{"data": ...}`` (TorchServe's KServe handlers) or ``{"image": {"b64": ...}}`` (TensorFlow Serving's
+    and KServe's image examples); exactly one of them."""
+
+    b64: str | None = Field(default=None, description="The image file, base64-encoded.")
+    data: str | None = Field(default=None, description="The same, as TorchServe's KServe handlers send it.")
+    image: KServeV1Image | None = Field(default=None, description="The same, as TensorFlow Serving's examples do.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_string(cls, value: Any) -> Any:
+        return {"b64": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "KServeV1Instance":
+        if sum(form is not None for form in (self.b64, self.data, self.image)) != 1:
+            raise ValueError('give each image as one of: a base64 string, {"b64": ...}, {"data": ...} or '
+                             '{"image": {"b64": ...}}')
+        return self
+
+    @property
+    def encoded(self) -> str:
+        """The base64 text, whichever form carried it."""
+        return self.b64 or self.data or (self.image.b64 if self.image else "")
+
+
 class KServeV1Request(BaseModel):
-    instances: list[KServeV1Instance | str] = Field(min_length=1)
+    instances: list[KServeV1Instance] = Field(min_length=1)
 
 
 class KServeV1Response(BaseModel):

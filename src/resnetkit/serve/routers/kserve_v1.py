@@ -18,12 +18,13 @@ router = APIRouter(tags=["KServe v1"], dependencies=[Depends(require_token)],
              openapi_extra=json_body(KServeV1Request), summary="Top-k of each base64 image instance")
 async def predict(model: str, request: Request, hub: Hub,
                   top_k: Annotated[int, Query(ge=1, le=1000, description="Labels per image.")] = 5) -> KServeV1Response:
-    """Instances are ``{"b64": "<base64 image file>"}`` (or bare base64 strings); an unreadable one fails the request."""
+    """Instances are ``{"b64": "<base64 image file>"}`` (or bare base64 strings, ``{"data": ...}``,
+    ``{"image": {"b64": ...}}``); an unreadable one fails the request."""
     served = hub.get(model)
     body = await read_body(request, hub.settings.max_upload_bytes)
     instances = parse_json(body, KServeV1Request, "a KServe v1 request",
                            '{"instances": [{"b64": "<base64 image file>"}]}').instances
-    images = [decode_base64(i if isinstance(i, str) else i.b64, f"Instance {n}") for n, i in enumerate(instances)]
+    images = [decode_base64(i.encoded, f"Instance {n}") for n, i in enumerate(instances)]
     outcomes = await classify_images(request, hub, served, images, top_k)
     predictions = []
     for n, outcome in enumerate(outcomes):
