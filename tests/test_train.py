@@ -303,6 +303,41 @@ def test_resume_refuses_a_folder_without_a_run(tmp_path: Path) -> None:
         resume(tmp_path)
 
 
+def test_resume_refuses_settings_it_would_ignore_and_a_shorter_run(trained_run: tuple[Path, dict]) -> None:
+    run_dir = trained_run[0]
+    ignored = run_cli("train", "--resume", run_dir, "--lr", "0.5", "--batch-size", "16", "--epochs", "4")
+    assert ignored.returncode == 2 and ignored.stderr.startswith(  # --lr used to be dropped without a word
+        f"error: --resume {run_dir} goes on with the run's saved settings, so --lr, --batch-size would be ignored")
+    shorter = run_cli("train", "--resume", run_dir, "--epochs", "1")
+    assert shorter.returncode == 2 and "has already trained 3 epochs; --epochs 1 cannot shorten it" in shorter.stderr
+
+
+def test_a_new_run_keeps_off_an_earlier_runs_results_and_records_absolute_paths(trained_run: tuple[Path, dict],
+                                                                               shapes: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    finished = tmp_path / "finished"
+    shutil.copytree(trained_run[0], finished)
+    (finished / "last.pt").unlink()  # only best.pt and metrics.json left: still results, not to overwrite
+    with pytest.raises(TrainingError, match=r"holds files of an earlier run \(best.pt, metrics.json\)"):
+        run(scratch(shapes, finished, epochs=1), progress_bar=False)
+    monkeypatch.chdir(shapes.parent)
+    run(scratch(Path(shapes.name), tmp_path / "relative", epochs=1), progress_bar=False)
+    assert json.loads((tmp_path / "relative" / "config.json").read_text())["data_dir"] == str(shapes)
+    monkeypatch.chdir(tmp_path)  # the run resumes from anywhere: its data folder is recorded absolute
+    assert resume(tmp_path / "relative", epochs=2, progress_bar=False)["epochs_run"] == 2
+
+
+def test_an_exported_model_is_refused_for_training_with_one_clear_line(shapes: Path, tmp_path: Path) -> None:
+    from resnetkit.backends.torchscript import save_torchscript
+
+    spec = get_spec("cifar_resnet20")
+    script = save_torchscript(spec.build().eval(), spec.meta().replace(weights="random"), tmp_path / "m.torchscript")
+    done = run_cli("finetune", script, shapes, "-o", tmp_path / "run", "--epochs", "1")
+    assert done.returncode == 2 and done.stderr.startswith("error: 'training' needs the PyTorch model, but cifar_resnet20 was "
+                                                           "loaded from an exported file")
+    assert not (tmp_path / "run").exists()
+
+
 # --- bad data ---------------------------------------------------------------------------
 
 def test_unreadable_files_are_skipped_and_counted(shapes: Path, tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ MODE = _param("mode", _opt(str | None, "--mode", help=default("What trains: head
 HEAD_LR = _param("head_lr", _opt(float | None, "--head-lr", help=default("Peak learning rate of the classifier layer.", "10 x --lr for a new head, else --lr")))
 TEACHER = _param("teacher", _opt(str | None, "--teacher", help="Teacher model reference (frozen, eval mode); required unless --resume."))
 STUDENT = _param("model", _opt(str | None, "--student", help="Student model reference; required unless --resume."))
+CONTEXT = _param("context", typer.Context)  # what was given on the command line (see RESUME_MAY_CHANGE)
 DISTILL_OPTIONS = [
     _param("temperature", _opt(float, "--temperature", help="Softmax temperature T of the KL term."), 4.0),
     _param("alpha", _opt(float, "--alpha", help="Weight of the KL term; 1 - alpha weights cross-entropy."), 0.5),
@@ -103,11 +104,14 @@ def _launch(task: str, options: dict[str, Any]) -> None:
 
 def _start(task: str, options: dict[str, Any]) -> None:
     run_dir, json_output, with_baseline = options.pop("resume"), options.pop("json_output"), options.pop("baseline", False)
-    config = _saved_config(run_dir, options["epochs"]) if run_dir else _config(task, options)
+    context = options.pop("context")
+    if run_dir:
+        _refuse_settings_besides_resume(run_dir, context)
+    config = _saved_config(run_dir, options["epochs"], options["workers"]) if run_dir else _config(task, options)
     if config.task == "distill" and with_baseline:
         result = distill_with_baseline(config, resuming=bool(run_dir))
     else:  # with --resume, also the baseline folder of a distillation
-        result = resume(run_dir, epochs=config.epochs) if run_dir else run(config)
+        result = resume(run_dir, epochs=config.epochs, workers=config.workers) if run_dir else run(config)
     if launched_rank() != 0:
         return
     if json_output:
@@ -118,9 +122,25 @@ def _start(task: str, options: dict[str, Any]) -> None:
         _print_summary(result, run_dir or options["out_dir"])
 
 
-def _saved_config(run_dir: str, epochs: int | None) -> TrainConfig:
+# what --resume may change: how long the run goes on, how its data is loaded, what is printed; the other options
+# are the run's saved settings, and one given beside --resume would be ignored
+RESUME_MAY_CHANGE = ("resume", "epochs", "workers", "json_output", "baseline")
+
+
+def _refuse_settings_besides_resume(run_dir: str, context: typer.Context) -> None:
+    given = [param.opts[-1] if param.param_type_name == "option" else param.human_readable_name
+             for param in context.command.params if param.name not in RESUME_MAY_CHANGE
+             and getattr(context.get_parameter_source(param.name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")]
+    if given:
+        raise TrainingError(f"--resume {run_dir} goes on with the run's saved settings, so {', '.join(given)} would be "
+                            "ignored: drop them (with --resume only --epochs, --workers and --json may be given), or "
+                            "start a new run with -o.")
+
+
+def _saved_config(run_dir: str, epochs: int | None, workers: int | None) -> TrainConfig:
     config = load_resumable(run_dir).config.replace(out_dir=run_dir)
-    return config.replace(epochs=epochs) if epochs else config
+    changes = {name: value for name, value in (("epochs", epochs), ("workers", workers)) if value is not None}
+    return config.replace(**changes)
 
 
 def _print_summary(summary: dict[str, Any], run_dir: str) -> None:
@@ -154,7 +174,7 @@ def _command(task: str, leading: list[inspect.Parameter], doc: str) -> Callable[
     def command(**options: Any) -> None:
         _launch(task, options)
 
-    command.__signature__ = inspect.Signature(leading + COMMON)  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature([CONTEXT, *leading, *COMMON])  # type: ignore[attr-defined]
     command.__doc__ = doc
     return command
 

@@ -26,7 +26,7 @@ from .engine import Objective, Trainer
 from .hardware import Hardware, processes_on_this_machine
 from .hardware import plan as hardware_plan
 from .objectives import CrossEntropyObjective, DistillationObjective
-from .reporting import Log, stderr_log
+from .reporting import METRICS_JSON, Log, stderr_log
 
 CONFIG = "config.json"  # the run's settings, readable while it trains (checkpoints carry them too)
 
@@ -62,6 +62,7 @@ def _removed_if_unfinished(out_dir: str | None, ctx: Dist) -> Iterator[None]:
 def new_trainer(config: TrainConfig, ctx: Dist, *, log: Log = stderr_log, progress_bar: bool | None = None) -> Trainer:
     """The :class:`Trainer` of a new run in ``config.out_dir`` (its ``config.json`` written), ready to ``fit()``."""
     run_dir = _new_run_folder(config)
+    config = _absolute_paths(config)
     hardware = hardware_plan(config, ctx.device, processes_on_this_machine())
     teacher = _load_teacher(config)
     splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed,
@@ -93,7 +94,21 @@ def _new_run_folder(config: TrainConfig) -> Path:
         raise TrainingError(f"-o {run_dir} is a file, not a folder; pick a folder for the run.")
     if (run_dir / ckpt.LAST).exists():
         raise TrainingError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, or pick another -o.")
+    earlier = [name for name in (ckpt.BEST, METRICS_JSON) if (run_dir / name).exists()]  # finished work
+    if earlier:
+        raise TrainingError(f"{run_dir} holds files of an earlier run ({', '.join(earlier)}) that this run would "
+                            "overwrite; pick another -o, or move them away.")
     return run_dir
+
+
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with the folders and model files it names made absolute, so that the run resumes from any
+    working directory (zoo names stay as they are)."""
+    def absolute(ref: str | None) -> str | None:
+        return str(Path(ref).resolve()) if ref and not is_zoo_name(ref) and Path(ref).exists() else ref
+
+    return config.replace(data_dir=absolute(config.data_dir), val_dir=absolute(config.val_dir),
+                          model=absolute(config.model), teacher=absolute(config.teacher))
 
 
 def _check_outside_class_folders(run_dir: Path, splits: DataSplits) -> None:
@@ -105,11 +120,16 @@ def _check_outside_class_folders(run_dir: Path, splits: DataSplits) -> None:
                                 "would become images of a class; pick a folder outside it.")
 
 
-def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None, log: Log = stderr_log,
-           progress_bar: bool | None = None) -> dict[str, Any]:
-    """Continue the run saved in ``run_dir`` exactly where it stopped (optionally for more ``epochs``)."""
+def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None, workers: int | None = None,
+           log: Log = stderr_log, progress_bar: bool | None = None) -> dict[str, Any]:
+    """Continue the run saved in ``run_dir`` exactly where it stopped (optionally for more ``epochs``, with other
+    data-loading ``workers``, which do not change what is trained)."""
     state = ckpt.load_resumable(run_dir)
-    config = state.config.replace(out_dir=str(run_dir), **({"epochs": epochs} if epochs else {}))
+    if epochs is not None and epochs < state.progress.epoch:
+        raise TrainingError(f"{run_dir} has already trained {state.progress.epoch} epochs; --epochs {epochs} cannot "
+                            f"shorten it: give more than {state.progress.epoch} to extend it, or none to finish it.")
+    changes = {name: value for name, value in (("epochs", epochs), ("workers", workers)) if value is not None}
+    config = state.config.replace(out_dir=str(run_dir), **changes)
     ctx = distributed.setup(config.device)
     try:
         hardware = hardware_plan(config, ctx.device, processes_on_this_machine())
@@ -155,14 +175,14 @@ def initial_model(ref: str, classes: list[str], pretrained: bool, run_dir: Path)
     new_head = True
     if pretrained:
         classifier = load_model(ref)
-        module, meta = classifier.module, classifier.meta
+        module, meta = classifier.torch_module("training"), classifier.meta
         new_head = list(meta.categories) != list(classes)
         if new_head:
             replace_head(module, get_spec(meta.arch).head, len(classes))
     else:
         arch = ref if is_zoo_name(ref) else load_model(ref).meta.arch
         module, meta = get_spec(arch).build(len(classes)), get_spec(arch).meta()
-    meta = meta.replace(name=run_dir.name, categories=tuple(classes), metrics=PublishedMetrics(),
+    meta = meta.replace(name=run_dir.resolve().name, categories=tuple(classes), metrics=PublishedMetrics(),
                         weights=str(run_dir / ckpt.BEST), extra={})
     return module, meta, new_head
 
@@ -176,7 +196,12 @@ def replace_head(module: nn.Module, head: str, num_classes: int) -> None:
 
 
 def _load_teacher(config: TrainConfig) -> Classifier | None:
-    return load_model(config.teacher) if config.task == "distill" and config.teacher else None
+    """The teacher, whose PyTorch module runs beside the student (an exported file is refused, saying so)."""
+    if config.task != "distill" or not config.teacher:
+        return None
+    teacher = load_model(config.teacher)
+    teacher.torch_module("distill")
+    return teacher
 
 
 def check_same_input(teacher: ModelMeta, student: ModelMeta) -> None:
@@ -190,7 +215,7 @@ def check_same_input(teacher: ModelMeta, student: ModelMeta) -> None:
 def _objective(config: TrainConfig, teacher: Classifier | None, hardware: Hardware) -> Objective:
     if teacher is None:
         return CrossEntropyObjective(config.label_smoothing)
-    module = teacher.module.to(hardware.device.torch, memory_format=hardware.memory_format)
+    module = teacher.torch_module("distill").to(hardware.device.torch, memory_format=hardware.memory_format)
     return DistillationObjective(module, config.temperature, config.alpha, config.label_smoothing)
 
 

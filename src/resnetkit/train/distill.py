@@ -18,7 +18,8 @@ BASELINE_DIR = "baseline"
 def run_or_resume(config: TrainConfig, log: Log, progress_bar: bool | None) -> dict[str, Any]:
     """Resume ``config.out_dir`` (for ``config.epochs``) if it holds a run, else start it."""
     if (Path(str(config.out_dir)) / ckpt.LAST).exists():
-        return resume(str(config.out_dir), epochs=config.epochs, log=log, progress_bar=progress_bar)
+        return resume(str(config.out_dir), epochs=config.epochs, workers=config.workers, log=log,
+                      progress_bar=progress_bar)
     return run(config, log=log, progress_bar=progress_bar)
 
 
@@ -31,8 +32,8 @@ def baseline_config(config: TrainConfig) -> TrainConfig:
 def distill_with_baseline(config: TrainConfig, *, log: Log = stderr_log, progress_bar: bool | None = None,
                           resuming: bool = False) -> dict[str, Any]:
     """Distil (or resume distilling), then train the baseline; ``distill_report.json`` compares them."""
-    distilled = resume(str(config.out_dir), epochs=config.epochs, log=log, progress_bar=progress_bar) if resuming \
-        else run(config, log=log, progress_bar=progress_bar)
+    distilled = (resume(str(config.out_dir), epochs=config.epochs, workers=config.workers, log=log,
+                        progress_bar=progress_bar) if resuming else run(config, log=log, progress_bar=progress_bar))
     log("baseline: the same student without the teacher")
     baseline = run_or_resume(baseline_config(config), log, progress_bar)
     report = {"teacher": config.teacher, "student": config.model, "temperature": config.temperature, "alpha": config.alpha,

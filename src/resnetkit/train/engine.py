@@ -271,6 +271,8 @@ class Trainer:
         sums = torch.zeros(2, dtype=torch.float64, device=self.ctx.device.torch)
         seen = 0
         for batch in loader:
+            for why in batch.skipped:
+                self.log(f"validation: skipped unreadable file: {why}")
             if not len(batch.labels):
                 continue
             with self.step.autocast():

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..core.fileio import atomic_write, write_text_atomic
 
 Log = Callable[[str], None]
+METRICS_JSON = "metrics.json"  # the run's summary and every epoch's row
 COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "images", "skipped", "seconds", "images_per_s",
            "data_wait")
 STATUS_EVERY_S = 0.5  # the bar's status (which waits for the device) is read at most this often
@@ -80,7 +81,7 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]], summary: dict[st
     writer.writeheader()
     writer.writerows(history)
     write_text_atomic(run_dir / "metrics.csv", buffer.getvalue())
-    write_text_atomic(run_dir / "metrics.json", json.dumps({"summary": summary, "epochs": history}, indent=2) + "\n")
+    write_text_atomic(run_dir / METRICS_JSON, json.dumps({"summary": summary, "epochs": history}, indent=2) + "\n")
     if history:
         plot_curves(run_dir / "curves.png", history)
 
