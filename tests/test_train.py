@@ -312,6 +312,18 @@ def test_resume_refuses_settings_it_would_ignore_and_a_shorter_run(trained_run: 
     assert shorter.returncode == 2 and "has already trained 3 epochs; --epochs 1 cannot shorten it" in shorter.stderr
 
 
+def test_resuming_in_another_number_of_processes_says_it_is_not_exact(trained_run: tuple[Path, dict],
+                                                                     tmp_path: Path) -> None:
+    run_dir = tmp_path / "two"
+    shutil.copytree(trained_run[0], run_dir)
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    state["train_state"]["ranks"] *= 2  # as a run of two torchrun processes saves it
+    torch.save(state, run_dir / "last.pt")
+    lines: list[str] = []
+    resume(run_dir, epochs=4, log=lines.append, progress_bar=False)
+    assert any(line.startswith("note: this run was saved by 2 training process(es) and goes on in 1:") for line in lines)
+
+
 def test_a_new_run_keeps_off_an_earlier_runs_results_and_records_absolute_paths(trained_run: tuple[Path, dict],
                                                                                shapes: Path, tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:

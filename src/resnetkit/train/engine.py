@@ -187,6 +187,10 @@ class Trainer:
         self.step.scaler.load_state_dict(resume.scaler)
         self.progress = resume.progress
         self.progress.partial = ckpt.restore_rank_state(resume.ranks[self.ctx.rank % len(resume.ranks)])
+        if len(resume.ranks) != self.ctx.world:
+            self.log(f"note: this run was saved by {len(resume.ranks)} training process(es) and goes on in "
+                     f"{self.ctx.world}: not as the uninterrupted run would (each process's data order, and the "
+                     f"interrupted epoch's partial sums, differ); resume with {len(resume.ranks)} for that.")
 
     # --- the loop -------------------------------------------------------------------------
 
