@@ -146,10 +146,11 @@ def _saved_config(run_dir: str, epochs: int | None, workers: int | None) -> Trai
 def _print_summary(summary: dict[str, Any], run_dir: str) -> None:
     best, final = summary["best"], summary["final"]
     if best and best.get("val_top1") is not None:
-        console.print(f"best epoch {best['epoch']}: val top-1 {best['val_top1']:.2f} % (val loss {best['val_loss']:.4f})")
+        console.print(f"best epoch {best['epoch']}: val top-1 {best['val_top1']:.2f} % on {_images(best)} "
+                      f"(val loss {best['val_loss']:.4f})")
     if final:
         stop = " (stopped early)" if summary["stopped_early"] else ""
-        val = f", val top-1 {final['val_top1']:.2f} %" if final.get("val_top1") is not None else ""
+        val = f", val top-1 {final['val_top1']:.2f} % on {_images(final)}" if final.get("val_top1") is not None else ""
         console.print(f"last epoch {final['epoch']}{stop}: train loss {final['train_loss']:.4f}{val}")
     if final and final["skipped"]:
         console.print(f"{final['skipped']} unreadable file(s) skipped per epoch (listed in the log)")
@@ -163,7 +164,12 @@ def _print_comparison(report: dict[str, Any]) -> None:
     for name in ("distilled", "baseline"):
         row = report[name]
         console.print(f"  {name:<9} final val top-1 {_pct(row['final_val_top1'])}, best {_pct(row['best_val_top1'])} "
-                      f"(epoch {row['best_epoch']})")
+                      f"(epoch {row['best_epoch']}), on {_images(row)}")
+
+
+def _images(row: dict[str, Any]) -> str:
+    """How many validation images a row's accuracy is on (rows of runs saved before it was recorded have none)."""
+    return f"{row['val_images']} images" if row.get("val_images") else "the validation images"
 
 
 def _pct(value: float | None) -> str:

@@ -45,4 +45,5 @@ def distill_with_baseline(config: TrainConfig, *, log: Log = stderr_log, progres
 def _outcome(summary: dict[str, Any]) -> dict[str, Any]:
     best, final = summary["best"] or {}, summary["final"] or {}
     return {"best_epoch": summary["best_epoch"], "best_val_top1": best.get("val_top1"),
-            "final_val_top1": final.get("val_top1"), "final_train_loss": final.get("train_loss")}
+            "final_val_top1": final.get("val_top1"), "final_train_loss": final.get("train_loss"),
+            "val_images": final.get("val_images")}

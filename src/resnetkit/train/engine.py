@@ -270,7 +270,7 @@ class Trainer:
     def _validate(self, loader: DataLoader) -> dict[str, Any]:
         """Loss and top-1 on the validation split (cross-entropy, no smoothing), reduced over ranks."""
         if not self.splits.val:
-            return {"val_loss": None, "val_top1": None}
+            return {"val_loss": None, "val_top1": None, "val_images": 0}
         self.module.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.ctx.device.torch)
         seen = 0
@@ -291,7 +291,7 @@ class Trainer:
         if not math.isfinite(loss_sum):
             raise TrainingError(f"The validation loss became {loss_sum}: training diverged; lower --lr (or enable "
                                 "--clip-grad).")
-        return {"val_loss": loss_sum / seen, "val_top1": 100.0 * correct / seen}
+        return {"val_loss": loss_sum / seen, "val_top1": 100.0 * correct / seen, "val_images": int(seen)}
 
     def _end_epoch(self, row: dict[str, Any]) -> None:
         self._check_finite_weights(row["epoch"])

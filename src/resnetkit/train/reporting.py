@@ -16,8 +16,8 @@ from ..core.fileio import atomic_write, write_text_atomic
 
 Log = Callable[[str], None]
 METRICS_JSON = "metrics.json"  # the run's summary and every epoch's row
-COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "images", "skipped", "seconds", "images_per_s",
-           "data_wait")
+COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_images", "images", "skipped", "seconds",
+           "images_per_s", "data_wait")
 STATUS_EVERY_S = 0.5  # the bar's status (which waits for the device) is read at most this often
 
 
