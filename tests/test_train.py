@@ -483,6 +483,9 @@ def test_cli_resume_extends_a_finished_run(trained_run: tuple[Path, dict], tmp_p
     assert done.returncode == 0, done.stderr
     assert "3 of 4 epochs done" in done.stderr and json.loads(done.stdout)["epochs_run"] == 4
     assert epoch_metrics(run_dir)[:3] == epoch_metrics(trained_run[0])
+    summary = run_cli("train", "--resume", run_dir).stdout  # finished: prints the summary again
+    best = json.loads((run_dir / "metrics.json").read_text())["summary"]["best"]
+    assert f"best epoch {best['epoch']}: val top-1 {best['val_top1']:.2f} % on 24 images" in summary
 
 
 # --- distillation ---------------------------------------------------------------------------
