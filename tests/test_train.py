@@ -509,6 +509,19 @@ def test_distill_reports_student_with_and_without_teacher(trained_run: tuple[Pat
     assert json.loads((tmp_path / "kd" / "distill_report.json").read_text()) == report
 
 
+def test_a_baseline_interrupted_says_the_distillation_folder_finishes_it(trained_run: tuple[Path, dict], shapes: Path,
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    config = scratch(shapes, tmp_path / "kd", task="distill", teacher=str(trained_run[0] / "best.pt"), epochs=1)
+    fail_at_call(monkeypatch, 7, ctrl_c)  # in the baseline: the distillation (5 batches) counts 5 cross-entropies
+    with pytest.raises(TrainingInterrupted, match=r"Or --resume .*kd, which finishes the baseline and writes "
+                                                  "distill_report.json"):
+        distill_with_baseline(config, progress_bar=False)
+    monkeypatch.undo()
+    distill_with_baseline(config, progress_bar=False, resuming=True)
+    assert json.loads((tmp_path / "kd" / "distill_report.json").read_text())["baseline"]["best_epoch"] == 1
+
+
 # --- distributed ----------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from typing import Any
 from ..core.fileio import write_text_atomic
 from . import checkpoint as ckpt
 from .api import resume, run
-from .config import TrainConfig
+from .config import TrainConfig, TrainingInterrupted
 from .reporting import Log, stderr_log
 
 BASELINE_DIR = "baseline"
@@ -35,7 +35,11 @@ def distill_with_baseline(config: TrainConfig, *, log: Log = stderr_log, progres
     distilled = (resume(str(config.out_dir), epochs=config.epochs, workers=config.workers, log=log,
                         progress_bar=progress_bar) if resuming else run(config, log=log, progress_bar=progress_bar))
     log("baseline: the same student without the teacher")
-    baseline = run_or_resume(baseline_config(config), log, progress_bar)
+    try:
+        baseline = run_or_resume(baseline_config(config), log, progress_bar)
+    except TrainingInterrupted as exc:  # resuming the distillation's folder finishes the baseline and the report
+        raise TrainingInterrupted(f"{exc} (Or --resume {config.out_dir}, which finishes the baseline and writes "
+                                  "distill_report.json.)") from None
     report = {"teacher": config.teacher, "student": config.model, "temperature": config.temperature, "alpha": config.alpha,
               "epochs": config.epochs, "distilled": _outcome(distilled), "baseline": _outcome(baseline)}
     write_text_atomic(Path(str(config.out_dir)) / "distill_report.json", json.dumps(report, indent=2) + "\n")
