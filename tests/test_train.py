@@ -298,6 +298,14 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(trained_run: tuple[Path
     assert all(torch.allclose(reloaded[k].float(), original[k].float(), atol=1e-5) for k in original)
 
 
+def test_a_validation_folder_that_is_the_training_folder_or_beside_val_split_is_refused(shapes: Path,
+                                                                                          tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="The validation folder is the training folder"):
+        run(scratch(shapes / "train", tmp_path / "same", val_dir=str(shapes / "train")), progress_bar=False)
+    with pytest.raises(DatasetError, match=r"--val-split holds images out of .* only when there is no validation"):
+        run(scratch(shapes, tmp_path / "both", val_split=0.2), progress_bar=False)  # shapes has val/: was ignored
+
+
 def test_resume_refuses_a_folder_without_a_run(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="Nothing to resume"):
         resume(tmp_path)

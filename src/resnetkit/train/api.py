@@ -157,9 +157,9 @@ def finetune_module(module: nn.Module, meta: ModelMeta, train_dir: str | Path, *
     metrics (``train_loss``, ``train_top1``, ``val_loss``, ``val_top1`` (None without ``val_dir``), ...).
     """
     config = TrainConfig(task="finetune", model=meta.name, data_dir=str(train_dir), val_dir=str(val_dir) if val_dir else None,
-                         val_split=0.0, mode="full", epochs=epochs, lr=lr, head_lr=lr, batch_size=batch_size,
-                         workers=workers, seed=seed)
-    splits = load_splits(config.data_dir, config.val_dir, 0.0, seed, meta.categories)
+                         val_split=None if val_dir else 0.0, mode="full", epochs=epochs, lr=lr, head_lr=lr,
+                         batch_size=batch_size, workers=workers, seed=seed)
+    splits = load_splits(config.data_dir, config.val_dir, config.val_split, seed, meta.categories)
     torch.manual_seed(seed)
     device = resolve_device(str(next(module.parameters()).device))
     hardware = hardware_plan(config, device)

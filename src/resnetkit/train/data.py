@@ -111,6 +111,14 @@ def load_splits(data_dir: str, val_dir: str | None, val_split: float | None, see
     if categories is None and len(classes) < 2:
         raise DatasetError(f"{train_dir} has a single class folder ({classes[0]}); a classifier needs at least two.")
     if val_dir:
+        if Path(val_dir).resolve() == Path(train_dir).resolve():
+            raise DatasetError(f"The validation folder is the training folder ({train_dir}): its accuracy would be on "
+                               "images the model trained on. Give another --val, or leave it out to hold out "
+                               "--val-split of each class.")
+        if val_split is not None:
+            raise DatasetError(f"--val-split holds images out of {train_dir} only when there is no validation folder, "
+                               f"and there is one ({val_dir}): drop --val-split, or point DATA_DIR at the training "
+                               "folder itself.")
         check_same_classes(train_dir, val_dir)
         _, val = labelled_samples(val_dir, classes)
         return DataSplits(classes, train, val, train_dir, val_dir)
