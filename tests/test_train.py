@@ -517,6 +517,18 @@ def test_distill_reports_student_with_and_without_teacher(trained_run: tuple[Pat
     assert json.loads((tmp_path / "kd" / "distill_report.json").read_text()) == report
 
 
+def test_the_baseline_has_the_distilled_students_classes(trained_run: tuple[Path, dict], shapes: Path,
+                                                          tmp_path: Path) -> None:
+    data = tmp_path / "two"
+    for colour in ("red", "green"):  # two of the teacher's three classes
+        shutil.copytree(shapes / "train" / colour, data / colour)
+    config = scratch(data, tmp_path / "kd", task="distill", teacher=str(trained_run[0] / "best.pt"), epochs=1)
+    distill_with_baseline(config, progress_bar=False)
+    teacher = load_model(trained_run[0] / "best.pt").meta.categories
+    student, baseline = (load_model(tmp_path / "kd" / sub / "best.pt").meta.categories for sub in ("", "baseline"))
+    assert student == baseline == teacher  # the baseline had the folders' two classes: an easier task
+
+
 def test_a_baseline_interrupted_says_the_distillation_folder_finishes_it(trained_run: tuple[Path, dict], shapes: Path,
                                                                          tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:

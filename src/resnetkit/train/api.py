@@ -66,7 +66,7 @@ def new_trainer(config: TrainConfig, ctx: Dist, *, log: Log = stderr_log, progre
     hardware = hardware_plan(config, ctx.device, processes_on_this_machine())
     teacher = _load_teacher(config)
     splits = load_splits(config.data_dir, config.val_dir, config.val_split, config.seed,
-                         teacher.meta.categories if teacher else None)
+                         teacher.meta.categories if teacher else config.classes)
     _check_outside_class_folders(run_dir, splits)
     torch.manual_seed(config.seed)
     module, meta, new_head = initial_model(config.model, splits.classes, config.pretrained, run_dir)

@@ -70,6 +70,9 @@ class TrainConfig:
     teacher: str | None = None
     temperature: float = 4.0
     alpha: float = 0.5
+    # the head's classes, in order, matched to the class folders; None: the folders' own (a distillation: the
+    # teacher's). A distillation's baseline gets its student's, so that the two compare on the same outputs.
+    classes: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.pretrained is None:

@@ -24,8 +24,10 @@ def run_or_resume(config: TrainConfig, log: Log, progress_bar: bool | None) -> d
 
 
 def baseline_config(config: TrainConfig) -> TrainConfig:
-    """``config`` without the teacher: same student, data, schedule and seed; plain cross-entropy."""
-    return config.replace(task="finetune" if config.pretrained else "train", teacher=None,
+    """``config`` without the teacher: same student, classes (the distilled student's, from the teacher), data,
+    schedule and seed; plain cross-entropy."""
+    classes = list(ckpt.load_resumable(str(config.out_dir)).meta.categories)
+    return config.replace(task="finetune" if config.pretrained else "train", teacher=None, classes=classes,
                           out_dir=str(Path(str(config.out_dir)) / BASELINE_DIR))
 
 
