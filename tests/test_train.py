@@ -517,6 +517,16 @@ def test_distill_reports_student_with_and_without_teacher(trained_run: tuple[Pat
     assert json.loads((tmp_path / "kd" / "distill_report.json").read_text()) == report
 
 
+def test_a_class_left_out_of_validation_is_named(shapes: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(shapes / "train", data)
+    for extra in sorted((data / "blue").iterdir())[1:]:
+        extra.unlink()  # blue keeps one image: --val-split holds none of it out
+    lines: list[str] = []
+    run(scratch(data, tmp_path / "out", epochs=1), log=lines.append, progress_bar=False)
+    assert "note: no validation image of blue (a class with a single image keeps it for training)" in "\n".join(lines)
+
+
 def test_the_baseline_has_the_distilled_students_classes(trained_run: tuple[Path, dict], shapes: Path,
                                                           tmp_path: Path) -> None:
     data = tmp_path / "two"

@@ -226,6 +226,11 @@ def _announce(config: TrainConfig, splits: DataSplits, meta: ModelMeta, ctx: Dis
         f"{len(splits.train)} train images ({splits.train_dir}), {len(splits.val)} val images ({splits.val_source}), "
         f"input {meta.preprocessing.crop_size}px, mode {config.mode}, batch {config.batch_size}; {hardware.describe()}"
         + (f", {ctx.world} processes" if ctx.enabled else ""))
+    trained = {s.label for s in splits.train}
+    unchecked = [splits.classes[label] for label in sorted(trained - {s.label for s in splits.val})]
+    if splits.val and unchecked:
+        log(f"note: no validation image of {', '.join(unchecked)} (a class with a single image keeps it for "
+            "training): the validation accuracy does not cover it")
     for path in rare_format_files(splits.train + splits.val):
         log(f"note: {path} has a format that is rare in its class folder; it decodes and is used, but check it is "
             "a real example (placeholders and icons often look like this)")
