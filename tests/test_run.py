@@ -267,6 +267,13 @@ def test_images_in_memory_get_the_labels_their_files_get(eager_random, tmp_path)
         classify(eager_random, [Image.open(path)])
 
 
+def test_a_classifier_prints_as_one_line(tmp_path):
+    model = load_model("resnet18", pretrained=False, backend="eager")
+    assert repr(model) == "Classifier(resnet18: resnet18, 1000 classes, runner built on first use)"  # not 19k chars
+    classify(model, [make_image(tmp_path / "a.png")])
+    assert repr(model) == "Classifier(resnet18: resnet18, 1000 classes, eager/fp32 on CPU)"
+
+
 def test_counts_below_one_and_arguments_of_other_types_are_clear_errors(eager_random, tmp_path):
     from torch import nn
 

@@ -33,6 +33,13 @@ class Classifier:
     runner: Runner
     module: nn.Module | None = None
 
+    def __repr__(self) -> str:
+        """One line, without the module's layers (tens of thousands of characters) and without building a lazy
+        runner: what runs it is said once it is known."""
+        runner = self.runner.if_built if isinstance(self.runner, LazyRunner) else self.runner
+        ran = f", {run_info(runner).label()}" if runner is not None else ", runner built on first use"
+        return f"Classifier({self.meta.name}: {self.meta.arch}, {self.meta.num_classes} classes{ran})"
+
     @property
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """The reference preprocessing of a PIL image (torchvision's transforms)."""
@@ -97,6 +104,11 @@ class LazyRunner:
             with self._building:
                 if self._runner is None:
                     self._runner = self._build()
+        return self._runner
+
+    @property
+    def if_built(self) -> Runner | None:
+        """The runner if it was built, without building it."""
         return self._runner
 
     def __getattr__(self, name: str) -> Any:  # backend, precision, timings_ms, ...
