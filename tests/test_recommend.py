@@ -18,7 +18,7 @@ def _record(model, latency, top1, size=10.0, dataset="ImageNet-1K val"):
     return BenchRecord(model=model, backend="eager", precision="fp32", params_m=1.0, gmacs=1.0, size_mb_fp32=size,
                        size_mb_fp16=size / 2, latency_ms_p50=latency, latency_ms_p90=latency, latency_runs=10,
                        throughput_ips=1.0, batch_size=1, throughput_runs=1, peak_mem_mb=1.0, top1=top1, top5=None,
-                       accuracy_source="test", accuracy_dataset=dataset, published_gmacs=None, input_size=224,
+                       accuracy_source="published: test", accuracy_dataset=dataset, published_gmacs=None, input_size=224,
                        threads=1, device="cpu", memory_format="", torch_version="", cpu="")
 
 
@@ -80,6 +80,7 @@ def test_accuracies_of_different_datasets_are_never_ranked_together():
 def test_cli_recommend_without_constraints_prints_the_picks_and_the_front(tmp_path):
     path = tmp_path / "bench.json"
     records = _imagenet_like() + [_record("cifar20", 1.2, 91.73, dataset=CIFAR)]
+    records[-1].eval_images, records[-1].accuracy_source = 40, "measured on cifar/test (40 images)"
     for record in records:
         record.load_avg_before, record.load_avg_after, record.cores = 0.4, 1.1, 2
     path.write_text(json.dumps([r.to_dict() for r in records]))
@@ -87,10 +88,12 @@ def test_cli_recommend_without_constraints_prints_the_picks_and_the_front(tmp_pa
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("no constraints: one model per dataset") and "load average 0.40-1.10 on 2 cores" in lines[0]
-    assert lines[1].startswith("ImageNet-1K val: effnet (p50 40.4 ms, top-1 77.69 %): at the knee")
+    assert lines[1].startswith("ImageNet-1K val: effnet (p50 40.4 ms, top-1 77.69 % published): at the knee")
     assert lines[2] == ("   Pareto front, fastest first: shufflenet 20.8 ms 69.36 %, mobilenet 27.9 ms 71.88 %, "
                         "effnet 40.4 ms 77.69 %, resnet152 225.4 ms 78.31 %")
-    assert lines[3].startswith("CIFAR-10 test (PNG): cifar20 (p50 1.2 ms, top-1 91.73 %): the only model")
+    assert lines[3].startswith("CIFAR-10 test (PNG): cifar20 (p50 1.2 ms, top-1 91.73 % measured on 40 images): the "
+                               "only model")  # which of the two a figure is: the header calls neither "measured"
+    assert "latencies measured, top-1 as each record gives it, from records in" in lines[0]
     data = json.loads(CliRunner().invoke(app, ["recommend", "--from", str(path), "--json"]).output)
     assert [p["model"] for p in data["picks"]] == ["effnet", "cifar20"]
 

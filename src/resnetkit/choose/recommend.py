@@ -35,8 +35,8 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.record.label, "latency_ms_p50": self.record.latency_ms_p50,
-                "size_mb": size_mb(self.record), "top1": self.record.top1, "pareto": self.pareto,
-                "reasons": self.reasons}
+                "size_mb": size_mb(self.record), "top1": self.record.top1,
+                "accuracy_source": self.record.accuracy_source, "pareto": self.pareto, "reasons": self.reasons}
 
 
 @dataclass
@@ -51,7 +51,8 @@ class Pick:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "model": self.record.label, "latency_ms_p50": self.record.latency_ms_p50,
-                "top1": self.record.top1, "reason": self.reason, "caveats": self.caveats,
+                "top1": self.record.top1, "accuracy_source": self.record.accuracy_source, "reason": self.reason,
+                "caveats": self.caveats,
                 "front": [{"model": r.label, "latency_ms_p50": r.latency_ms_p50, "top1": r.top1} for r in self.front]}
 
 
@@ -220,5 +221,16 @@ def _dominating(record: BenchRecord, records: Sequence[BenchRecord]) -> BenchRec
 
 
 def _dataset(name: str, record: BenchRecord) -> str:
-    return f" on {record.accuracy_dataset}" if name == "top-1" and record.accuracy_dataset else ""
+    if name != "top-1":
+        return ""
+    where = f" on {record.accuracy_dataset}" if record.accuracy_dataset else ""
+    return f"{where} ({accuracy_kind(record)})"
+
+
+def accuracy_kind(record: BenchRecord) -> str:
+    """Whose a record's top-1 is: the weights' published figure (for fp32 where another precision ran) or measured
+    here on how many images (bench --eval)."""
+    if record.eval_images:
+        return f"measured on {record.eval_images} images"
+    return "published for fp32" if record.accuracy_source.startswith("published for fp32") else "published"
 

@@ -24,7 +24,7 @@ from ..choose.seeds import (PUBLISHED_FORMAT, SEEDS_BATCH_SIZE, SEEDS_MODELS, SE
                             read_published)
 from ..core.errors import ResnetkitError
 from ..core.fileio import check_writable, write_text_atomic
-from ..choose.recommend import Constraints, Recommendation, recommend
+from ..choose.recommend import Constraints, Recommendation, accuracy_kind, recommend
 from ..backends.base import get_backend
 from .app import DeviceOpt, app, console, default, err_console, print_json, styled
 
@@ -448,9 +448,10 @@ def _print_recommendation(result: Recommendation, where: str, records: Sequence[
     loads = [v for r in records for v in (r.load_avg_before, r.load_avg_after) if v is not None]
     load = f"; load average {min(loads):.2f}-{max(loads):.2f} on {records[0].cores} cores" if loads else ""
     if result.picks or not result.constraints.any:
-        _print_picks(result, f"measured numbers from {where}{load}")
+        _print_picks(result, f"latencies measured, top-1 as each record gives it, from {where}{load}")
         return
-    console.print(f"constraints: {result.constraints.describe()} (measured numbers from {where}{load})", highlight=False)
+    console.print(f"constraints: {result.constraints.describe()} (latencies measured, top-1 as each record gives it, "
+                  f"from {where}{load})", highlight=False)
     if result.recommended:
         for rank, candidate in enumerate(result.recommended, 1):
             console.print(styled(f"{rank}. ", (candidate.record.label, "bold"), f": {'; '.join(candidate.reasons)}"),
@@ -468,7 +469,8 @@ def _print_picks(result: Recommendation, where: str) -> None:
         console.print(styled(("No record has an accuracy to rank by.", "red")))
     for pick in result.picks:
         console.print(styled(f"{pick.dataset}: ", (pick.record.label, "bold"),
-                             f" (p50 {pick.record.latency_ms_p50:.1f} ms, top-1 {pick.record.top1:.2f} %): {pick.reason}"),
+                             f" (p50 {pick.record.latency_ms_p50:.1f} ms, top-1 {pick.record.top1:.2f} % "
+                             f"{accuracy_kind(pick.record)}): {pick.reason}"),
                       highlight=False)
         front = ", ".join(f"{r.label} {r.latency_ms_p50:.1f} ms {r.top1:.2f} %" for r in pick.front)
         console.print(f"   Pareto front, fastest first: {front}", highlight=False)
