@@ -124,6 +124,8 @@ def test_parts_hold_part_size_rows_and_the_summary_counts_labelled_images(images
     assert [len(p.read_text().splitlines()) for p in PartStore(out).parts()] == [4, 2]
     assert (summary.written, summary.errors, summary.labelled) == (6, 1, 5)
     assert summary.line().startswith("5 images labelled in ") and ", 1 unreadable;" in summary.line()
+    assert "s of wall time, loading the model included (" in summary.line()  # its images/s is not the model's
+    assert summary.line().endswith("; random weights: the labels are meaningless") and summary.to_dict()["random_weights"]
     two = predict(request, [images], tmp_path / "two.jsonl", part_size=5, workers=0)
     assert [len(p.read_text().splitlines()) for p in PartStore(tmp_path / "two.jsonl").parts()] == [5, 1]
     assert two.written == 6

@@ -57,6 +57,7 @@ class PredictSummary:
     errors: int
     seconds: float
     ran: dict | None = None  # what ran the model (RunInfo.to_dict()) in this process; None on Ray (the actors')
+    random_weights: bool = False  # the model's weights are random: its labels are meaningless
 
     @property
     def labelled(self) -> int:
@@ -71,9 +72,10 @@ class PredictSummary:
 
     def line(self) -> str:
         skipped = f", {self.already_done} already in the output" if self.already_done else ""
-        return (f"{self.labelled} images labelled in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s, "
-                f"{self.engine}), {self.errors} unreadable{skipped}; {self.inputs} inputs -> {self.output} "
-                f"({self.format} parts)")
+        return (f"{self.labelled} images labelled in {self.seconds:.1f} s of wall time, loading the model included "
+                f"({self.images_per_s:.1f} images/s, {self.engine}), {self.errors} unreadable{skipped}; {self.inputs} "
+                f"inputs -> {self.output} ({self.format} parts)"
+                + ("; random weights: the labels are meaningless" if self.random_weights else ""))
 
 
 # An engine classifies the sources of a request: result tables (in any order), a description of itself and, when
@@ -110,7 +112,7 @@ def predict(request: ModelRequest, data: Iterable[str | os.PathLike[str]], outpu
         store.discard()  # failed before its first part (no Ray cluster there, a bad model...): leave no folder
         raise
     return PredictSummary(str(store.path), store.format, described, len(sources), len(sources) - len(todo),
-                          written, errors, time.perf_counter() - start, ran)
+                          written, errors, time.perf_counter() - start, ran, request.random_weights)
 
 
 def local_engine(request: ModelRequest, todo: list[str], top_k: int,
