@@ -83,6 +83,12 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def ms_text(value: float | None) -> str:
+    """Milliseconds to three significant digits or more (0.459, 4.59, 45.9), so that sub-millisecond times and
+    their confidence intervals do not all round to the same figure (or to 0.0)."""
+    return "-" if value is None else f"{value:.{3 if value < 1 else 2 if value < 10 else 1}f}"
+
+
 def default(help: str, value: object) -> str:
     """``help`` ending with ``(default: value)``, for options whose default Typer cannot show."""
     return f"{help.rstrip()} (default: {value})"

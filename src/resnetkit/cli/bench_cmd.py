@@ -26,7 +26,7 @@ from ..core.errors import ResnetkitError
 from ..core.fileio import check_writable, write_text_atomic
 from ..choose.recommend import Constraints, Recommendation, accuracy_kind, recommend
 from ..backends.base import get_backend
-from .app import DeviceOpt, app, console, default, err_console, print_json, styled
+from .app import DeviceOpt, app, console, default, err_console, ms_text, print_json, styled
 
 
 def _split(value: str | None) -> list[str]:
@@ -185,7 +185,7 @@ def _report_record(result: BenchRecord | ResnetkitError, variant: Variant) -> No
     if isinstance(result, ResnetkitError):
         err_console.print(f"skipped {variant.describe()}: {result}", highlight=False)
     else:
-        err_console.print(f"measured {result.label}: p50 {_ms(result.latency_ms_p50)} ms ({result.status}, "
+        err_console.print(f"measured {result.label}: p50 {ms_text(result.latency_ms_p50)} ms ({result.status}, "
                           f"{result.latency_runs} runs in {result.latency_rounds} rounds)", highlight=False)
 
 
@@ -193,14 +193,8 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _ms(value: float | None) -> str:
-    """Milliseconds to three significant digits or more (0.459, 4.59, 45.9), so that sub-millisecond latencies and
-    their confidence intervals do not all round to the same figure."""
-    return "-" if value is None else f"{value:.{3 if value < 1 else 2 if value < 10 else 1}f}"
-
-
 def _ci(record: BenchRecord) -> str:
-    return f"{_ms(record.latency_ms_p50_ci[0])}-{_ms(record.latency_ms_p50_ci[1])}" if record.latency_ms_p50_ci else "-"
+    return f"{ms_text(record.latency_ms_p50_ci[0])}-{ms_text(record.latency_ms_p50_ci[1])}" if record.latency_ms_p50_ci else "-"
 
 
 Column = tuple[str, Callable[[BenchRecord], str]]  # header, cell of a record
@@ -214,7 +208,7 @@ def _columns(records: Sequence[BenchRecord], config: BenchConfig) -> list[Column
         ("MB fp32", lambda r: _fmt(r.size_mb_fp32, 1))]
     if any(r.file_mb is not None for r in records):  # model files: their size on disk, in what they store
         columns += [("file MB", lambda r: _fmt(r.file_mb, 2))]
-    columns += [("p50 ms", lambda r: _ms(r.latency_ms_p50)),
+    columns += [("p50 ms", lambda r: ms_text(r.latency_ms_p50)),
         ("p50 95% CI", _ci), ("runs", lambda r: f"{r.latency_runs}" + ("" if r.status == "stable" else f" ({r.status})"))]
     if any(r.on_gpu for r in records):
         columns += [(f"ms/batch @{batch}", lambda r: _fmt(r.batch_ms_p50, 1)), ("GPU MB", lambda r: _fmt(r.gpu_peak_mb, 0)),

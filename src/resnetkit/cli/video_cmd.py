@@ -12,7 +12,7 @@ from ..core.device import resolve_device
 from ..run.loading import load_model
 from ..run.video import VideoReport, measure_stream
 from .app import (BackendOpt, DeviceOpt, JsonFlag, ModelArg, PrecisionOpt, RandomWeightsFlag, WeightsOpt, app, console,
-                  default, err_console, print_json, styled)
+                  default, err_console, ms_text, print_json, styled)
 
 FpsOpt = Annotated[float | None, typer.Option("--fps", help=default(
     "Videos: classify this many frames per second of video.", "every frame"))]
@@ -32,8 +32,8 @@ def _timing_line(report: VideoReport) -> str:
     factor = report.realtime_factor
     head = f"real-time factor {factor:.2f}x" if factor is not None else "real-time factor unknown (no frame rate)"
     return (f"{head}: {report.decoded_per_s:.1f} frames decoded/s vs the source's {_rate(report)}; "
-            f"decode {ms['decode_ms']:.1f} ms per decoded frame, preprocess {ms['preprocess_ms']:.1f} ms + "
-            f"infer {ms['infer_ms']:.1f} ms per classified frame ({report.ran.label()}, "
+            f"decode {ms_text(ms['decode_ms'])} ms per decoded frame, preprocess {ms_text(ms['preprocess_ms'])} ms + "
+            f"infer {ms_text(ms['infer_ms'])} ms per classified frame ({report.ran.label()}, "
             f"batch {report.batch_size}, {_threads(report)}, 1 run of {report.elapsed_s:.2f} s, "
             f"load average {os.getloadavg()[0]:.2f})")
 
