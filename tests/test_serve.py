@@ -208,7 +208,7 @@ def test_health_readiness_and_model_listing(server):
     [model] = httpx.get(f"{server}/v1/models").json()["models"]
     assert model["name"] == "cifar_resnet20" and model["num_classes"] == 10 and model["weights"] == "random"
     assert model["input_size"] == 32 and model["chosen_by_auto"] and model["runtime"].endswith(" on CPU (auto)")  # auto: the default backend
-    assert model["published_top1"] is None  # random weights carry no accuracy figure
+    assert model["published_top1"] is None and model["published_source"] == ""  # random weights: no figure
     assert httpx.get(f"{server}/v1/models/cifar_resnet20").json()["categories"][3] == "cat"
 
 

@@ -69,6 +69,7 @@ class ServedModel:
             device=str(ran.device), device_name=ran.device.name, chosen_by_auto=ran.chosen_by_auto, runtime=ran.label(),
             num_classes=meta.num_classes, input_size=meta.preprocessing.crop_size,
             preprocessing=meta.preprocessing.describe(), published_top1=meta.metrics.top1,
+            published_source=meta.metrics.source,
             dataset=meta.metrics.dataset, max_batch_size=self.batcher.max_batch_size,
         )
 

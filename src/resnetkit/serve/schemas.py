@@ -65,7 +65,9 @@ class ModelInfo(BaseModel):
     num_classes: int
     input_size: int = Field(description="Side of the square input crop, in pixels.")
     preprocessing: str
-    published_top1: float | None = Field(description="Top-1 accuracy published by the weights' authors, if any.")
+    published_top1: float | None = Field(description="Top-1 accuracy published by the weights' authors, if any: "
+                                                     "for fp32, on `dataset` (not measured here).")
+    published_source: str = Field(description="Who published it, e.g. a torchvision weights enum or a README.")
     dataset: str
     max_batch_size: int
 

@@ -49,7 +49,8 @@ async function loadModels() {
 function describeModel() {
   const m = models.find((x) => x.name === $("model").value);
   if (!m) return;
-  const top1 = m.published_top1 == null ? "" : `, published top-1 ${m.published_top1} % on ${m.dataset}`;
+  const top1 = m.published_top1 == null ? ""
+    : `, top-1 ${m.published_top1} % on ${m.dataset} for fp32, published by ${m.published_source} (not measured here)`;
   $("model-info").textContent =
     `${m.arch} · weights ${m.weights} · ${m.num_classes} classes · input ${m.input_size}px · runs ${m.runtime}${top1}`;
   $("weights-note").hidden = m.weights !== "random";
