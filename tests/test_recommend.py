@@ -11,7 +11,7 @@ from resnetkit.choose.bench import BenchRecord
 from resnetkit.choose.recommend import Constraints, knee, pareto_front, recommend
 from resnetkit.cli import app
 
-IMAGENET, CIFAR = "ImageNet-1K val", "CIFAR-10 test (PNG)"
+IMAGENET, CIFAR = "ImageNet-1K val", "CIFAR-10 test (original images)"
 
 
 def _record(model, latency, top1, size=10.0, dataset="ImageNet-1K val"):
@@ -91,7 +91,7 @@ def test_cli_recommend_without_constraints_prints_the_picks_and_the_front(tmp_pa
     assert lines[1].startswith("ImageNet-1K val: effnet (p50 40.4 ms, top-1 77.69 % published): at the knee")
     assert lines[2] == ("   Pareto front, fastest first: shufflenet 20.8 ms 69.36 %, mobilenet 27.9 ms 71.88 %, "
                         "effnet 40.4 ms 77.69 %, resnet152 225.4 ms 78.31 %")
-    assert lines[3].startswith("CIFAR-10 test (PNG): cifar20 (p50 1.2 ms, top-1 91.73 % measured on 40 images): the "
+    assert lines[3].startswith("CIFAR-10 test (original images): cifar20 (p50 1.2 ms, top-1 91.73 % measured on 40 images): the "
                                "only model")  # which of the two a figure is: the header calls neither "measured"
     assert "latencies measured, top-1 as each record gives it, from records in" in lines[0]
     data = json.loads(CliRunner().invoke(app, ["recommend", "--from", str(path), "--json"]).output)

@@ -63,7 +63,7 @@ def test_upload_an_image_and_see_its_label(browser, server_url, cifar_test_dir, 
     assert page.locator("#token-field").is_hidden() and page.locator("#banner").is_hidden()
     assert page.locator("#weights-note").is_hidden()  # trained weights: no warning
     assert "runs eager/fp32 on CPU" in page.locator("#model-info").inner_text()  # where the model runs
-    assert ("top-1 91.73 % on CIFAR-10 test (PNG) for fp32, published by github.com/akamaster/pytorch_resnet_cifar10 "
+    assert ("top-1 91.73 % on CIFAR-10 test (original images) for fp32, published by github.com/akamaster/pytorch_resnet_cifar10 "
             "README (not measured here)") in page.locator("#model-info").inner_text()  # whose figure it is
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 

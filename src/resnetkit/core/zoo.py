@@ -159,7 +159,7 @@ for _depth, (_file, _sha, _top1) in _CIFAR_CHECKPOINTS.items():
                     preprocessing=CIFAR_PREPROCESSING,
                     metrics=PublishedMetrics(
                         top1=_top1,
-                        dataset="CIFAR-10 test (PNG)",
+                        dataset="CIFAR-10 test (original images)",
                         source="github.com/akamaster/pytorch_resnet_cifar10 README",
                     ),
                     license="BSD-2-Clause (akamaster/pytorch_resnet_cifar10)",
