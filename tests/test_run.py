@@ -183,6 +183,8 @@ def test_evaluate_with_random_weights_says_its_labels_are_meaningless(tmp_path):
     assert "eager/fp32 on CPU, batch 64, 0 decode workers)" in plain.stdout
     data = json.loads(run_cli(*args, "--json").stdout)
     assert data["random_weights"] is True and data["n_images"] == 4 and data["workers"] == 0
+    limited = run_cli(*args, "--limit", "3")
+    assert "(3 images of 4, a fixed random subset (seed 0), 0 unreadable skipped)" in limited.stdout
     assert (data["backend"], data["precision"], data["device"], data["device_name"]) == ("eager", "fp32", "cpu", "CPU")
 
 

@@ -121,8 +121,9 @@ def evaluate_command(
         return
     if report.random_weights:
         err_console.print(RANDOM_WEIGHTS_NOTE, highlight=False)
+    subset = f" of {report.subset_of}, a fixed random subset (seed 0)" if report.subset_of else ""
     console.print(f"{report.model} on {data_dir}: top-1 {report.top1:.2f} %, top-5 {report.top5:.2f} % "
-                  f"({report.n_images} images, {report.n_skipped} unreadable skipped)", highlight=False)
+                  f"({report.n_images} images{subset}, {report.n_skipped} unreadable skipped)", highlight=False)
     console.print(f"{report.images_per_s:.1f} images/s end to end (decode + preprocess + forward; "
                   f"{report.ran.label()}, batch {batch_size}, {report.workers} decode workers)", highlight=False)
     table = Table("class", "top-1 %", "images")

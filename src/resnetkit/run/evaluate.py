@@ -41,6 +41,7 @@ class EvalReport:
     workers: int  # decoding processes
     random_weights: bool  # the model's weights are random: labels and accuracy are meaningless
     skipped_files: list[str] = field(default_factory=list)  # why each was skipped: the message names the file
+    subset_of: int | None = None  # with a limit: the images in the folder, of which a fixed random subset was taken
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: value for name, value in self.__dict__.items() if name != "ran"}
@@ -66,7 +67,8 @@ def evaluate(
     require_folder(data_dir)  # before loading the model, which may mean downloading its weights
     classifier = model if isinstance(model, Classifier) else load_model(model)
     _, samples = labelled_samples(data_dir, classifier.meta.categories)
-    if limit is not None and limit < len(samples):
+    subset_of = len(samples) if limit is not None and limit < len(samples) else None
+    if subset_of is not None:
         samples = sorted(random.Random(seed).sample(samples, limit), key=lambda s: str(s.path))
     ran = classifier.ran  # builds the runner (auto measures its candidates) before the clock starts
     workers = default_workers(ran.device) if workers is None else workers
@@ -93,7 +95,9 @@ def evaluate(
     scored = int(confusion.sum())
     if scored == 0:
         raise DatasetError(f"No readable images in {data_dir} ({len(skipped)} files could not be decoded).")
-    return _report(classifier, ran, workers, str(data_dir), confusion, top5_hits, skipped, seconds)
+    report = _report(classifier, ran, workers, str(data_dir), confusion, top5_hits, skipped, seconds)
+    report.subset_of = subset_of
+    return report
 
 
 def _report(classifier: Classifier, ran: RunInfo, workers: int, data_dir: str, confusion: torch.Tensor,
