@@ -72,7 +72,8 @@ class PredictSummary:
 
     def line(self) -> str:
         skipped = f", {self.already_done} already in the output" if self.already_done else ""
-        return (f"{self.labelled} images labelled in {self.seconds:.1f} s of wall time, loading the model included "
+        loading = ", loading the model included" if self.written else ""  # none is loaded when nothing is left
+        return (f"{self.labelled} images labelled in {self.seconds:.1f} s of wall time{loading} "
                 f"({self.images_per_s:.1f} images/s, {self.engine}), {self.errors} unreadable{skipped}; {self.inputs} "
                 f"inputs -> {self.output} ({self.format} parts)"
                 + ("; random weights: the labels are meaningless" if self.random_weights else ""))
