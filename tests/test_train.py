@@ -21,6 +21,7 @@ from resnetkit import load_model
 from resnetkit.cli import app
 from resnetkit.core.device import CPU, Device, cuda_count, resolve_device
 from resnetkit.core.errors import DatasetError
+from resnetkit.core.weights import safe_load
 from resnetkit.core.zoo import get_spec
 from resnetkit.train import TrainConfig, TrainingError, TrainingInterrupted, finetune_module, resume, run
 from resnetkit.train import hardware
@@ -324,7 +325,7 @@ def test_resuming_in_another_number_of_processes_says_it_is_not_exact(trained_ru
                                                                      tmp_path: Path) -> None:
     run_dir = tmp_path / "two"
     shutil.copytree(trained_run[0], run_dir)
-    state = torch.load(run_dir / "last.pt", weights_only=False)
+    state = safe_load(run_dir / "last.pt")
     state["train_state"]["ranks"] *= 2  # as a run of two torchrun processes saves it
     torch.save(state, run_dir / "last.pt")
     lines: list[str] = []
